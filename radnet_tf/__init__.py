@@ -1,0 +1,17 @@
+"""radnet-tf: RADnet (Recurrent Attention DenseNet) for hemorrhage detection in head CT.
+
+The package reads a dependency chain you can see in the file tree:
+
+    dicom_io -> preprocess -> records -> data -> model -> train / evaluate / export / predict
+
+`build_model` is imported lazily so `import radnet_tf` stays cheap for DICOM-only users.
+"""
+
+__version__ = "0.1.0"
+
+
+def build_model(config):
+    """Builds a RADnet-family Keras model. See `radnet_tf.model.build_model`."""
+    from radnet_tf.model import build_model as _build
+
+    return _build(config)

@@ -1,0 +1,232 @@
+"""The paper's preprocessing in TensorFlow ops, with a NumPy reference.
+
+Steps (Section 2.2.1 of the paper), each a small parameterised function:
+  1. `head_center`: the centre of the head from a body mask over the whole study (one
+     centre for all slices, so the slices of a study stay aligned for the LSTM).
+  2. `resample_to_fov`: in-plane resampling to `out_spacing` mm (1 mm by default) of a
+     `fov_mm` (250 mm) field of view centred on the head, padded to `out_size` (256) so the
+     three 2x down-samplings of the network divide it. Anti-aliased triangle filter
+     (`ScaleAndTranslate`), air outside the FOV and outside the scanned image. No z change.
+  3. `brain_window`: clip to the window (centre 40 HU, width 80 HU) and scale to [0, 1].
+
+Everything here is core TF ops, so the same code runs in tf.data, in the trainer and inside
+the serving signature. `*_np` functions are an independent NumPy implementation that the
+tests compare against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+AIR_HU = -1024.0
+BODY_THRESHOLD_HU = -300.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """Preprocessing parameters (one owner for the window and geometry defaults).
+
+    Attributes:
+      window_center: brain window centre, HU.
+      window_width: brain window width, HU.
+      out_spacing: output in-plane pixel spacing, mm.
+      fov_mm: field of view kept around the head centre, mm.
+      out_size: output matrix (square), pixels; must be >= fov_mm / out_spacing.
+    """
+
+    window_center: float = 40.0
+    window_width: float = 80.0
+    out_spacing: float = 1.0
+    fov_mm: float = 250.0
+    out_size: int = 256
+
+    def __post_init__(self):
+        if self.window_width <= 0:
+            raise ValueError(f"window_width must be > 0. Received: window_width={self.window_width}")
+        if self.out_spacing <= 0:
+            raise ValueError(f"out_spacing must be > 0. Received: out_spacing={self.out_spacing}")
+        if self.out_size <= 0 or self.out_size % 8:
+            raise ValueError(
+                f"out_size must be a positive multiple of 8 (three 2x down-samplings). "
+                f"Received: out_size={self.out_size}"
+            )
+
+
+# ----------------------------------------------------------------------------- TensorFlow
+
+
+def brain_window(hu, center=40.0, width=80.0):
+    """Clips HU to a window and scales it to [0, 1].
+
+    Args:
+      hu: numeric tensor, any shape, Hounsfield units.
+    Returns:
+      float32 tensor of the same shape in [0, 1].
+    """
+    hu = tf.cast(hu, tf.float32)
+    low = center - width / 2.0
+    return tf.clip_by_value((hu - low) / width, 0.0, 1.0)
+
+
+def head_center(hu, threshold=BODY_THRESHOLD_HU):
+    """Centre (row, col) in pixels of the body mask over all slices of a study.
+
+    Args:
+      hu: tensor [S, H, W], HU.
+    Returns:
+      float32 tensor [2]: (row, col) of the mask centroid; the image centre if no voxel
+      exceeds `threshold`.
+    """
+    hu = tf.cast(hu, tf.float32)
+    mask = tf.cast(hu > threshold, tf.float32)
+    shape = tf.cast(tf.shape(hu), tf.float32)
+    rows = tf.reduce_sum(mask, axis=[0, 2])  # [H]
+    cols = tf.reduce_sum(mask, axis=[0, 1])  # [W]
+    total = tf.reduce_sum(rows)
+    r = tf.reduce_sum(rows * tf.range(shape[1])) / tf.maximum(total, 1.0)
+    c = tf.reduce_sum(cols * tf.range(shape[2])) / tf.maximum(total, 1.0)
+    center = tf.stack([r, c])
+    fallback = (shape[1:] - 1.0) / 2.0
+    return tf.where(total > 0, center, fallback)
+
+
+def _fov_geometry(in_shape, pixel_spacing, center, cfg):
+    """Scale, translation (ScaleAndTranslate convention) and the valid-output mask."""
+    n = float(cfg.out_size)
+    spacing = tf.cast(pixel_spacing, tf.float32)
+    center = tf.cast(center, tf.float32)
+    scale = spacing / cfg.out_spacing  # output pixels per input pixel, (row, col)
+    translation = n / 2.0 - scale * (center + 0.5)
+    # Valid output pixels: inside the FOV and inside the scanned image.
+    offset_mm = (tf.range(n) - (n - 1.0) / 2.0) * cfg.out_spacing  # [N]
+    in_fov = tf.abs(offset_mm) <= cfg.fov_mm / 2.0
+    in_h = tf.cast(in_shape[0], tf.float32)
+    in_w = tf.cast(in_shape[1], tf.float32)
+    src_r = center[0] + offset_mm / spacing[0]
+    src_c = center[1] + offset_mm / spacing[1]
+    ok_r = in_fov & (src_r >= -0.5) & (src_r <= in_h - 0.5)
+    ok_c = in_fov & (src_c >= -0.5) & (src_c <= in_w - 0.5)
+    valid = tf.logical_and(ok_r[:, None], ok_c[None, :])  # [N, N]
+    return scale, translation, valid
+
+
+def resample_to_fov(images, pixel_spacing, center, cfg=PreprocessConfig(), fill=AIR_HU):
+    """Resamples slices to `cfg.out_spacing` mm over a `cfg.fov_mm` FOV around `center`.
+
+    Args:
+      images: tensor [S, H, W] (HU or mask values).
+      pixel_spacing: float tensor [2], (row, col) mm of the input.
+      center: float tensor [2], (row, col) input pixel mapped to the output centre.
+      cfg: `PreprocessConfig`.
+      fill: value outside the FOV and outside the input image.
+    Returns:
+      float32 tensor [S, out_size, out_size].
+    """
+    images = tf.cast(images, tf.float32)
+    shape = tf.shape(images)
+    scale, translation, valid = _fov_geometry(shape[1:3], pixel_spacing, center, cfg)
+    out = tf.raw_ops.ScaleAndTranslate(
+        images=(images - fill)[..., None],
+        size=tf.constant([cfg.out_size, cfg.out_size], tf.int32),
+        scale=scale,
+        translation=translation,
+        kernel_type="triangle",
+        antialias=True,
+    )[..., 0]
+    return tf.where(valid[None], out, 0.0) + fill
+
+
+def preprocess_study(hu, pixel_spacing, cfg=PreprocessConfig(), center=None):
+    """HU slices of a study -> windowed, 1 mm, 250 mm FOV slices for the model.
+
+    Args:
+      hu: int16/float tensor [S, H, W], HU.
+      pixel_spacing: float tensor [2], (row, col) mm.
+      center: optional float tensor [2] (row, col); default `head_center(hu)`.
+    Returns:
+      float32 tensor [S, out_size, out_size, 1] in [0, 1].
+    """
+    if center is None:
+        center = head_center(hu)
+    resampled = resample_to_fov(hu, pixel_spacing, center, cfg)
+    return brain_window(resampled, cfg.window_center, cfg.window_width)[..., None]
+
+
+def resample_hu(hu, pixel_spacing, cfg=PreprocessConfig(), center=None):
+    """Geometry only (for records, where the window stays a training-time choice).
+
+    Returns:
+      (int16 tensor [S, out_size, out_size] HU, float32 tensor [2] centre used).
+    """
+    if center is None:
+        center = head_center(hu)
+    out = resample_to_fov(hu, pixel_spacing, center, cfg)
+    return tf.cast(tf.round(tf.clip_by_value(out, AIR_HU, 32767.0)), tf.int16), center
+
+
+def resample_mask(mask, pixel_spacing, center, cfg=PreprocessConfig()):
+    """Resamples a binary mask [S, H, W] like the image; uint8 [S, N, N] (>= 0.5 -> 1)."""
+    out = resample_to_fov(tf.cast(mask, tf.float32), pixel_spacing, center, cfg, fill=0.0)
+    return tf.cast(out >= 0.5, tf.uint8)
+
+
+# ----------------------------------------------------------------------------- NumPy reference
+
+
+def brain_window_np(hu, center=40.0, width=80.0):
+    """NumPy reference of `brain_window`."""
+    return np.clip((np.asarray(hu, np.float64) - (center - width / 2.0)) / width, 0, 1).astype(
+        np.float32
+    )
+
+
+def head_center_np(hu, threshold=BODY_THRESHOLD_HU):
+    """NumPy reference of `head_center` (scipy's centre of mass)."""
+    from scipy import ndimage
+
+    mask = np.asarray(hu) > threshold
+    if not mask.any():
+        return (np.array(mask.shape[1:], np.float64) - 1) / 2
+    return np.array(ndimage.center_of_mass(mask.sum(axis=0)))
+
+
+def _triangle_weights(in_len, out_len, scale, translation):
+    """[out_len, in_len] anti-aliased triangle-filter weights (rows sum to 1)."""
+    kernel_scale = max(1.0 / scale, 1.0)
+    sample = (np.arange(out_len) + 0.5 - translation) / scale  # continuous input coordinate
+    centers = np.arange(in_len) + 0.5
+    x = (centers[None, :] - sample[:, None]) / kernel_scale
+    w = np.clip(1.0 - np.abs(x), 0.0, None)
+    total = w.sum(axis=1, keepdims=True)
+    return np.divide(w, total, out=np.zeros_like(w), where=total > 0)
+
+
+def resample_to_fov_np(images, pixel_spacing, center, cfg=PreprocessConfig(), fill=AIR_HU):
+    """NumPy reference of `resample_to_fov`: separable weight matrices Wr @ img @ Wc^T."""
+    images = np.asarray(images, np.float64) - fill
+    _, h, w = images.shape
+    n = cfg.out_size
+    scale = np.asarray(pixel_spacing, np.float64) / cfg.out_spacing
+    translation = n / 2.0 - scale * (np.asarray(center, np.float64) + 0.5)
+    wr = _triangle_weights(h, n, scale[0], translation[0])
+    wc = _triangle_weights(w, n, scale[1], translation[1])
+    out = wr @ images @ wc.T
+    offset = (np.arange(n) - (n - 1) / 2.0) * cfg.out_spacing
+    in_fov = np.abs(offset) <= cfg.fov_mm / 2.0
+    src_r = center[0] + offset / pixel_spacing[0]
+    src_c = center[1] + offset / pixel_spacing[1]
+    ok_r = in_fov & (src_r >= -0.5) & (src_r <= h - 0.5)
+    ok_c = in_fov & (src_c >= -0.5) & (src_c <= w - 0.5)
+    out = np.where(ok_r[:, None] & ok_c[None, :], out, 0.0) + fill
+    return out.astype(np.float32)
+
+
+def preprocess_study_np(hu, pixel_spacing, cfg=PreprocessConfig(), center=None):
+    """NumPy reference of `preprocess_study`; float32 [S, N, N, 1]."""
+    if center is None:
+        center = head_center_np(hu)
+    resampled = resample_to_fov_np(hu, pixel_spacing, center, cfg)
+    return brain_window_np(resampled, cfg.window_center, cfg.window_width)[..., None]

@@ -1,0 +1,56 @@
+"""radnet-tf: RADnet brain-hemorrhage detection in head CT for TensorFlow/Keras 3."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"', (HERE / "radnet_tf" / "__init__.py").read_text(), re.M
+).group(1)
+
+setup(
+    name="radnet-tf",
+    version=VERSION,
+    description="RADnet (Recurrent Attention DenseNet) hemorrhage detection in head CT, "
+    "TensorFlow/Keras 3: DICOM ingest, TFRecords, training, evaluation, TF Serving export.",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["radnet_tf", "radnet_tf.*", "pipelines", "serving"]),
+    package_data={"": ["*.yaml"]},
+    install_requires=[
+        "tensorflow==2.21.*",
+        "keras==3.15.*",
+        "pydicom>=3,<4",
+        "pylibjpeg>=2",
+        "pylibjpeg-libjpeg>=2",
+        "pylibjpeg-openjpeg>=2",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "scikit-image>=0.22",
+        "scikit-learn>=1.4",
+        "pandas>=2.1",
+        "matplotlib>=3.8",
+        "pyyaml>=6",
+        "tqdm>=4.66",
+        "tensorboard==2.21.*",
+    ],
+    extras_require={
+        "beam": ["apache-beam[tfrecord]>=2.60"],
+        "serving": ["tensorflow-serving-api==2.21.*", "requests>=2.31"],
+        "dicom-seg": ["highdicom>=0.22"],
+        "dev": ["pytest>=8", "pyarrow>=14"],
+    },
+    entry_points={
+        "console_scripts": [
+            "radnet-train=radnet_tf.train:main",
+            "radnet-predict=radnet_tf.predict:main",
+            "radnet-export=radnet_tf.export:main",
+            "radnet-evaluate=radnet_tf.evaluate:main",
+            "radnet-synth=radnet_tf.synth:main",
+            "radnet-inspect=radnet_tf.inspect:main",
+        ]
+    },
+)
