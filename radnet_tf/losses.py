@@ -1,0 +1,75 @@
+"""Losses and metrics that honour padding and missing masks.
+
+Label convention (written by `radnet_tf.data`): a target value of -1 means "ignore":
+padded slices carry -1 slice labels and -1 masks; slices without a reference mask carry
+-1 masks. The RADnet loss is the weighted sum (weights set at compile time) of the slice
+BCE and the three mask BCEs, each averaged over its valid elements per study.
+"""
+
+import keras
+from keras import ops
+
+IGNORE = -1.0
+
+
+@keras.saving.register_keras_serializable(package="radnet_tf")
+class MaskedBinaryCrossentropy(keras.losses.Loss):
+    """Binary cross-entropy over elements whose target is >= 0.
+
+    y_true: float [B, ...] in {0, 1} or -1 (ignore). y_pred: probabilities, same shape.
+    Returns per-study loss [B]: mean BCE over that study's valid elements (0 if none).
+    """
+
+    def __init__(self, name="masked_bce", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "float32")
+        y_pred = ops.clip(ops.cast(y_pred, "float32"), 1e-7, 1.0 - 1e-7)
+        valid = ops.cast(y_true >= 0, "float32")
+        target = ops.clip(y_true, 0.0, 1.0)
+        bce = -(target * ops.log(y_pred) + (1.0 - target) * ops.log(1.0 - y_pred))
+        axes = tuple(range(1, len(y_true.shape)))
+        total = ops.sum(bce * valid, axis=axes)
+        count = ops.sum(valid, axis=axes)
+        return total / ops.maximum(count, 1.0)
+
+
+@keras.saving.register_keras_serializable(package="radnet_tf")
+class MaskedAUC(keras.metrics.AUC):
+    """ROC AUC over elements whose target is >= 0 (padded slices ignored)."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.cast(y_true, "float32")
+        weight = ops.cast(y_true >= 0, "float32")
+        return super().update_state(ops.clip(y_true, 0.0, 1.0), y_pred, sample_weight=weight)
+
+
+@keras.saving.register_keras_serializable(package="radnet_tf")
+class MaskedBinaryAccuracy(keras.metrics.Mean):
+    """Accuracy at threshold 0.5 over elements whose target is >= 0."""
+
+    def __init__(self, name="masked_accuracy", threshold=0.5, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.threshold = threshold
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.cast(y_true, "float32")
+        weight = ops.cast(y_true >= 0, "float32")
+        correct = ops.cast(ops.cast(y_pred >= self.threshold, "float32") == y_true, "float32")
+        return super().update_state(correct, sample_weight=weight)
+
+    def get_config(self):
+        return {**super().get_config(), "threshold": self.threshold}
+
+
+def compile_losses(config, output_names):
+    """Loss and loss-weight dicts for `model.compile` from a Config."""
+    losses, weights = {}, {}
+    for name in output_names:
+        losses[name] = MaskedBinaryCrossentropy(name=f"{name}_bce")
+        if name == "slice_probability":
+            weights[name] = float(config.slice_loss_weight)
+        else:
+            weights[name] = float(config.mask_loss_weights[int(name[-1]) - 1])
+    return losses, weights

@@ -1,0 +1,200 @@
+"""The RADnet model family (Grewal et al., ISBI 2018, Section 2.2.2) in Keras 3.
+
+    slices [B, S, N, N, 1] --fold--> [B*S, N, N, 1]
+      -> conv 3x3 stride 2 (N/2)
+      -> dense block 1 (L layers) -> aux head 1 (x2 deconv)  -> mask_1
+      -> transition (N/4) -> dense block 2 -> aux head 2 (x4) -> mask_2
+      -> transition (N/8) -> dense block 3 -> aux head 3 (x8) -> mask_3
+      -> BN-ReLU-global average pool --unfold--> [B, S, C]
+      -> Bidirectional LSTM across slices (radnet only)
+      -> Dense(1) sigmoid -> slice_probability [B, S]
+
+Variants: `densenet` (no aux heads, no LSTM), `densenet_a` (aux heads), `radnet` (both).
+
+Why fold the slice axis into the batch axis instead of `TimeDistributed`: Keras 3's
+`TimeDistributed` cannot wrap a multi-output model (the encoder has four outputs) and made
+the first training step ~10x slower to trace here. Folding with reshapes gives the same
+shared per-slice weights, keeps the slice count variable (`None`), and runs unchanged under
+the TensorFlow backend, the TF1 SavedModel loader and JAX.
+
+Padding: studies of different lengths are padded with slices filled with `PAD_VALUE`
+(-1; real slices are in [0, 1]). The LSTM is masked on them, so a study's outputs do not
+depend on how much padding its batch has; losses ignore them through -1 labels.
+
+The module uses only Keras layers and `keras.ops`; it knows nothing of data or training.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+PAD_VALUE = -1.0
+OUTPUT_SLICE = "slice_probability"
+MASK_OUTPUTS = ("mask_1", "mask_2", "mask_3")
+
+
+@keras.saving.register_keras_serializable(package="radnet_tf")
+class FoldSlices(layers.Layer):
+    """[B, S, H, W, C] -> [B*S, H, W, C] (slices become batch entries)."""
+
+    def call(self, x):
+        return ops.reshape(x, (-1,) + tuple(x.shape[2:]))
+
+    def compute_output_shape(self, input_shape):
+        return (None,) + tuple(input_shape[2:])
+
+
+@keras.saving.register_keras_serializable(package="radnet_tf")
+class UnfoldSlices(layers.Layer):
+    """([B*S, ...], reference [B, S, ...]) -> [B, S, ...]."""
+
+    def call(self, x, reference):
+        shape = ops.shape(reference)
+        return ops.reshape(x, (shape[0], shape[1]) + tuple(x.shape[1:]))
+
+    def compute_output_shape(self, x_shape, reference_shape):
+        return tuple(reference_shape[:2]) + tuple(x_shape[1:])
+
+
+@keras.saving.register_keras_serializable(package="radnet_tf")
+class SliceMask(layers.Layer):
+    """Slices [B, S, H, W, C] -> bool [B, S]: True for real slices, False for padding."""
+
+    def call(self, x):
+        return ops.max(x, axis=(2, 3, 4)) > PAD_VALUE / 2
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:2])
+
+    def compute_output_spec(self, x):
+        return keras.KerasTensor(x.shape[:2], dtype="bool")
+
+
+@keras.saving.register_keras_serializable(package="radnet_tf")
+class SqueezeLast(layers.Layer):
+    """[..., 1] -> [...]; ends the LSTM's padding mask (losses use -1 labels instead)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def call(self, x):
+        return ops.squeeze(x, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1])
+
+
+def _conv(filters, kernel, name, weight_decay, strides=1):
+    return layers.Conv2D(
+        filters,
+        kernel,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        kernel_regularizer=keras.regularizers.L2(weight_decay) if weight_decay else None,
+        name=name,
+    )
+
+
+def apply_conv_block(x, growth_rate, dropout, weight_decay, name):
+    """BN-ReLU-Conv3x3(growth_rate) [-Dropout], concatenated to its input."""
+    y = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_bn")(x)
+    y = layers.Activation("relu", name=f"{name}_relu")(y)
+    y = _conv(growth_rate, 3, f"{name}_conv", weight_decay)(y)
+    if dropout:
+        y = layers.Dropout(dropout, name=f"{name}_drop")(y)
+    return layers.Concatenate(name=f"{name}_concat")([x, y])
+
+
+def apply_dense_block(x, num_layers, growth_rate, dropout, weight_decay, name):
+    """`num_layers` conv blocks; returns the last concatenation."""
+    for i in range(num_layers):
+        x = apply_conv_block(x, growth_rate, dropout, weight_decay, name=f"{name}_layer{i + 1}")
+    return x
+
+
+def apply_transition(x, dropout, weight_decay, name):
+    """BN-ReLU-Conv1x1 (channels kept) [-Dropout] - AvgPool 2x2."""
+    x = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_bn")(x)
+    x = layers.Activation("relu", name=f"{name}_relu")(x)
+    x = _conv(int(x.shape[-1]), 1, f"{name}_conv", weight_decay)(x)
+    if dropout:
+        x = layers.Dropout(dropout, name=f"{name}_drop")(x)
+    return layers.AveragePooling2D(2, name=f"{name}_pool")(x)
+
+
+def apply_aux_head(x, factor, head_filters, weight_decay, name):
+    """Attention by an auxiliary task: BN-ReLU-Conv1x1 then a x`factor` deconvolution.
+
+    Returns the hemorrhage-mask probability [B*S, H*factor, W*factor, 1], float32.
+    """
+    x = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_bn")(x)
+    x = layers.Activation("relu", name=f"{name}_relu")(x)
+    x = layers.Conv2D(
+        head_filters, 1, activation="relu", kernel_initializer="he_normal", name=f"{name}_conv"
+    )(x)
+    x = layers.Conv2DTranspose(
+        1, 2 * factor, strides=factor, padding="same", kernel_initializer="he_normal", name=f"{name}_deconv"
+    )(x)
+    return layers.Activation("sigmoid", dtype="float32", name=f"{name}_sigmoid")(x)
+
+
+def build_model(config, use_cudnn="auto") -> keras.Model:
+    """Builds a RADnet-family model (uncompiled).
+
+    Args:
+      config: a `radnet_tf.config.Config` (or any object with its model fields): variant,
+        input_size, depth, growth_rate, initial_filters, dropout, lstm_units, head_filters,
+        weight_decay.
+      use_cudnn: passed to the LSTM; exports use False so no CudnnRNN op is baked in.
+
+    Returns:
+      keras.Model named `config.variant`. Input "slices": float32 [B, S, N, N, 1] in [0, 1]
+      (padding slices = PAD_VALUE). Outputs (dict): "slice_probability" float32 [B, S];
+      for densenet_a and radnet also "mask_1", "mask_2", "mask_3" float32 [B, S, N, N, 1]
+      (aux heads after dense blocks 1, 2, 3).
+    """
+    variant = config.variant
+    if variant not in ("densenet", "densenet_a", "radnet"):
+        raise ValueError(f"variant must be densenet, densenet_a or radnet. Received: variant={variant!r}")
+    if (config.depth - 4) % 3:
+        raise ValueError(f"depth must be 3n+4. Received: depth={config.depth}")
+    n = config.input_size
+    if n % 8:
+        raise ValueError(f"input_size must be a multiple of 8. Received: input_size={n}")
+    layers_per_block = (config.depth - 4) // 3
+    wd = config.weight_decay
+
+    slices = keras.Input(shape=(None, n, n, 1), name="slices")
+    slice_mask = SliceMask(name="slice_mask")(slices)
+    x = FoldSlices(name="fold_slices")(slices)
+    x = _conv(config.initial_filters, 3, "stem_conv", wd, strides=2)(x)
+
+    heads = []
+    for block in range(3):
+        if block:
+            x = apply_transition(x, config.dropout, wd, name=f"transition{block}")
+        x = apply_dense_block(x, layers_per_block, config.growth_rate, config.dropout, wd, f"block{block + 1}")
+        if variant != "densenet":
+            heads.append(apply_aux_head(x, 2 ** (block + 1), config.head_filters, wd, name=f"aux{block + 1}"))
+
+    x = layers.BatchNormalization(epsilon=1.001e-5, name="final_bn")(x)
+    x = layers.Activation("relu", name="final_relu")(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    features = UnfoldSlices(name="unfold_features")(x, slices)  # [B, S, C]
+    if variant == "radnet":
+        features = layers.Bidirectional(
+            layers.LSTM(config.lstm_units, return_sequences=True, use_cudnn=use_cudnn), name="bilstm"
+        )(features, mask=slice_mask)
+    logits = layers.Dense(1, name="classifier")(features)
+    prob = layers.Activation("sigmoid", dtype="float32", name="classifier_sigmoid")(logits)
+    outputs = {OUTPUT_SLICE: SqueezeLast(name=OUTPUT_SLICE)(prob)}
+    for name, head in zip(MASK_OUTPUTS, heads):
+        outputs[name] = UnfoldSlices(name=name)(head, slices)
+    return keras.Model(slices, outputs, name=variant)
