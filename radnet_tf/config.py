@@ -64,7 +64,7 @@ class Config:
     mixed_precision: bool = False
     xla: bool = False
     early_stopping_patience: int = 0  # 0 = off
-    monitor: str = "val_slice_auc"
+    monitor: str = "val_slice_probability_auc"
     # ---- CT-level decision rule (paper: 3 consecutive positive slices)
     ct_min_run: int = 3
     slice_threshold: float = 0.5

@@ -12,6 +12,9 @@ write identical records. Label files (documented in the README):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +147,111 @@ def hu_from_rendered(pixels, window_center, window_width, max_value=255.0):
     """Inverts a display window: rendered 8-bit pixels -> approximate HU (float32)."""
     pixels = tf.cast(pixels, tf.float32)
     return window_center - window_width / 2.0 + pixels / max_value * window_width
+
+
+# ----------------------------------------------------------------------------- local runner
+
+MANIFEST_COLUMNS = [
+    "study_id",
+    "study_key",
+    "status",
+    "reason",
+    "shard",
+    "label",
+    "num_slices",
+    "positive_slices",
+    "has_mask",
+    "pixel_spacing_mm",
+    "slice_spacing_mm",
+    "tilt_deg",
+    "gaps",
+    "bytes",
+]
+
+
+def _convert_shard(args):
+    """Worker: converts the studies of one shard and writes it atomically."""
+    import pandas as pd
+
+    shard_path, tasks, pcfg = args
+    part_path = f"{shard_path}.manifest.csv"
+    if os.path.exists(shard_path) and os.path.exists(part_path):
+        return part_path  # complete from an earlier run
+    serialized, rows = [], []
+    for task in tasks:
+        try:
+            record, row = convert_study(task, pcfg)
+        except UserError as err:
+            rows.append({"study_id": task.study_id, "status": "skipped", "reason": str(err)})
+            continue
+        serialized.append(record)
+        rows.append({**row, "status": "written", "reason": "", "shard": os.path.basename(shard_path)})
+    records.write_shard(shard_path, serialized)
+    tmp = f"{part_path}.tmp"
+    pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(tmp, index=False)
+    os.replace(tmp, part_path)
+    return part_path
+
+
+def write_manifest(out, frames, pcfg, skipped_rows):
+    """Combines manifest parts and skipped rows into manifest.csv and manifest.json."""
+    import pandas as pd
+
+    skipped = pd.DataFrame(
+        [{"study_id": sid, "status": "skipped", "reason": why} for sid, why in skipped_rows],
+        columns=MANIFEST_COLUMNS,
+    )
+    table = pd.concat([f for f in frames + [skipped] if len(f)], ignore_index=True)
+    table = table.reindex(columns=MANIFEST_COLUMNS).sort_values("study_id", kind="stable")
+    out = Path(out)
+    tmp = out / "manifest.csv.tmp"
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, out / "manifest.csv")
+    written = table[table.status == "written"]
+    summary = {
+        "studies_written": int(len(written)),
+        "studies_skipped": int((table.status == "skipped").sum()),
+        "positives": int((written.label == 1).sum()),
+        "negatives": int((written.label == 0).sum()),
+        "slices": int(written.num_slices.sum()),
+        "pixel_spacing_mm": written.pixel_spacing_mm.describe().round(4).to_dict() if len(written) else {},
+        "slice_spacing_mm": written.slice_spacing_mm.describe().round(4).to_dict() if len(written) else {},
+        "geometry": {"out_spacing": pcfg.out_spacing, "fov_mm": pcfg.fov_mm, "size": pcfg.out_size},
+        "digest": hashlib.sha256((out / "manifest.csv").read_bytes()).hexdigest()[:16],
+    }
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out / "manifest.json")
+    return table, summary
+
+
+def run_local(tasks, skipped_rows, out, shards, workers, pcfg, progress=True):
+    """Converts with a process pool; resumable. Returns (manifest table, summary)."""
+    import multiprocessing as mp
+
+    import pandas as pd
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = max(1, min(shards, len(tasks))) if tasks else 1
+    jobs = [
+        (str(out / records.shard_name(i, shards)), tasks[i::shards], pcfg) for i in range(shards)
+    ]
+    for stale in out.glob("*.tmp"):
+        stale.unlink()  # leftovers of a killed run
+    if workers <= 1:
+        parts = [_convert_shard(job) for job in _progress(jobs, progress)]
+    else:
+        ctx = mp.get_context("spawn")  # TF is not fork-safe
+        with ctx.Pool(workers) as pool:
+            parts = list(_progress(pool.imap_unordered(_convert_shard, jobs), progress, total=len(jobs)))
+    frames = [pd.read_csv(p, dtype={"study_id": str}) for p in sorted(parts)]
+    return write_manifest(out, frames, pcfg, skipped_rows)
+
+
+def _progress(iterable, enabled, total=None):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc="shards", unit="shard")

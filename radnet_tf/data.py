@@ -1,0 +1,246 @@
+"""tf.data input: records -> training windows (augmented, class-balanced) or whole studies.
+
+Element contract (both pipelines):
+  x: float32 [B, S, N, N, 1], brain-windowed slices in [0, 1]; padding slices = PAD_VALUE
+  y: dict with "slice_probability" float32 [B, S] (1/0, -1 = ignore) and, for models with
+     aux heads, "mask_1".."mask_3" float32 [B, S, N, N, 1] (1/0, -1 = ignore: padded
+     slices, studies without masks)
+
+The train/validation split is by study (never one study on both sides), deterministic
+from the study key and the seed: `is_validation(key)`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from radnet_tf import preprocess, records
+from radnet_tf.errors import UserError
+from radnet_tf.model import MASK_OUTPUTS, OUTPUT_SLICE, PAD_VALUE
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def list_shards(pattern) -> list:
+    """Expands a directory (all shards in it) or glob into sorted shard paths."""
+    pattern = str(pattern)
+    if tf.io.gfile.isdir(pattern):
+        pattern = pattern.rstrip("/") + "/*" + records.SHARD_SUFFIX
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise UserError(f"no TFRecord shards match {pattern}")
+    return files
+
+
+def is_validation(study_key, val_fraction, seed):
+    """bool tensor: whether a study (string tensor key) is in the validation split."""
+    bucket = tf.strings.to_hash_bucket_fast(tf.strings.join([study_key, f":{seed}"]), 10000)
+    return bucket < int(round(val_fraction * 10000))
+
+
+def read_studies(files, deterministic=True):
+    """Dataset of decoded studies (dicts from `records.decode_study`) from shard files.
+
+    Shards are interleaved; a corrupt or truncated shard raises DataLossError naming the
+    file (TFRecordDataset's own check), never a silently short epoch.
+    """
+    ds = tf.data.Dataset.from_tensor_slices(list(files))
+    ds = ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type=records.COMPRESSION),
+        cycle_length=min(8, len(files)),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
+    return ds.map(records.decode_study, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+
+def _targets(study, image_shape, with_masks):
+    labels = tf.cast(study["slice_labels"], tf.float32)
+    y = {OUTPUT_SLICE: labels}
+    if with_masks:
+        mask = tf.cast(study["mask"], tf.float32)[..., None]
+        mask = tf.where(study["has_mask"], mask, -tf.ones_like(mask))
+        for name in MASK_OUTPUTS:
+            y[name] = mask
+    return y
+
+
+def crop_window(study, window, seed=None):
+    """Random contiguous window of `window` slices; for positive studies it contains a
+    positive slice. Shorter studies are returned whole (padded later)."""
+    s = tf.shape(study["image"])[0]
+    labels = study["slice_labels"]
+    positives = tf.cast(tf.where(labels > 0)[:, 0], tf.int32)
+    max_start = tf.maximum(s - window, 0)
+
+    def around_positive():
+        i = tf.random.shuffle(positives, seed=seed)[0]
+        lo = tf.maximum(0, i - window + 1)
+        hi = tf.minimum(i, max_start)
+        return tf.random.uniform([], lo, hi + 1, tf.int32, seed=seed)
+
+    start = tf.cond(
+        tf.size(positives) > 0,
+        around_positive,
+        lambda: tf.random.uniform([], 0, max_start + 1, tf.int32, seed=seed),
+    )
+    length = tf.minimum(window, s)
+    out = dict(study)
+    for key in ("image", "mask", "slice_labels", "slice_positions"):
+        out[key] = study[key][start : start + length]
+    return out
+
+
+def _rotation_transform(angle, size):
+    """Projective transform (ImageProjectiveTransformV3) rotating about the image centre."""
+    c = (tf.cast(size, tf.float32) - 1.0) / 2.0
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    # output (x, y) -> input: rotate by -angle about the centre
+    a0, a1 = cos, -sin
+    a2 = c - cos * c + sin * c
+    b0, b1 = sin, cos
+    b2 = c - sin * c - cos * c
+    return tf.stack([a0, a1, a2, b0, b1, b2, 0.0, 0.0])[None]
+
+
+def augment(image, mask, rotation_deg, flip, seed=None):
+    """Same random rotation and horizontal flip for every slice of a window and its mask.
+
+    Args:
+      image: float32 [S, N, N, 1]; mask: float32 [S, N, N, 1] (0/1, or -1 = no mask).
+    Returns:
+      (image, mask) transformed identically; image bilinear, mask nearest-neighbour.
+    """
+    size = tf.shape(image)[1]
+    if flip:
+        do_flip = tf.random.uniform([], seed=seed) < 0.5
+        image = tf.cond(do_flip, lambda: tf.reverse(image, [2]), lambda: image)
+        mask = tf.cond(do_flip, lambda: tf.reverse(mask, [2]), lambda: mask)
+    if rotation_deg:
+        angle = tf.random.uniform([], -rotation_deg, rotation_deg, seed=seed) * (math.pi / 180.0)
+        transform = tf.tile(_rotation_transform(angle, size), [tf.shape(image)[0], 1])
+        out_shape = tf.stack([size, size])
+
+        def rotate(x, interpolation, fill):
+            return tf.raw_ops.ImageProjectiveTransformV3(
+                images=x,
+                transforms=transform,
+                output_shape=out_shape,
+                fill_value=fill,
+                interpolation=interpolation,
+                fill_mode="CONSTANT",
+            )
+
+        image = rotate(image, "BILINEAR", 0.0)
+        mask = rotate(mask, "NEAREST", 0.0)
+    return image, mask
+
+
+def _pad_to(x, length, value):
+    pad = length - tf.shape(x)[0]
+    paddings = [[0, pad]] + [[0, 0]] * (x.shape.rank - 1)
+    out = tf.pad(x, paddings, constant_values=value)
+    return tf.ensure_shape(out, [length] + x.shape.as_list()[1:])
+
+
+def train_dataset(files, cfg, batch_size, with_masks=True, seed=None):
+    """Infinite dataset of augmented, class-balanced training windows.
+
+    Args:
+      files: shard paths. cfg: `Config` (window, augmentation, balance, split, window
+        level). batch_size: global batch (windows). with_masks: emit mask targets.
+    """
+    seed = cfg.seed if seed is None else seed
+    def train_studies(label_test):
+        return (
+            read_studies(files)
+            .filter(lambda st: tf.logical_not(is_validation(st["study_key"], cfg.val_fraction, cfg.seed)))
+            .filter(lambda st: label_test(st["label"]))
+            .cache()  # decoded HU windows are small at training geometry; reread otherwise
+        )
+
+    def to_example(study):
+        study = crop_window(study, cfg.window)
+        image = preprocess.brain_window(study["image"], cfg.window_center, cfg.window_width)[..., None]
+        y = _targets(study, tf.shape(image), with_masks)
+        mask = y.get(MASK_OUTPUTS[0], tf.zeros_like(image))
+        image, mask = augment(image, mask, cfg.rotation_deg, cfg.flip)
+        if cfg.intensity_jitter:
+            j = cfg.intensity_jitter
+            image = tf.clip_by_value(
+                image * tf.random.uniform([], 1 - j, 1 + j) + tf.random.uniform([], -j, j), 0.0, 1.0
+            )
+        image = _pad_to(image, cfg.window, PAD_VALUE)
+        y[OUTPUT_SLICE] = _pad_to(y[OUTPUT_SLICE], cfg.window, -1.0)
+        if with_masks:
+            # augmentation preserves the -1 "no mask" value only inside the image; rebuild it
+            mask = tf.where(study["has_mask"], mask, -tf.ones_like(mask))
+            mask = _pad_to(mask, cfg.window, -1.0)
+            for name in MASK_OUTPUTS:
+                y[name] = mask
+        return image, y
+
+    pos = train_studies(lambda label: label > 0).repeat().shuffle(256, seed=seed)
+    neg = train_studies(lambda label: label <= 0).repeat().shuffle(256, seed=seed + 1)
+    mixed = tf.data.Dataset.sample_from_datasets(
+        [pos, neg], weights=[cfg.positive_fraction, 1.0 - cfg.positive_fraction], seed=seed
+    )
+    n = cfg.input_size
+    return (
+        mixed.map(to_example, num_parallel_calls=AUTOTUNE, deterministic=True)
+        .batch(batch_size, drop_remainder=True)
+        .map(lambda x, y: (tf.ensure_shape(x, [batch_size, cfg.window, n, n, 1]), y))
+        .prefetch(AUTOTUNE)
+    )
+
+
+def eval_dataset(files, cfg, batch_size=1, with_masks=True, split="validation", with_keys=False):
+    """Whole studies, variable length, padded batches (PAD_VALUE slices, -1 targets).
+
+    Args:
+      split: "validation", "train" or "all".
+      with_keys: also yield the study key and label: (x, y, {"study_key", "label"}).
+    """
+    ds = read_studies(files)
+    if split != "all":
+        want_val = split == "validation"
+        ds = ds.filter(lambda st: is_validation(st["study_key"], cfg.val_fraction, cfg.seed) == want_val)
+
+    def to_example(study):
+        image = preprocess.brain_window(study["image"], cfg.window_center, cfg.window_width)[..., None]
+        y = _targets(study, tf.shape(image), with_masks)
+        if with_keys:
+            return image, y, {"study_key": study["study_key"], "label": study["label"]}
+        return image, y
+
+    ds = ds.map(to_example, num_parallel_calls=AUTOTUNE)
+    n = cfg.input_size
+    y_shapes = {OUTPUT_SLICE: [None]}
+    y_pad = {OUTPUT_SLICE: -1.0}
+    if with_masks:
+        for name in MASK_OUTPUTS:
+            y_shapes[name] = [None, n, n, 1]
+            y_pad[name] = -1.0
+    shapes = ([None, n, n, 1], y_shapes)
+    pads = (PAD_VALUE, y_pad)
+    if with_keys:
+        shapes += ({"study_key": [], "label": []},)
+        pads += ({"study_key": "", "label": tf.constant(-1, tf.int64)},)
+    return ds.padded_batch(batch_size, padded_shapes=shapes, padding_values=pads).prefetch(AUTOTUNE)
+
+
+def count_studies(files, cfg):
+    """(train studies, validation studies, train positives) by one pass over the keys."""
+    ds = read_studies(files).map(
+        lambda st: (is_validation(st["study_key"], cfg.val_fraction, cfg.seed), st["label"])
+    )
+    n_train = n_val = n_pos = 0
+    for is_val, label in ds.as_numpy_iterator():
+        if is_val:
+            n_val += 1
+        else:
+            n_train += 1
+            n_pos += int(label > 0)
+    return n_train, n_val, n_pos

@@ -1,0 +1,318 @@
+"""`python -m radnet_tf.train`: train a RADnet-family model with tf.distribute.
+
+    python -m radnet_tf.train                       # built-in default (make run)
+    python -m radnet_tf.train --config configs/radnet.yaml --data RECORDS [key=value ...]
+
+With no `--data` (and `data: ""` in the config) the built-in default runs end to end: a
+synthetic cohort is generated and cached in `work_dir`, converted to TFRecords, a model is
+trained, evaluated on the held-out studies and exported as a SavedModel.
+
+Strategy from the environment: MultiWorkerMirroredStrategy when TF_CONFIG names a cluster,
+MirroredStrategy on several local GPUs, else the default (one device). The global batch is
+`batch_size` x replicas; model and optimizer are built in the strategy scope.
+
+Model dir contents: config.json (fully resolved), run_info.json (package version, data
+manifest digest, strategy), history.csv (every epoch), best.keras (best `monitor`),
+final.keras, backup/ (BackupAndRestore: a killed run resumes from its last epoch), logs/
+(TensorBoard), val_slices.csv / val_studies.csv / val_metrics.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from radnet_tf.errors import UserError, cli_main
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+
+
+def select_strategy():
+    """tf.distribute strategy chosen from the environment."""
+    import tensorflow as tf
+
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    if len(tf_config.get("cluster", {}).get("worker", [])) > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def prepare_synthetic(cfg, progress=True):
+    """Generates (cached) the synthetic cohort and its records; returns the records dir."""
+    from radnet_tf import synth
+    from radnet_tf.convert import discover_tasks, load_label_tables, run_local
+
+    work = Path(cfg.work_dir)
+    cohort = work / "synth"
+    spec = {"studies": cfg.synth_studies, "slices": cfg.synth_slices, "matrix": cfg.synth_matrix, "seed": cfg.synth_seed}
+    spec_path = cohort / "spec.json"
+    if not (spec_path.exists() and json.loads(spec_path.read_text()) == spec):
+        print(f"[radnet] generating {cfg.synth_studies} synthetic studies in {cohort}", flush=True)
+        synth.generate_cohort(
+            cohort,
+            cfg.synth_studies,
+            cfg.synth_seed,
+            synth.SynthConfig(matrix=cfg.synth_matrix, num_slices=cfg.synth_slices),
+            progress=progress,
+        )
+        spec_path.write_text(json.dumps(spec))
+    pcfg = cfg.preprocess_config()
+    geometry = f"{pcfg.out_size}px-{pcfg.out_spacing:g}mm"
+    rec_dir = work / f"records-{geometry}"
+    manifest = rec_dir / "manifest.json"
+    if not manifest.exists() or json.loads(manifest.read_text()).get("studies_written") != cfg.synth_studies:
+        print(f"[radnet] converting to TFRecords in {rec_dir}", flush=True)
+        labels, per_slice = load_label_tables(cohort / "labels.csv", cohort / "slice_labels.csv")
+        tasks, skipped = discover_tasks(cohort / "dicom", labels, per_slice, cohort / "masks")
+        run_local(tasks, skipped, rec_dir, shards=4, workers=min(2, os.cpu_count() or 1), pcfg=pcfg, progress=progress)
+    return str(rec_dir)
+
+
+def check_geometry(files, cfg):
+    """Records must be on the model's grid; raises UserError otherwise."""
+    from radnet_tf import data
+
+    first = next(iter(data.read_studies(files[:1]).take(1)))
+    size = int(first["image"].shape[1])
+    if size != cfg.input_size:
+        raise UserError(
+            f"records hold {size}x{size} slices but input_size={cfg.input_size}; rebuild the "
+            "records with the same config or set input_size"
+        )
+
+
+def build_and_compile(cfg, steps_per_epoch):
+    import keras
+
+    from radnet_tf.losses import MaskedAUC, MaskedBinaryAccuracy, compile_losses
+    from radnet_tf.model import OUTPUT_SLICE, build_model
+
+    model = build_model(cfg)
+    losses, weights = compile_losses(cfg, model.output_names)
+    boundaries = sorted({max(1, int(round(f * cfg.epochs * steps_per_epoch))) for f in cfg.lr_drop_epochs})
+    values = [cfg.learning_rate / (10**i) for i in range(len(boundaries) + 1)]
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    model.compile(
+        optimizer=keras.optimizers.SGD(schedule, momentum=cfg.momentum),
+        loss=losses,
+        loss_weights=weights,
+        metrics={OUTPUT_SLICE: [MaskedAUC(name="auc"), MaskedBinaryAccuracy(name="accuracy")]},
+        jit_compile=bool(cfg.xla),
+    )
+    return model
+
+
+def predict_studies(model, files, cfg, split="validation"):
+    """Runs a model over whole studies -> (study_keys, labels, list of prob arrays [S],
+    list of slice-label arrays [S])."""
+    from radnet_tf import data
+
+    keys, labels, probs, slice_labels = [], [], [], []
+    with_masks = len(model.outputs) > 1
+    for x, y, meta in data.eval_dataset(files, cfg, 1, with_masks=with_masks, split=split, with_keys=True):
+        out = model(x, training=False)["slice_probability"].numpy()[0]
+        s = int(x.shape[1])
+        keys.append(meta["study_key"].numpy()[0].decode())
+        labels.append(int(meta["label"].numpy()[0]))
+        probs.append(out[:s])
+        slice_labels.append(y["slice_probability"].numpy()[0][:s])
+    return keys, labels, probs, slice_labels
+
+
+def evaluate_model(model, files, cfg, out_dir):
+    """Validation metrics at slice and CT level, written as CSV; returns the CT metrics."""
+    import numpy as np
+    import pandas as pd
+
+    from radnet_tf.metrics import binary_metrics, ct_metrics, study_table
+
+    keys, labels, probs, slice_labels = predict_studies(model, files, cfg)
+    if not keys:
+        raise UserError("the validation split is empty; add studies or raise val_fraction")
+    studies = study_table(keys, labels, probs, cfg.slice_threshold, cfg.ct_min_run)
+    slices = pd.DataFrame(
+        [
+            {"study_key": k, "slice_index": i, "label": int(lab), "probability": float(p)}
+            for k, ps, ls in zip(keys, probs, slice_labels)
+            for i, (p, lab) in enumerate(zip(ps, ls))
+        ]
+    )
+    known = slices[slices.label >= 0]
+    slice_m = binary_metrics(known.label, known.probability >= cfg.slice_threshold, known.probability)
+    ct_m = ct_metrics(studies)
+    table = pd.DataFrame([{"level": "slice", **slice_m}, {"level": "ct", **ct_m}])
+    out = Path(out_dir)
+    _atomic_csv(studies, out / "val_studies.csv")
+    _atomic_csv(slices, out / "val_slices.csv")
+    _atomic_csv(table, out / "val_metrics.csv")
+    return ct_m, slice_m, np.mean(studies.label)
+
+
+def _atomic_csv(frame, path):
+    tmp = Path(f"{path}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _atomic_save(model, path):
+    tmp = Path(path).with_name(Path(path).stem + ".tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg, progress=True):
+    """Runs training as configured; returns a dict summary."""
+    import keras
+    import tensorflow as tf
+
+    import radnet_tf
+    from radnet_tf import data
+
+    start = time.perf_counter()
+    keras.utils.set_random_seed(cfg.seed)
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except Exception:  # pragma: no cover - older TF
+        pass
+    if cfg.mixed_precision:
+        if tf.config.list_physical_devices("GPU"):
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        else:
+            print("[radnet] mixed_precision ignored: no GPU", flush=True)
+    records_path = cfg.data or prepare_synthetic(cfg, progress)
+    files = data.list_shards(records_path)
+    check_geometry(files, cfg)
+    n_train, n_val, n_pos = data.count_studies(files, cfg)
+    if n_train == 0 or n_pos == 0 or n_pos == n_train:
+        raise UserError(
+            f"training split needs positive and negative studies (train={n_train}, positives={n_pos})"
+        )
+
+    strategy = select_strategy()
+    global_batch = cfg.batch_size * strategy.num_replicas_in_sync
+    steps = cfg.steps_per_epoch or max(1, math.ceil(n_train / global_batch))
+    model_dir = Path(cfg.resolved_model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Path(records_path) / "manifest.json" if tf.io.gfile.isdir(records_path) else None
+    run_info = {
+        "version": radnet_tf.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "strategy": type(strategy).__name__,
+        "replicas": strategy.num_replicas_in_sync,
+        "global_batch": global_batch,
+        "steps_per_epoch": steps,
+        "train_studies": n_train,
+        "val_studies": n_val,
+        "data": records_path,
+        "data_manifest_digest": json.loads(manifest.read_text()).get("digest") if manifest and manifest.exists() else None,
+        "config_digest": cfg.digest(),
+    }
+    (model_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    (model_dir / "run_info.json").write_text(json.dumps(run_info, indent=2))
+
+    with strategy.scope():
+        model = build_and_compile(cfg, steps)
+    with_masks = len(model.outputs) > 1
+    train_ds = data.train_dataset(files, cfg, global_batch, with_masks=with_masks)
+    val_ds = data.eval_dataset(files, cfg, cfg.batch_size, with_masks=with_masks) if n_val else None
+    monitor = cfg.monitor if n_val else cfg.monitor.replace("val_", "")
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(model_dir / "backup")),
+        keras.callbacks.ModelCheckpoint(str(model_dir / "best.keras"), monitor=monitor, mode="max", save_best_only=True),
+        keras.callbacks.CSVLogger(str(model_dir / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(model_dir / "logs"), profile_batch=0),
+    ]
+    if cfg.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=cfg.early_stopping_patience)
+        )
+    print(
+        f"[radnet] training {cfg.variant} ({model.count_params():,} params) on {n_train} studies "
+        f"({n_val} validation), {cfg.epochs} epochs x {steps} steps, global batch {global_batch}, "
+        f"{type(strategy).__name__}",
+        flush=True,
+    )
+    history = model.fit(
+        train_ds,
+        epochs=cfg.epochs,
+        steps_per_epoch=steps,
+        validation_data=val_ds,
+        callbacks=callbacks,
+        verbose=1 if progress else 2,
+    )
+    _atomic_save(model, model_dir / "final.keras")
+    summary = {"model_dir": str(model_dir), "records": records_path, "train_seconds": round(time.perf_counter() - start, 1)}
+    if n_val:
+        best = model_dir / "best.keras"
+        if best.exists():
+            model = keras.saving.load_model(best)
+        ct_m, slice_m, _ = evaluate_model(model, files, cfg, model_dir)
+        summary["ct_metrics"] = {k: ct_m[k] for k in ("accuracy", "recall", "precision", "f1")}
+        summary["slice_metrics"] = {k: slice_m[k] for k in ("accuracy", "recall", "precision", "f1")}
+    summary["history"] = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    return summary, model
+
+
+def _is_chief():
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    task = tf_config.get("task", {})
+    return task.get("type", "worker") in ("chief", "worker") and task.get("index", 0) == 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m radnet_tf.train",
+        description="Train RADnet (no arguments: the built-in synthetic default).",
+    )
+    parser.add_argument("--config", help=f"flat YAML config (default: {DEFAULT_CONFIG.name} when present)")
+    parser.add_argument("--data", help="TFRecord folder or glob (overrides config 'data')")
+    parser.add_argument("--model-dir", help="output model dir (overrides config 'model_dir')")
+    parser.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bars")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    return parser
+
+
+@cli_main
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from radnet_tf.config import load_config
+
+    path = args.config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else None)
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data={args.data}")
+        if not Path(args.data).exists() and not any(c in args.data for c in "*?[") and "://" not in args.data:
+            raise UserError(f"--data not found: {args.data}")
+    if args.model_dir:
+        overrides.append(f"model_dir={args.model_dir}")
+    cfg = load_config(path, overrides)
+    summary, model = train(cfg, progress=not args.quiet)
+    if cfg.export and _is_chief():
+        from radnet_tf.export import export_model
+
+        summary["export"] = str(export_model(model, cfg, cfg.export_dir))
+    print("\n[radnet] done")
+    print(f"  model dir : {summary['model_dir']}")
+    print(f"  records   : {summary['records']}")
+    if "export" in summary:
+        print(f"  SavedModel: {summary['export']}")
+    if "ct_metrics" in summary:
+        m = summary["ct_metrics"]
+        print(
+            "  held-out CT level: "
+            + ", ".join(f"{k} {m[k]:.3f}" for k in ("accuracy", "recall", "precision", "f1"))
+        )
+    print(f"  wall time : {summary['train_seconds']:.0f} s")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
