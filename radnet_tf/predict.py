@@ -1,0 +1,160 @@
+"""`python -m radnet_tf.predict DICOM_DIR --model saved_models/radnet/N [--out DIR]`
+
+A quick look at one study on CPU: reads the series with the project's reader, runs the
+exported SavedModel's `predict_hu` signature (preprocessing in-graph), prints JSON (CT
+verdict, score, per-slice probabilities, longest run, estimated hemorrhage volume, series
+geometry, timings) and, with --out, writes `overview.png` (slices in brain window with mask
+contours and probabilities, plus the probability strip) and `prediction.json`.
+
+Hemorrhage volume: mask voxels (fused mask >= 0.5 on the model grid) x out_spacing^2 x
+slice spacing, in mL. No patient identifier is printed or written: the study is named by
+its pseudonymous key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from radnet_tf.errors import UserError, cli_main
+
+
+def load_saved_model(path):
+    import tensorflow as tf
+
+    from radnet_tf.export import read_metadata
+
+    p = Path(path)
+    if not (p / "saved_model.pb").exists():
+        versions = sorted(int(v.name) for v in p.iterdir() if v.name.isdigit()) if p.is_dir() else []
+        if not versions:
+            raise UserError(f"no SavedModel at {path} (expected saved_model.pb or numbered versions)")
+        p = p / str(versions[-1])
+    meta = read_metadata(p)
+    return tf.saved_model.load(str(p)), meta, p
+
+
+def predict_series(series, saved, meta):
+    """Runs `predict_hu` on a CTSeries; returns (result dict, outputs as numpy, timings)."""
+    import tensorflow as tf
+
+    from radnet_tf.decision import ct_decision_np
+
+    t0 = time.perf_counter()
+    out = saved.signatures["predict_hu"](
+        hu=tf.constant(series.hu), pixel_spacing=tf.constant(series.pixel_spacing, tf.float32)
+    )
+    out = {k: v.numpy() for k, v in out.items()}
+    model_s = time.perf_counter() - t0
+    probs = out["slice_probabilities"]
+    check = ct_decision_np(probs, meta["slice_threshold"], meta["ct_min_run"])
+    assert check["ct_positive"] == bool(out["ct_positive"])  # one rule, two implementations
+    spacing = meta["out_spacing_mm"]
+    slice_mm = series.slice_spacing if np.isfinite(series.slice_spacing) else (series.slice_thickness or 0.0)
+    volume_ml = float((out["masks"] >= 0.5).sum() * spacing * spacing * slice_mm / 1000.0)
+    result = {
+        "study_key": series.study_key,
+        "ct_positive": bool(out["ct_positive"]),
+        "ct_score": round(float(out["ct_score"]), 4),
+        "longest_positive_run": int(out["longest_positive_run"]),
+        "rule": f">= {meta['ct_min_run']} consecutive slices with probability >= {meta['slice_threshold']}",
+        "slice_probabilities": [round(float(p), 4) for p in probs],
+        "hemorrhage_volume_ml": round(volume_ml, 2),
+        "series": series.summary(),
+        "model": {"name": meta["model"], "version": meta["version"]},
+    }
+    return result, out, model_s
+
+
+def overview_png(path, out, meta, probs, threshold, max_slices=48):
+    """Writes the slice grid (brain window, mask contours, probabilities) and the strip."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from radnet_tf.decision import longest_run_np
+
+    slices = out["slices"]
+    s = len(probs)
+    idx = np.linspace(0, s - 1, min(s, max_slices)).round().astype(int)
+    cols = min(8, len(idx))
+    rows = int(np.ceil(len(idx) / cols))
+    fig = plt.figure(figsize=(2 * cols, 2 * rows + 1.6))
+    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1] * rows + [0.8])
+    for k, i in enumerate(idx):
+        ax = fig.add_subplot(grid[k // cols, k % cols])
+        ax.imshow(slices[i], cmap="gray", vmin=0, vmax=1)
+        if out["masks"][i].max() >= 0.5:
+            ax.contour(out["masks"][i], levels=[0.5], colors="red", linewidths=0.8)
+        ax.set_title(f"{i}: p={probs[i]:.2f}", fontsize=8, color="red" if probs[i] >= threshold else "black")
+        ax.axis("off")
+    ax = fig.add_subplot(grid[rows, :])
+    ax.bar(np.arange(s), probs, color=["tab:red" if p >= threshold else "tab:blue" for p in probs])
+    ax.axhline(threshold, color="k", lw=0.8, ls="--")
+    ax.set_xlim(-0.5, s - 0.5)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("slice (inferior -> superior)")
+    ax.set_ylabel("p(hemorrhage)")
+    ax.set_title(
+        f"longest run {longest_run_np(np.asarray(probs) >= threshold)} (positive if >= {meta['ct_min_run']})",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    tmp = Path(f"{path}.tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+@cli_main
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m radnet_tf.predict", description="Predict one DICOM study.")
+    parser.add_argument("dicom_dir")
+    parser.add_argument("--model", required=True, help="SavedModel dir (a version, or its parent: latest)")
+    parser.add_argument("--out", help="folder for overview.png and prediction.json")
+    parser.add_argument("--tilt", choices=["correct", "reject"], default="correct")
+    parser.add_argument("--min-slices", type=int, default=1, help="fewest slices accepted (default 1)")
+    args = parser.parse_args(argv)
+
+    from radnet_tf import preprocess
+    from radnet_tf.dicom_io import read_series
+
+    timings = {}
+    t0 = time.perf_counter()
+    saved, meta, path = load_saved_model(args.model)
+    timings["load_model_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    series = read_series(args.dicom_dir, tilt=args.tilt, min_slices=args.min_slices)
+    timings["read_s"] = time.perf_counter() - t0
+    result, out, model_s = predict_series(series, saved, meta)
+    timings["model_s"] = model_s  # includes in-graph preprocessing
+    if args.out:
+        t0 = time.perf_counter()
+        cfg_pre = preprocess.PreprocessConfig(
+            meta["window_center"], meta["window_width"], meta["out_spacing_mm"], meta["fov_mm"], meta["input_size"]
+        )
+        out["slices"] = preprocess.preprocess_study(series.hu, series.pixel_spacing, cfg_pre).numpy()[..., 0]
+        timings["preprocess_for_display_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        folder = Path(args.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        overview_png(folder / "overview.png", out, meta, out["slice_probabilities"], meta["slice_threshold"])
+        timings["write_s"] = time.perf_counter() - t0
+    result["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    text = json.dumps(result, indent=2)
+    if args.out:
+        tmp = Path(args.out) / "prediction.json.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, Path(args.out) / "prediction.json")
+    print(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()
