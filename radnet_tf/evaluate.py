@@ -1,0 +1,335 @@
+"""`python -m radnet_tf.evaluate`: the paper's CT-level evaluation, tables and figures.
+
+    python -m radnet_tf.evaluate --model runs/default/model [--model OTHER ...] \
+        --data RECORDS [--split validation|train|all] [--val-data RECORDS] \
+        [--target-sensitivity 0.95] [--readers reads.csv --manifest manifest.csv] --out DIR
+
+Per model (a model dir with best/final.keras, or a SavedModel version dir): slice
+probabilities -> CT verdict with the one rule in `radnet_tf.decision` (>= K consecutive
+slices at the slice threshold) and the continuous CT score. Outputs in DIR/<model name>/:
+  slices.csv, studies.csv, summary.csv (slice and CT level: accuracy, recall, precision,
+  F1, specificity, ROC AUC, PR AUC, confusion counts, bootstrap 95% CIs), and PNGs:
+  roc_pr.png, confusion.png, reliability.png, training_curves.png (model dirs),
+  study_strips.png. Parquet copies are written when pyarrow is installed.
+Operating point: the slice threshold giving >= --target-sensitivity at CT level, chosen on
+--val-data (or, flagged "optimistic", on the evaluated set itself); its metrics are in
+summary.csv as level "ct@target".
+With several models: table1.csv / table1.md (ablation). With --readers: table2.csv /
+table2.md, readers_vs_model.png and kappa.csv (Cohen's kappa between readers and model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from radnet_tf.errors import UserError, cli_main
+from radnet_tf.metrics import binary_metrics, bootstrap_ci, ct_metrics, study_table
+
+PAPER_METRICS = ("accuracy", "recall", "precision", "f1")
+
+
+def _atomic_table(frame: pd.DataFrame, path: Path):
+    tmp = Path(f"{path}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    try:
+        import pyarrow  # noqa: F401
+
+        tmp = Path(f"{path.with_suffix('.parquet')}.tmp")
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path.with_suffix(".parquet"))
+    except ImportError:
+        pass
+
+
+def _savefig(fig, path):
+    import matplotlib.pyplot as plt
+
+    tmp = Path(f"{path}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+class Predictor:
+    """Runs a Keras model dir or a SavedModel over one study at a time."""
+
+    def __init__(self, path):
+        import tensorflow as tf
+
+        p = Path(path)
+        self.history = None
+        if (p / "saved_model.pb").exists():
+            from radnet_tf.config import config_from_dict
+            from radnet_tf.export import read_metadata
+
+            meta = read_metadata(p)
+            self.cfg = config_from_dict(meta["config"])
+            self.cfg.slice_threshold, self.cfg.ct_min_run = meta["slice_threshold"], meta["ct_min_run"]
+            fn = tf.saved_model.load(str(p)).signatures["serving_default"]
+            self._fn = lambda x: fn(slices=tf.constant(x[0]))["slice_probabilities"].numpy()
+            self.name = f"{meta['model']}-v{meta['version']}"
+        else:
+            from radnet_tf.export import load_trained
+
+            model, self.cfg = load_trained(p)
+            self._fn = lambda x: model(x, training=False)["slice_probability"].numpy()[0]
+            self.name = p.name if p.name not in ("model", "") else self.cfg.variant
+            if (p / "history.csv").exists():
+                self.history = pd.read_csv(p / "history.csv")
+
+    def predict(self, files, split):
+        from radnet_tf import data
+
+        keys, labels, probs, slice_labels = [], [], [], []
+        for x, y, meta in data.eval_dataset(files, self.cfg, 1, with_masks=False, split=split, with_keys=True):
+            s = int(x.shape[1])
+            probs.append(self._fn(x.numpy())[:s])
+            keys.append(meta["study_key"].numpy()[0].decode())
+            labels.append(int(meta["label"].numpy()[0]))
+            slice_labels.append(y["slice_probability"].numpy()[0][:s])
+        if not keys:
+            raise UserError(f"no studies in split {split!r} of the data")
+        return keys, labels, probs, slice_labels
+
+
+def threshold_for_sensitivity(studies: pd.DataFrame, target: float) -> float:
+    """Largest slice threshold whose CT-level recall is >= target (via ct_score)."""
+    pos = np.sort(studies.loc[studies.label == 1, "ct_score"].to_numpy())[::-1]
+    if pos.size == 0:
+        raise UserError("no positive studies to choose a threshold on")
+    k = int(np.ceil(target * pos.size))
+    return float(np.clip(pos[k - 1], 1e-6, 1 - 1e-6))
+
+
+def expected_calibration_error(labels, probs, bins=10) -> float:
+    labels, probs = np.asarray(labels, float), np.asarray(probs, float)
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(probs, edges) - 1, 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        sel = idx == b
+        if sel.any():
+            ece += sel.mean() * abs(labels[sel].mean() - probs[sel].mean())
+    return float(ece)
+
+
+def evaluate_one(pred: Predictor, files, split, out: Path, target, val_files=None, n_boot=500):
+    """Tables and figures for one model; returns (summary frame, studies frame)."""
+    cfg = pred.cfg
+    keys, labels, probs, slice_labels = pred.predict(files, split)
+    studies = study_table(keys, labels, probs, cfg.slice_threshold, cfg.ct_min_run)
+    slices = pd.DataFrame(
+        [
+            {"study_key": k, "slice_index": i, "label": int(lab), "probability": float(p)}
+            for k, ps, ls in zip(keys, probs, slice_labels)
+            for i, (p, lab) in enumerate(zip(ps, ls))
+        ]
+    )
+    known = slices[slices.label >= 0]
+    rows = []
+    slice_m = binary_metrics(known.label, known.probability >= cfg.slice_threshold, known.probability)
+    rows.append({"level": "slice", "threshold": cfg.slice_threshold, **slice_m})
+    ct_m = ct_metrics(studies)
+    ci = bootstrap_ci(studies, lambda t: {k: ct_metrics(t)[k] for k in PAPER_METRICS}, n_boot=n_boot)
+    rows.append({"level": "ct", "threshold": cfg.slice_threshold, **ct_m, **{f"{k}_ci": ci[k] for k in ci}})
+    # operating point for a target sensitivity
+    if val_files is not None:
+        vk, vl, vp, _ = pred.predict(val_files, "validation")
+        basis, note = study_table(vk, vl, vp, cfg.slice_threshold, cfg.ct_min_run), "validation"
+    else:
+        basis, note = studies, "optimistic: chosen on the evaluated set"
+    t = threshold_for_sensitivity(basis, target)
+    at = study_table(keys, labels, probs, t, cfg.ct_min_run)
+    rows.append({"level": "ct@target", "threshold": t, "threshold_basis": note, **ct_metrics(at)})
+    ece = expected_calibration_error(known.label, known.probability)
+    rows[0]["ece"] = ece
+    summary = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_table(slices, out / "slices.csv")
+    _atomic_table(studies, out / "studies.csv")
+    _atomic_table(summary, out / "summary.csv")
+    plot_all(out, studies, known, probs, keys, cfg, pred.history, ci_auc=_auc_ci(studies, n_boot))
+    return summary, studies
+
+
+def _auc_ci(studies, n_boot):
+    if studies.label.nunique() < 2:
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    def fn(t):
+        return {"auc": roc_auc_score(t.label, t.ct_score) if t.label.nunique() == 2 else np.nan}
+
+    return bootstrap_ci(studies, fn, n_boot=n_boot)["auc"]
+
+
+def plot_all(out, studies, known_slices, probs, keys, cfg, history, ci_auc=None):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_curve, roc_curve
+
+    if studies.label.nunique() == 2:
+        fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4))
+        fpr, tpr, _ = roc_curve(studies.label, studies.ct_score)
+        ci = f" (95% CI {ci_auc[0]:.2f}-{ci_auc[1]:.2f})" if ci_auc else ""
+        a.plot(fpr, tpr, label=f"AUC {ct_metrics(studies).get('roc_auc', float('nan')):.3f}{ci}")
+        a.plot([0, 1], [0, 1], "k:", lw=0.8)
+        a.set(xlabel="1 - specificity", ylabel="sensitivity", title="CT-level ROC")
+        a.legend(loc="lower right", fontsize=8)
+        prec, rec, _ = precision_recall_curve(studies.label, studies.ct_score)
+        b.plot(rec, prec)
+        b.set(xlabel="recall", ylabel="precision", title="CT-level PR")
+        _savefig(fig, out / "roc_pr.png")
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ConfusionMatrixDisplay.from_predictions(studies.label, studies.ct_positive.astype(int), labels=[0, 1], ax=ax, colorbar=False)
+    ax.set_title(f"CT level (K={cfg.ct_min_run}, t={cfg.slice_threshold})")
+    _savefig(fig, out / "confusion.png")
+    if known_slices.label.nunique() == 2:
+        fig, ax = plt.subplots(figsize=(4, 4))
+        frac, mean = calibration_curve(known_slices.label, known_slices.probability, n_bins=10)
+        ax.plot(mean, frac, "o-")
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set(xlabel="predicted probability", ylabel="observed frequency", title="slice reliability")
+        _savefig(fig, out / "reliability.png")
+    if history is not None and len(history):
+        cols = [c for c in history.columns if c.endswith("loss") and "mask" not in c]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for c in cols:
+            ax.plot(history["epoch"] + 1, history[c], label=c)
+        ax.set(xlabel="epoch", ylabel="loss", title="training curves")
+        ax.legend(fontsize=7)
+        _savefig(fig, out / "training_curves.png")
+    n = min(8, len(probs))
+    fig, axes = plt.subplots(n, 1, figsize=(7, 1.1 * n + 0.5), squeeze=False)
+    for ax, p, k, lab in zip(axes[:, 0], probs[:n], keys[:n], studies.label[:n]):
+        pos = np.asarray(p) >= cfg.slice_threshold
+        ax.bar(np.arange(len(p)), p, color=np.where(pos, "tab:red", "tab:blue"))
+        ax.axhline(cfg.slice_threshold, color="k", lw=0.6, ls="--")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(f"{k[:6]}\ny={lab}", fontsize=7)
+    axes[-1, 0].set_xlabel(f"slice; red = p >= threshold; CT positive if >= {cfg.ct_min_run} consecutive red")
+    _savefig(fig, out / "study_strips.png")
+
+
+def table_markdown(frame: pd.DataFrame) -> str:
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in frame.iterrows():
+        lines.append("| " + " | ".join(str(v) for v in row.values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value, ci=None):
+    text = f"{100 * value:.2f}%"
+    if ci is not None and not (isinstance(ci, float) and np.isnan(ci)):
+        text += f" ({100 * ci[0]:.1f}-{100 * ci[1]:.1f})"
+    return text
+
+
+def ablation_table(summaries: dict) -> pd.DataFrame:
+    """Table 1: rows = paper metrics, columns = models, CT level with 95% CIs."""
+    table = {"metric": list(PAPER_METRICS)}
+    for name, summary in summaries.items():
+        ct = summary[summary.level == "ct"].iloc[0]
+        table[name] = [_fmt(ct[m], ct.get(f"{m}_ci")) for m in PAPER_METRICS]
+    return pd.DataFrame(table)
+
+
+def reader_table(readers_csv, manifest_csv, studies: pd.DataFrame, finding="ICH", reference=None):
+    """Table 2: readers vs model at CT level, plus Cohen's kappa between all raters.
+
+    readers_csv: one row per study (`name` = study_id), columns like 'R1:ICH' (0/1).
+    manifest_csv: the records manifest (study_id -> study_key).
+    reference: optional {study_id: label}; default the study labels in `studies`.
+    """
+    from sklearn.metrics import cohen_kappa_score
+
+    reads = pd.read_csv(readers_csv)
+    if "name" not in reads.columns:
+        raise UserError(f"{readers_csv}: needs a 'name' column with the study ids")
+    cols = [c for c in reads.columns if c.endswith(f":{finding}")]
+    if not cols:
+        raise UserError(f"{readers_csv}: no reader columns ending in ':{finding}'")
+    manifest = pd.read_csv(manifest_csv, dtype={"study_id": str})
+    merged = reads.merge(manifest[["study_id", "study_key"]], left_on="name", right_on="study_id")
+    merged = merged.merge(studies, on="study_key")
+    if merged.empty:
+        raise UserError("no study of the readers file is in the evaluated set")
+    truth = merged["label"] if reference is None else merged["name"].map(reference)
+    raters = {c.split(":")[0]: merged[c].astype(int) for c in cols}
+    raters["model"] = merged["ct_positive"].astype(int)
+    table = {"metric": list(PAPER_METRICS)}
+    for name, calls in raters.items():
+        m = binary_metrics(truth, calls)
+        table[name] = [round(m[k], 4) for k in PAPER_METRICS]
+    names = list(raters)
+    kappa = pd.DataFrame(
+        [[cohen_kappa_score(raters[a], raters[b]) if a != b else 1.0 for b in names] for a in names],
+        index=names,
+        columns=names,
+    )
+    return pd.DataFrame(table), kappa
+
+
+@cli_main
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m radnet_tf.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", action="append", required=True, help="model dir or SavedModel (repeat)")
+    parser.add_argument("--data", required=True, help="TFRecord folder or glob")
+    parser.add_argument("--split", default="validation", choices=["validation", "train", "all"])
+    parser.add_argument("--val-data", help="records to choose the operating point on (validation split)")
+    parser.add_argument("--target-sensitivity", type=float, default=0.95)
+    parser.add_argument("--readers", help="reader calls CSV (CQ500 reads.csv format)")
+    parser.add_argument("--manifest", help="records manifest.csv (study_id -> study_key), with --readers")
+    parser.add_argument("--bootstrap", type=int, default=500)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    from radnet_tf import data
+
+    if not 0 < args.target_sensitivity <= 1:
+        raise UserError(f"--target-sensitivity must be in (0, 1]. Received: {args.target_sensitivity}")
+    files = data.list_shards(args.data)
+    val_files = data.list_shards(args.val_data) if args.val_data else None
+    out = Path(args.out)
+    summaries, last_studies = {}, None
+    for path in args.model:
+        pred = Predictor(path)
+        summary, studies = evaluate_one(pred, files, args.split, out / pred.name, args.target_sensitivity, val_files, args.bootstrap)
+        summaries[pred.name] = summary
+        last_studies = studies
+        ct = summary[summary.level == "ct"].iloc[0]
+        print(f"{pred.name}: CT " + ", ".join(f"{k} {ct[k]:.3f}" for k in PAPER_METRICS) + f" (n={int(ct['n'])})")
+    if len(summaries) > 1:
+        t1 = ablation_table(summaries)
+        _atomic_table(t1, out / "table1.csv")
+        (out / "table1.md").write_text(table_markdown(t1))
+    if args.readers:
+        if not args.manifest:
+            raise UserError("--readers needs --manifest (the records manifest.csv)")
+        t2, kappa = reader_table(args.readers, args.manifest, last_studies)
+        _atomic_table(t2, out / "table2.csv")
+        (out / "table2.md").write_text(table_markdown(t2))
+        kappa.to_csv(out / "kappa.csv")
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        t2.set_index("metric").T.plot.bar(ax=ax)
+        ax.set(ylim=(0, 1), title="readers vs model (CT level)")
+        _savefig(fig, out / "readers_vs_model.png")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
