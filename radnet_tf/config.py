@@ -53,6 +53,7 @@ class Config:
     batch_size: int = 2  # studies (windows) per replica
     window: int = 16  # slices per training window
     steps_per_epoch: int = 0  # 0 = one pass over the training studies
+    optimizer: str = "sgd"  # sgd (paper: momentum 0.9) | adam
     learning_rate: float = 0.01
     momentum: float = 0.9
     lr_drop_epochs: list = dataclasses.field(default_factory=lambda: [1 / 3, 2 / 3])
@@ -85,6 +86,8 @@ class Config:
                 f"input_size * out_spacing must cover fov_mm. Received: input_size={self.input_size}, "
                 f"out_spacing={self.out_spacing}, fov_mm={self.fov_mm}"
             )
+        if self.optimizer not in ("sgd", "adam"):
+            raise UserError(f"optimizer must be 'sgd' or 'adam'. Received: optimizer={self.optimizer!r}")
         if len(self.mask_loss_weights) != 3:
             raise UserError(f"mask_loss_weights needs 3 values. Received: {self.mask_loss_weights}")
         if not 0 < self.val_fraction < 1:

@@ -99,8 +99,12 @@ def build_and_compile(cfg, steps_per_epoch):
     boundaries = sorted({max(1, int(round(f * cfg.epochs * steps_per_epoch))) for f in cfg.lr_drop_epochs})
     values = [cfg.learning_rate / (10**i) for i in range(len(boundaries) + 1)]
     schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    if cfg.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(schedule)
+    else:
+        optimizer = keras.optimizers.SGD(schedule, momentum=cfg.momentum)
     model.compile(
-        optimizer=keras.optimizers.SGD(schedule, momentum=cfg.momentum),
+        optimizer=optimizer,
         loss=losses,
         loss_weights=weights,
         metrics={OUTPUT_SLICE: [MaskedAUC(name="auc"), MaskedBinaryAccuracy(name="accuracy")]},

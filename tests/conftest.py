@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny shapes, fixed seeds; real DICOM from ../shared when present."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+TINY_MODEL = dict(
+    input_size=32, out_spacing=8.0, fov_mm=250.0, depth=7, growth_rate=2, initial_filters=4,
+    lstm_units=3, head_filters=2, window=4, batch_size=2, epochs=2, steps_per_epoch=2,
+)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains or exports a model (seconds to a minute)")
+
+
+@pytest.fixture
+def shared():
+    """Path of ../shared/data; skips when absent (e.g. on a user's machine)."""
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED
+
+
+def tiny_config(**overrides):
+    from radnet_tf.config import Config
+
+    values = {**TINY_MODEL, **overrides}
+    return Config(**values).validate()
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory):
+    """10 synthetic studies of 6 slices, 64x64 at ~3.4 mm (whole head in view)."""
+    from radnet_tf import synth
+
+    out = tmp_path_factory.mktemp("cohort")
+    cfg = synth.SynthConfig(matrix=64, num_slices=6, pixel_spacing_range=(3.3, 3.5), slice_thickness_range=(4.0, 5.0))
+    synth.generate_cohort(out, 10, seed=3, cfg=cfg)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_records(tiny_cohort, tmp_path_factory):
+    """The tiny cohort as records on the tiny model grid (32 px, 8 mm)."""
+    from radnet_tf.convert import discover_tasks, load_label_tables, run_local
+
+    out = tmp_path_factory.mktemp("records")
+    labels, per_slice = load_label_tables(tiny_cohort / "labels.csv", tiny_cohort / "slice_labels.csv")
+    tasks, skipped = discover_tasks(tiny_cohort / "dicom", labels, per_slice, tiny_cohort / "masks")
+    run_local(tasks, skipped, out, shards=2, workers=1, pcfg=tiny_config().preprocess_config(), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tiny_records, tmp_path_factory):
+    """A tiny radnet trained for 2 steps x 2 epochs (in-process)."""
+    from radnet_tf.train import train
+
+    model_dir = tmp_path_factory.mktemp("model")
+    cfg = tiny_config(data=str(tiny_records), model_dir=str(model_dir), val_fraction=0.4)
+    summary, model = train(cfg, progress=False)
+    return cfg, summary, model, model_dir
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)

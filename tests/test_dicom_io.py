@@ -1,0 +1,197 @@
+import copy
+
+import numpy as np
+import pydicom
+import pytest
+
+from radnet_tf import synth
+from radnet_tf.dicom_io import AIR_HU, _shear_to_normal, pseudonymize, read_series
+from radnet_tf.errors import DicomReadError
+
+
+def _tiny_series(folder, num_slices=4, seed=0):
+    phantom = synth.make_phantom(
+        np.random.default_rng(seed),
+        synth.SynthConfig(matrix=64, num_slices=num_slices, pixel_spacing_range=(3.4, 3.4)),
+        positive=False,
+    )
+    synth.write_dicom_series(phantom, folder, np.random.default_rng(seed))
+    return phantom
+
+
+def test_reader_returns_phantom_voxels_in_z_order(tmp_path):
+    phantom = _tiny_series(tmp_path, num_slices=5)
+    series = read_series(tmp_path)
+    assert series.hu.dtype == np.int16
+    np.testing.assert_array_equal(series.hu, phantom.hu)  # sorted by position, not file name
+    np.testing.assert_allclose(series.slice_positions, phantom.z_positions)
+    assert series.pixel_spacing == (3.4, 3.4)
+    assert series.tilt_deg == 0.0 and not series.tilt_corrected and series.gaps == []
+
+
+def test_no_patient_identifiers_leave_the_reader(tmp_path):
+    _tiny_series(tmp_path)
+    ds = pydicom.dcmread(next(tmp_path.iterdir()))
+    series = read_series(tmp_path)
+    text = repr(series.summary()) + repr(vars(series).keys()) + series.study_key
+    for value in (str(ds.PatientName), ds.PatientID, ds.PatientBirthDate, ds.AccessionNumber, ds.StudyDate):
+        assert value not in text
+    assert series.study_key == pseudonymize(ds.StudyInstanceUID)
+    assert series.study_key != pseudonymize(ds.StudyInstanceUID, salt="other-site")
+
+
+def test_padding_value_becomes_air(tmp_path):
+    _tiny_series(tmp_path, num_slices=2)
+    for path in tmp_path.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.add_new(0x00280120, "US", 0)  # PixelPaddingValue: stored 0 = -1024 HU here
+        arr = ds.pixel_array.copy()
+        arr[:2, :2] = 0
+        arr[2, 2] = 5  # stored 5 -> -1019 HU: real tissue, kept
+        ds.PixelData = arr.tobytes()
+        ds.save_as(path)
+    hu = read_series(tmp_path).hu
+    assert (hu[:, :2, :2] == AIR_HU).all() and (hu[:, 2, 2] == -1019).all()
+
+
+def test_shear_removes_known_in_plane_offset():
+    hu = np.full((3, 8, 8), AIR_HU, np.int16)
+    # Slice origins move 2 mm along the column direction per slice (a tilted gantry), so a
+    # rod at constant y = 8 mm (physically straight along the normal) lies at row 4 - i.
+    positions = np.array([[0.0, 0.0, 0.0], [0.0, 2.0, 2.0], [0.0, 4.0, 4.0]])
+    for i in range(3):
+        hu[i, 4 - i, 4] = 100
+    orientation = np.array([1.0, 0, 0, 0, 1, 0])
+    out = _shear_to_normal(hu, positions, orientation, (2.0, 2.0))
+    for i in range(3):
+        assert out[i, 4, 4] == 100  # after the shear every slice shows it at row 4
+        assert (out[i] == 100).sum() == 1
+
+
+@pytest.mark.parametrize("case", ["empty", "not_dicom", "truncated", "no_pixels", "mr", "single", "matrix", "sagittal"])
+def test_bad_input_gives_clear_error(tmp_path, case):
+    folder = tmp_path / "study"
+    folder.mkdir()
+    if case == "not_dicom":
+        (folder / "notes.txt").write_text("hello")
+    elif case != "empty":
+        _tiny_series(folder, num_slices=3)
+        files = sorted(folder.iterdir())
+        ds = pydicom.dcmread(files[0])
+        if case == "truncated":
+            data = files[0].read_bytes()
+            files[0].write_bytes(data[: len(data) // 2])
+        elif case == "no_pixels":
+            for f in files:
+                d = pydicom.dcmread(f)
+                del d.PixelData
+                d.save_as(f)
+        elif case == "mr":
+            for f in files:
+                d = pydicom.dcmread(f)
+                d.Modality = "MR"
+                d.save_as(f)
+        elif case == "single":
+            for f in files[1:]:
+                f.unlink()
+        elif case == "matrix":
+            small = copy.deepcopy(ds)
+            small.Rows = small.Columns = 32
+            small.PixelData = np.zeros((32, 32), np.uint16).tobytes()
+            small.save_as(files[0])
+        elif case == "sagittal":
+            for f in files:
+                d = pydicom.dcmread(f)
+                d.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+                d.save_as(f)
+    expected = {
+        "empty": "folder is empty",
+        "not_dicom": "no DICOM files",
+        "truncated": "study",
+        "no_pixels": "no pixel data",
+        "mr": "modality MR is not CT",
+        "single": "at least 2 needed",
+        "matrix": "differs from the series",
+        "sagittal": "not an axial slice",
+    }[case]
+    with pytest.raises(DicomReadError, match=expected) as info:
+        read_series(folder)
+    assert str(folder.name) in str(info.value)
+
+
+def test_localizer_and_other_files_are_skipped_and_listed(tmp_path):
+    _tiny_series(tmp_path, num_slices=3)
+    first = sorted(tmp_path.iterdir())[0]
+    scout = pydicom.dcmread(first)
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.SOPInstanceUID = scout.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
+    scout.save_as(tmp_path / "scout.dcm")
+    (tmp_path / "README").write_text("not dicom")
+    series = read_series(tmp_path)
+    assert series.num_slices == 3
+    assert ("scout.dcm", "localizer/scout image") in series.skipped
+    assert ("README", "not a DICOM file") in series.skipped
+
+
+def test_cli_error_is_one_line(tmp_path, capsys):
+    from radnet_tf.inspect import main
+
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- real data (../shared)
+
+
+def test_cq500_sorted_by_position_with_gap(shared):
+    folder = shared / "cq500" / "CQ500-CT-0"
+    series = read_series(folder)
+    assert series.num_slices == 238
+    # Independent order: IPP projected on the normal, computed here from the headers.
+    files = sorted(folder.iterdir())
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    iop = np.array(headers[0].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    pos = np.array([np.dot(np.array(h.ImagePositionPatient, float), normal) for h in headers])
+    order = np.argsort(pos)
+    assert [str(headers[i].SOPInstanceUID) for i in order] == series.sop_instance_uids
+    assert list(order) != list(range(len(files)))  # file names are not in slice order
+    assert series.gaps == [(235, 1)]
+    assert not series.irregular_spacing
+    assert series.slice_spacing == pytest.approx(0.618, abs=1e-3)
+    assert series.tilt_deg == pytest.approx(8.5, abs=0.05) and series.tilt_corrected
+
+
+def test_cq500_jpeg_lossless_decodes_to_hu(shared):
+    folder = shared / "cq500" / "CQ500-CT-0"
+    f = sorted(folder.iterdir())[0]
+    ds = pydicom.dcmread(f)
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+    stored = ds.pixel_array.astype(np.int32)
+    expected = stored * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
+    expected[stored == ds.PixelPaddingValue] = AIR_HU
+    expected = np.clip(expected, AIR_HU, None)
+    got = read_series(f, min_slices=1).hu[0]
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_jpeg2000_equals_uncompressed(shared):
+    folder = shared / "cq500" / "CQ500-CT-310"
+    j2k = read_series(folder / "693_J2KR.dcm", min_slices=1)
+    raw = read_series(folder / "693_UNCR.dcm", min_slices=1)
+    np.testing.assert_array_equal(j2k.hu, raw.hu)
+    assert raw.hu.min() == AIR_HU and raw.hu.max() > 1000
+
+
+def test_ge_tilt_detected_corrected_or_refused(shared):
+    folder = shared / "ge-head-tilt"
+    series = read_series(folder)
+    assert series.tilt_deg == pytest.approx(18.5, abs=0.05)
+    assert series.tilt_corrected and series.irregular_spacing and series.gaps == []
+    assert ("LICENSE", "not a DICOM file") in series.skipped
+    assert series.hu.min() == AIR_HU  # -1500 padding outside the FOV became air
+    with pytest.raises(DicomReadError, match="gantry tilt of 18.5 degrees"):
+        read_series(folder, tilt="reject")
