@@ -232,15 +232,26 @@ def eval_dataset(files, cfg, batch_size=1, with_masks=True, split="validation", 
 
 
 def count_studies(files, cfg):
-    """(train studies, validation studies, train positives) by one pass over the keys."""
-    ds = read_studies(files).map(
-        lambda st: (is_validation(st["study_key"], cfg.val_fraction, cfg.seed), st["label"])
-    )
+    """(train studies, validation studies, train positives), reading each shard once.
+
+    Raises:
+      UserError naming the shard when one is corrupt or truncated (TF's own DataLossError
+      does not say which file), so a bad shard stops training before it starts instead of
+      silently shortening an epoch.
+    """
     n_train = n_val = n_pos = 0
-    for is_val, label in ds.as_numpy_iterator():
-        if is_val:
-            n_val += 1
-        else:
-            n_train += 1
-            n_pos += int(label > 0)
+    for path in files:
+        ds = read_studies([path]).map(
+            lambda st: (is_validation(st["study_key"], cfg.val_fraction, cfg.seed), st["label"])
+        )
+        try:
+            for is_val, label in ds.as_numpy_iterator():
+                if is_val:
+                    n_val += 1
+                else:
+                    n_train += 1
+                    n_pos += int(label > 0)
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
+            reason = str(err).split("[Op:")[0].split("}}")[-1].strip()
+            raise UserError(f"{path}: corrupt or truncated TFRecord shard ({reason})") from None
     return n_train, n_val, n_pos

@@ -1,0 +1,203 @@
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from conftest import REPO, tiny_config
+from radnet_tf import data, preprocess, records
+from radnet_tf.convert import StudyTask, convert_study, discover_tasks, load_label_tables, run_local
+from radnet_tf.dicom_io import read_series
+
+
+def _all_records(folder):
+    files = data.list_shards(folder)
+    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def test_encode_decode_exact():
+    rng = np.random.default_rng(0)
+    image = rng.integers(-1024, 3000, size=(3, 8, 8)).astype(np.int16)
+    mask = (rng.uniform(size=(3, 8, 8)) > 0.7).astype(np.uint8)
+    rec = records.encode_study(
+        study_key="abc", image=image, mask=mask, slice_labels=[0, 1, -1], label=1,
+        spacing=(1, 1, 2.5), slice_positions=[0.0, 2.5, 5.0],
+    )
+    out = records.decode_study(tf.constant(rec))
+    np.testing.assert_array_equal(out["image"], image)
+    np.testing.assert_array_equal(out["mask"], mask)
+    np.testing.assert_array_equal(out["slice_labels"], [0, 1, -1])
+    assert out["study_key"].numpy() == b"abc" and bool(out["has_mask"]) and int(out["label"]) == 1
+    no_mask = records.decode_study(tf.constant(records.encode_study(
+        study_key="k", image=image, slice_labels=[0, 0, 0], label=0, spacing=(1, 1, 1), slice_positions=[0, 1, 2])))
+    assert not bool(no_mask["has_mask"]) and int(tf.reduce_sum(tf.cast(no_mask["mask"], tf.int32))) == 0
+
+
+def test_round_trip_dicom_to_parsed_tensors(tiny_cohort, tiny_records):
+    cfg = tiny_config()
+    manifest = pd.read_csv(tiny_records / "manifest.csv")
+    parsed = {s["study_key"].numpy().decode(): s for s in data.read_studies(data.list_shards(tiny_records))}
+    assert set(parsed) == set(manifest.study_key)
+    row = manifest.iloc[0]
+    series = read_series(tiny_cohort / "dicom" / row.study_id)
+    expected, center = preprocess.resample_hu(series.hu, series.pixel_spacing, cfg.preprocess_config())
+    study = parsed[row.study_key]
+    np.testing.assert_array_equal(study["image"].numpy(), expected.numpy())
+    slices = pd.read_csv(tiny_cohort / "slice_labels.csv")
+    truth = slices[slices.study_id == row.study_id].set_index("sop_instance_uid").label
+    np.testing.assert_array_equal(study["slice_labels"].numpy(), [truth[u] for u in series.sop_instance_uids])
+
+
+def test_records_and_manifest_carry_no_identifiers(tiny_cohort, tiny_records):
+    import pydicom
+
+    ds = pydicom.dcmread(next((tiny_cohort / "dicom" / "synth-0000").iterdir()))
+    secrets = [str(ds.PatientName), ds.PatientID, ds.PatientBirthDate, ds.AccessionNumber, ds.StudyInstanceUID]
+    blobs = [gzip.decompress(p.read_bytes()) for p in tiny_records.glob("*.tfrecord.gz")]
+    blobs += [p.read_bytes() for p in tiny_records.glob("manifest.*")]
+    for secret in secrets:
+        assert all(secret.encode() not in blob for blob in blobs)
+
+
+def test_manifest_reports_unmatched_rows(tiny_cohort, tmp_path):
+    labels, _ = load_label_tables(tiny_cohort / "labels.csv")
+    labels = dict(labels)
+    labels["ghost-study"] = 1
+    del labels["synth-0001"]
+    tasks, skipped = discover_tasks(tiny_cohort / "dicom", labels)
+    assert ("ghost-study", "label row has no DICOM folder") in skipped
+    assert ("synth-0001", "DICOM folder has no label row") in skipped
+    assert len(tasks) == 9
+
+
+def test_split_is_by_study_and_deterministic():
+    keys = tf.constant([f"key{i}" for i in range(2000)])
+    a = data.is_validation(keys, 0.3, seed=0).numpy()
+    assert a.mean() == pytest.approx(0.3, abs=0.04)
+    np.testing.assert_array_equal(a, data.is_validation(keys, 0.3, seed=0).numpy())
+    assert not np.array_equal(a, data.is_validation(keys, 0.3, seed=1).numpy())
+
+
+def test_train_and_validation_never_share_a_study(tiny_records):
+    cfg = tiny_config(val_fraction=0.4)
+    files = data.list_shards(tiny_records)
+    val = {m["study_key"].numpy()[0] for _, _, m in data.eval_dataset(files, cfg, with_keys=True)}
+    train = {m["study_key"].numpy()[0] for _, _, m in data.eval_dataset(files, cfg, split="train", with_keys=True)}
+    assert val and train and not (val & train)
+    assert len(val | train) == 10
+
+
+def test_balancing_gives_requested_ratio(tiny_records):
+    cfg = tiny_config(val_fraction=0.01, positive_fraction=0.75, rotation_deg=0.0)
+    ds = data.train_dataset(data.list_shards(tiny_records), cfg, batch_size=1, with_masks=False, seed=1)
+    labels = [float(np.max(y["slice_probability"].numpy())) > 0 for _, y in ds.take(400)]
+    assert np.mean(labels) == pytest.approx(0.75, abs=0.07)
+
+
+def test_mask_stays_aligned_under_augmentation():
+    image = np.zeros((2, 32, 32, 1), np.float32)
+    image[:, 4:12, 20:30] = 1.0  # asymmetric box
+    image[:, 4:20, 26:30] = 1.0
+    mask = image.copy()
+    for seed in range(5):
+        tf.random.set_seed(seed)
+        aug_img, aug_mask = data.augment(tf.constant(image), tf.constant(mask), rotation_deg=30, flip=True)
+        img_bin = aug_img.numpy() > 0.5
+        m = aug_mask.numpy() > 0.5
+        iou = (img_bin & m).sum() / (img_bin | m).sum()
+        assert iou > 0.85
+        assert not np.array_equal(m, mask > 0.5) or seed  # something moved
+
+
+def test_eval_batches_pad_with_ignore_targets(tiny_records):
+    cfg = tiny_config(val_fraction=0.5)
+    x, y = next(iter(data.eval_dataset(data.list_shards(tiny_records), cfg, batch_size=3, split="all")))
+    assert x.shape[0] == 3 and x.shape[2:] == (32, 32, 1)
+    lengths = (np.max(x.numpy(), axis=(2, 3, 4)) > -0.5).sum(1)
+    for i, n in enumerate(lengths):
+        assert (y["slice_probability"].numpy()[i, n:] == -1).all()
+        assert (y["mask_1"].numpy()[i, n:] == -1).all()
+
+
+def test_corrupt_shard_raises_naming_the_file(tiny_records, tmp_path):
+    src = data.list_shards(tiny_records)[0]
+    bad = tmp_path / os.path.basename(src)
+    raw = gzip.decompress(open(src, "rb").read())
+    bad.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    from radnet_tf.errors import UserError
+
+    with pytest.raises(UserError, match=f"{bad}: corrupt or truncated"):
+        data.count_studies([str(bad)], tiny_config())
+
+
+def test_convert_rejects_mismatched_masks(tiny_cohort, tmp_path):
+    npz = np.load(tiny_cohort / "masks" / "synth-0000.npz")
+    np.savez(tmp_path / "bad.npz", mask=npz["mask"], sop_instance_uids=np.array(["x"] * len(npz["mask"])))
+    task = StudyTask("synth-0000", str(tiny_cohort / "dicom" / "synth-0000"), 0, None, str(tmp_path / "bad.npz"))
+    with pytest.raises(Exception, match="do not match"):
+        convert_study(task, tiny_config().preprocess_config())
+
+
+def _cli(out, cohort, extra=()):
+    return [
+        sys.executable, "-m", "pipelines.build_tfrecords", "--dicom-root", str(cohort / "dicom"),
+        "--labels", str(cohort / "labels.csv"), "--slice-labels", str(cohort / "slice_labels.csv"),
+        "--masks", str(cohort / "masks"), "--out", str(out), "--no-progress", *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_leaves_no_duplicates(tiny_cohort, tmp_path):
+    out = tmp_path / "rec"
+    config = tmp_path / "tiny.yaml"
+    config.write_text("input_size: 32\nout_spacing: 8.0\n")
+    cmd = _cli(out, tiny_cohort, ["--shards", "5", "--workers", "1", "--config", str(config)])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("*.manifest.csv")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # kill the converter (and any worker) mid-run
+    proc.wait()
+    complete = len(list(out.glob("*.manifest.csv")))
+    assert 1 <= complete < 5, "the kill should land after the first shard and before the last"
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
+    keys = [records.decode_study(tf.constant(r))["study_key"].numpy() for r in _all_records(out)]
+    assert len(keys) == len(set(keys)) == 10
+    assert not list(out.glob("*.tmp"))
+    assert len(pd.read_csv(out / "manifest.csv")) == 10
+
+
+@pytest.mark.slow
+def test_beam_direct_runner_matches_local_runner(tiny_cohort, tiny_records, tmp_path):
+    pytest.importorskip("apache_beam")
+    from pipelines.build_tfrecords import run_beam
+
+    labels, per_slice = load_label_tables(tiny_cohort / "labels.csv", tiny_cohort / "slice_labels.csv")
+    tasks, skipped = discover_tasks(tiny_cohort / "dicom", labels, per_slice, tiny_cohort / "masks")
+    table, summary = run_beam(tasks, skipped, tmp_path, 2, tiny_config().preprocess_config(), ["--runner", "DirectRunner"])
+    assert summary["studies_written"] == 10
+    assert sorted(_all_records(tmp_path)) == sorted(_all_records(tiny_records))
+    local = pd.read_csv(tiny_records / "manifest.csv").drop(columns="shard")
+    beam = pd.read_csv(tmp_path / "manifest.csv").drop(columns="shard")
+    pd.testing.assert_frame_equal(local, beam)
+
+
+def test_local_runner_skips_unreadable_study_with_reason(tiny_cohort, tmp_path):
+    import shutil
+
+    root = tmp_path / "dicom"
+    shutil.copytree(tiny_cohort / "dicom" / "synth-0000", root / "good")
+    (root / "broken").mkdir()
+    (root / "broken" / "x.dcm").write_text("not dicom")
+    tasks, skipped = discover_tasks(root, {"good": 0, "broken": 1})
+    table, summary = run_local(tasks, skipped, tmp_path / "out", 2, 1, tiny_config().preprocess_config(), progress=False)
+    assert summary["studies_written"] == 1 and summary["studies_skipped"] == 1
+    reason = table.set_index("study_id").loc["broken", "reason"]
+    assert "no DICOM files" in reason

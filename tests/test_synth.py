@@ -1,0 +1,64 @@
+import numpy as np
+import pandas as pd
+import pydicom
+
+from radnet_tf import synth
+from radnet_tf.dicom_io import read_series
+
+SMALL = synth.SynthConfig(matrix=128, num_slices=8, pixel_spacing_range=(1.7, 1.8), slice_thickness_range=(3.0, 4.0))
+
+
+def test_deterministic_for_a_seed():
+    a = synth.make_phantom(np.random.default_rng([5, 1]), SMALL)
+    b = synth.make_phantom(np.random.default_rng([5, 1]), SMALL)
+    c = synth.make_phantom(np.random.default_rng([5, 2]), SMALL)
+    np.testing.assert_array_equal(a.hu, b.hu)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert not np.array_equal(a.hu, c.hu)
+
+
+def test_anatomy_and_lesion_intensities():
+    ph = synth.make_phantom(np.random.default_rng(11), SMALL, positive=True)
+    assert ph.hu.dtype == np.int16 and ph.hu.shape == (8, 128, 128)
+    assert (ph.hu > 700).sum() > 500  # skull
+    assert ph.mask.any() and ph.slice_labels.any() and ph.types
+    blood = ph.hu[ph.mask.astype(bool)].astype(float)
+    assert 45 < np.median(blood) < 95  # 50-90 HU plus noise
+    brain = ph.hu[(ph.hu > 15) & (ph.hu < 45) & ~ph.mask.astype(bool)]
+    assert brain.size > 1000
+    # Slice label = mask area >= min_lesion_area_mm2
+    area = ph.mask.reshape(8, -1).sum(1) * ph.pixel_spacing**2
+    np.testing.assert_array_equal(ph.slice_labels, (area >= SMALL.min_lesion_area_mm2).astype(int))
+
+
+def test_negative_study_has_no_blood():
+    ph = synth.make_phantom(np.random.default_rng(12), SMALL, positive=False)
+    assert not ph.mask.any() and not ph.slice_labels.any() and ph.types == []
+
+
+def test_cohort_files_labels_and_fake_phi(tmp_path):
+    rows = synth.generate_cohort(tmp_path, 3, seed=1, cfg=SMALL)
+    labels = pd.read_csv(tmp_path / "labels.csv")
+    slices = pd.read_csv(tmp_path / "slice_labels.csv")
+    assert list(labels.study_id) == ["synth-0000", "synth-0001", "synth-0002"]
+    assert len(slices) == 3 * 8 and len(rows) == 3
+    for sid in labels.study_id:
+        series = read_series(tmp_path / "dicom" / sid)
+        npz = np.load(tmp_path / "masks" / f"{sid}.npz")
+        assert list(npz["sop_instance_uids"]) == series.sop_instance_uids
+        per_slice = slices[slices.study_id == sid].sort_values("slice_index")
+        assert list(per_slice.sop_instance_uid) == series.sop_instance_uids
+        assert int(labels.set_index("study_id").loc[sid, "label"]) == int(per_slice.label.max())
+        ds = pydicom.dcmread(next((tmp_path / "dicom" / sid).iterdir()))
+        assert str(ds.PatientName) and ds.PatientID.startswith("MRN") and len(ds.PatientBirthDate) == 8
+    # Re-running keeps complete studies and rewrites nothing.
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "dicom").rglob("*.dcm")}
+    synth.generate_cohort(tmp_path, 3, seed=1, cfg=SMALL)
+    assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "dicom").rglob("*.dcm")}
+
+
+def test_file_names_are_shuffled(tmp_path):
+    ph = synth.make_phantom(np.random.default_rng(4), SMALL)
+    uids = synth.write_dicom_series(ph, tmp_path, np.random.default_rng(4))
+    by_name = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in sorted(tmp_path.iterdir())]
+    assert sorted(by_name) == sorted(uids) and by_name != uids
