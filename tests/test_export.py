@@ -1,0 +1,150 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO
+
+FORBIDDEN = {"PyFunc", "PyFuncStateless", "EagerPyFunc", "CudnnRNN", "CudnnRNNV2", "CudnnRNNV3"}
+
+
+@pytest.fixture(scope="module")
+def exported(trained_tiny, tmp_path_factory):
+    from radnet_tf.export import export_model
+
+    cfg, _, model, _ = trained_tiny
+    root = tmp_path_factory.mktemp("saved_models")
+    path = export_model(model, cfg, root)
+    return cfg, model, path
+
+
+def _graph_ops(meta_graph):
+    ops = {n.op for n in meta_graph.graph_def.node}
+    for f in meta_graph.graph_def.library.function:
+        ops |= {n.op for n in f.node_def}
+    return ops
+
+
+def test_versioned_atomic_layout_and_metadata(exported):
+    from radnet_tf.export import export_model, next_version, read_metadata
+
+    cfg, model, path = exported
+    assert path.name == "1" and (path / "saved_model.pb").exists()
+    assert [p.name for p in path.parent.iterdir()] == ["1"]  # no temporary leftovers
+    meta = read_metadata(path)
+    assert meta["ct_min_run"] == 3 and meta["slice_threshold"] == 0.5 and meta["window_center"] == 40.0
+    assert meta["config_digest"] == cfg.digest()
+    assert next_version(path.parent) == 2
+    second = export_model(model, cfg, path.parent, warmup=False)
+    assert second.name == "2"
+
+
+@pytest.mark.parametrize("slices", [1, 2, 17])
+def test_saved_model_matches_keras(exported, slices):
+    from radnet_tf.decision import ct_decision_np
+
+    cfg, model, path = exported
+    loaded = tf.saved_model.load(str(path))
+    x = np.random.default_rng(slices).uniform(size=(slices, 32, 32, 1)).astype(np.float32)
+    out = loaded.signatures["serving_default"](slices=tf.constant(x))
+    ref = model(x[None])
+    np.testing.assert_allclose(out["slice_probabilities"].numpy(), ref["slice_probability"].numpy()[0], atol=1e-5)
+    fused = (ref["mask_1"] + ref["mask_2"] + ref["mask_3"]).numpy()[0, ..., 0] / 3
+    np.testing.assert_allclose(out["masks"].numpy(), fused, atol=1e-5)
+    rule = ct_decision_np(out["slice_probabilities"].numpy(), 0.5, 3)
+    assert bool(out["ct_positive"]) == rule["ct_positive"]
+    assert int(out["longest_positive_run"]) == rule["longest_positive_run"]
+
+
+def test_raw_hu_signature_runs_training_preprocessing(exported):
+    from radnet_tf import preprocess
+
+    cfg, model, path = exported
+    loaded = tf.saved_model.load(str(path))
+    hu = np.random.default_rng(0).integers(-1024, 100, size=(3, 70, 60)).astype(np.int16)
+    out = loaded.signatures["predict_hu"](hu=tf.constant(hu), pixel_spacing=tf.constant([3.5, 3.5]))
+    x = preprocess.preprocess_study(hu, [3.5, 3.5], cfg.preprocess_config())
+    ref = model(x[None])["slice_probability"].numpy()[0]
+    np.testing.assert_allclose(out["slice_probabilities"].numpy(), ref, atol=1e-5)
+
+
+def test_tf1_session_loader_gives_same_outputs_and_core_ops_only(exported):
+    cfg, model, path = exported
+    x = np.random.default_rng(5).uniform(size=(4, 32, 32, 1)).astype(np.float32)
+    expected = tf.saved_model.load(str(path)).signatures["serving_default"](slices=tf.constant(x))
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path))
+        sig = meta.signature_def["serving_default"]
+        got = sess.run({k: v.name for k, v in sig.outputs.items()}, {sig.inputs["slices"].name: x})
+        ops = _graph_ops(meta)
+    for key in ("slice_probabilities", "masks", "ct_score"):
+        np.testing.assert_allclose(got[key], expected[key].numpy(), atol=1e-6)
+    assert not ops & FORBIDDEN
+    assert all(hasattr(tf.raw_ops, op) for op in ops), sorted(op for op in ops if not hasattr(tf.raw_ops, op))
+
+
+@pytest.mark.parametrize(
+    "signature,inputs",
+    [
+        ("serving_default", {"slices": np.zeros((0, 32, 32, 1), np.float32)}),
+        ("serving_default", {"slices": np.full((2, 32, 32, 1), np.nan, np.float32)}),
+        ("predict_hu", {"hu": np.zeros((2, 40, 40), np.int16), "pixel_spacing": np.array([0.0, 0.5], np.float32)}),
+        ("predict_hu", {"hu": np.zeros((0, 40, 40), np.int16), "pixel_spacing": np.array([0.5, 0.5], np.float32)}),
+    ],
+)
+def test_bad_requests_are_invalid_argument(exported, signature, inputs):
+    _, _, path = exported
+    fn = tf.saved_model.load(str(path)).signatures[signature]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        fn(**{k: tf.constant(v) for k, v in inputs.items()})
+    with pytest.raises((ValueError, TypeError)):  # wrong rank / dtype: refused before running
+        fn(**{k: tf.constant(v[None] if v.ndim else v) for k, v in inputs.items()})
+
+
+def test_saved_model_cli_lists_signatures(exported):
+    _, _, path = exported
+    cli = REPO / ".venv" / "bin" / "saved_model_cli"
+    cmd = [str(cli)] if cli.exists() else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+    out = subprocess.run(cmd + ["show", "--dir", str(path), "--all"], capture_output=True, text=True, check=True).stdout
+    for name in ("serving_default", "predict_hu", "slice_probabilities", "ct_positive", "pixel_spacing"):
+        assert name in out
+
+
+def test_warmup_requests_are_prediction_logs(exported):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    _, _, path = exported
+    logs = []
+    for raw in tf.data.TFRecordDataset(str(path / "assets.extra" / "tf_serving_warmup_requests")):
+        log = prediction_log_pb2.PredictionLog()
+        log.ParseFromString(raw.numpy())
+        logs.append(log.predict_log.request)
+    assert [r.model_spec.signature_name for r in logs] == ["serving_default", "predict_hu"]
+    shape = tf.make_ndarray(logs[0].inputs["slices"]).shape
+    assert shape[1:] == (32, 32, 1)
+
+
+def test_client_requests_match_serving_formats_and_run_end_to_end(exported):
+    from serving.client import grpc_request, parse_outputs, rest_request
+
+    _, _, path = exported
+    hu = np.random.default_rng(1).integers(-1024, 90, size=(3, 40, 44)).astype(np.int16)
+    body = rest_request(hu, (3.4, 3.4))
+    assert json.loads(json.dumps(body))["signature_name"] == "predict_hu"
+    assert np.array(body["inputs"]["hu"]).shape == (3, 40, 44) and body["inputs"]["pixel_spacing"] == [3.4, 3.4]
+    request = grpc_request(hu, (3.4, 3.4), model="radnet", version=1)
+    assert request.model_spec.name == "radnet" and request.model_spec.version.value == 1
+    assert request.inputs["hu"].dtype == tf.int16.as_datatype_enum
+    # Execute the built request against the export through the TF1 loader (as the server).
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path))
+        sig = meta.signature_def[request.model_spec.signature_name]
+        feeds = {sig.inputs[k].name: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        outputs = sess.run({k: v.name for k, v in sig.outputs.items()}, feeds)
+    verdict = parse_outputs(outputs)
+    direct = tf.saved_model.load(str(path)).signatures["predict_hu"](hu=tf.constant(hu), pixel_spacing=tf.constant([3.4, 3.4]))
+    np.testing.assert_allclose(verdict["slice_probabilities"], direct["slice_probabilities"].numpy(), atol=1e-4)
+    assert verdict["ct_positive"] == bool(direct["ct_positive"])

@@ -1,0 +1,135 @@
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, tiny_config
+
+
+def test_smoke_training_writes_checkpoint_log_and_metrics(trained_tiny):
+    cfg, summary, model, model_dir = trained_tiny
+    history = pd.read_csv(model_dir / "history.csv")
+    assert list(history.epoch) == [0, 1]
+    assert np.isfinite(history.loss).all()
+    assert history.loss.iloc[-1] < history.loss.iloc[0]
+    assert (model_dir / "best.keras").exists() and (model_dir / "final.keras").exists()
+    resolved = json.loads((model_dir / "config.json").read_text())
+    assert resolved["input_size"] == 32 and resolved["variant"] == "radnet"
+    info = json.loads((model_dir / "run_info.json").read_text())
+    assert info["data_manifest_digest"] and info["version"]
+    metrics = pd.read_csv(model_dir / "val_metrics.csv")
+    assert list(metrics.level) == ["slice", "ct"]
+    studies = pd.read_csv(model_dir / "val_studies.csv")
+    assert set(studies.columns) >= {"study_key", "label", "ct_positive", "ct_score", "longest_positive_run"}
+    assert summary["ct_metrics"]["accuracy"] == pytest.approx(metrics.set_index("level").loc["ct", "accuracy"])
+
+
+def test_same_seed_same_metrics(tiny_records, tmp_path):
+    from radnet_tf.train import train
+
+    runs = []
+    for name in ("a", "b"):
+        cfg = tiny_config(data=str(tiny_records), model_dir=str(tmp_path / name), val_fraction=0.4, epochs=1)
+        summary, _ = train(cfg, progress=False)
+        runs.append(summary["history"])
+    assert runs[0] == runs[1]
+
+
+def _run(args, env=None, **kw):
+    return subprocess.run(
+        [sys.executable, "-m", "radnet_tf.train", *args], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, **kw,
+    )
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--config", "nope.yaml"], "config file not found: nope.yaml"),
+        (["depth=41"], "depth must be 3n+4"),
+        (["colour=blue"], "unknown config key 'colour'"),
+        (["--data", "/nonexistent/records"], "--data not found"),
+    ],
+)
+def test_bad_config_or_missing_data_is_one_line(args, message):
+    proc = _run(args + ["export=false"])
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def _tiny_args(records, model_dir, epochs):
+    keys = tiny_config(val_fraction=0.4, epochs=epochs, steps_per_epoch=3)
+    fields = ["input_size", "out_spacing", "depth", "growth_rate", "initial_filters", "lstm_units", "head_filters",
+              "window", "batch_size", "epochs", "steps_per_epoch", "val_fraction"]
+    return ["--data", str(records), "--model-dir", str(model_dir), "--quiet", "export=false",
+            *[f"{k}={getattr(keys, k)}" for k in fields]]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_saved_epoch(tiny_records, tmp_path):
+    model_dir = tmp_path / "model"
+    args = _tiny_args(tiny_records, model_dir, epochs=4)
+    proc = subprocess.Popen([sys.executable, "-m", "radnet_tf.train", *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = model_dir / "history.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if log.exists() and len(pd.read_csv(log)) >= 2:
+            break
+        time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(pd.read_csv(log))
+    assert 2 <= done < 4, "kill should land between epochs 2 and 4"
+    resumed = _run(args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    epochs = list(pd.read_csv(log).epoch)
+    assert epochs == list(range(4)), f"expected to continue at epoch {done}, log has {epochs}"
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_workers_train_to_identical_weights(tiny_records, tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    script = (
+        "import json, os, sys, numpy as np\n"
+        "sys.path.insert(0, sys.argv[3])\n"
+        "from conftest import tiny_config\n"
+        "from radnet_tf.train import train\n"
+        "cfg = tiny_config(data=sys.argv[1], model_dir=sys.argv[2], val_fraction=0.4, epochs=1, steps_per_epoch=2, batch_size=1)\n"
+        "summary, model = train(cfg, progress=False)\n"
+        "np.save(os.path.join(sys.argv[2], 'weights.npy'), np.concatenate([w.ravel() for w in model.get_weights()]))\n"
+    )
+    procs = []
+    for i in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+               "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+        out = tmp_path / f"w{i}"
+        procs.append(subprocess.Popen([sys.executable, "-c", script, str(tiny_records), str(out), str(REPO / "tests")],
+                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        out, _ = p.communicate(timeout=420)
+        assert p.returncode == 0, out[-3000:]
+    w0, w1 = (np.load(tmp_path / f"w{i}" / "weights.npy") for i in range(2))
+    np.testing.assert_array_equal(w0, w1)
+    info = json.loads((tmp_path / "w0" / "run_info.json").read_text())
+    assert info["strategy"] == "MultiWorkerMirroredStrategy" and info["global_batch"] == 2
