@@ -45,6 +45,7 @@ class Config:
     lstm_units: int = 64
     head_filters: int = 16
     weight_decay: float = 1e-4
+    bn_momentum: float = 0.99  # BatchNorm moving-average momentum (0.9 for short runs)
     # ---- loss
     slice_loss_weight: float = 1.0
     mask_loss_weights: list = dataclasses.field(default_factory=lambda: [0.5, 0.5, 0.5])

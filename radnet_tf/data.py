@@ -145,6 +145,21 @@ def _pad_to(x, length, value):
     return tf.ensure_shape(out, [length] + x.shape.as_list()[1:])
 
 
+def _balanced_choices(batch_size, positive_fraction, seed):
+    """Infinite int64 dataset of 0 (positive) / 1 (negative) choices, batch by batch: each
+    block of `batch_size` holds round(positive_fraction * batch_size) zeros, shuffled.
+    A fractional remainder is spread over blocks so the long-run ratio is exact."""
+    block = tf.range(batch_size, dtype=tf.int64)
+
+    def make_block(i):
+        expected = positive_fraction * tf.cast(i + 1, tf.float64) * batch_size
+        before = positive_fraction * tf.cast(i, tf.float64) * batch_size
+        k = tf.cast(tf.round(expected) - tf.round(before), tf.int64)
+        return tf.random.shuffle(tf.cast(block >= k, tf.int64), seed=seed)
+
+    return tf.data.Dataset.range(2**62).map(make_block).unbatch()
+
+
 def train_dataset(files, cfg, batch_size, with_masks=True, seed=None):
     """Infinite dataset of augmented, class-balanced training windows.
 
@@ -184,9 +199,11 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None):
 
     pos = train_studies(lambda label: label > 0).repeat().shuffle(256, seed=seed)
     neg = train_studies(lambda label: label <= 0).repeat().shuffle(256, seed=seed + 1)
-    mixed = tf.data.Dataset.sample_from_datasets(
-        [pos, neg], weights=[cfg.positive_fraction, 1.0 - cfg.positive_fraction], seed=seed
-    )
+    # Balanced batches: every batch holds round(positive_fraction * batch_size) positive
+    # windows. With whole-study windows in a batch, BatchNorm's batch statistics would
+    # otherwise depend on the batch's label mix, which the network can exploit in training
+    # mode and which then fails at inference (moving statistics).
+    mixed = tf.data.Dataset.choose_from_datasets([pos, neg], _balanced_choices(batch_size, cfg.positive_fraction, seed))
     n = cfg.input_size
     return (
         mixed.map(to_example, num_parallel_calls=AUTOTUNE, deterministic=True)

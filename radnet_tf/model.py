@@ -102,9 +102,9 @@ def _conv(filters, kernel, name, weight_decay, strides=1):
     )
 
 
-def apply_conv_block(x, growth_rate, dropout, weight_decay, name):
+def apply_conv_block(x, growth_rate, dropout, weight_decay, bn_momentum, name):
     """BN-ReLU-Conv3x3(growth_rate) [-Dropout], concatenated to its input."""
-    y = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_bn")(x)
+    y = layers.BatchNormalization(momentum=bn_momentum, epsilon=1.001e-5, name=f"{name}_bn")(x)
     y = layers.Activation("relu", name=f"{name}_relu")(y)
     y = _conv(growth_rate, 3, f"{name}_conv", weight_decay)(y)
     if dropout:
@@ -112,16 +112,16 @@ def apply_conv_block(x, growth_rate, dropout, weight_decay, name):
     return layers.Concatenate(name=f"{name}_concat")([x, y])
 
 
-def apply_dense_block(x, num_layers, growth_rate, dropout, weight_decay, name):
+def apply_dense_block(x, num_layers, growth_rate, dropout, weight_decay, bn_momentum, name):
     """`num_layers` conv blocks; returns the last concatenation."""
     for i in range(num_layers):
-        x = apply_conv_block(x, growth_rate, dropout, weight_decay, name=f"{name}_layer{i + 1}")
+        x = apply_conv_block(x, growth_rate, dropout, weight_decay, bn_momentum, name=f"{name}_layer{i + 1}")
     return x
 
 
-def apply_transition(x, dropout, weight_decay, name):
+def apply_transition(x, dropout, weight_decay, bn_momentum, name):
     """BN-ReLU-Conv1x1 (channels kept) [-Dropout] - AvgPool 2x2."""
-    x = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, epsilon=1.001e-5, name=f"{name}_bn")(x)
     x = layers.Activation("relu", name=f"{name}_relu")(x)
     x = _conv(int(x.shape[-1]), 1, f"{name}_conv", weight_decay)(x)
     if dropout:
@@ -129,12 +129,12 @@ def apply_transition(x, dropout, weight_decay, name):
     return layers.AveragePooling2D(2, name=f"{name}_pool")(x)
 
 
-def apply_aux_head(x, factor, head_filters, weight_decay, name):
+def apply_aux_head(x, factor, head_filters, weight_decay, bn_momentum, name):
     """Attention by an auxiliary task: BN-ReLU-Conv1x1 then a x`factor` deconvolution.
 
     Returns the hemorrhage-mask probability [B*S, H*factor, W*factor, 1], float32.
     """
-    x = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, epsilon=1.001e-5, name=f"{name}_bn")(x)
     x = layers.Activation("relu", name=f"{name}_relu")(x)
     x = layers.Conv2D(
         head_filters, 1, activation="relu", kernel_initializer="he_normal", name=f"{name}_conv"
@@ -151,7 +151,7 @@ def build_model(config, use_cudnn="auto") -> keras.Model:
     Args:
       config: a `radnet_tf.config.Config` (or any object with its model fields): variant,
         input_size, depth, growth_rate, initial_filters, dropout, lstm_units, head_filters,
-        weight_decay.
+        weight_decay, bn_momentum.
       use_cudnn: passed to the LSTM; exports use False so no CudnnRNN op is baked in.
 
     Returns:
@@ -169,6 +169,7 @@ def build_model(config, use_cudnn="auto") -> keras.Model:
     if n % 8:
         raise ValueError(f"input_size must be a multiple of 8. Received: input_size={n}")
     layers_per_block = (config.depth - 4) // 3
+    bn = float(getattr(config, "bn_momentum", 0.99))
     wd = config.weight_decay
 
     slices = keras.Input(shape=(None, n, n, 1), name="slices")
@@ -179,12 +180,12 @@ def build_model(config, use_cudnn="auto") -> keras.Model:
     heads = []
     for block in range(3):
         if block:
-            x = apply_transition(x, config.dropout, wd, name=f"transition{block}")
-        x = apply_dense_block(x, layers_per_block, config.growth_rate, config.dropout, wd, f"block{block + 1}")
+            x = apply_transition(x, config.dropout, wd, bn, name=f"transition{block}")
+        x = apply_dense_block(x, layers_per_block, config.growth_rate, config.dropout, wd, bn, f"block{block + 1}")
         if variant != "densenet":
-            heads.append(apply_aux_head(x, 2 ** (block + 1), config.head_filters, wd, name=f"aux{block + 1}"))
+            heads.append(apply_aux_head(x, 2 ** (block + 1), config.head_filters, wd, bn, name=f"aux{block + 1}"))
 
-    x = layers.BatchNormalization(epsilon=1.001e-5, name="final_bn")(x)
+    x = layers.BatchNormalization(momentum=bn, epsilon=1.001e-5, name="final_bn")(x)
     x = layers.Activation("relu", name="final_relu")(x)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     features = UnfoldSlices(name="unfold_features")(x, slices)  # [B, S, C]

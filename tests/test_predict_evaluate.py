@@ -44,8 +44,9 @@ def test_evaluate_tables_and_figures(trained_tiny, saved, tiny_records, tmp_path
     _, _, _, model_dir = trained_tiny
     evaluate.main(["--model", str(model_dir), "--model", str(saved), "--data", str(tiny_records), "--split", "all",
                    "--bootstrap", "30", "--out", str(tmp_path)])
-    for name in ("model", "radnet-v1"):
-        folder = tmp_path / ("radnet" if name == "model" else name)
+    folders = sorted(p.parent for p in tmp_path.glob("*/summary.csv"))
+    assert [f.name for f in folders] == sorted([model_dir.name, "radnet-v1"])
+    for folder in folders:
         summary = pd.read_csv(folder / "summary.csv")
         assert list(summary.level) == ["slice", "ct", "ct@target"]
         studies = pd.read_csv(folder / "studies.csv")
@@ -55,7 +56,7 @@ def test_evaluate_tables_and_figures(trained_tiny, saved, tiny_records, tmp_path
         assert ct["tp"] == ((studies.label == 1) & studies.ct_positive).sum()
         for png in ("confusion.png", "study_strips.png"):
             assert (folder / png).exists()
-    assert (tmp_path / "radnet" / "training_curves.png").exists()
+    assert (tmp_path / model_dir.name / "training_curves.png").exists()
     table1 = pd.read_csv(tmp_path / "table1.csv")
     assert list(table1.metric) == ["accuracy", "recall", "precision", "f1"] and table1.shape[1] == 3
 
