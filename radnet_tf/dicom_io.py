@@ -238,7 +238,7 @@ def read_series(
     if not files:
         raise DicomReadError(f"{root}: folder is empty")
 
-    skipped, series = [], {}
+    skipped, series, seen_sops = [], {}, set()
     for path in files:
         try:
             ds = pydicom.dcmread(path)
@@ -255,6 +255,11 @@ def read_series(
         if reason:
             skipped.append((path.name, reason))
             continue
+        sop = str(ds.get("SOPInstanceUID", ""))
+        if sop and sop in seen_sops:
+            skipped.append((path.name, "duplicate SOPInstanceUID (same image stored twice)"))
+            continue
+        seen_sops.add(sop)
         series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((path, ds))
 
     if not series:

@@ -180,6 +180,9 @@ def train(cfg, progress=True):
     from radnet_tf import data
 
     start = time.perf_counter()
+    # The strategy first: MultiWorkerMirroredStrategy must configure collective ops before
+    # any other TF call initialises the runtime.
+    strategy = select_strategy()
     keras.utils.set_random_seed(cfg.seed)
     try:
         tf.config.experimental.enable_op_determinism()
@@ -199,7 +202,6 @@ def train(cfg, progress=True):
             f"training split needs positive and negative studies (train={n_train}, positives={n_pos})"
         )
 
-    strategy = select_strategy()
     global_batch = cfg.batch_size * strategy.num_replicas_in_sync
     steps = cfg.steps_per_epoch or max(1, math.ceil(n_train / global_batch))
     model_dir = Path(cfg.resolved_model_dir)

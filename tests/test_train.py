@@ -1,7 +1,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -83,8 +82,11 @@ def test_killed_run_resumes_from_saved_epoch(tiny_records, tmp_path):
     log = model_dir / "history.csv"
     deadline = time.time() + 240
     while time.time() < deadline:
-        if log.exists() and len(pd.read_csv(log)) >= 2:
-            break
+        try:
+            if log.exists() and len(pd.read_csv(log)) >= 2:
+                break
+        except pd.errors.EmptyDataError:
+            pass
         time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -94,42 +96,3 @@ def test_killed_run_resumes_from_saved_epoch(tiny_records, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     epochs = list(pd.read_csv(log).epoch)
     assert epochs == list(range(4)), f"expected to continue at epoch {done}, log has {epochs}"
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-@pytest.mark.slow
-def test_two_workers_train_to_identical_weights(tiny_records, tmp_path):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    script = (
-        "import json, os, sys, numpy as np\n"
-        "sys.path.insert(0, sys.argv[3])\n"
-        "from conftest import tiny_config\n"
-        "from radnet_tf.train import train\n"
-        "cfg = tiny_config(data=sys.argv[1], model_dir=sys.argv[2], val_fraction=0.4, epochs=1, steps_per_epoch=2, batch_size=1)\n"
-        "summary, model = train(cfg, progress=False)\n"
-        "np.save(os.path.join(sys.argv[2], 'weights.npy'), np.concatenate([w.ravel() for w in model.get_weights()]))\n"
-    )
-    procs = []
-    for i in range(2):
-        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-               "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-        out = tmp_path / f"w{i}"
-        procs.append(subprocess.Popen([sys.executable, "-c", script, str(tiny_records), str(out), str(REPO / "tests")],
-                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    for p in procs:
-        out, _ = p.communicate(timeout=420)
-        assert p.returncode == 0, out[-3000:]
-    w0, w1 = (np.load(tmp_path / f"w{i}" / "weights.npy") for i in range(2))
-    np.testing.assert_array_equal(w0, w1)
-    info = json.loads((tmp_path / "w0" / "run_info.json").read_text())
-    assert info["strategy"] == "MultiWorkerMirroredStrategy" and info["global_batch"] == 2
