@@ -195,3 +195,14 @@ def test_ge_tilt_detected_corrected_or_refused(shared):
     assert series.hu.min() == AIR_HU  # -1500 padding outside the FOV became air
     with pytest.raises(DicomReadError, match="gantry tilt of 18.5 degrees"):
         read_series(folder, tilt="reject")
+
+
+def test_same_image_stored_twice_is_read_once(tmp_path):
+    import shutil
+
+    _tiny_series(tmp_path, num_slices=3)
+    first = sorted(tmp_path.iterdir())[0]
+    shutil.copy(first, tmp_path / "copy.dcm")
+    series = read_series(tmp_path)
+    assert series.num_slices == 3
+    assert any(reason.startswith("duplicate SOPInstanceUID") for _, reason in series.skipped)
