@@ -33,6 +33,7 @@ setup(
         "scikit-learn>=1.4",
         "pandas>=2.1",
         "matplotlib>=3.8",
+        "pillow>=10",
         "pyyaml>=6",
         "tqdm>=4.66",
         "tensorboard==2.21.*",

@@ -88,8 +88,13 @@ def build_parser():
         description="Convert DICOM studies to windowed-geometry TFRecords (schema: radnet_tf.records).",
         epilog="Beam pipeline options (e.g. --project, --region, --temp_location) go after '--'.",
     )
-    parser.add_argument("--dicom-root", required=True, help="folder with one sub-folder per study")
-    parser.add_argument("--labels", required=True, help="CSV with study_id,label")
+    parser.add_argument("--dicom-root", help="folder with one sub-folder per study")
+    parser.add_argument("--labels", help="CSV with study_id,label (with --dicom-root)")
+    parser.add_argument("--images-csv", help="pre-windowed 2D images: CSV with image,label[,mask,study_id,slice_index]")
+    parser.add_argument("--images-root", default=".", help="folder the --images-csv paths are relative to")
+    parser.add_argument("--image-window", type=float, nargs=2, metavar=("CENTER", "WIDTH"),
+                        help="the HU window the images were rendered with (required with --images-csv)")
+    parser.add_argument("--image-spacing", type=float, help="mm per image pixel, if known")
     parser.add_argument("--slice-labels", help="CSV with study_id,sop_instance_uid,label")
     parser.add_argument("--masks", help="folder of <study_id>.npz masks (mask, sop_instance_uids)")
     parser.add_argument("--out", required=True, help="output folder (local path or gs://...)")
@@ -110,15 +115,24 @@ def main(argv=None):
         argv, beam_args = argv[:i], argv[i + 1 :]
     args = build_parser().parse_args(argv)
     from radnet_tf.config import load_config
-    from radnet_tf.convert import discover_tasks, load_label_tables
+    from radnet_tf.convert import discover_tasks, image_tasks, load_label_tables
 
     if args.shards < 1 or args.workers < 1:
         raise UserError("--shards and --workers must be >= 1")
     pcfg = load_config(args.config).preprocess_config()
-    labels, per_slice = load_label_tables(args.labels, args.slice_labels)
-    tasks, skipped = discover_tasks(args.dicom_root, labels, per_slice, args.masks)
+    if args.images_csv:
+        if args.dicom_root:
+            raise UserError("give either --dicom-root or --images-csv, not both")
+        if not args.image_window:
+            raise UserError("--images-csv needs --image-window CENTER WIDTH (the window the images were rendered with)")
+        tasks, skipped = image_tasks(args.images_csv, args.images_root, args.image_window, args.image_spacing), []
+    else:
+        if not (args.dicom_root and args.labels):
+            raise UserError("give --dicom-root and --labels (or --images-csv)")
+        labels, per_slice = load_label_tables(args.labels, args.slice_labels)
+        tasks, skipped = discover_tasks(args.dicom_root, labels, per_slice, args.masks)
     if not tasks:
-        raise UserError(f"no study in {args.dicom_root} has a label in {args.labels}")
+        raise UserError("no study to convert")
     start = time.perf_counter()
     if args.runner == "local":
         table, summary = run_local(tasks, skipped, args.out, args.shards, args.workers, pcfg, not args.no_progress)

@@ -65,14 +65,131 @@ def load_label_tables(labels_csv, slice_labels_csv=None):
     return labels, per_slice
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageStudyTask:
+    """A study made of pre-windowed 2D images (PNG/JPEG), e.g. from a public dataset.
+
+    Attributes:
+      study_id: the user's id (a study_id column, else the image path).
+      image_paths: slice images in slice order; mask_paths: same length or None.
+      slice_labels: per-slice 0/1. window: (center, width) the images were rendered with.
+      pixel_spacing: mm per pixel if known, else None (the image is taken to span the FOV).
+    """
+
+    study_id: str
+    image_paths: tuple
+    slice_labels: tuple
+    window: tuple
+    pixel_spacing: float | None = None
+    mask_paths: tuple | None = None
+
+    @property
+    def label(self):
+        return int(max(self.slice_labels))
+
+
+def image_tasks(images_csv, images_root, window, pixel_spacing=None):
+    """Reads an image labels CSV -> list of ImageStudyTask.
+
+    CSV columns: `image` (path under images_root), `label` (0/1); optional `mask` (mask
+    image path, nonzero = blood), `study_id` and `slice_index` (group images into studies,
+    ordered by slice_index). Without study_id every image is a one-slice study.
+    """
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(images_csv, dtype={"study_id": str, "image": str, "mask": str})
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read image labels {images_csv}: {err}") from None
+    missing = {"image", "label"} - set(table.columns)
+    if missing:
+        raise UserError(f"{images_csv}: missing column(s) {sorted(missing)}")
+    if "study_id" not in table.columns:
+        table["study_id"] = table["image"]
+    if "slice_index" not in table.columns:
+        table["slice_index"] = 0
+    root = Path(images_root)
+    tasks = []
+    for sid, group in table.groupby("study_id", sort=True):
+        group = group.sort_values("slice_index", kind="stable")
+        masks = None
+        if "mask" in group.columns and group["mask"].notna().all():
+            masks = tuple(str(root / m) for m in group["mask"])
+        tasks.append(
+            ImageStudyTask(
+                str(sid),
+                tuple(str(root / i) for i in group["image"]),
+                tuple(int(v) for v in group["label"]),
+                tuple(float(v) for v in window),
+                pixel_spacing,
+                masks,
+            )
+        )
+    return tasks
+
+
+def _read_image(path):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("L"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot read image ({err})") from None
+
+
+def convert_image_study(task: ImageStudyTask, pcfg: preprocess.PreprocessConfig, salt=None):
+    """Pre-windowed images -> one record (HU recovered from the declared window)."""
+    from radnet_tf.dicom_io import pseudonymize
+
+    pixels = [_read_image(p) for p in task.image_paths]
+    if len({p.shape for p in pixels}) != 1:
+        raise UserError(f"study {task.study_id}: images differ in size")
+    stack = np.stack(pixels)
+    hu = hu_from_rendered(stack, *task.window).numpy()
+    width = stack.shape[2]
+    spacing = task.pixel_spacing or pcfg.fov_mm / width
+    image, center = preprocess.resample_hu(hu, (spacing, spacing), pcfg)
+    mask = None
+    if task.mask_paths:
+        mask_stack = np.stack([(_read_image(p) > 0).astype(np.uint8) for p in task.mask_paths])
+        mask = preprocess.resample_mask(mask_stack, (spacing, spacing), center, pcfg).numpy()
+    key = pseudonymize(f"image-study:{task.study_id}", salt)
+    record = records.encode_study(
+        study_key=key,
+        image=image.numpy(),
+        mask=mask,
+        slice_labels=np.array(task.slice_labels, np.int64),
+        label=task.label,
+        spacing=(pcfg.out_spacing, pcfg.out_spacing, float("nan")),
+        slice_positions=np.arange(len(pixels), dtype=np.float32),
+    )
+    row = {
+        "study_id": task.study_id,
+        "study_key": key,
+        "label": task.label,
+        "num_slices": len(pixels),
+        "positive_slices": int(sum(task.slice_labels)),
+        "has_mask": mask is not None,
+        "pixel_spacing_mm": float(spacing),
+        "slice_spacing_mm": float("nan"),
+        "tilt_deg": 0.0,
+        "gaps": 0,
+        "bytes": len(record),
+    }
+    return record, row
+
+
 def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None):
-    """Converts one study.
+    """Converts one study (a DICOM `StudyTask` or an `ImageStudyTask`).
 
     Returns:
       (serialised record bytes, manifest row dict without patient identifiers).
     Raises:
       DicomReadError (a UserError) when the study cannot be read.
     """
+    if isinstance(task, ImageStudyTask):
+        return convert_image_study(task, pcfg, salt)
     series = read_series(task.dicom_dir, salt=salt)
     hu, center = preprocess.resample_hu(series.hu, series.pixel_spacing, pcfg)
     mask = None

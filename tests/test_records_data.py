@@ -201,3 +201,29 @@ def test_local_runner_skips_unreadable_study_with_reason(tiny_cohort, tmp_path):
     assert summary["studies_written"] == 1 and summary["studies_skipped"] == 1
     reason = table.set_index("study_id").loc["broken", "reason"]
     assert "no DICOM files" in reason
+
+
+def test_prewindowed_png_studies_become_records(tmp_path):
+    from PIL import Image
+
+    from radnet_tf.convert import image_tasks
+
+    # A 40/80-windowed rendering: pixel 255 = 80 HU, 0 = 0 HU; an asymmetric bright box.
+    img = np.full((50, 50), 96, np.uint8)  # 96 -> 30.1 HU
+    img[10:20, 30:45] = 255
+    rows = []
+    for i in range(3):
+        Image.fromarray(img).save(tmp_path / f"s{i}.png")
+        Image.fromarray(((img == 255) * 255).astype(np.uint8)).save(tmp_path / f"m{i}.png")
+        rows.append({"image": f"s{i}.png", "mask": f"m{i}.png", "label": int(i > 0), "study_id": "A", "slice_index": 2 - i})
+    pd.DataFrame(rows).to_csv(tmp_path / "images.csv", index=False)
+    tasks = image_tasks(tmp_path / "images.csv", tmp_path, (40, 80), pixel_spacing=5.0)
+    assert len(tasks) == 1 and tasks[0].slice_labels == (1, 1, 0)  # ordered by slice_index
+    pcfg = tiny_config().preprocess_config()
+    record, row = convert_study(tasks[0], pcfg)
+    study = records.decode_study(tf.constant(record))
+    assert row["num_slices"] == 3 and row["label"] == 1 and bool(study["has_mask"])
+    hu = study["image"].numpy()[0]
+    assert hu.max() == 80 and int(np.median(hu[hu > -1000])) == 30
+    bright = hu >= 79
+    assert (study["mask"].numpy()[0].astype(bool) == bright).mean() > 0.97
