@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from radnet_tf.errors import UserError, cli_main
-from radnet_tf.metrics import binary_metrics, bootstrap_ci, ct_metrics, study_table
+from radnet_tf.metrics import binary_metrics, bootstrap_ci, ct_metrics, slice_table, study_table
 
 PAPER_METRICS = ("accuracy", "recall", "precision", "f1")
 
@@ -124,13 +124,7 @@ def evaluate_one(pred: Predictor, files, split, out: Path, target, val_files=Non
     cfg = pred.cfg
     keys, labels, probs, slice_labels = pred.predict(files, split)
     studies = study_table(keys, labels, probs, cfg.slice_threshold, cfg.ct_min_run)
-    slices = pd.DataFrame(
-        [
-            {"study_key": k, "slice_index": i, "label": int(lab), "probability": float(p)}
-            for k, ps, ls in zip(keys, probs, slice_labels)
-            for i, (p, lab) in enumerate(zip(ps, ls))
-        ]
-    )
+    slices = slice_table(keys, probs, slice_labels)
     known = slices[slices.label >= 0]
     rows = []
     slice_m = binary_metrics(known.label, known.probability >= cfg.slice_threshold, known.probability)

@@ -41,6 +41,18 @@ def study_table(study_keys, labels, slice_probs, threshold=0.5, min_run=3) -> pd
     return pd.DataFrame(rows)
 
 
+def slice_table(study_keys, slice_probs, slice_labels) -> pd.DataFrame:
+    """One row per slice: study_key, slice_index, label (-1 = unknown), probability."""
+    return pd.DataFrame(
+        [
+            {"study_key": k, "slice_index": i, "label": int(lab), "probability": float(p)}
+            for k, ps, ls in zip(study_keys, slice_probs, slice_labels)
+            for i, (p, lab) in enumerate(zip(ps, ls))
+        ],
+        columns=["study_key", "slice_index", "label", "probability"],
+    )
+
+
 def bootstrap_ci(table: pd.DataFrame, fn, n_boot=1000, seed=0, alpha=0.05) -> dict:
     """Percentile CIs of `fn(resampled_table) -> dict of floats`, resampling studies."""
     rng = np.random.default_rng(seed)

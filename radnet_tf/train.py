@@ -31,6 +31,29 @@ from radnet_tf.errors import UserError, cli_main
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 
 
+def _atomic_backup_class():
+    import keras
+
+    class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+        """BackupAndRestore whose files are written to temporary names and renamed.
+
+        Keras writes `latest.weights.h5` in place; a kill during that write left an
+        unreadable backup and a run that could not resume (seen in the kill test).
+        """
+
+        def _save_model(self):
+            os.makedirs(self.backup_dir, exist_ok=True)
+            tmp_weights = os.path.join(self.backup_dir, "partial.weights.h5")
+            self.model.save_weights(filepath=tmp_weights, overwrite=True)
+            tmp_meta = f"{self._training_metadata_path}.tmp"
+            with open(tmp_meta, "w") as f:
+                f.write(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+            os.replace(tmp_weights, self._weights_path)
+            os.replace(tmp_meta, self._training_metadata_path)
+
+    return AtomicBackupAndRestore
+
+
 def select_strategy():
     """tf.distribute strategy chosen from the environment."""
     import tensorflow as tf
@@ -135,19 +158,13 @@ def evaluate_model(model, files, cfg, out_dir):
     import numpy as np
     import pandas as pd
 
-    from radnet_tf.metrics import binary_metrics, ct_metrics, study_table
+    from radnet_tf.metrics import binary_metrics, ct_metrics, slice_table, study_table
 
     keys, labels, probs, slice_labels = predict_studies(model, files, cfg)
     if not keys:
         raise UserError("the validation split is empty; add studies or raise val_fraction")
     studies = study_table(keys, labels, probs, cfg.slice_threshold, cfg.ct_min_run)
-    slices = pd.DataFrame(
-        [
-            {"study_key": k, "slice_index": i, "label": int(lab), "probability": float(p)}
-            for k, ps, ls in zip(keys, probs, slice_labels)
-            for i, (p, lab) in enumerate(zip(ps, ls))
-        ]
-    )
+    slices = slice_table(keys, probs, slice_labels)
     known = slices[slices.label >= 0]
     slice_m = binary_metrics(known.label, known.probability >= cfg.slice_threshold, known.probability)
     ct_m = ct_metrics(studies)
@@ -231,7 +248,7 @@ def train(cfg, progress=True):
     val_ds = data.eval_dataset(files, cfg, cfg.batch_size, with_masks=with_masks) if n_val else None
     monitor = cfg.monitor if n_val else cfg.monitor.replace("val_", "")
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(model_dir / "backup")),
+        _atomic_backup_class()(str(model_dir / "backup")),
         keras.callbacks.ModelCheckpoint(str(model_dir / "best.keras"), monitor=monitor, mode="max", save_best_only=True),
         keras.callbacks.CSVLogger(str(model_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(model_dir / "logs"), profile_batch=0),
