@@ -138,7 +138,10 @@ class _Head:
 def _ellipsoid(u, v, z, center, radii):
     """Normalised ellipsoid radius (< 1 inside); Python-float constants keep float32 maps."""
     (cu, cv, cz), (ru, rv, rz) = map(float, center), map(float, radii)
-    return ((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2 + float(((z - cz) / rz) ** 2)
+    zterm = float(((z - cz) / rz) ** 2)
+    if zterm >= 1.0:  # this slice misses the ellipsoid: skip the per-pixel work
+        return np.full(u.shape, 2.0, np.float32)
+    return ((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2 + zterm
 
 
 def _ventricles(head, u, v, z):
