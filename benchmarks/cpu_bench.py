@@ -2,6 +2,8 @@
 same process (the machines are shared and noisy; absolute times drift).
 
     python benchmarks/cpu_bench.py [--only ingest,synth,convert,input,model,export] [--shared ../shared/data]
+    python benchmarks/cpu_bench.py --only train64     # one process per size: peak RSS is per process
+    python benchmarks/cpu_bench.py --only train256
 
 Prints one JSON line per measurement.
 """
@@ -162,6 +164,31 @@ def bench_model_cpu():
          ratio_achieved_vs_matmul=round(achieved / mm_flops, 3))
 
 
+def bench_train_step(size):
+    """Paper-size RADnet, one 32-slice study per step, SGD: second-step time and peak RSS."""
+    import resource
+
+    import keras
+
+    from radnet_tf.config import Config
+    from radnet_tf.losses import compile_losses
+    from radnet_tf.model import build_model
+
+    cfg = Config(input_size=size, out_spacing=256.0 / size)
+    model = build_model(cfg)
+    losses, weights = compile_losses(cfg, model.output_names)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=losses, loss_weights=weights)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(1, 32, size, size, 1)).astype(np.float32)
+    y = {"slice_probability": (rng.uniform(size=(1, 32)) > 0.5).astype(np.float32)}
+    for name in ("mask_1", "mask_2", "mask_3"):
+        y[name] = (rng.uniform(size=(1, 32, size, size, 1)) > 0.9).astype(np.float32)
+    first, _ = timed(lambda: model.train_on_batch(x, y))
+    step, _ = timed(lambda: model.train_on_batch(x, y), 2)
+    emit(bench=f"train_step_cpu_{size}", slices=32, first_step_s=round(first, 1), step_s=round(step, 2),
+         slices_per_s=round(32 / step, 2), peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
+
+
 def bench_export(shared, saved_model):
     import tensorflow as tf
 
@@ -212,6 +239,9 @@ def main():
         bench_model_cpu()
     if "export" in only:
         bench_export(args.shared, args.saved_model)
+    for size in (64, 256):
+        if f"train{size}" in only:
+            bench_train_step(size)
 
 
 if __name__ == "__main__":
