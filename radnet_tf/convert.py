@@ -286,6 +286,13 @@ MANIFEST_COLUMNS = [
 ]
 
 
+def _init_worker():
+    """One TF thread per worker process: the processes are the parallelism, and several
+    workers each running a full thread pool on the same cores only contend."""
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
 def _convert_shard(args):
     """Worker: converts the studies of one shard and writes it atomically."""
     import pandas as pd
@@ -360,7 +367,7 @@ def run_local(tasks, skipped_rows, out, shards, workers, pcfg, progress=True):
         parts = [_convert_shard(job) for job in _progress(jobs, progress)]
     else:
         ctx = mp.get_context("spawn")  # TF is not fork-safe
-        with ctx.Pool(workers) as pool:
+        with ctx.Pool(workers, initializer=_init_worker) as pool:
             parts = list(_progress(pool.imap_unordered(_convert_shard, jobs), progress, total=len(jobs)))
     frames = [pd.read_csv(p, dtype={"study_id": str}) for p in sorted(parts)]
     return write_manifest(out, frames, pcfg, skipped_rows)
