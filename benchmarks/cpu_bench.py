@@ -98,7 +98,6 @@ def bench_convert(shared_unused=None):
 
 def bench_input_and_model(records):
     import keras
-    import tensorflow as tf
 
     from radnet_tf import data
     from radnet_tf.config import load_config
@@ -134,7 +133,6 @@ def bench_input_and_model(records):
 
 
 def bench_model_cpu():
-    import keras
     import tensorflow as tf
 
     from radnet_tf.config import Config

@@ -56,7 +56,7 @@ def read_studies(files, deterministic=True):
     return ds.map(records.decode_study, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
 
-def _targets(study, image_shape, with_masks):
+def _targets(study, with_masks):
     labels = tf.cast(study["slice_labels"], tf.float32)
     y = {OUTPUT_SLICE: labels}
     if with_masks:
@@ -179,7 +179,7 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None):
     def to_example(study):
         study = crop_window(study, cfg.window)
         image = preprocess.brain_window(study["image"], cfg.window_center, cfg.window_width)[..., None]
-        y = _targets(study, tf.shape(image), with_masks)
+        y = _targets(study, with_masks)
         mask = y.get(MASK_OUTPUTS[0], tf.zeros_like(image))
         image, mask = augment(image, mask, cfg.rotation_deg, cfg.flip)
         if cfg.intensity_jitter:
@@ -227,7 +227,7 @@ def eval_dataset(files, cfg, batch_size=1, with_masks=True, split="validation", 
 
     def to_example(study):
         image = preprocess.brain_window(study["image"], cfg.window_center, cfg.window_width)[..., None]
-        y = _targets(study, tf.shape(image), with_masks)
+        y = _targets(study, with_masks)
         if with_keys:
             return image, y, {"study_key": study["study_key"], "label": study["label"]}
         return image, y

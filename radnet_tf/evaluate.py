@@ -48,12 +48,9 @@ def _atomic_table(frame: pd.DataFrame, path: Path):
 
 
 def _savefig(fig, path):
-    import matplotlib.pyplot as plt
+    from radnet_tf.plotting import save_figure
 
-    tmp = Path(f"{path}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=90)
 
 
 class Predictor:

@@ -10,25 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
-
-import numpy as np
 
 from radnet_tf.errors import cli_main
 
 
 def write_montage(path, slices, max_slices=64, title=""):
     """slices float [S, N, N] in [0, 1] -> PNG grid (atomic write)."""
-    import matplotlib
+    from radnet_tf.plotting import grid_indices, pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = len(slices)
-    idx = np.linspace(0, s - 1, min(s, max_slices)).round().astype(int)
-    cols = min(8, len(idx))
-    rows = int(np.ceil(len(idx) / cols))
+    plt = pyplot()
+    idx, cols, rows = grid_indices(len(slices), max_slices)
     fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.8 * rows + 0.4), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
@@ -37,10 +29,7 @@ def write_montage(path, slices, max_slices=64, title=""):
         ax.set_title(str(i), fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    tmp = Path(f"{path}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 @cli_main

@@ -73,18 +73,13 @@ def predict_series(series, saved, meta):
 
 def overview_png(path, out, meta, probs, threshold, max_slices=48):
     """Writes the slice grid (brain window, mask contours, probabilities) and the strip."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from radnet_tf.decision import longest_run_np
+    from radnet_tf.plotting import grid_indices, pyplot, save_figure
 
+    plt = pyplot()
     slices = out["slices"]
     s = len(probs)
-    idx = np.linspace(0, s - 1, min(s, max_slices)).round().astype(int)
-    cols = min(8, len(idx))
-    rows = int(np.ceil(len(idx) / cols))
+    idx, cols, rows = grid_indices(s, max_slices)
     fig = plt.figure(figsize=(2 * cols, 2 * rows + 1.6))
     grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1] * rows + [0.8])
     for k, i in enumerate(idx):
@@ -106,10 +101,7 @@ def overview_png(path, out, meta, probs, threshold, max_slices=48):
         fontsize=9,
     )
     fig.tight_layout()
-    tmp = Path(f"{path}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 @cli_main

@@ -258,7 +258,7 @@ def _draw(rng, cfg, positive):
     scalp_hu = rng.uniform(25, 45)
     hardening = rng.uniform(0, 12)
     for k, z in enumerate(z_positions):
-        u, v, phi, skull = head.u, head.v, head.phi, head.skull
+        u, v, skull = head.u, head.v, head.skull
         depth, inner = head.fields(z)
         full = np.full((cfg.matrix, cfg.matrix), AIR, np.float32)
         img = full[head.box]  # a view: the head's bounding box

@@ -5,7 +5,6 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +67,3 @@ def trained_tiny(tiny_records, tmp_path_factory):
     cfg = tiny_config(data=str(tiny_records), model_dir=str(model_dir), val_fraction=0.4)
     summary, model = train(cfg, progress=False)
     return cfg, summary, model, model_dir
-
-
-def rng(seed=0):
-    return np.random.default_rng(seed)
