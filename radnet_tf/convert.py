@@ -311,7 +311,7 @@ def _convert_shard(args):
         serialized.append(record)
         rows.append({**row, "status": "written", "reason": "", "shard": os.path.basename(shard_path)})
     records.write_shard(shard_path, serialized)
-    tmp = f"{part_path}.tmp"
+    tmp = f"{part_path}.{os.getpid()}.tmp"
     pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(tmp, index=False)
     os.replace(tmp, part_path)
     return part_path

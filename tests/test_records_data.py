@@ -230,3 +230,34 @@ def test_prewindowed_png_studies_become_records(tmp_path):
     assert hu.max() == 80 and int(np.median(hu[hu > -1000])) == 30
     bright = hu >= 79
     assert (study["mask"].numpy()[0].astype(bool) == bright).mean() > 0.97
+
+
+def test_concurrent_writers_of_one_shard_leave_a_complete_shard(tmp_path):
+    """Two writers of the same shard (a retried task) must not interleave into one file."""
+    import threading
+
+    path = str(tmp_path / "studies-00000-of-00001.tfrecord.gz")
+    sets = {name: [f"{name}-{i}".encode() * 50 for i in range(n)] for name, n in (("a", 300), ("b", 40))}
+
+    def slow(items):
+        for item in items:
+            time.sleep(0.0005)
+            yield item
+
+    errors = []
+
+    def write(items):
+        try:
+            records.write_shard(path, slow(items))
+        except Exception as err:  # a writer must not fail because another one finished first
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(v,)) for v in sets.values()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    got = [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION)]
+    assert got in list(sets.values())
+    assert os.listdir(tmp_path) == [os.path.basename(path)]
