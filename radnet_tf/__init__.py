@@ -15,3 +15,14 @@ def build_model(config):
     from radnet_tf.model import build_model as _build
 
     return _build(config)
+
+
+def load_model(path, compile=True):
+    """Loads a `.keras` file written by radnet-tf (registers its custom layers, losses and
+    metrics first). Returns a keras.Model."""
+    import keras
+
+    import radnet_tf.losses  # noqa: F401
+    import radnet_tf.model  # noqa: F401
+
+    return keras.saving.load_model(path, compile=compile)

@@ -44,11 +44,13 @@ class Config:
     dropout: float = 0.0
     lstm_units: int = 64
     head_filters: int = 16
+    pooling: str = "avg"  # slice feature pooling: avg (paper) | avgmax (avg and max, concatenated)
     weight_decay: float = 1e-4
     bn_momentum: float = 0.99  # BatchNorm moving-average momentum (0.9 for short runs)
     # ---- loss
     slice_loss_weight: float = 1.0
     mask_loss_weights: list = dataclasses.field(default_factory=lambda: [0.5, 0.5, 0.5])
+    mask_loss: str = "bce"  # auxiliary mask loss: bce | dice_bce (BCE + soft Dice, per study)
     # ---- recipe (paper: SGD momentum 0.9, 60 epochs, lr / 10 at 1/3 and 2/3)
     epochs: int = 60
     batch_size: int = 2  # studies (windows) per replica
@@ -87,6 +89,10 @@ class Config:
                 f"input_size * out_spacing must cover fov_mm. Received: input_size={self.input_size}, "
                 f"out_spacing={self.out_spacing}, fov_mm={self.fov_mm}"
             )
+        if self.mask_loss not in ("bce", "dice_bce"):
+            raise UserError(f"mask_loss must be 'bce' or 'dice_bce'. Received: mask_loss={self.mask_loss!r}")
+        if self.pooling not in ("avg", "avgmax"):
+            raise UserError(f"pooling must be 'avg' or 'avgmax'. Received: pooling={self.pooling!r}")
         if self.optimizer not in ("sgd", "adam"):
             raise UserError(f"optimizer must be 'sgd' or 'adam'. Received: optimizer={self.optimizer!r}")
         if len(self.mask_loss_weights) != 3:

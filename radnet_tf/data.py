@@ -160,14 +160,20 @@ def _balanced_choices(batch_size, positive_fraction, seed):
     return tf.data.Dataset.range(2**62).map(make_block).unbatch()
 
 
-def train_dataset(files, cfg, batch_size, with_masks=True, seed=None):
+def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_batch=None):
     """Infinite dataset of augmented, class-balanced training windows.
 
     Args:
       files: shard paths. cfg: `Config` (window, augmentation, balance, split, window
         level). batch_size: global batch (windows). with_masks: emit mask targets.
+      replica_batch: windows per replica (default `batch_size`). Balance is enforced in
+        consecutive blocks of this size, so each replica's slice of a global batch (and so
+        its BatchNorm statistics) is balanced too.
     """
     seed = cfg.seed if seed is None else seed
+    replica_batch = replica_batch or batch_size
+    if batch_size % replica_batch:
+        raise ValueError(f"batch_size {batch_size} is not a multiple of replica_batch {replica_batch}")
     def train_studies(label_test):
         return (
             read_studies(files)
@@ -203,22 +209,35 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None):
     # windows. With whole-study windows in a batch, BatchNorm's batch statistics would
     # otherwise depend on the batch's label mix, which the network can exploit in training
     # mode and which then fails at inference (moving statistics).
-    mixed = tf.data.Dataset.choose_from_datasets([pos, neg], _balanced_choices(batch_size, cfg.positive_fraction, seed))
+    mixed = tf.data.Dataset.choose_from_datasets([pos, neg], _balanced_choices(replica_batch, cfg.positive_fraction, seed))
     n = cfg.input_size
-    return (
+    ds = (
         mixed.map(to_example, num_parallel_calls=AUTOTUNE, deterministic=True)
         .batch(batch_size, drop_remainder=True)
         .map(lambda x, y: (tf.ensure_shape(x, [batch_size, cfg.window, n, n, 1]), y))
         .prefetch(AUTOTUNE)
     )
+    # Every worker builds the same stream; tf.distribute splits each global batch between
+    # them (DATA sharding). FILE sharding would hand a worker whole shards, which with few
+    # shards can leave one without a positive study (and the balanced sampler waiting).
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
 
 
-def eval_dataset(files, cfg, batch_size=1, with_masks=True, split="validation", with_keys=False):
+def eval_dataset(
+    files, cfg, batch_size=1, with_masks=True, split="validation", with_keys=False, fill_batches=False
+):
     """Whole studies, variable length, padded batches (PAD_VALUE slices, -1 targets).
 
     Args:
       split: "validation", "train" or "all".
       with_keys: also yield the study key and label: (x, y, {"study_key", "label"}).
+      fill_batches: fill the last batch up to `batch_size` with all-padding studies (every
+        target -1, so losses' valid elements and masked metrics are unchanged) and turn off
+        auto-sharding: under MultiWorkerMirroredStrategy every worker then sees every batch
+        and takes an equal, non-empty part of it. (Losses averaged over a batch count the
+        filler studies as 0.)
     """
     ds = read_studies(files)
     if split != "all":
@@ -245,7 +264,22 @@ def eval_dataset(files, cfg, batch_size=1, with_masks=True, split="validation", 
     if with_keys:
         shapes += ({"study_key": [], "label": []},)
         pads += ({"study_key": "", "label": tf.constant(-1, tf.int64)},)
-    return ds.padded_batch(batch_size, padded_shapes=shapes, padding_values=pads).prefetch(AUTOTUNE)
+    ds = ds.padded_batch(batch_size, padded_shapes=shapes, padding_values=pads)
+    if fill_batches:
+        def fill(*parts):
+            def grow(t, value):
+                missing = batch_size - tf.shape(t)[0]
+                paddings = tf.concat([[[0, missing]], tf.zeros([tf.rank(t) - 1, 2], tf.int32)], axis=0)
+                grown = tf.pad(t, paddings, constant_values=tf.cast(value, t.dtype))
+                return tf.ensure_shape(grown, [batch_size] + t.shape.as_list()[1:])
+
+            return tf.nest.map_structure(grow, parts, pads)
+
+        ds = ds.map(fill)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        ds = ds.with_options(options)
+    return ds.prefetch(AUTOTUNE)
 
 
 def count_studies(files, cfg):

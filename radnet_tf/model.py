@@ -5,7 +5,7 @@
       -> dense block 1 (L layers) -> aux head 1 (x2 deconv)  -> mask_1
       -> transition (N/4) -> dense block 2 -> aux head 2 (x4) -> mask_2
       -> transition (N/8) -> dense block 3 -> aux head 3 (x8) -> mask_3
-      -> BN-ReLU-global average pool --unfold--> [B, S, C]
+      -> BN-ReLU-global average pool [+ global max pool] --unfold--> [B, S, C]
       -> Bidirectional LSTM across slices (radnet only)
       -> Dense(1) sigmoid -> slice_probability [B, S]
 
@@ -102,9 +102,21 @@ def _conv(filters, kernel, name, weight_decay, strides=1):
     )
 
 
-def apply_conv_block(x, growth_rate, dropout, weight_decay, bn_momentum, name):
+def _batch_norm(bn, name):
+    """BatchNormalization from `bn`: {"momentum": float, "synchronized": bool}.
+
+    synchronized=True (TensorFlow, several replicas): statistics over the global batch, so
+    every replica updates the same moving statistics. Unsynchronized, each replica keeps
+    its own (Keras 3 does not aggregate them) and the workers' weights drift apart.
+    """
+    return layers.BatchNormalization(
+        momentum=bn["momentum"], epsilon=1.001e-5, synchronized=bn["synchronized"], name=name
+    )
+
+
+def apply_conv_block(x, growth_rate, dropout, weight_decay, bn, name):
     """BN-ReLU-Conv3x3(growth_rate) [-Dropout], concatenated to its input."""
-    y = layers.BatchNormalization(momentum=bn_momentum, epsilon=1.001e-5, name=f"{name}_bn")(x)
+    y = _batch_norm(bn, f"{name}_bn")(x)
     y = layers.Activation("relu", name=f"{name}_relu")(y)
     y = _conv(growth_rate, 3, f"{name}_conv", weight_decay)(y)
     if dropout:
@@ -112,16 +124,16 @@ def apply_conv_block(x, growth_rate, dropout, weight_decay, bn_momentum, name):
     return layers.Concatenate(name=f"{name}_concat")([x, y])
 
 
-def apply_dense_block(x, num_layers, growth_rate, dropout, weight_decay, bn_momentum, name):
+def apply_dense_block(x, num_layers, growth_rate, dropout, weight_decay, bn, name):
     """`num_layers` conv blocks; returns the last concatenation."""
     for i in range(num_layers):
-        x = apply_conv_block(x, growth_rate, dropout, weight_decay, bn_momentum, name=f"{name}_layer{i + 1}")
+        x = apply_conv_block(x, growth_rate, dropout, weight_decay, bn, name=f"{name}_layer{i + 1}")
     return x
 
 
-def apply_transition(x, dropout, weight_decay, bn_momentum, name):
+def apply_transition(x, dropout, weight_decay, bn, name):
     """BN-ReLU-Conv1x1 (channels kept) [-Dropout] - AvgPool 2x2."""
-    x = layers.BatchNormalization(momentum=bn_momentum, epsilon=1.001e-5, name=f"{name}_bn")(x)
+    x = _batch_norm(bn, f"{name}_bn")(x)
     x = layers.Activation("relu", name=f"{name}_relu")(x)
     x = _conv(int(x.shape[-1]), 1, f"{name}_conv", weight_decay)(x)
     if dropout:
@@ -129,12 +141,12 @@ def apply_transition(x, dropout, weight_decay, bn_momentum, name):
     return layers.AveragePooling2D(2, name=f"{name}_pool")(x)
 
 
-def apply_aux_head(x, factor, head_filters, weight_decay, bn_momentum, name):
+def apply_aux_head(x, factor, head_filters, weight_decay, bn, name):
     """Attention by an auxiliary task: BN-ReLU-Conv1x1 then a x`factor` deconvolution.
 
     Returns the hemorrhage-mask probability [B*S, H*factor, W*factor, 1], float32.
     """
-    x = layers.BatchNormalization(momentum=bn_momentum, epsilon=1.001e-5, name=f"{name}_bn")(x)
+    x = _batch_norm(bn, f"{name}_bn")(x)
     x = layers.Activation("relu", name=f"{name}_relu")(x)
     x = layers.Conv2D(
         head_filters, 1, activation="relu", kernel_initializer="he_normal", name=f"{name}_conv"
@@ -145,14 +157,18 @@ def apply_aux_head(x, factor, head_filters, weight_decay, bn_momentum, name):
     return layers.Activation("sigmoid", dtype="float32", name=f"{name}_sigmoid")(x)
 
 
-def build_model(config, use_cudnn="auto") -> keras.Model:
+def build_model(config, use_cudnn="auto", sync_batchnorm=False) -> keras.Model:
     """Builds a RADnet-family model (uncompiled).
 
     Args:
       config: a `radnet_tf.config.Config` (or any object with its model fields): variant,
         input_size, depth, growth_rate, initial_filters, dropout, lstm_units, head_filters,
-        weight_decay, bn_momentum.
+        weight_decay, bn_momentum, pooling ("avg", the paper's global average pool, or
+        "avgmax": average and max pools concatenated, so a lesion of a few pixels is not
+        diluted by the rest of the slice).
       use_cudnn: passed to the LSTM; exports use False so no CudnnRNN op is baked in.
+      sync_batchnorm: BatchNorm over the global batch (TensorFlow backend); the trainer
+        sets it when the strategy has several replicas.
 
     Returns:
       keras.Model named `config.variant`. Input "slices": float32 [B, S, N, N, 1] in [0, 1]
@@ -169,7 +185,7 @@ def build_model(config, use_cudnn="auto") -> keras.Model:
     if n % 8:
         raise ValueError(f"input_size must be a multiple of 8. Received: input_size={n}")
     layers_per_block = (config.depth - 4) // 3
-    bn = float(getattr(config, "bn_momentum", 0.99))
+    bn = {"momentum": float(getattr(config, "bn_momentum", 0.99)), "synchronized": bool(sync_batchnorm)}
     wd = config.weight_decay
 
     slices = keras.Input(shape=(None, n, n, 1), name="slices")
@@ -185,9 +201,15 @@ def build_model(config, use_cudnn="auto") -> keras.Model:
         if variant != "densenet":
             heads.append(apply_aux_head(x, 2 ** (block + 1), config.head_filters, wd, bn, name=f"aux{block + 1}"))
 
-    x = layers.BatchNormalization(momentum=bn, epsilon=1.001e-5, name="final_bn")(x)
+    x = _batch_norm(bn, "final_bn")(x)
     x = layers.Activation("relu", name="final_relu")(x)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    pooling = getattr(config, "pooling", "avg")
+    if pooling not in ("avg", "avgmax"):
+        raise ValueError(f"pooling must be 'avg' or 'avgmax'. Received: pooling={pooling!r}")
+    pooled = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "avgmax":
+        pooled = layers.Concatenate(name="avgmax_pool")([pooled, layers.GlobalMaxPooling2D(name="max_pool")(x)])
+    x = pooled
     features = UnfoldSlices(name="unfold_features")(x, slices)  # [B, S, C]
     if variant == "radnet":
         features = layers.Bidirectional(

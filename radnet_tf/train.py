@@ -67,6 +67,52 @@ def select_strategy():
     return tf.distribute.get_strategy()
 
 
+def patch_multi_worker_build(model, strategy):
+    """Lets `model.fit` run under MultiWorkerMirroredStrategy in Keras 3.15.
+
+    Before training, Keras' TF trainer builds losses and metrics symbolically from the
+    first batch, which it gets by `strategy.reduce("MEAN", batch, axis=None)`. Under
+    MultiWorkerMirroredStrategy that reduce raises "Attempt to convert a value (PerReplica)
+    ... to a Tensor" (keras-team/keras#20585, open). Only the batch's shapes and dtypes are
+    needed, so this builds from this worker's local replica value instead; every worker
+    does the same, so no collective is left unmatched. No-op for other strategies.
+
+    Logged metrics: after each step Keras reduces the step's scalar logs across workers
+    with `strategy.reduce("MEAN", value, axis=0)`, which fails on a scalar ("Invalid
+    reduction dimension 0"). The train and test steps here return each log as shape [1],
+    so that reduce is the mean over workers and yields a scalar again.
+    """
+    import tensorflow as tf
+    from keras import tree
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return model
+
+    def local_value(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tree.map_structure(local_value, next(it))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    def with_leading_axis(step):
+        def wrapped(data):
+            return tree.map_structure(lambda v: tf.reshape(v, [1]) if v.shape.rank == 0 else v, step(data))
+
+        return wrapped
+
+    model._maybe_symbolic_build = maybe_symbolic_build
+    model.train_step = with_leading_axis(model.train_step)
+    model.test_step = with_leading_axis(model.test_step)
+    return model
+
+
 def prepare_synthetic(cfg, progress=True):
     """Generates (cached) the synthetic cohort and its records; returns the records dir."""
     from radnet_tf import synth
@@ -111,13 +157,13 @@ def check_geometry(files, cfg):
         )
 
 
-def build_and_compile(cfg, steps_per_epoch):
+def build_and_compile(cfg, steps_per_epoch, sync_batchnorm=False):
     import keras
 
     from radnet_tf.losses import MaskedAUC, MaskedBinaryAccuracy, compile_losses
     from radnet_tf.model import OUTPUT_SLICE, build_model
 
-    model = build_model(cfg)
+    model = build_model(cfg, sync_batchnorm=sync_batchnorm)
     losses, weights = compile_losses(cfg, model.output_names)
     boundaries = sorted({max(1, int(round(f * cfg.epochs * steps_per_epoch))) for f in cfg.lr_drop_epochs})
     values = [cfg.learning_rate / (10**i) for i in range(len(boundaries) + 1)]
@@ -222,6 +268,11 @@ def train(cfg, progress=True):
     global_batch = cfg.batch_size * strategy.num_replicas_in_sync
     steps = cfg.steps_per_epoch or max(1, math.ceil(n_train / global_batch))
     model_dir = Path(cfg.resolved_model_dir)
+    if not _is_chief():
+        # Other workers of a multi-worker run keep their own backups, checkpoints and logs
+        # (they hold the same weights; writing one file from several processes fails).
+        task = _task()
+        model_dir = model_dir / "workers" / f"{task['type']}-{task['index']}"
     model_dir.mkdir(parents=True, exist_ok=True)
     manifest = Path(records_path) / "manifest.json" if tf.io.gfile.isdir(records_path) else None
     run_info = {
@@ -242,10 +293,16 @@ def train(cfg, progress=True):
     (model_dir / "run_info.json").write_text(json.dumps(run_info, indent=2))
 
     with strategy.scope():
-        model = build_and_compile(cfg, steps)
+        model = build_and_compile(cfg, steps, sync_batchnorm=strategy.num_replicas_in_sync > 1)
+    patch_multi_worker_build(model, strategy)
     with_masks = len(model.outputs) > 1
-    train_ds = data.train_dataset(files, cfg, global_batch, with_masks=with_masks)
-    val_ds = data.eval_dataset(files, cfg, cfg.batch_size, with_masks=with_masks) if n_val else None
+    train_ds = data.train_dataset(files, cfg, global_batch, with_masks=with_masks, replica_batch=cfg.batch_size)
+    val_ds = None
+    if n_val and strategy.num_replicas_in_sync > 1:
+        # Every replica needs an equal, non-empty part of every validation batch.
+        val_ds = data.eval_dataset(files, cfg, global_batch, with_masks=with_masks, fill_batches=True)
+    elif n_val:
+        val_ds = data.eval_dataset(files, cfg, cfg.batch_size, with_masks=with_masks)
     monitor = cfg.monitor if n_val else cfg.monitor.replace("val_", "")
     callbacks = [
         _atomic_backup_class()(str(model_dir / "backup")),
@@ -284,10 +341,20 @@ def train(cfg, progress=True):
     return summary, model
 
 
-def _is_chief():
+def _task():
+    """This process's task in TF_CONFIG ({"type": "worker", "index": 0} when absent)."""
     tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
     task = tf_config.get("task", {})
-    return task.get("type", "worker") in ("chief", "worker") and task.get("index", 0) == 0
+    return {"type": task.get("type", "worker"), "index": int(task.get("index", 0))}
+
+
+def _is_chief():
+    """The chief writes the model dir and exports: the "chief" task, else worker 0."""
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    task = _task()
+    if "chief" in tf_config.get("cluster", {}):
+        return task["type"] == "chief"
+    return task["type"] == "worker" and task["index"] == 0
 
 
 def build_parser():

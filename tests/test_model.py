@@ -6,7 +6,7 @@ import pytest
 
 from conftest import tiny_config
 from radnet_tf.config import Config
-from radnet_tf.losses import MaskedBinaryCrossentropy
+from radnet_tf.losses import MaskedBinaryCrossentropy, MaskedDiceBCE
 from radnet_tf.model import PAD_VALUE, build_model
 
 
@@ -52,6 +52,22 @@ def test_masked_loss_ignores_padding_and_missing_masks():
     assert float(loss(-np.ones((1, 3)), np.full((1, 3), 0.3))) == 0.0
 
 
+def test_dice_bce_per_study_values():
+    loss = MaskedDiceBCE(reduction=None)
+    y_true = np.array([[1.0, 0.0, -1.0, 1.0], [0.0, 0.0, -1.0, -1.0], [-1.0, -1.0, -1.0, -1.0]], np.float32)
+    y_pred = np.array([[0.5, 0.5, 0.9, 0.5], [0.5, 0.5, 0.9, 0.9], [0.5, 0.5, 0.5, 0.5]], np.float32)
+    # study 1: BCE ln 2; Dice 1 - (2 * 1.0 + 1) / (1.5 + 2 + 1) = 1/3 (the -1 pixel ignored)
+    # study 2 (no blood): BCE ln 2; Dice 1 - 1 / (1.0 + 1) = 1/2
+    # study 3 (no valid pixel): 0
+    np.testing.assert_allclose(loss(y_true, y_pred), [np.log(2) + 1 / 3, np.log(2) + 0.5, 0.0], rtol=1e-5)
+
+
+def test_pooling_avgmax_adds_max_features():
+    avg = build_model(tiny_config(pooling="avg"))
+    both = build_model(tiny_config(pooling="avgmax"))
+    assert both.get_layer("avgmax_pool").output.shape[-1] == 2 * avg.get_layer("avg_pool").output.shape[-1]
+
+
 def test_config_round_trip_and_keras_save_load(tmp_path):
     model = build_model(tiny_config())
     config = json.loads(json.dumps(model.get_config()))
@@ -70,6 +86,14 @@ def test_full_size_densenet40_parameter_count():
     model = build_model(Config())
     assert model.count_params() == 1_319_492
     assert len([layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D) and "layer" in layer.name]) == 36
+
+
+def test_sync_batchnorm_is_a_build_option():
+    model = build_model(tiny_config(), sync_batchnorm=True)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(layer.synchronized for layer in norms)
+    assert not any(layer.synchronized for layer in build_model(tiny_config()).layers
+                   if isinstance(layer, keras.layers.BatchNormalization))
 
 
 def test_bad_variant_echoes_value():

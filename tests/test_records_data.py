@@ -100,6 +100,14 @@ def test_balancing_gives_requested_ratio(tiny_records):
     assert np.mean(labels) == pytest.approx(0.75, abs=0.07)
 
 
+def test_every_replica_slice_of_a_global_batch_is_balanced(tiny_records):
+    cfg = tiny_config(val_fraction=0.01, rotation_deg=0.0)
+    ds = data.train_dataset(data.list_shards(tiny_records), cfg, batch_size=8, with_masks=False, seed=2, replica_batch=2)
+    for _, y in ds.take(20):
+        positive = (np.max(y["slice_probability"].numpy(), axis=1) > 0).reshape(4, 2)
+        assert (positive.sum(axis=1) == 1).all()  # each replica's 2 windows: one of each
+
+
 def test_mask_stays_aligned_under_augmentation():
     image = np.zeros((2, 32, 32, 1), np.float32)
     image[:, 4:12, 20:30] = 1.0  # asymmetric box

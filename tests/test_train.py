@@ -96,3 +96,46 @@ def test_killed_run_resumes_from_saved_epoch(tiny_records, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     epochs = list(pd.read_csv(log).epoch)
     assert epochs == list(range(4)), f"expected to continue at epoch {done}, log has {epochs}"
+
+
+def _free_ports(n):
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_workers_train_with_identical_weights(tiny_records, tmp_path):
+    import radnet_tf
+
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    model_dir = tmp_path / "model"
+    args = _tiny_args(tiny_records, model_dir, epochs=2)
+    procs = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "radnet_tf.train", *args], cwd=REPO, env={**os.environ, "TF_CONFIG": tf_config},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        ))
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    info = json.loads((model_dir / "run_info.json").read_text())
+    assert info["strategy"] == "CollectiveAllReduceStrategy" and info["replicas"] == 2 and info["global_batch"] == 4
+    chief = radnet_tf.load_model(model_dir / "final.keras")
+    other = radnet_tf.load_model(model_dir / "workers" / "worker-1" / "final.keras")
+    assert all(np.array_equal(a, b) for a, b in zip(chief.get_weights(), other.get_weights()))
+    history = pd.read_csv(model_dir / "history.csv")
+    assert len(history) == 2 and np.isfinite(history.val_slice_probability_auc).all()
