@@ -72,6 +72,7 @@ class Config:
     # ---- CT-level decision rule (paper: 3 consecutive positive slices)
     ct_min_run: int = 3
     slice_threshold: float = 0.5
+    calibrate_threshold: bool = False  # after training, set slice_threshold from the training studies
     # ---- end of run
     export: bool = True
     export_dir: str = "saved_models/radnet"

@@ -135,13 +135,25 @@ class _Head:
         return depth, inner
 
 
+_OUTSIDE = np.float32(2.0)
+
+
 def _ellipsoid(u, v, z, center, radii):
-    """Normalised ellipsoid radius (< 1 inside); Python-float constants keep float32 maps."""
+    """Normalised ellipsoid radius (< 1 inside); Python-float constants keep float32 maps.
+
+    A slice that misses the ellipsoid gets the scalar 2.0 (outside everywhere; it
+    broadcasts in the callers' comparisons and masks) and no per-pixel work.
+    """
     (cu, cv, cz), (ru, rv, rz) = map(float, center), map(float, radii)
     zterm = float(((z - cz) / rz) ** 2)
-    if zterm >= 1.0:  # this slice misses the ellipsoid: skip the per-pixel work
-        return np.full(u.shape, 2.0, np.float32)
+    if zterm >= 1.0:
+        return _OUTSIDE
     return ((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2 + zterm
+
+
+def _misses(z, cz, rz):
+    """Whether the slice at height z misses a body centred at cz with z-radius rz."""
+    return abs(float(z) - float(cz)) >= float(rz)
 
 
 def _ventricles(head, u, v, z):
@@ -180,6 +192,8 @@ def _lesion_sampler(rng, head, z_range):
             length, thick, power = 2.5 * size + 15, min(0.2 * size + 2, 10), 4
 
         def f(u, v, z, inner, sulci, vent):
+            if _misses(z, q[2], length):
+                return np.False_
             d2 = _ellipsoid(u, v, z, q, (length,) * 3)  # squared normalised distance
             return (inner >= 0) & (d2 < 1) & (inner < thick * (1 - d2 ** (power // 2)))
 
@@ -189,6 +203,8 @@ def _lesion_sampler(rng, head, z_range):
         k, phase, amp = int(rng.integers(2, 5)), rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.25)
 
         def f(u, v, z, inner, sulci, vent):
+            if _misses(z, center[2], radii[2] * (1 + amp)):
+                return np.False_
             ang = np.arctan2(v - float(center[1]), u - float(center[0]))
             e = _ellipsoid(u, v, z, center, radii) * (1 + amp * np.sin(k * ang + phase))
             return (e < 1.0) & (inner > 2)
@@ -200,6 +216,8 @@ def _lesion_sampler(rng, head, z_range):
         radius = 0.6 * size + 4
 
         def f(u, v, z, inner, sulci, vent):
+            if _misses(z, center[2], radius):
+                return np.False_
             return vent & (_ellipsoid(u, v, z, center, (radius,) * 3) < 1.0)
 
     else:  # SAH
@@ -207,6 +225,8 @@ def _lesion_sampler(rng, head, z_range):
         radius = 1.5 * size + 10
 
         def f(u, v, z, inner, sulci, vent):
+            if _misses(z, q[2], radius):
+                return np.False_
             near = _ellipsoid(u, v, z, q, (radius,) * 3) < 1.0
             return near & (inner >= 0) & (sulci | (inner < 1.5))
 
@@ -284,13 +304,16 @@ def _draw(rng, cfg, positive):
         vent = brain & _ventricles(head, u, v, z)
         np.copyto(img, np.float32(csf), where=vent)
         for center, radius, value in calcs:
-            np.copyto(img, np.float32(value), where=_ellipsoid(u, v, z, center, (radius,) * 3) < 1.0)
+            if not _misses(z, center[2], radius):
+                np.copyto(img, np.float32(value), where=_ellipsoid(u, v, z, center, (radius,) * 3) < 1.0)
         m = np.zeros(u.shape, bool)
         for (kind, f), value in zip(lesions, blood_hu):
             les = f(u, v, z, inner, sulci, vent)
             np.copyto(img, np.float32(value), where=les)
             m |= les
-        full += np.float32(noise) * rng.standard_normal(size=full.shape, dtype=np.float32)
+        # Noise on the head's bounding box only: the air around it is clipped away by any
+        # brain window, and drawing it cost a third of the phantom's time.
+        img += np.float32(noise) * rng.standard_normal(size=img.shape, dtype=np.float32)
         hu[k] = np.clip(np.rint(full), -1024, 3071)
         mask[k][head.box] = m
     min_px = cfg.min_lesion_area_mm2 / (spacing * spacing)

@@ -222,6 +222,21 @@ def evaluate_model(model, files, cfg, out_dir):
     return ct_m, slice_m, np.mean(studies.label)
 
 
+def calibrate_threshold(model, files, cfg):
+    """Slice threshold for the CT rule, chosen on the training studies (whole studies, no
+    augmentation) to maximise CT-level balanced accuracy; the held-out studies are not
+    used, so their metrics stay honest. Returns the threshold (float)."""
+    from radnet_tf.decision import choose_threshold, ct_score_np
+
+    _, labels, probs, _ = predict_studies(model, files, cfg, split="train")
+    known = [(ct_score_np(p, cfg.ct_min_run), y) for p, y in zip(probs, labels) if y in (0, 1)]
+    if len({y for _, y in known}) < 2:
+        raise UserError("calibrate_threshold needs positive and negative training studies")
+    threshold = choose_threshold([s for s, _ in known], [y for _, y in known])
+    print(f"[radnet] slice threshold from {len(known)} training studies: {threshold:.3f}", flush=True)
+    return threshold
+
+
 def _atomic_csv(frame, path):
     tmp = Path(f"{path}.tmp")
     frame.to_csv(tmp, index=False)
@@ -330,10 +345,14 @@ def train(cfg, progress=True):
     )
     _atomic_save(model, model_dir / "final.keras")
     summary = {"model_dir": str(model_dir), "records": records_path, "train_seconds": round(time.perf_counter() - start, 1)}
+    best = model_dir / "best.keras"
+    if n_val and best.exists():
+        model = keras.saving.load_model(best)
+    if cfg.calibrate_threshold:
+        cfg.slice_threshold = calibrate_threshold(model, files, cfg)
+        summary["slice_threshold"] = cfg.slice_threshold
+        (model_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     if n_val:
-        best = model_dir / "best.keras"
-        if best.exists():
-            model = keras.saving.load_model(best)
         ct_m, slice_m, _ = evaluate_model(model, files, cfg, model_dir)
         summary["ct_metrics"] = {k: ct_m[k] for k in ("accuracy", "recall", "precision", "f1")}
         summary["slice_metrics"] = {k: slice_m[k] for k in ("accuracy", "recall", "precision", "f1")}
@@ -394,6 +413,8 @@ def main(argv=None):
     print(f"  records   : {summary['records']}")
     if "export" in summary:
         print(f"  SavedModel: {summary['export']}")
+    if "slice_threshold" in summary:
+        print(f"  threshold : {summary['slice_threshold']:.3f} (slice probability, from the training studies)")
     if "ct_metrics" in summary:
         m = summary["ct_metrics"]
         print(

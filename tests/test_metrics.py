@@ -41,3 +41,16 @@ def test_bootstrap_ci_contains_estimate_and_narrows():
         assert lo <= point <= hi
         widths.append(hi - lo)
     assert widths[1] < widths[0] / 2
+
+
+def test_choose_threshold_separates_and_prefers_half_on_ties():
+    from radnet_tf.decision import choose_threshold
+
+    # separable between 0.30 and 0.35: midpoint 0.325 is the only perfect candidate
+    assert choose_threshold([0.2, 0.8, 0.3, 0.35], [0, 1, 0, 1]) == pytest.approx(0.325)
+    # every candidate in (0.1, 0.9) separates; 0.5 is among them
+    assert choose_threshold([0.1, 0.9], [0, 1]) == 0.5
+    # an inverted score: best is to call everything one class; clipped to [0.05, 0.95]
+    assert 0.05 <= choose_threshold([0.9, 0.1], [0, 1]) <= 0.95
+    with pytest.raises(ValueError):
+        choose_threshold([0.1, 0.2], [1, 1])

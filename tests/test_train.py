@@ -35,9 +35,13 @@ def test_same_seed_same_metrics(tiny_records, tmp_path):
 
     runs = []
     for name in ("a", "b"):
-        cfg = tiny_config(data=str(tiny_records), model_dir=str(tmp_path / name), val_fraction=0.4, epochs=1)
+        cfg = tiny_config(data=str(tiny_records), model_dir=str(tmp_path / name), val_fraction=0.4, epochs=1,
+                          calibrate_threshold=True)
         summary, _ = train(cfg, progress=False)
-        runs.append(summary["history"])
+        runs.append((summary["history"], summary["slice_threshold"], summary["ct_metrics"]))
+        # the calibrated threshold is the one written into the resolved config (and exported)
+        saved = json.loads((tmp_path / name / "config.json").read_text())["slice_threshold"]
+        assert saved == summary["slice_threshold"] and 0.05 <= saved <= 0.95
     assert runs[0] == runs[1]
 
 
