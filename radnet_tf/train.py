@@ -130,6 +130,7 @@ def prepare_synthetic(cfg, progress=True):
             cfg.synth_seed,
             synth.SynthConfig(matrix=cfg.synth_matrix, num_slices=cfg.synth_slices),
             progress=progress,
+            workers=min(2, os.cpu_count() or 1),
         )
         spec_path.write_text(json.dumps(spec))
     pcfg = cfg.preprocess_config()

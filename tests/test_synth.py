@@ -57,6 +57,18 @@ def test_cohort_files_labels_and_fake_phi(tmp_path):
     assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "dicom").rglob("*.dcm")}
 
 
+def test_cohort_is_the_same_with_two_workers(tmp_path):
+    one = synth.generate_cohort(tmp_path / "one", 3, seed=2, cfg=SMALL)
+    two = synth.generate_cohort(tmp_path / "two", 3, seed=2, cfg=SMALL, workers=2)
+    assert one == two
+    for sid in ("synth-0000", "synth-0002"):
+        a, b = read_series(tmp_path / "one" / "dicom" / sid), read_series(tmp_path / "two" / "dicom" / sid)
+        np.testing.assert_array_equal(a.hu, b.hu)
+        np.testing.assert_array_equal(np.load(tmp_path / "one" / "masks" / f"{sid}.npz")["mask"],
+                                      np.load(tmp_path / "two" / "masks" / f"{sid}.npz")["mask"])
+    assert not list((tmp_path / "two" / "dicom").glob(".*"))
+
+
 def test_file_names_are_shuffled(tmp_path):
     ph = synth.make_phantom(np.random.default_rng(4), SMALL)
     uids = synth.write_dicom_series(ph, tmp_path, np.random.default_rng(4))
