@@ -57,11 +57,13 @@ def bench_synth():
     from radnet_tf import synth
 
     with tempfile.TemporaryDirectory() as tmp:
-        n = 10
-        dt, _ = timed(lambda: synth.generate_cohort(tmp, n, seed=0))
+        n = 20
+        dt, _ = timed(lambda: synth.generate_cohort(f"{tmp}/one", n, seed=0))
+        dt2, _ = timed(lambda: synth.generate_cohort(f"{tmp}/two", n, seed=0, workers=2))
         phantom_only, _ = timed(lambda: [synth.make_phantom(np.random.default_rng([0, i])) for i in range(n)])
     emit(bench="synth_default_512x512x32", studies=n, seconds_per_study=round(dt / n, 3),
-         projected_100_studies_s=round(100 * dt / n, 1), phantom_share=round(phantom_only / dt, 3))
+         projected_100_studies_one_core_s=round(100 * dt / n, 1), phantom_share=round(phantom_only / dt, 3),
+         two_workers_seconds_per_study=round(dt2 / n, 3), speedup_two_workers=round(dt / dt2, 2))
 
 
 def bench_convert(shared_unused=None):

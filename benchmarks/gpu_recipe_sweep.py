@@ -41,6 +41,12 @@ DEFAULT_CASES = [
     {"name": "avgmax-d16g12", "overrides": ["pooling=avgmax", "depth=16", "growth_rate=12"], "steps": 300},
     {"name": "avgmax-1000", "overrides": ["pooling=avgmax"], "steps": 1000},
     {"name": "avgmax-3000", "overrides": ["pooling=avgmax"], "steps": 3000},
+    # Cohort size: the same recipe on 117 vs all training studies of a larger cohort.
+    {"name": "n117-avgmax-600", "overrides": ["pooling=avgmax"], "steps": 600, "max_train": 117},
+    {"name": "all-avgmax-600", "overrides": ["pooling=avgmax"], "steps": 600},
+    {"name": "all-avg-600", "overrides": ["pooling=avg"], "steps": 600},
+    {"name": "all-avgmax-d16g12-600", "overrides": ["pooling=avgmax", "depth=16", "growth_rate=12"], "steps": 600},
+    {"name": "all-avgmax-1500", "overrides": ["pooling=avgmax"], "steps": 1500},
 ]
 
 
@@ -73,7 +79,7 @@ def export(records, out, config="configs/default.yaml"):
     pick = lambda xs: np.stack([xs[i] for i in order])  # noqa: E731
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     tmp = out + ".tmp.npz"
-    np.savez(tmp, images=pick(images), masks=pick(masks), slice_labels=pick(slice_labels),
+    np.savez_compressed(tmp, images=pick(images), masks=pick(masks), slice_labels=pick(slice_labels),
              labels=np.array(labels)[order], is_val=np.array(is_val)[order])
     os.replace(tmp, out)
     print(f"wrote {out}: {len(images)} studies, {sum(is_val)} validation, {tf.__version__}")
@@ -85,9 +91,11 @@ def export(records, out, config="configs/default.yaml"):
 class Sampler:
     """Balanced, augmented training windows from the npz arrays (NumPy + scipy)."""
 
-    def __init__(self, arrays, cfg, seed):
+    def __init__(self, arrays, cfg, seed, max_train=None):
         self.cfg = cfg
         train = ~arrays["is_val"]
+        if max_train:
+            train &= np.cumsum(train) <= max_train  # the first max_train training studies
         self.images = arrays["images"][train]
         self.masks = arrays["masks"][train]
         self.slice_labels = arrays["slice_labels"][train]
@@ -151,7 +159,7 @@ def _predict(model, images, batch=8):
     return np.concatenate(out)[: len(images)]
 
 
-def run_case(case, arrays, base_config, log):
+def run_case(case, arrays, base_config, log, extra=()):
     import keras
 
     from radnet_tf.config import load_config
@@ -159,12 +167,12 @@ def run_case(case, arrays, base_config, log):
     from radnet_tf.train import build_and_compile
 
     keras.backend.clear_session()
-    cfg = load_config(base_config, case["overrides"] + ["export=false", "xla=true"])
+    cfg = load_config(base_config, case["overrides"] + ["export=false", "xla=true"] + list(extra))
     keras.utils.set_random_seed(cfg.seed)
     steps = int(case["steps"])
     cfg.epochs = 1  # the schedule's drops are fractions of epochs x steps
     model = build_and_compile(cfg, steps)
-    sampler = Sampler(arrays, cfg, cfg.seed)
+    sampler = Sampler(arrays, cfg, cfg.seed, case.get("max_train"))
     t0 = time.perf_counter()
     first = None
     losses = []
@@ -201,6 +209,8 @@ def run_case(case, arrays, base_config, log):
         "val_ct_accuracy_calibrated": round(ct_accuracy(p_val, y_val, t_cal), 4),
         "train_ct_accuracy_calibrated": round(ct_accuracy(p_train, y_train, t_cal), 4),
         "val_studies": int(val.sum()),
+        "train_studies": int(len(sampler.pos) + len(sampler.neg)),
+        "rotation_deg": cfg.rotation_deg,
         "backend": keras.backend.backend(),
     }
     print(json.dumps(record), flush=True)
@@ -220,6 +230,7 @@ def main(argv=None):
     sw.add_argument("--out", required=True)
     sw.add_argument("--config", default="configs/default.yaml")
     sw.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    sw.add_argument("--no-rotation", action="store_true", help="flip only (the sampler's rotation is CPU-bound)")
     sw.add_argument("--steps-scale", type=float, default=1.0, help="multiply every case's steps (CPU smoke runs)")
     args = parser.parse_args(argv)
     if args.cmd == "export":
@@ -229,7 +240,7 @@ def main(argv=None):
     for case in cases:
         case = {**case, "steps": max(2, int(case["steps"] * args.steps_scale))}
         try:
-            run_case(case, arrays, args.config, args.out)
+            run_case(case, arrays, args.config, args.out, ["rotation_deg=0"] if args.no_rotation else [])
         except Exception as err:  # keep the sweep going; record the failure
             record = {"case": case["name"], "error": f"{type(err).__name__}: {err}"[:500]}
             print(json.dumps(record), flush=True)

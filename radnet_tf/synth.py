@@ -43,6 +43,8 @@ import numpy as np
 from radnet_tf.errors import UserError, cli_main
 
 TYPES = ("EDH", "SDH", "IPH", "IVH", "SAH")
+# Bumped whenever the same seed would give different studies (caches key on it).
+GENERATOR_VERSION = 2
 AIR = -1000.0
 
 

@@ -20,9 +20,11 @@ final.keras, backup/ (BackupAndRestore: a killed run resumes from its last epoch
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -120,9 +122,23 @@ def prepare_synthetic(cfg, progress=True):
 
     work = Path(cfg.work_dir)
     cohort = work / "synth"
-    spec = {"studies": cfg.synth_studies, "slices": cfg.synth_slices, "matrix": cfg.synth_matrix, "seed": cfg.synth_seed}
-    spec_path = cohort / "spec.json"
-    if not (spec_path.exists() and json.loads(spec_path.read_text()) == spec):
+    spec = {
+        "studies": cfg.synth_studies,
+        "slices": cfg.synth_slices,
+        "matrix": cfg.synth_matrix,
+        "seed": cfg.synth_seed,
+        "generator": synth.GENERATOR_VERSION,
+    }
+    spec_path, partial = cohort / "spec.json", cohort / "spec.partial.json"
+
+    def matches(path, expected):
+        return path.exists() and json.loads(path.read_text()) == expected
+
+    if not matches(spec_path, spec):
+        if cohort.exists() and not matches(partial, spec):
+            shutil.rmtree(cohort)  # a cohort of another spec or generator: never mix studies
+        cohort.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(spec))  # a killed run with the same spec resumes
         print(f"[radnet] generating {cfg.synth_studies} synthetic studies in {cohort}", flush=True)
         synth.generate_cohort(
             cohort,
@@ -132,12 +148,17 @@ def prepare_synthetic(cfg, progress=True):
             progress=progress,
             workers=min(2, os.cpu_count() or 1),
         )
-        spec_path.write_text(json.dumps(spec))
+        os.replace(partial, spec_path)
     pcfg = cfg.preprocess_config()
     geometry = f"{pcfg.out_size}px-{pcfg.out_spacing:g}mm"
     rec_dir = work / f"records-{geometry}"
     manifest = rec_dir / "manifest.json"
-    if not manifest.exists() or json.loads(manifest.read_text()).get("studies_written") != cfg.synth_studies:
+    source = {"cohort": spec, "preprocess": dataclasses.asdict(pcfg)}
+    if not (manifest.exists() and matches(rec_dir / "source.json", source)):
+        if rec_dir.exists() and not matches(rec_dir / "source.json", source):
+            shutil.rmtree(rec_dir)  # records of another cohort or geometry
+        rec_dir.mkdir(parents=True, exist_ok=True)
+        (rec_dir / "source.json").write_text(json.dumps(source))
         print(f"[radnet] converting to TFRecords in {rec_dir}", flush=True)
         labels, per_slice = load_label_tables(cohort / "labels.csv", cohort / "slice_labels.csv")
         tasks, skipped = discover_tasks(cohort / "dicom", labels, per_slice, cohort / "masks")
@@ -188,10 +209,18 @@ def predict_studies(model, files, cfg, split="validation"):
     list of slice-label arrays [S])."""
     from radnet_tf import data
 
+    import tensorflow as tf
+
     keys, labels, probs, slice_labels = [], [], [], []
     with_masks = len(model.outputs) > 1
+    n = cfg.input_size
+    # One traced graph for every study length: ~5x faster than eager calls on CPU.
+    slice_probability = tf.function(
+        lambda x: model(x, training=False)["slice_probability"],
+        input_signature=[tf.TensorSpec([1, None, n, n, 1], tf.float32)],
+    )
     for x, y, meta in data.eval_dataset(files, cfg, 1, with_masks=with_masks, split=split, with_keys=True):
-        out = model(x, training=False)["slice_probability"].numpy()[0]
+        out = slice_probability(x).numpy()[0]
         s = int(x.shape[1])
         keys.append(meta["study_key"].numpy()[0].decode())
         labels.append(int(meta["label"].numpy()[0]))

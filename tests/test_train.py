@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -143,3 +144,20 @@ def test_two_workers_train_with_identical_weights(tiny_records, tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(chief.get_weights(), other.get_weights()))
     history = pd.read_csv(model_dir / "history.csv")
     assert len(history) == 2 and np.isfinite(history.val_slice_probability_auc).all()
+
+
+@pytest.mark.slow
+def test_synthetic_cache_is_reused_and_rebuilt_when_the_spec_changes(tmp_path):
+    from radnet_tf.train import prepare_synthetic
+
+    cfg = tiny_config(work_dir=str(tmp_path), synth_studies=3, synth_slices=4, synth_matrix=64)
+    rec = Path(prepare_synthetic(cfg, progress=False))
+    first = {p.name: p.stat().st_mtime_ns for p in rec.glob("*.tfrecord.gz")}
+    digest = json.loads((rec / "manifest.json").read_text())["digest"]
+    assert len(first) == 3
+    assert Path(prepare_synthetic(cfg, progress=False)) == rec  # cached: nothing rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in rec.glob("*.tfrecord.gz")} == first
+    cfg.synth_seed = 1  # another cohort: studies and records are rebuilt, not mixed
+    prepare_synthetic(cfg, progress=False)
+    assert json.loads((rec / "manifest.json").read_text())["digest"] != digest
+    assert json.loads((tmp_path / "synth" / "spec.json").read_text())["seed"] == 1
