@@ -69,6 +69,7 @@ class Config:
     xla: bool = False
     early_stopping_patience: int = 0  # 0 = off
     monitor: str = "val_slice_probability_auc"
+    val_every: int = 1  # validate on epoch 1, every val_every-th epoch and the last
     # ---- CT-level decision rule (paper: 3 consecutive positive slices)
     ct_min_run: int = 3
     slice_threshold: float = 0.5
@@ -100,7 +101,7 @@ class Config:
             raise UserError(f"mask_loss_weights needs 3 values. Received: {self.mask_loss_weights}")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"val_fraction must be in (0, 1). Received: {self.val_fraction}")
-        for name in ("epochs", "batch_size", "window", "growth_rate", "ct_min_run"):
+        for name in ("epochs", "batch_size", "window", "growth_rate", "ct_min_run", "val_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1. Received: {name}={getattr(self, name)}")
         return self

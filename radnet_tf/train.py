@@ -267,6 +267,12 @@ def calibrate_threshold(model, files, cfg):
     return threshold
 
 
+def validation_epochs(epochs, every):
+    """1-based epochs to validate on: the first (so the CSV log has the validation columns
+    from its first row), every `every`-th, and the last (the best checkpoint sees it)."""
+    return sorted({1, epochs} | set(range(every, epochs + 1, every)))
+
+
 def _atomic_csv(frame, path):
     tmp = Path(f"{path}.tmp")
     frame.to_csv(tmp, index=False)
@@ -370,6 +376,7 @@ def train(cfg, progress=True):
         epochs=cfg.epochs,
         steps_per_epoch=steps,
         validation_data=val_ds,
+        validation_freq=validation_epochs(cfg.epochs, cfg.val_every),
         callbacks=callbacks,
         verbose=1 if progress else 2,
     )

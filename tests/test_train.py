@@ -31,6 +31,15 @@ def test_smoke_training_writes_checkpoint_log_and_metrics(trained_tiny):
     assert summary["ct_metrics"]["accuracy"] == pytest.approx(metrics.set_index("level").loc["ct", "accuracy"])
 
 
+def test_validation_epochs_keep_first_every_kth_and_last():
+    from radnet_tf.train import validation_epochs
+
+    assert validation_epochs(6, 3) == [1, 3, 6]
+    assert validation_epochs(5, 1) == [1, 2, 3, 4, 5]
+    assert validation_epochs(7, 3) == [1, 3, 6, 7]
+    assert validation_epochs(1, 4) == [1]
+
+
 def test_same_seed_same_metrics(tiny_records, tmp_path):
     from radnet_tf.train import train
 
