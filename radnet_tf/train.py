@@ -207,14 +207,14 @@ def build_and_compile(cfg, steps_per_epoch, sync_batchnorm=False):
 def predict_studies(model, files, cfg, split="validation"):
     """Runs a model over whole studies -> (study_keys, labels, list of prob arrays [S],
     list of slice-label arrays [S])."""
-    from radnet_tf import data
-
     import tensorflow as tf
+
+    from radnet_tf import data
 
     keys, labels, probs, slice_labels = [], [], [], []
     with_masks = len(model.outputs) > 1
     n = cfg.input_size
-    # One traced graph for every study length: ~5x faster than eager calls on CPU.
+    # One traced graph for every study length instead of an eager call per study.
     slice_probability = tf.function(
         lambda x: model(x, training=False)["slice_probability"],
         input_signature=[tf.TensorSpec([1, None, n, n, 1], tf.float32)],
