@@ -67,24 +67,36 @@ def _targets(study, with_masks):
     return y
 
 
+def _uniform(seed, index, minval, maxval, dtype=tf.float32):
+    """Scalar uniform draw in [minval, maxval). With `seed` (int [2] tensor) it is stateless:
+    draw `index` of that seed, the same whatever thread or order runs it (a stateful op in
+    a parallel `map` hands out its stream in thread order, so runs differed)."""
+    if seed is None:
+        return tf.random.uniform([], minval, maxval, dtype)
+    sub = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), index)
+    return tf.random.stateless_uniform([], sub, minval, maxval, dtype)
+
+
 def crop_window(study, window, seed=None):
     """Random contiguous window of `window` slices; for positive studies it contains a
-    positive slice. Shorter studies are returned whole (padded later)."""
+    positive slice. Shorter studies are returned whole (padded later).
+
+    seed: optional int [2] tensor for stateless (order-independent) draws."""
     s = tf.shape(study["image"])[0]
     labels = study["slice_labels"]
     positives = tf.cast(tf.where(labels > 0)[:, 0], tf.int32)
     max_start = tf.maximum(s - window, 0)
 
     def around_positive():
-        i = tf.random.shuffle(positives, seed=seed)[0]
+        i = tf.gather(positives, _uniform(seed, 0, 0, tf.size(positives), tf.int32))
         lo = tf.maximum(0, i - window + 1)
         hi = tf.minimum(i, max_start)
-        return tf.random.uniform([], lo, hi + 1, tf.int32, seed=seed)
+        return _uniform(seed, 1, lo, hi + 1, tf.int32)
 
     start = tf.cond(
         tf.size(positives) > 0,
         around_positive,
-        lambda: tf.random.uniform([], 0, max_start + 1, tf.int32, seed=seed),
+        lambda: _uniform(seed, 1, 0, max_start + 1, tf.int32),
     )
     length = tf.minimum(window, s)
     out = dict(study)
@@ -110,16 +122,17 @@ def augment(image, mask, rotation_deg, flip, seed=None):
 
     Args:
       image: float32 [S, N, N, 1]; mask: float32 [S, N, N, 1] (0/1, or -1 = no mask).
+      seed: optional int [2] tensor for stateless (order-independent) draws.
     Returns:
       (image, mask) transformed identically; image bilinear, mask nearest-neighbour.
     """
     size = tf.shape(image)[1]
     if flip:
-        do_flip = tf.random.uniform([], seed=seed) < 0.5
+        do_flip = _uniform(seed, 2, 0.0, 1.0) < 0.5
         image = tf.cond(do_flip, lambda: tf.reverse(image, [2]), lambda: image)
         mask = tf.cond(do_flip, lambda: tf.reverse(mask, [2]), lambda: mask)
     if rotation_deg:
-        angle = tf.random.uniform([], -rotation_deg, rotation_deg, seed=seed) * (math.pi / 180.0)
+        angle = _uniform(seed, 3, -float(rotation_deg), float(rotation_deg)) * (math.pi / 180.0)
         transform = tf.tile(_rotation_transform(angle, size), [tf.shape(image)[0], 1])
         out_shape = tf.stack([size, size])
 
@@ -182,17 +195,16 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_ba
             .cache()  # decoded HU windows are small at training geometry; reread otherwise
         )
 
-    def to_example(study):
-        study = crop_window(study, cfg.window)
+    def to_example(study, element_seed):
+        study = crop_window(study, cfg.window, element_seed)
         image = preprocess.brain_window(study["image"], cfg.window_center, cfg.window_width)[..., None]
         y = _targets(study, with_masks)
         mask = y.get(MASK_OUTPUTS[0], tf.zeros_like(image))
-        image, mask = augment(image, mask, cfg.rotation_deg, cfg.flip)
+        image, mask = augment(image, mask, cfg.rotation_deg, cfg.flip, element_seed)
         if cfg.intensity_jitter:
             j = cfg.intensity_jitter
-            image = tf.clip_by_value(
-                image * tf.random.uniform([], 1 - j, 1 + j) + tf.random.uniform([], -j, j), 0.0, 1.0
-            )
+            gain = _uniform(element_seed, 4, 1 - j, 1 + j)
+            image = tf.clip_by_value(image * gain + _uniform(element_seed, 5, -j, j), 0.0, 1.0)
         image = _pad_to(image, cfg.window, PAD_VALUE)
         y[OUTPUT_SLICE] = _pad_to(y[OUTPUT_SLICE], cfg.window, -1.0)
         if with_masks:
@@ -211,8 +223,12 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_ba
     # mode and which then fails at inference (moving statistics).
     mixed = tf.data.Dataset.choose_from_datasets([pos, neg], _balanced_choices(replica_batch, cfg.positive_fraction, seed))
     n = cfg.input_size
+    # One stateless seed per window, from a seeded stream: augmentation does not depend on
+    # which thread of the parallel map draws first.
+    element_seeds = tf.data.Dataset.random(seed=seed).batch(2)
     ds = (
-        mixed.map(to_example, num_parallel_calls=AUTOTUNE, deterministic=True)
+        tf.data.Dataset.zip((mixed, element_seeds))
+        .map(to_example, num_parallel_calls=AUTOTUNE, deterministic=True)
         .batch(batch_size, drop_remainder=True)
         .map(lambda x, y: (tf.ensure_shape(x, [batch_size, cfg.window, n, n, 1]), y))
         .prefetch(AUTOTUNE)
