@@ -187,6 +187,7 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_ba
     replica_batch = replica_batch or batch_size
     if batch_size % replica_batch:
         raise ValueError(f"batch_size {batch_size} is not a multiple of replica_batch {replica_batch}")
+
     def train_studies(label_test):
         return (
             read_studies(files)

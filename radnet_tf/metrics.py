@@ -68,4 +68,3 @@ def bootstrap_ci(table: pd.DataFrame, fn, n_boot=1000, seed=0, alpha=0.05) -> di
 def ct_metrics(table: pd.DataFrame) -> dict:
     """CT-level metrics from a `study_table`."""
     return binary_metrics(table["label"], table["ct_positive"].astype(int), table["ct_score"])
-

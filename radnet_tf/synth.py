@@ -35,6 +35,7 @@ import argparse
 import csv
 import dataclasses
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -298,7 +299,7 @@ def _draw(rng, cfg, positive):
     scalp_hu = rng.uniform(25, 45)
     hardening = rng.uniform(0, 12)
     for k, z in enumerate(z_positions):
-        u, v, skull = head.u, head.v, head.skull
+        u, v = head.u, head.v
         depth, inner = head.fields(z)
         img = np.full(head.u.shape, AIR, np.float32)  # the head's bounding box
         np.copyto(img, np.float32(scalp_hu), where=depth >= 0)
@@ -454,11 +455,7 @@ def _write_study(args):
     final = out / "dicom" / study_id
     mask_path = out / "masks" / f"{study_id}.npz"
     if not (final.exists() and mask_path.exists()):
-        import shutil
-
         tmp = out / "dicom" / f".{study_id}.{os.getpid()}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
         uids = write_dicom_series(phantom, tmp, rng)
         mask_tmp = out / "masks" / f".{study_id}.{os.getpid()}.tmp.npz"
         np.savez_compressed(mask_tmp, mask=phantom.mask, sop_instance_uids=np.array(uids))
@@ -488,10 +485,10 @@ def generate_cohort(out, num_studies, seed=0, cfg: SynthConfig = SynthConfig(), 
     out = Path(out)
     (out / "dicom").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    import shutil
-
-    for stale in list((out / "dicom").glob(".synth-*.tmp")) + list((out / "masks").glob(".synth-*.tmp.npz")):
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()  # leftovers of a killed run
+    for stale in (out / "dicom").glob(".synth-*.tmp"):  # leftovers of a killed run
+        shutil.rmtree(stale)
+    for stale in (out / "masks").glob(".synth-*.tmp.npz"):
+        stale.unlink()
     jobs = [(out, seed, i, cfg) for i in range(num_studies)]
     if workers > 1:
         import multiprocessing as mp
