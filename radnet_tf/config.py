@@ -33,6 +33,7 @@ class Config:
     # ---- preprocessing (paper: brain window, 1 mm, 250 mm FOV, 256 px)
     window_center: float = 40.0
     window_width: float = 80.0
+    extra_windows: list = dataclasses.field(default_factory=list)  # [[centre, width], ...] HU
     out_spacing: float = 1.0
     fov_mm: float = 250.0
     input_size: int = 256
@@ -84,6 +85,13 @@ class Config:
             raise UserError(f"variant must be one of {VARIANTS}. Received: variant={self.variant!r}")
         if (self.depth - 4) % 3 or self.depth < 7:
             raise UserError(f"depth must be 3n+4 with n >= 1 (DenseNet). Received: depth={self.depth}")
+        windows = [[self.window_center, self.window_width]] + list(self.extra_windows)
+        for w in windows:
+            if not (isinstance(w, (list, tuple)) and len(w) == 2 and all(isinstance(v, (int, float)) for v in w)) or w[1] <= 0:
+                raise UserError(
+                    f"windows are [centre, width] pairs in HU with width > 0. Received: window "
+                    f"{self.window_center}/{self.window_width}, extra_windows={self.extra_windows}"
+                )
         if self.input_size % 8 or self.input_size < 8:
             raise UserError(f"input_size must be a multiple of 8. Received: input_size={self.input_size}")
         if self.input_size * self.out_spacing < self.fov_mm:
@@ -107,6 +115,11 @@ class Config:
         return self
 
     @property
+    def input_channels(self) -> int:
+        """Model input channels: the brain window plus one per extra window."""
+        return 1 + len(self.extra_windows)
+
+    @property
     def resolved_model_dir(self) -> str:
         return self.model_dir or str(Path(self.work_dir) / "model")
 
@@ -116,6 +129,7 @@ class Config:
         return PreprocessConfig(
             window_center=self.window_center,
             window_width=self.window_width,
+            extra_windows=tuple(tuple(w) for w in self.extra_windows),
             out_spacing=self.out_spacing,
             fov_mm=self.fov_mm,
             out_size=self.input_size,

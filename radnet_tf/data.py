@@ -1,7 +1,8 @@
 """tf.data input: records -> training windows (augmented, class-balanced) or whole studies.
 
 Element contract (both pipelines):
-  x: float32 [B, S, N, N, 1], brain-windowed slices in [0, 1]; padding slices = PAD_VALUE
+  x: float32 [B, S, N, N, C], windowed slices in [0, 1] (C = 1 + len(extra_windows): the
+     brain window, then the extra windows); padding slices = PAD_VALUE
   y: dict with "slice_probability" float32 [B, S] (1/0, -1 = ignore) and, for models with
      aux heads, "mask_1".."mask_3" float32 [B, S, N, N, 1] (1/0, -1 = ignore: padded
      slices, studies without masks)
@@ -121,7 +122,7 @@ def augment(image, mask, rotation_deg, flip, seed=None):
     """Same random rotation and horizontal flip for every slice of a window and its mask.
 
     Args:
-      image: float32 [S, N, N, 1]; mask: float32 [S, N, N, 1] (0/1, or -1 = no mask).
+      image: float32 [S, N, N, C]; mask: float32 [S, N, N, 1] (0/1, or -1 = no mask).
       seed: optional int [2] tensor for stateless (order-independent) draws.
     Returns:
       (image, mask) transformed identically; image bilinear, mask nearest-neighbour.
@@ -196,11 +197,13 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_ba
             .cache()  # decoded HU windows are small at training geometry; reread otherwise
         )
 
+    windows = cfg.preprocess_config().windows
+
     def to_example(study, element_seed):
         study = crop_window(study, cfg.window, element_seed)
-        image = preprocess.brain_window(study["image"], cfg.window_center, cfg.window_width)[..., None]
+        image = preprocess.window_channels(study["image"], windows)
         y = _targets(study, with_masks)
-        mask = y.get(MASK_OUTPUTS[0], tf.zeros_like(image))
+        mask = y.get(MASK_OUTPUTS[0], tf.zeros_like(image[..., :1]))
         image, mask = augment(image, mask, cfg.rotation_deg, cfg.flip, element_seed)
         if cfg.intensity_jitter:
             j = cfg.intensity_jitter
@@ -231,7 +234,7 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_ba
         tf.data.Dataset.zip((mixed, element_seeds))
         .map(to_example, num_parallel_calls=AUTOTUNE, deterministic=True)
         .batch(batch_size, drop_remainder=True)
-        .map(lambda x, y: (tf.ensure_shape(x, [batch_size, cfg.window, n, n, 1]), y))
+        .map(lambda x, y: (tf.ensure_shape(x, [batch_size, cfg.window, n, n, cfg.input_channels]), y))
         .prefetch(AUTOTUNE)
     )
     # Every worker builds the same stream; tf.distribute splits each global batch between
@@ -261,8 +264,10 @@ def eval_dataset(
         want_val = split == "validation"
         ds = ds.filter(lambda st: is_validation(st["study_key"], cfg.val_fraction, cfg.seed) == want_val)
 
+    windows = cfg.preprocess_config().windows
+
     def to_example(study):
-        image = preprocess.brain_window(study["image"], cfg.window_center, cfg.window_width)[..., None]
+        image = preprocess.window_channels(study["image"], windows)
         y = _targets(study, with_masks)
         if with_keys:
             return image, y, {"study_key": study["study_key"], "label": study["label"]}
@@ -276,7 +281,7 @@ def eval_dataset(
         for name in MASK_OUTPUTS:
             y_shapes[name] = [None, n, n, 1]
             y_pad[name] = -1.0
-    shapes = ([None, n, n, 1], y_shapes)
+    shapes = ([None, n, n, cfg.input_channels], y_shapes)
     pads = (PAD_VALUE, y_pad)
     if with_keys:
         shapes += ({"study_key": [], "label": []},)

@@ -7,7 +7,8 @@ Layout: `OUT/<version>/` (TF Serving's versioned layout; next free version by de
 written to a temporary directory and renamed when complete.
 
 Signatures (inputs -> outputs, one study per request):
-  serving_default  slices float32 [S, N, N, 1] (preprocessed, in [0, 1])
+  serving_default  slices float32 [S, N, N, C] (preprocessed, in [0, 1]; C = 1 brain
+                   window, plus one channel per `extra_windows` entry, in that order)
   predict_hu       hu int16 [S, H, W] + pixel_spacing float32 [2] (row, col mm); brain
                    window, 1 mm resampling and 250 mm FOV run in-graph with the training
                    preprocessing code (radnet_tf.preprocess)
@@ -125,7 +126,7 @@ def make_archive(model, cfg, threshold, min_run):
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
-        "serving_default", run, input_signature=[tf.TensorSpec([None, n, n, 1], tf.float32, name="slices")]
+        "serving_default", run, input_signature=[tf.TensorSpec([None, n, n, cfg.input_channels], tf.float32, name="slices")]
     )
     archive.add_endpoint(
         "predict_hu",
@@ -138,7 +139,7 @@ def make_archive(model, cfg, threshold, min_run):
     return archive
 
 
-def _warmup_requests(path, n, num_slices=8):
+def _warmup_requests(path, n, channels=1, num_slices=8):
     """Writes PredictionLog warm-up records (one per signature)."""
     import numpy as np
     import tensorflow as tf
@@ -149,7 +150,7 @@ def _warmup_requests(path, n, num_slices=8):
         raise UserError("tensorflow-serving-api is needed for warm-up requests: pip install 'radnet-tf[serving]'") from None
     requests = []
     req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(signature_name="serving_default"))
-    req.inputs["slices"].CopyFrom(tf.make_tensor_proto(np.zeros((num_slices, n, n, 1), np.float32)))
+    req.inputs["slices"].CopyFrom(tf.make_tensor_proto(np.zeros((num_slices, n, n, channels), np.float32)))
     requests.append(req)
     req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(signature_name="predict_hu"))
     req.inputs["hu"].CopyFrom(tf.make_tensor_proto(np.full((num_slices, 512, 512), -1024, np.int16)))
@@ -196,6 +197,7 @@ def export_model(model, cfg, export_dir, version=None, threshold=None, min_run=N
             "keras": keras.__version__,
             "window_center": cfg.window_center,
             "window_width": cfg.window_width,
+            "extra_windows": [list(w) for w in cfg.extra_windows],
             "out_spacing_mm": cfg.out_spacing,
             "fov_mm": cfg.fov_mm,
             "input_size": cfg.input_size,
@@ -209,7 +211,7 @@ def export_model(model, cfg, export_dir, version=None, threshold=None, min_run=N
         (tmp / "assets" / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
         if warmup:
             (tmp / "assets.extra").mkdir(exist_ok=True)
-            _warmup_requests(tmp / "assets.extra" / WARMUP_FILE, cfg.input_size)
+            _warmup_requests(tmp / "assets.extra" / WARMUP_FILE, cfg.input_size, cfg.input_channels)
         os.chmod(tmp, 0o755)
         os.rename(tmp, final)
     except BaseException:

@@ -1,6 +1,6 @@
 """The RADnet model family (Grewal et al., ISBI 2018, Section 2.2.2) in Keras 3.
 
-    slices [B, S, N, N, 1] --fold--> [B*S, N, N, 1]
+    slices [B, S, N, N, C] --fold--> [B*S, N, N, C]   (C windows; 1 in the paper)
       -> conv 3x3 stride 2 (N/2)
       -> dense block 1 (L layers) -> aux head 1 (x2 deconv)  -> mask_1
       -> transition (N/4) -> dense block 2 -> aux head 2 (x4) -> mask_2
@@ -171,8 +171,8 @@ def build_model(config, use_cudnn="auto", sync_batchnorm=False) -> keras.Model:
         sets it when the strategy has several replicas.
 
     Returns:
-      keras.Model named `config.variant`. Input "slices": float32 [B, S, N, N, 1] in [0, 1]
-      (padding slices = PAD_VALUE). Outputs (dict): "slice_probability" float32 [B, S];
+      keras.Model named `config.variant`. Input "slices": float32 [B, S, N, N, C] in [0, 1],
+      C = 1 + len(config.extra_windows) (padding slices = PAD_VALUE). Outputs (dict): "slice_probability" float32 [B, S];
       for densenet_a and radnet also "mask_1", "mask_2", "mask_3" float32 [B, S, N, N, 1]
       (aux heads after dense blocks 1, 2, 3).
     """
@@ -188,7 +188,8 @@ def build_model(config, use_cudnn="auto", sync_batchnorm=False) -> keras.Model:
     bn = {"momentum": float(getattr(config, "bn_momentum", 0.99)), "synchronized": bool(sync_batchnorm)}
     wd = config.weight_decay
 
-    slices = keras.Input(shape=(None, n, n, 1), name="slices")
+    channels = 1 + len(getattr(config, "extra_windows", None) or [])
+    slices = keras.Input(shape=(None, n, n, channels), name="slices")
     slice_mask = SliceMask(name="slice_mask")(slices)
     x = FoldSlices(name="fold_slices")(slices)
     x = _conv(config.initial_filters, 3, "stem_conv", wd, strides=2)(x)

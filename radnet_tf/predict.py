@@ -129,7 +129,11 @@ def main(argv=None):
     if args.out:
         t0 = time.perf_counter()
         cfg_pre = preprocess.PreprocessConfig(
-            meta["window_center"], meta["window_width"], meta["out_spacing_mm"], meta["fov_mm"], meta["input_size"]
+            window_center=meta["window_center"],
+            window_width=meta["window_width"],
+            out_spacing=meta["out_spacing_mm"],
+            fov_mm=meta["fov_mm"],
+            out_size=meta["input_size"],
         )
         out["slices"] = preprocess.preprocess_study(series.hu, series.pixel_spacing, cfg_pre).numpy()[..., 0]
         timings["preprocess_for_display_s"] = time.perf_counter() - t0

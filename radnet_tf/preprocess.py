@@ -7,7 +7,9 @@ Steps (Section 2.2.1 of the paper), each a small parameterised function:
      `fov_mm` (250 mm) field of view centred on the head, padded to `out_size` (256) so the
      three 2x down-samplings of the network divide it. Anti-aliased triangle filter
      (`ScaleAndTranslate`), air outside the FOV and outside the scanned image. No z change.
-  3. `brain_window`: clip to the window (centre 40 HU, width 80 HU) and scale to [0, 1].
+  3. `brain_window`: clip to the window (centre 40 HU, width 80 HU) and scale to [0, 1];
+     `window_channels` stacks one such channel per window (the brain window first, then
+     any `extra_windows`, e.g. a subdural window).
 
 Everything here is core TF ops, so the same code runs in tf.data, in the trainer and inside
 the serving signature. `*_np` functions are an independent NumPy implementation that the
@@ -32,6 +34,8 @@ class PreprocessConfig:
     Attributes:
       window_center: brain window centre, HU.
       window_width: brain window width, HU.
+      extra_windows: further (centre, width) windows in HU, one input channel each after
+        the brain window; () = the paper's single brain window.
       out_spacing: output in-plane pixel spacing, mm.
       fov_mm: field of view kept around the head centre, mm.
       out_size: output matrix (square), pixels; must be >= fov_mm / out_spacing.
@@ -39,13 +43,15 @@ class PreprocessConfig:
 
     window_center: float = 40.0
     window_width: float = 80.0
+    extra_windows: tuple = ()
     out_spacing: float = 1.0
     fov_mm: float = 250.0
     out_size: int = 256
 
     def __post_init__(self):
-        if self.window_width <= 0:
-            raise ValueError(f"window_width must be > 0. Received: window_width={self.window_width}")
+        for center, width in self.windows:
+            if width <= 0:
+                raise ValueError(f"window widths must be > 0. Received: windows={self.windows}")
         if self.out_spacing <= 0:
             raise ValueError(f"out_spacing must be > 0. Received: out_spacing={self.out_spacing}")
         if self.out_size <= 0 or self.out_size % 8:
@@ -53,6 +59,18 @@ class PreprocessConfig:
                 f"out_size must be a positive multiple of 8 (three 2x down-samplings). "
                 f"Received: out_size={self.out_size}"
             )
+
+    @property
+    def windows(self):
+        """((centre, width), ...) HU: the brain window, then `extra_windows`."""
+        return ((float(self.window_center), float(self.window_width)),) + tuple(
+            (float(c), float(w)) for c, w in self.extra_windows
+        )
+
+    @property
+    def channels(self) -> int:
+        """Input channels of the model: one per window."""
+        return len(self.windows)
 
 
 # ----------------------------------------------------------------------------- TensorFlow
@@ -69,6 +87,17 @@ def brain_window(hu, center=40.0, width=80.0):
     hu = tf.cast(hu, tf.float32)
     low = center - width / 2.0
     return tf.clip_by_value((hu - low) / width, 0.0, 1.0)
+
+
+def window_channels(hu, windows):
+    """HU -> one `brain_window` channel per (centre, width) window.
+
+    Args:
+      hu: numeric tensor [...], HU. windows: sequence of (centre, width) in HU.
+    Returns:
+      float32 tensor [..., len(windows)] in [0, 1].
+    """
+    return tf.stack([brain_window(hu, c, w) for c, w in windows], axis=-1)
 
 
 def head_center(hu, threshold=BODY_THRESHOLD_HU):
@@ -147,12 +176,13 @@ def preprocess_study(hu, pixel_spacing, cfg=PreprocessConfig(), center=None):
       pixel_spacing: float tensor [2], (row, col) mm.
       center: optional float tensor [2] (row, col); default `head_center(hu)`.
     Returns:
-      float32 tensor [S, out_size, out_size, 1] in [0, 1].
+      float32 tensor [S, out_size, out_size, C] in [0, 1], C = cfg.channels (1 = the
+      paper's brain window).
     """
     if center is None:
         center = head_center(hu)
     resampled = resample_to_fov(hu, pixel_spacing, center, cfg)
-    return brain_window(resampled, cfg.window_center, cfg.window_width)[..., None]
+    return window_channels(resampled, cfg.windows)
 
 
 def resample_hu(hu, pixel_spacing, cfg=PreprocessConfig(), center=None):
@@ -225,8 +255,8 @@ def resample_to_fov_np(images, pixel_spacing, center, cfg=PreprocessConfig(), fi
 
 
 def preprocess_study_np(hu, pixel_spacing, cfg=PreprocessConfig(), center=None):
-    """NumPy reference of `preprocess_study`; float32 [S, N, N, 1]."""
+    """NumPy reference of `preprocess_study`; float32 [S, N, N, C]."""
     if center is None:
         center = head_center_np(hu)
     resampled = resample_to_fov_np(hu, pixel_spacing, center, cfg)
-    return brain_window_np(resampled, cfg.window_center, cfg.window_width)[..., None]
+    return np.stack([brain_window_np(resampled, c, w) for c, w in cfg.windows], axis=-1)

@@ -20,7 +20,6 @@ final.keras, backup/ (BackupAndRestore: a killed run resumes from its last epoch
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -153,7 +152,8 @@ def prepare_synthetic(cfg, progress=True):
     geometry = f"{pcfg.out_size}px-{pcfg.out_spacing:g}mm"
     rec_dir = work / f"records-{geometry}"
     manifest = rec_dir / "manifest.json"
-    source = {"cohort": spec, "preprocess": dataclasses.asdict(pcfg)}
+    # Records hold HU on the model grid: only the geometry (not the windows) keys them.
+    source = {"cohort": spec, "preprocess": {k: getattr(pcfg, k) for k in ("out_spacing", "fov_mm", "out_size")}}
     if not (manifest.exists() and matches(rec_dir / "source.json", source)):
         if rec_dir.exists() and not matches(rec_dir / "source.json", source):
             shutil.rmtree(rec_dir)  # records of another cohort or geometry
@@ -217,7 +217,7 @@ def predict_studies(model, files, cfg, split="validation"):
     # One traced graph for every study length instead of an eager call per study.
     slice_probability = tf.function(
         lambda x: model(x, training=False)["slice_probability"],
-        input_signature=[tf.TensorSpec([1, None, n, n, 1], tf.float32)],
+        input_signature=[tf.TensorSpec([1, None, n, n, cfg.input_channels], tf.float32)],
     )
     for x, y, meta in data.eval_dataset(files, cfg, 1, with_masks=with_masks, split=split, with_keys=True):
         out = slice_probability(x).numpy()[0]

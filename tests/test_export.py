@@ -148,3 +148,25 @@ def test_client_requests_match_serving_formats_and_run_end_to_end(exported):
     direct = tf.saved_model.load(str(path)).signatures["predict_hu"](hu=tf.constant(hu), pixel_spacing=tf.constant([3.4, 3.4]))
     np.testing.assert_allclose(verdict["slice_probabilities"], direct["slice_probabilities"].numpy(), atol=1e-4)
     assert verdict["ct_positive"] == bool(direct["ct_positive"])
+
+
+def test_multi_window_export_takes_channels_and_windows_hu_in_graph(tmp_path):
+    from radnet_tf import preprocess
+    from radnet_tf.export import export_model
+    from radnet_tf.model import build_model
+    from conftest import tiny_config
+
+    cfg = tiny_config(extra_windows=[[80, 200]])
+    model = build_model(cfg)
+    path = export_model(model, cfg, tmp_path, warmup=False)
+    meta = json.loads((path / "assets" / "radnet_metadata.json").read_text())
+    assert meta["extra_windows"] == [[80, 200]]
+    loaded = tf.saved_model.load(str(path))
+    spec = loaded.signatures["serving_default"].structured_input_signature[1]["slices"]
+    assert spec.shape.as_list() == [None, 32, 32, 2]
+    hu = np.random.default_rng(0).integers(-1024, 1400, size=(3, 70, 60)).astype(np.int16)
+    out = loaded.signatures["predict_hu"](hu=tf.constant(hu), pixel_spacing=tf.constant([3.5, 3.5]))
+    x = preprocess.preprocess_study(hu, [3.5, 3.5], cfg.preprocess_config())
+    assert x.shape[-1] == 2
+    ref = model(x[None])["slice_probability"].numpy()[0]
+    np.testing.assert_allclose(out["slice_probabilities"].numpy(), ref, atol=1e-5)

@@ -68,6 +68,13 @@ def test_pooling_avgmax_adds_max_features():
     assert both.get_layer("avgmax_pool").output.shape[-1] == 2 * avg.get_layer("avg_pool").output.shape[-1]
 
 
+def test_extra_windows_are_input_channels():
+    model = build_model(tiny_config(extra_windows=[[80, 200], [600, 2800]]))
+    assert tuple(model.input_shape) == (None, None, 32, 32, 3)
+    x = np.random.default_rng(2).uniform(size=(1, 2, 32, 32, 3)).astype("float32")
+    assert tuple(model(x)["slice_probability"].shape) == (1, 2)
+
+
 def test_config_round_trip_and_keras_save_load(tmp_path):
     model = build_model(tiny_config())
     config = json.loads(json.dumps(model.get_config()))

@@ -11,6 +11,26 @@ def test_brain_window_exact_values():
     np.testing.assert_allclose(P.brain_window_np(hu), expected, atol=1e-7)
 
 
+def test_window_channels_brain_then_extra_windows():
+    hu = np.array([-100, -20, 0, 40, 80, 180, 1300], np.int16)
+    cfg = P.PreprocessConfig(extra_windows=((80, 200),))  # subdural window spans [-20, 180]
+    assert cfg.windows == ((40.0, 80.0), (80.0, 200.0)) and cfg.channels == 2
+    expected = np.stack([[0, 0, 0, 0.5, 1, 1, 1], [0, 0, 0.1, 0.3, 0.5, 1, 1]], axis=-1)
+    np.testing.assert_allclose(P.window_channels(hu, cfg.windows).numpy(), expected, atol=1e-7)
+    with pytest.raises(ValueError, match="widths must be > 0"):
+        P.PreprocessConfig(extra_windows=((80, 0),))
+
+
+def test_multi_window_study_tf_matches_numpy_and_keeps_brain_channel():
+    hu = np.random.default_rng(1).integers(-1024, 1500, size=(2, 40, 40)).astype(np.int16)
+    one = P.PreprocessConfig(out_size=32, fov_mm=60, out_spacing=2.0)
+    two = P.PreprocessConfig(out_size=32, fov_mm=60, out_spacing=2.0, extra_windows=((80, 200),))
+    tf_two = P.preprocess_study(hu, (1.5, 1.5), two).numpy()
+    assert tf_two.shape == (2, 32, 32, 2)
+    np.testing.assert_allclose(tf_two, P.preprocess_study_np(hu, (1.5, 1.5), two), atol=1e-3)
+    np.testing.assert_array_equal(tf_two[..., :1], P.preprocess_study(hu, (1.5, 1.5), one).numpy())
+
+
 def test_head_center_matches_reference_on_asymmetric_blob():
     hu = np.full((2, 20, 30), -1000, np.int16)
     hu[0, 2:6, 20:29] = 40

@@ -124,6 +124,20 @@ def test_training_stream_is_identical_for_the_same_seed(tiny_records):
     assert not all(np.array_equal(a[0], x.numpy()) for a, (x, _) in zip(runs[0], other.take(12)))
 
 
+def test_extra_windows_add_channels_after_the_brain_window(tiny_records):
+    files = data.list_shards(tiny_records)
+    one = tiny_config(val_fraction=0.5)
+    two = tiny_config(val_fraction=0.5, extra_windows=[[80, 200]])
+    x1, _ = next(iter(data.eval_dataset(files, one, batch_size=2, split="all")))
+    x2, _ = next(iter(data.eval_dataset(files, two, batch_size=2, split="all")))
+    assert x2.shape[-1] == 2
+    np.testing.assert_array_equal(x2.numpy()[..., :1], x1.numpy())
+    assert not np.array_equal(x2.numpy()[..., 1], x1.numpy()[..., 0])
+    train_two = tiny_config(val_fraction=0.01, extra_windows=[[80, 200]])
+    xt, _ = next(iter(data.train_dataset(files, train_two, batch_size=2, with_masks=True, seed=1)))
+    assert xt.shape == (2, 4, 32, 32, 2)
+
+
 def test_mask_stays_aligned_under_augmentation():
     image = np.zeros((2, 32, 32, 1), np.float32)
     image[:, 4:12, 20:30] = 1.0  # asymmetric box

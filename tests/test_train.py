@@ -68,6 +68,7 @@ def _run(args, env=None, **kw):
         (["--config", "nope.yaml"], "config file not found: nope.yaml"),
         (["depth=41"], "depth must be 3n+4"),
         (["colour=blue"], "unknown config key 'colour'"),
+        (["extra_windows=[[80]]"], "windows are [centre, width] pairs"),
         (["--data", "/nonexistent/records"], "--data not found"),
     ],
 )
