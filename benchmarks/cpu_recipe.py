@@ -2,9 +2,10 @@
 
     python benchmarks/cpu_recipe.py --steps 150 --eval-at 75,150 [key=value ...]
 
-Uses the built-in default's records (`runs/default/records-128px-2mm`, written by
-`make run`) and `configs/default.yaml` plus the overrides, so recipes are compared on the
-same cohort, split, seed and input stream. The model is trained with `train_on_batch`
+Uses `configs/default.yaml` plus the overrides and the built-in default's synthetic cohort
+(`runs/default/synth`, generated if missing) as records on the configured grid
+(`runs/default/records-<N>px-<mm>mm`, converted if missing, as `make run` does), so
+recipes are compared on the same cohort, split, seed and input stream. The model is trained with `train_on_batch`
 (no validation passes, no checkpoints) and scored on every held-out study at the given
 steps:
 
@@ -28,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--records", default="runs/default/records-128px-2mm")
+    parser.add_argument("--records", help="records folder (default: the synthetic cohort's, built if missing)")
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--eval-at", default="75,150", help="comma-separated steps")
@@ -47,7 +48,7 @@ def main(argv=None):
     cfg = load_config(args.config, args.overrides)
     cfg.epochs, cfg.steps_per_epoch = 1, args.steps
     keras.utils.set_random_seed(cfg.seed)
-    files = data.list_shards(args.records)
+    files = data.list_shards(args.records or trainer.prepare_synthetic(cfg, progress=False))
     model = trainer.build_and_compile(cfg, args.steps)
     batches = iter(data.train_dataset(files, cfg, cfg.batch_size, with_masks=len(model.outputs) > 1))
     eval_at = {int(s) for s in args.eval_at.split(",")}
@@ -60,6 +61,8 @@ def main(argv=None):
             train_s += time.perf_counter() - t0
             timed_steps += 1
         if step in eval_at:
+            if cfg.ema_momentum and step == args.steps:
+                model.optimizer.finalize_variable_values(model.trainable_variables)  # as fit does
             t0 = time.perf_counter()
             _, labels, probs, slice_labels = trainer.predict_studies(model, files, cfg)
             p, l = np.concatenate(probs), np.concatenate(slice_labels)

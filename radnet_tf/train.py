@@ -190,10 +190,13 @@ def build_and_compile(cfg, steps_per_epoch, sync_batchnorm=False):
     boundaries = sorted({max(1, int(round(f * cfg.epochs * steps_per_epoch))) for f in cfg.lr_drop_epochs})
     values = [cfg.learning_rate / (10**i) for i in range(len(boundaries) + 1)]
     schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    # ema_momentum > 0: the optimizer keeps an exponential moving average of the weights,
+    # which `fit` copies into the model when training ends.
+    ema = {"use_ema": cfg.ema_momentum > 0, "ema_momentum": cfg.ema_momentum or 0.99}
     if cfg.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(schedule)
+        optimizer = keras.optimizers.Adam(schedule, **ema)
     else:
-        optimizer = keras.optimizers.SGD(schedule, momentum=cfg.momentum)
+        optimizer = keras.optimizers.SGD(schedule, momentum=cfg.momentum, **ema)
     model.compile(
         optimizer=optimizer,
         loss=losses,
@@ -268,9 +271,10 @@ def calibrate_threshold(model, files, cfg):
 
 
 def validation_epochs(epochs, every):
-    """1-based epochs to validate on: the first (so the CSV log has the validation columns
-    from its first row), every `every`-th, and the last (the best checkpoint sees it)."""
-    return sorted({1, epochs} | set(range(every, epochs + 1, every)))
+    """1-based epochs to validate on: every `every`-th and the last (the best checkpoint
+    sees it). The CSV log still has the validation columns from its first row (Keras'
+    CSVLogger adds `val_*` columns when the first epoch has none; tested)."""
+    return sorted({epochs} | set(range(every, epochs + 1, every)))
 
 
 def _atomic_csv(frame, path):
@@ -349,12 +353,15 @@ def train(cfg, progress=True):
     with_masks = len(model.outputs) > 1
     train_ds = data.train_dataset(files, cfg, global_batch, with_masks=with_masks, replica_batch=cfg.batch_size)
     val_ds = None
-    if n_val and strategy.num_replicas_in_sync > 1:
+    # val_every = 0: no validation passes during training (the held-out studies are still
+    # evaluated once at the end, on the final model).
+    validate = bool(n_val) and cfg.val_every > 0
+    if validate and strategy.num_replicas_in_sync > 1:
         # Every replica needs an equal, non-empty part of every validation batch.
         val_ds = data.eval_dataset(files, cfg, global_batch, with_masks=with_masks, fill_batches=True)
-    elif n_val:
+    elif validate:
         val_ds = data.eval_dataset(files, cfg, cfg.batch_size, with_masks=with_masks)
-    monitor = cfg.monitor if n_val else cfg.monitor.replace("val_", "")
+    monitor = cfg.monitor if validate else cfg.monitor.replace("val_", "")
     callbacks = [
         _atomic_backup_class()(str(model_dir / "backup")),
         keras.callbacks.ModelCheckpoint(str(model_dir / "best.keras"), monitor=monitor, mode="max", save_best_only=True),
@@ -376,14 +383,14 @@ def train(cfg, progress=True):
         epochs=cfg.epochs,
         steps_per_epoch=steps,
         validation_data=val_ds,
-        validation_freq=validation_epochs(cfg.epochs, cfg.val_every),
+        validation_freq=validation_epochs(cfg.epochs, cfg.val_every) if validate else 1,
         callbacks=callbacks,
         verbose=1 if progress else 2,
     )
     _atomic_save(model, model_dir / "final.keras")
     summary = {"model_dir": str(model_dir), "records": records_path, "train_seconds": round(time.perf_counter() - start, 1)}
     best = model_dir / "best.keras"
-    if n_val and best.exists():
+    if validate and best.exists():
         model = keras.saving.load_model(best)
     if cfg.calibrate_threshold:
         cfg.slice_threshold = calibrate_threshold(model, files, cfg)

@@ -31,13 +31,26 @@ def test_smoke_training_writes_checkpoint_log_and_metrics(trained_tiny):
     assert summary["ct_metrics"]["accuracy"] == pytest.approx(metrics.set_index("level").loc["ct", "accuracy"])
 
 
-def test_validation_epochs_keep_first_every_kth_and_last():
+def test_validation_epochs_keep_every_kth_and_last():
     from radnet_tf.train import validation_epochs
 
-    assert validation_epochs(6, 3) == [1, 3, 6]
+    assert validation_epochs(6, 3) == [3, 6]
     assert validation_epochs(5, 1) == [1, 2, 3, 4, 5]
-    assert validation_epochs(7, 3) == [1, 3, 6, 7]
+    assert validation_epochs(7, 3) == [3, 6, 7]
     assert validation_epochs(1, 4) == [1]
+
+
+def test_csv_log_has_validation_columns_when_the_first_epoch_skips_validation(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x, y = np.ones((4, 2), "float32"), np.zeros((4, 1), "float32")
+    log = tmp_path / "history.csv"
+    model.fit(x, y, epochs=3, validation_data=(x, y), validation_freq=[2, 3], verbose=0,
+              callbacks=[keras.callbacks.CSVLogger(str(log))])
+    history = pd.read_csv(log)
+    assert list(history["val_loss"].isna()) == [True, False, False]
 
 
 def test_same_seed_same_metrics(tiny_records, tmp_path):
@@ -53,6 +66,17 @@ def test_same_seed_same_metrics(tiny_records, tmp_path):
         saved = json.loads((tmp_path / name / "config.json").read_text())["slice_threshold"]
         assert saved == summary["slice_threshold"] and 0.05 <= saved <= 0.95
     assert runs[0] == runs[1]
+
+
+def test_val_every_zero_trains_without_validation_and_evaluates_at_the_end(tiny_records, tmp_path):
+    from radnet_tf.train import train
+
+    cfg = tiny_config(data=str(tiny_records), model_dir=str(tmp_path), val_fraction=0.4, epochs=1, val_every=0)
+    summary, _ = train(cfg, progress=False)
+    assert not any(k.startswith("val_") for k in summary["history"])
+    assert 0.0 <= summary["ct_metrics"]["accuracy"] <= 1.0
+    metrics = pd.read_csv(tmp_path / "val_metrics.csv")
+    assert summary["ct_metrics"]["accuracy"] == pytest.approx(metrics.set_index("level").loc["ct", "accuracy"])
 
 
 def _run(args, env=None, **kw):
