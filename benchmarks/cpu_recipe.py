@@ -61,8 +61,6 @@ def main(argv=None):
             train_s += time.perf_counter() - t0
             timed_steps += 1
         if step in eval_at:
-            if cfg.ema_momentum and step == args.steps:
-                model.optimizer.finalize_variable_values(model.trainable_variables)  # as fit does
             t0 = time.perf_counter()
             _, labels, probs, slice_labels = trainer.predict_studies(model, files, cfg)
             p, l = np.concatenate(probs), np.concatenate(slice_labels)

@@ -60,7 +60,6 @@ class Config:
     optimizer: str = "sgd"  # sgd (paper: momentum 0.9) | adam
     learning_rate: float = 0.01
     momentum: float = 0.9
-    ema_momentum: float = 0.0  # > 0: train with an EMA of the weights, used at the end
     lr_drop_epochs: list = dataclasses.field(default_factory=lambda: [1 / 3, 2 / 3])
     positive_fraction: float = 0.5  # class balancing of training windows
     rotation_deg: float = 15.0
@@ -110,8 +109,6 @@ class Config:
             raise UserError(f"mask_loss_weights needs 3 values. Received: {self.mask_loss_weights}")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"val_fraction must be in (0, 1). Received: {self.val_fraction}")
-        if not 0.0 <= self.ema_momentum < 1.0:
-            raise UserError(f"ema_momentum must be in [0, 1). Received: ema_momentum={self.ema_momentum}")
         if self.val_every < 0:
             raise UserError(f"val_every must be >= 0. Received: val_every={self.val_every}")
         for name in ("epochs", "batch_size", "window", "growth_rate", "ct_min_run"):

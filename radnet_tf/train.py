@@ -190,13 +190,10 @@ def build_and_compile(cfg, steps_per_epoch, sync_batchnorm=False):
     boundaries = sorted({max(1, int(round(f * cfg.epochs * steps_per_epoch))) for f in cfg.lr_drop_epochs})
     values = [cfg.learning_rate / (10**i) for i in range(len(boundaries) + 1)]
     schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-    # ema_momentum > 0: the optimizer keeps an exponential moving average of the weights,
-    # which `fit` copies into the model when training ends.
-    ema = {"use_ema": cfg.ema_momentum > 0, "ema_momentum": cfg.ema_momentum or 0.99}
     if cfg.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(schedule, **ema)
+        optimizer = keras.optimizers.Adam(schedule)
     else:
-        optimizer = keras.optimizers.SGD(schedule, momentum=cfg.momentum, **ema)
+        optimizer = keras.optimizers.SGD(schedule, momentum=cfg.momentum)
     model.compile(
         optimizer=optimizer,
         loss=losses,

@@ -108,7 +108,7 @@ def _tiny_args(records, model_dir, epochs):
     keys = tiny_config(val_fraction=0.4, epochs=epochs, steps_per_epoch=3)
     fields = ["input_size", "out_spacing", "depth", "growth_rate", "initial_filters", "lstm_units", "head_filters",
               "window", "batch_size", "epochs", "steps_per_epoch", "val_fraction"]
-    return ["--data", str(records), "--model-dir", str(model_dir), "--quiet", "export=false",
+    return ["--data", str(records), "--model-dir", str(model_dir), "--quiet", "export=false", "val_every=1",
             *[f"{k}={getattr(keys, k)}" for k in fields]]
 
 
