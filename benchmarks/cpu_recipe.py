@@ -5,9 +5,9 @@
 Uses `configs/default.yaml` plus the overrides and the built-in default's synthetic cohort
 (`runs/default/synth`, generated if missing) as records on the configured grid
 (`runs/default/records-<N>px-<mm>mm`, converted if missing, as `make run` does), so
-recipes are compared on the same cohort, split, seed and input stream. The model is trained with `train_on_batch`
-(no validation passes, no checkpoints) and scored on every held-out study at the given
-steps:
+recipes are compared on the same cohort, split, seed and input stream. The model is
+trained with `train_on_batch` (no validation passes, no checkpoints) and scored on every
+held-out study at the given steps:
 
   slice_auc      held-out slice ROC AUC
   ct_auc         held-out CT ROC AUC of the K = 3 CT score (radnet_tf.decision)

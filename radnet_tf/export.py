@@ -9,8 +9,8 @@ written to a temporary directory and renamed when complete.
 Signatures (inputs -> outputs, one study per request):
   serving_default  slices float32 [S, N, N, C] (preprocessed, in [0, 1]; C = 1 brain
                    window, plus one channel per `extra_windows` entry, in that order)
-  predict_hu       hu int16 [S, H, W] + pixel_spacing float32 [2] (row, col mm); brain
-                   window, 1 mm resampling and 250 mm FOV run in-graph with the training
+  predict_hu       hu int16 [S, H, W] + pixel_spacing float32 [2] (row, col mm); the
+                   windows, in-plane resampling and FOV run in-graph with the training
                    preprocessing code (radnet_tf.preprocess)
   outputs (both):  slice_probabilities float32 [S]; masks float32 [S, N, N] (mean of the
                    three auxiliary heads' probabilities, on the model grid; zeros for the

@@ -165,14 +165,16 @@ def build_model(config, use_cudnn="auto", sync_batchnorm=False) -> keras.Model:
         input_size, depth, growth_rate, initial_filters, dropout, lstm_units, head_filters,
         weight_decay, bn_momentum, pooling ("avg", the paper's global average pool, or
         "avgmax": average and max pools concatenated, so a lesion of a few pixels is not
-        diluted by the rest of the slice).
+        diluted by the rest of the slice), input_channels (one per input window; 1 if
+        absent).
       use_cudnn: passed to the LSTM; exports use False so no CudnnRNN op is baked in.
       sync_batchnorm: BatchNorm over the global batch (TensorFlow backend); the trainer
         sets it when the strategy has several replicas.
 
     Returns:
       keras.Model named `config.variant`. Input "slices": float32 [B, S, N, N, C] in [0, 1],
-      C = 1 + len(config.extra_windows) (padding slices = PAD_VALUE). Outputs (dict): "slice_probability" float32 [B, S];
+      C = config.input_channels (padding slices = PAD_VALUE). Outputs (dict):
+      "slice_probability" float32 [B, S];
       for densenet_a and radnet also "mask_1", "mask_2", "mask_3" float32 [B, S, N, N, 1]
       (aux heads after dense blocks 1, 2, 3).
     """
@@ -188,8 +190,7 @@ def build_model(config, use_cudnn="auto", sync_batchnorm=False) -> keras.Model:
     bn = {"momentum": float(getattr(config, "bn_momentum", 0.99)), "synchronized": bool(sync_batchnorm)}
     wd = config.weight_decay
 
-    channels = 1 + len(getattr(config, "extra_windows", None) or [])
-    slices = keras.Input(shape=(None, n, n, channels), name="slices")
+    slices = keras.Input(shape=(None, n, n, getattr(config, "input_channels", 1)), name="slices")
     slice_mask = SliceMask(name="slice_mask")(slices)
     x = FoldSlices(name="fold_slices")(slices)
     x = _conv(config.initial_filters, 3, "stem_conv", wd, strides=2)(x)

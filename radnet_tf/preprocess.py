@@ -67,11 +67,6 @@ class PreprocessConfig:
             (float(c), float(w)) for c, w in self.extra_windows
         )
 
-    @property
-    def channels(self) -> int:
-        """Input channels of the model: one per window."""
-        return len(self.windows)
-
 
 # ----------------------------------------------------------------------------- TensorFlow
 
@@ -176,8 +171,8 @@ def preprocess_study(hu, pixel_spacing, cfg=PreprocessConfig(), center=None):
       pixel_spacing: float tensor [2], (row, col) mm.
       center: optional float tensor [2] (row, col); default `head_center(hu)`.
     Returns:
-      float32 tensor [S, out_size, out_size, C] in [0, 1], C = cfg.channels (1 = the
-      paper's brain window).
+      float32 tensor [S, out_size, out_size, C] in [0, 1], C = len(cfg.windows) (1 =
+      the paper's brain window).
     """
     if center is None:
         center = head_center(hu)

@@ -14,7 +14,7 @@ def test_brain_window_exact_values():
 def test_window_channels_brain_then_extra_windows():
     hu = np.array([-100, -20, 0, 40, 80, 180, 1300], np.int16)
     cfg = P.PreprocessConfig(extra_windows=((80, 200),))  # subdural window spans [-20, 180]
-    assert cfg.windows == ((40.0, 80.0), (80.0, 200.0)) and cfg.channels == 2
+    assert cfg.windows == ((40.0, 80.0), (80.0, 200.0))
     expected = np.stack([[0, 0, 0, 0.5, 1, 1, 1], [0, 0, 0.1, 0.3, 0.5, 1, 1]], axis=-1)
     np.testing.assert_allclose(P.window_channels(hu, cfg.windows).numpy(), expected, atol=1e-7)
     with pytest.raises(ValueError, match="widths must be > 0"):
