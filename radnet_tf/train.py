@@ -187,9 +187,13 @@ def build_and_compile(cfg, steps_per_epoch, sync_batchnorm=False):
 
     model = build_model(cfg, sync_batchnorm=sync_batchnorm)
     losses, weights = compile_losses(cfg, model.output_names)
-    boundaries = sorted({max(1, int(round(f * cfg.epochs * steps_per_epoch))) for f in cfg.lr_drop_epochs})
+    # Keras' PiecewiseConstantDecay keeps values[i] while step <= boundaries[i] (step counts
+    # from 0): a drop after n steps is the boundary n - 1.
+    total = cfg.epochs * steps_per_epoch
+    boundaries = sorted({max(1, int(round(f * total))) - 1 for f in cfg.lr_drop_epochs})
     values = [cfg.learning_rate / (10**i) for i in range(len(boundaries) + 1)]
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    # lr_drop_epochs: [] = a constant learning rate (PiecewiseConstantDecay needs a boundary).
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values) if boundaries else values[0]
     if cfg.optimizer == "adam":
         optimizer = keras.optimizers.Adam(schedule)
     else:

@@ -40,6 +40,22 @@ def test_validation_epochs_keep_every_kth_and_last():
     assert validation_epochs(1, 4) == [1]
 
 
+@pytest.mark.parametrize(
+    "drops, expected",
+    [([0.5], [0.01, 0.01, 0.001, 0.001]), ([0.25, 0.75], [0.01, 0.001, 0.001, 0.0001]), ([], [0.01] * 4)],
+)
+def test_learning_rate_drops_tenfold_at_the_given_fractions(drops, expected):
+    import keras
+
+    from radnet_tf.train import build_and_compile
+
+    cfg = tiny_config(epochs=2, learning_rate=0.01, lr_drop_epochs=drops)
+    model = build_and_compile(cfg, steps_per_epoch=2)  # 4 steps: boundaries at f * 4
+    lr = model.optimizer._learning_rate
+    got = [float(lr(step)) if callable(lr) else float(keras.ops.convert_to_numpy(lr)) for step in range(4)]
+    assert got == pytest.approx(expected)
+
+
 def test_csv_log_has_validation_columns_when_the_first_epoch_skips_validation(tmp_path):
     import keras
 
