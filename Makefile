@@ -2,22 +2,29 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# `make run` installs what the main job needs (the package and its serving extra, for the
+# export's warm-up requests); `make test` adds Beam, highdicom and the test tools.
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test bench clean
+.PHONY: run test clean
 
-$(STAMP): setup.py
+$(RUN_STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[serving]'
+	@touch $@
+
+$(TEST_STAMP): $(RUN_STAMP)
 	$(PY) -m pip install -q -e '.[beam,serving,dicom-seg,dev]'
-	@touch $(STAMP)
+	@touch $@
 
 # Main job on the built-in default: synthetic cohort -> TFRecords -> train ->
 # evaluate -> SavedModel under saved_models/radnet/<version>/.
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(PY) -m radnet_tf.train
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 clean:

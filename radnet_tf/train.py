@@ -313,6 +313,7 @@ def train(cfg, progress=True):
         else:
             print("[radnet] mixed_precision ignored: no GPU", flush=True)
     records_path = cfg.data or prepare_synthetic(cfg, progress)
+    seconds = {"data": time.perf_counter() - start}  # wall time per phase
     files = data.list_shards(records_path)
     check_geometry(files, cfg)
     n_train, n_val, n_pos = data.count_studies(files, cfg)
@@ -379,6 +380,7 @@ def train(cfg, progress=True):
         f"{type(strategy).__name__}",
         flush=True,
     )
+    t0 = time.perf_counter()
     history = model.fit(
         train_ds,
         epochs=cfg.epochs,
@@ -389,19 +391,26 @@ def train(cfg, progress=True):
         verbose=1 if progress else 2,
     )
     _atomic_save(model, model_dir / "final.keras")
-    summary = {"model_dir": str(model_dir), "records": records_path, "train_seconds": round(time.perf_counter() - start, 1)}
+    seconds["training"] = time.perf_counter() - t0
+    summary = {"model_dir": str(model_dir), "records": records_path}
     best = model_dir / "best.keras"
     if validate and best.exists():
         model = keras.saving.load_model(best)
     if cfg.calibrate_threshold:
+        t0 = time.perf_counter()
         cfg.slice_threshold = calibrate_threshold(model, files, cfg)
         summary["slice_threshold"] = cfg.slice_threshold
         (model_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        seconds["calibration"] = time.perf_counter() - t0
     if n_val:
+        t0 = time.perf_counter()
         ct_m, slice_m, _ = evaluate_model(model, files, cfg, model_dir)
         summary["ct_metrics"] = {k: ct_m[k] for k in ("accuracy", "recall", "precision", "f1")}
         summary["slice_metrics"] = {k: slice_m[k] for k in ("accuracy", "recall", "precision", "f1")}
+        seconds["evaluation"] = time.perf_counter() - t0
     summary["history"] = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    summary["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    summary["seconds"]["total"] = round(time.perf_counter() - start, 1)
     return summary, model
 
 
@@ -452,7 +461,10 @@ def main(argv=None):
     if cfg.export and _is_chief():
         from radnet_tf.export import export_model
 
+        t0 = time.perf_counter()
         summary["export"] = str(export_model(model, cfg, cfg.export_dir))
+        summary["seconds"]["export"] = round(time.perf_counter() - t0, 1)
+        summary["seconds"]["total"] = round(summary["seconds"]["total"] + summary["seconds"]["export"], 1)
     print("\n[radnet] done")
     print(f"  model dir : {summary['model_dir']}")
     print(f"  records   : {summary['records']}")
@@ -466,7 +478,12 @@ def main(argv=None):
             "  held-out CT level: "
             + ", ".join(f"{k} {m[k]:.3f}" for k in ("accuracy", "recall", "precision", "f1"))
         )
-    print(f"  wall time : {summary['train_seconds']:.0f} s")
+    phases = {k: v for k, v in summary["seconds"].items() if k != "total"}
+    print(
+        f"  wall time : {summary['seconds']['total']:.0f} s ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
+        + ")"
+    )
     return summary
 
 

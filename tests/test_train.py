@@ -29,6 +29,9 @@ def test_smoke_training_writes_checkpoint_log_and_metrics(trained_tiny):
     studies = pd.read_csv(model_dir / "val_studies.csv")
     assert set(studies.columns) >= {"study_key", "label", "ct_positive", "ct_score", "longest_positive_run"}
     assert summary["ct_metrics"]["accuracy"] == pytest.approx(metrics.set_index("level").loc["ct", "accuracy"])
+    seconds = summary["seconds"]  # wall time per phase
+    assert {"data", "training", "evaluation", "total"} <= set(seconds)
+    assert seconds["training"] > 0 and seconds["total"] >= sum(v for k, v in seconds.items() if k != "total") - 0.2
 
 
 def test_validation_epochs_keep_every_kth_and_last():
