@@ -53,6 +53,15 @@ CASES_128PX = [
     {"name": "all-avgmax-1500", "overrides": ["pooling=avgmax"], "steps": 1500},
 ]
 
+def _seeded_cases(variants):
+    """(name, overrides, steps, seeds) rows -> one case per seed, named NAME-sSEED."""
+    return [
+        {"name": f"{name}-s{seed}", "overrides": overrides + [f"seed={seed}"], "steps": steps}
+        for name, overrides, steps, seeds in variants
+        for seed in seeds
+    ]
+
+
 # The second sweep: the 168 px / 1.5 mm, two-window default at the CPU's budget of 150
 # steps, one change at a time, each with one to three seeds (seed changes the initial
 # weights and the sampled batches). "batch4x2" trades batch size for steps at equal slices
@@ -72,11 +81,7 @@ _VARIANTS_168PX = [
     ("mask-w0.5", ["mask_loss_weights=[0.5,0.5,0.5]"], 150, (0,)),
     ("lstm64-head16", ["lstm_units=64", "head_filters=16"], 150, (0,)),
 ]
-CASES_168PX = [
-    {"name": f"{name}-s{seed}", "overrides": overrides + [f"seed={seed}"], "steps": steps}
-    for name, overrides, steps, seeds in _VARIANTS_168PX
-    for seed in seeds
-]
+CASES_168PX = _seeded_cases(_VARIANTS_168PX)
 
 # The third sweep: DenseNet depth / growth at equal CPU time. Steps = 150 x (2.78 s / the
 # CPU step time of that net) with 8 windows x 4 slices at 168 px, 2 channels (CPU step times
@@ -92,11 +97,7 @@ _VARIANTS_168PX_TIME = [
     ("d13g16", ["depth=13", "growth_rate=16"], 190, (0, 1)),
     ("default", [], 150, (3, 4)),
 ]
-CASES_168PX_TIME = [
-    {"name": f"{name}-s{seed}", "overrides": overrides + [f"seed={seed}"], "steps": steps}
-    for name, overrides, steps, seeds in _VARIANTS_168PX_TIME
-    for seed in seeds
-]
+CASES_168PX_TIME = _seeded_cases(_VARIANTS_168PX_TIME)
 
 # The fourth sweep: DenseNet-10/g16 at its equal-time 340 steps, without the rotation
 # augmentation (the phantom already draws a random in-plane rotation per study) and with
@@ -107,11 +108,7 @@ _VARIANTS_168PX_D10G16 = [
     ("d10g16-norot-pos0.7", _D10G16 + ["rotation_deg=0", "positive_fraction=0.7"], 340, (0, 1, 2)),
     ("d10g16", _D10G16, 340, (3, 4)),
 ]
-CASES_168PX_D10G16 = [
-    {"name": f"{name}-s{seed}", "overrides": overrides + [f"seed={seed}"], "steps": steps}
-    for name, overrides, steps, seeds in _VARIANTS_168PX_D10G16
-    for seed in seeds
-]
+CASES_168PX_D10G16 = _seeded_cases(_VARIANTS_168PX_D10G16)
 
 SUITES = {
     "128px": CASES_128PX,

@@ -179,6 +179,21 @@ def check_geometry(files, cfg):
         )
 
 
+def learning_rate_schedule(cfg, steps_per_epoch):
+    """cfg.learning_rate, divided by 10 after each fraction in cfg.lr_drop_epochs of the
+    epochs x steps_per_epoch steps. Returns a Keras schedule (a float when there is no drop)."""
+    import keras
+
+    # Keras' PiecewiseConstantDecay keeps values[i] while step <= boundaries[i] (step counts
+    # from 0): a drop after n steps is the boundary n - 1.
+    total = cfg.epochs * steps_per_epoch
+    boundaries = sorted({max(1, int(round(f * total))) - 1 for f in cfg.lr_drop_epochs})
+    values = [cfg.learning_rate / (10**i) for i in range(len(boundaries) + 1)]
+    if not boundaries:  # PiecewiseConstantDecay needs a boundary
+        return values[0]
+    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
 def build_and_compile(cfg, steps_per_epoch, sync_batchnorm=False):
     import keras
 
@@ -187,13 +202,7 @@ def build_and_compile(cfg, steps_per_epoch, sync_batchnorm=False):
 
     model = build_model(cfg, sync_batchnorm=sync_batchnorm)
     losses, weights = compile_losses(cfg, model.output_names)
-    # Keras' PiecewiseConstantDecay keeps values[i] while step <= boundaries[i] (step counts
-    # from 0): a drop after n steps is the boundary n - 1.
-    total = cfg.epochs * steps_per_epoch
-    boundaries = sorted({max(1, int(round(f * total))) - 1 for f in cfg.lr_drop_epochs})
-    values = [cfg.learning_rate / (10**i) for i in range(len(boundaries) + 1)]
-    # lr_drop_epochs: [] = a constant learning rate (PiecewiseConstantDecay needs a boundary).
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values) if boundaries else values[0]
+    schedule = learning_rate_schedule(cfg, steps_per_epoch)
     if cfg.optimizer == "adam":
         optimizer = keras.optimizers.Adam(schedule)
     else:
