@@ -51,7 +51,7 @@ setup(
             "radnet-export=radnet_tf.export:main",
             "radnet-evaluate=radnet_tf.evaluate:main",
             "radnet-synth=radnet_tf.synth:main",
-            "radnet-inspect=radnet_tf.inspect:main",
+            "radnet-inspect=radnet_tf.inspect_series:main",
         ]
     },
 )

@@ -115,14 +115,14 @@ def bench_input_and_model(records):
     t0 = time.perf_counter()
     for _ in range(steps):
         next(it)
-    input_rate = steps * cfg.batch_size * cfg.window / (time.perf_counter() - t0)
+    input_rate = steps * cfg.batch_size * cfg.crop_slices / (time.perf_counter() - t0)
     model = build_model(cfg)
     losses, weights = compile_losses(cfg, model.output_names)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses, loss_weights=weights)
     x, y = next(it)
     model.train_on_batch(x, y)
     t_step, _ = timed(lambda: model.train_on_batch(x, y), 5)
-    train_rate = cfg.batch_size * cfg.window / t_step
+    train_rate = cfg.batch_size * cfg.crop_slices / t_step
     # fraction of a real fit step spent waiting for input
     model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)  # trace the train function first
     t0 = time.perf_counter()

@@ -40,7 +40,7 @@ CASES_128PX = [
     {"name": "default-avg", "overrides": ["pooling=avg"], "steps": 300},
     {"name": "avgmax", "overrides": ["pooling=avgmax"], "steps": 300},
     {"name": "avgmax-lr3e-3", "overrides": ["pooling=avgmax", "learning_rate=0.003"], "steps": 300},
-    {"name": "avgmax-window4-600", "overrides": ["pooling=avgmax", "window=4"], "steps": 600},
+    {"name": "avgmax-window4-600", "overrides": ["pooling=avgmax", "crop_slices=4"], "steps": 600},
     {"name": "avgmax-dice", "overrides": ["pooling=avgmax", "mask_loss=dice_bce"], "steps": 300},
     {"name": "avgmax-d16g12", "overrides": ["pooling=avgmax", "depth=16", "growth_rate=12"], "steps": 300},
     {"name": "avgmax-1000", "overrides": ["pooling=avgmax"], "steps": 1000},
@@ -75,8 +75,8 @@ _VARIANTS_168PX = [
     ("lr5e-4", ["learning_rate=0.0005"], 150, (0, 1)),
     ("no-lr-drop", ["lr_drop_epochs=[]"], 150, (0, 1)),
     ("pos0.7", ["positive_fraction=0.7"], 150, (0, 1)),
-    ("window2-batch16", ["window=2", "batch_size=16"], 150, (0,)),
-    ("window8-batch4", ["window=8", "batch_size=4"], 150, (0,)),
+    ("window2-batch16", ["crop_slices=2", "batch_size=16"], 150, (0,)),
+    ("window8-batch4", ["crop_slices=8", "batch_size=4"], 150, (0,)),
     ("wd0", ["weight_decay=0"], 150, (0,)),
     ("mask-w0.5", ["mask_loss_weights=[0.5,0.5,0.5]"], 150, (0,)),
     ("lstm64-head16", ["lstm_units=64", "head_filters=16"], 150, (0,)),
@@ -182,7 +182,7 @@ class Sampler:
 
         cfg, rng = self.cfg, self.rng
         s = self.images.shape[1]
-        w = min(cfg.window, s)
+        w = min(cfg.crop_slices, s)
         positives = np.flatnonzero(self.slice_labels[i] > 0)
         if positives.size:
             p = rng.choice(positives)

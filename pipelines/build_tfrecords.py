@@ -26,8 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from radnet_tf.convert import MANIFEST_COLUMNS, run_local, write_manifest
-from radnet_tf.errors import UserError, cli_main
+from radnet_tf.cli import add_verbose, cli_main, say
+from radnet_tf.errors import UserError
+
 
 def run_beam(tasks, skipped_rows, out, shards, pcfg, beam_args):
     """The same conversion as an Apache Beam pipeline (DirectRunner in tests)."""
@@ -41,8 +42,10 @@ def run_beam(tasks, skipped_rows, out, shards, pcfg, beam_args):
     from radnet_tf import records
     from radnet_tf.convert import convert_study
 
+    from radnet_tf.convert import MANIFEST_COLUMNS, build_source, claim_output, write_manifest
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output(out, build_source(pcfg, tasks))
 
     class Convert(beam.DoFn):
         def process(self, task):
@@ -97,13 +100,13 @@ def build_parser():
     parser.add_argument("--image-spacing", type=float, help="mm per image pixel, if known")
     parser.add_argument("--slice-labels", help="CSV with study_id,sop_instance_uid,label")
     parser.add_argument("--masks", help="folder of <study_id>.npz masks (mask, sop_instance_uids)")
-    parser.add_argument("--out", required=True, help="output folder (local path or gs://...)")
+    parser.add_argument("--out", required=True, help="output folder (a local path)")
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--config", help="YAML config giving the geometry (input_size, out_spacing, fov_mm)")
     parser.add_argument("--runner", default="local", help="'local' (default) or a Beam runner name")
     parser.add_argument("--no-progress", action="store_true")
-    return parser
+    return add_verbose(parser)
 
 
 @cli_main
@@ -114,11 +117,13 @@ def main(argv=None):
         i = argv.index("--")
         argv, beam_args = argv[:i], argv[i + 1 :]
     args = build_parser().parse_args(argv)
-    from radnet_tf.config import load_config
-    from radnet_tf.convert import discover_tasks, image_tasks, load_label_tables
-
+    if "://" in args.out:
+        raise UserError(f"--out must be a local folder (remote paths such as gs:// are not supported). Received: {args.out}")
     if args.shards < 1 or args.workers < 1:
-        raise UserError("--shards and --workers must be >= 1")
+        raise UserError(f"--shards and --workers must be >= 1. Received: --shards {args.shards} --workers {args.workers}")
+    from radnet_tf.config import load_config
+    from radnet_tf.convert import discover_tasks, image_tasks, load_label_tables, run_local
+
     pcfg = load_config(args.config).preprocess_config()
     if args.images_csv:
         if args.dicom_root:
@@ -139,7 +144,7 @@ def main(argv=None):
     else:
         table, summary = run_beam(tasks, skipped, args.out, args.shards, pcfg, ["--runner", args.runner] + beam_args)
     elapsed = time.perf_counter() - start
-    print(
+    say(
         f"wrote {summary['studies_written']} studies ({summary['slices']} slices, "
         f"{summary['positives']} positive) to {args.out} in {elapsed:.1f} s; "
         f"skipped {summary['studies_skipped']} (see manifest.csv)"

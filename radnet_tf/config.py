@@ -1,8 +1,17 @@
 """Flat configuration: one dataclass, loaded from flat YAML plus `key=value` overrides.
 
-Every default lives here (window, geometry, model, recipe), so each fact has one owner.
-`configs/*.yaml` override a subset; the trainer writes the fully resolved config next to
-every model it produces.
+Which defaults are which:
+  * `Config()` (this file) holds the paper's setting: RADnet with DenseNet-40, brain
+    window 40/80 HU, 1 mm grid, 250 mm FOV, 256 px, SGD for 60 epochs, K = 3 at slice
+    threshold 0.5. Every default of the package lives here (window, geometry, CT rule,
+    model, recipe); functions that need one take it as an argument.
+  * `configs/default.yaml` is the built-in demo that `make run` (and
+    `python -m radnet_tf.train` with no `--config`) trains: a CPU-sized variant on the
+    synthetic phantom. It overrides a subset of `Config()`; `configs/radnet.yaml` repeats
+    the paper's values explicitly.
+Resolution order: `Config()` <- YAML file <- `key=value` overrides; every field is then
+validated (`Config.validate`) before any work starts. The trainer writes the fully resolved
+config next to every model it produces.
 """
 
 from __future__ import annotations
@@ -10,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import sys
 from pathlib import Path
 
 import yaml
@@ -17,6 +28,7 @@ import yaml
 from radnet_tf.errors import UserError
 
 VARIANTS = ("densenet", "densenet_a", "radnet")
+RENAMED_KEYS = {"window": "crop_slices"}  # old key -> new key (accepted with a warning)
 
 
 @dataclasses.dataclass
@@ -55,7 +67,7 @@ class Config:
     # ---- recipe (paper: SGD momentum 0.9, 60 epochs, lr / 10 at 1/3 and 2/3)
     epochs: int = 60
     batch_size: int = 2  # studies (windows) per replica
-    window: int = 16  # slices per training window
+    crop_slices: int = 16  # consecutive slices per training crop (was `window`)
     steps_per_epoch: int = 0  # 0 = one pass over the training studies
     optimizer: str = "sgd"  # sgd (paper: momentum 0.9) | adam
     learning_rate: float = 0.01
@@ -80,40 +92,70 @@ class Config:
     export_dir: str = "saved_models/radnet"
 
     def validate(self):
-        """Raises UserError with the offending value."""
+        """Checks every field; raises UserError naming the field and echoing its value."""
+
+        def fail(rule, name):
+            raise UserError(f"{name} {rule}. Received: {name}={getattr(self, name)!r}")
+
+        def number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name in ("data", "work_dir", "model_dir", "export_dir", "monitor"):
+            if not isinstance(getattr(self, name), str):
+                fail("must be a string", name)
+        if not self.work_dir:
+            fail("must not be empty", "work_dir")
         if self.variant not in VARIANTS:
-            raise UserError(f"variant must be one of {VARIANTS}. Received: variant={self.variant!r}")
-        if (self.depth - 4) % 3 or self.depth < 7:
-            raise UserError(f"depth must be 3n+4 with n >= 1 (DenseNet). Received: depth={self.depth}")
+            fail(f"must be one of {VARIANTS}", "variant")
+        for name, allowed in (("mask_loss", ("bce", "dice_bce")), ("pooling", ("avg", "avgmax")), ("optimizer", ("sgd", "adam"))):
+            if getattr(self, name) not in allowed:
+                fail(f"must be one of {allowed}", name)
+        if not isinstance(self.depth, int) or (self.depth - 4) % 3 or self.depth < 7:
+            fail("must be 3n+4 with n >= 1 (DenseNet)", "depth")
         windows = [[self.window_center, self.window_width]] + list(self.extra_windows)
         for w in windows:
-            if not (isinstance(w, (list, tuple)) and len(w) == 2 and all(isinstance(v, (int, float)) for v in w)) or w[1] <= 0:
+            if not (isinstance(w, (list, tuple)) and len(w) == 2 and all(number(v) for v in w)) or w[1] <= 0:
                 raise UserError(
                     f"windows are [centre, width] pairs in HU with width > 0. Received: window "
                     f"{self.window_center}/{self.window_width}, extra_windows={self.extra_windows}"
                 )
+        for name in ("synth_studies", "synth_slices", "epochs", "batch_size", "crop_slices", "growth_rate",
+                     "initial_filters", "lstm_units", "head_filters", "ct_min_run"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                fail("must be an integer >= 1", name)
+        for name in ("steps_per_epoch", "val_every", "early_stopping_patience", "synth_seed", "seed"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                fail("must be an integer >= 0", name)
+        if self.synth_matrix < 32:
+            fail("must be >= 32", "synth_matrix")
+        for name in ("out_spacing", "fov_mm", "learning_rate"):
+            if not number(getattr(self, name)) or getattr(self, name) <= 0:
+                fail("must be a number > 0", name)
+        for name in ("weight_decay", "slice_loss_weight", "rotation_deg", "intensity_jitter"):
+            if not number(getattr(self, name)) or getattr(self, name) < 0:
+                fail("must be a number >= 0", name)
         if self.input_size % 8 or self.input_size < 8:
-            raise UserError(f"input_size must be a multiple of 8. Received: input_size={self.input_size}")
+            fail("must be a multiple of 8", "input_size")
         if self.input_size * self.out_spacing < self.fov_mm:
             raise UserError(
                 f"input_size * out_spacing must cover fov_mm. Received: input_size={self.input_size}, "
                 f"out_spacing={self.out_spacing}, fov_mm={self.fov_mm}"
             )
-        if self.mask_loss not in ("bce", "dice_bce"):
-            raise UserError(f"mask_loss must be 'bce' or 'dice_bce'. Received: mask_loss={self.mask_loss!r}")
-        if self.pooling not in ("avg", "avgmax"):
-            raise UserError(f"pooling must be 'avg' or 'avgmax'. Received: pooling={self.pooling!r}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise UserError(f"optimizer must be 'sgd' or 'adam'. Received: optimizer={self.optimizer!r}")
-        if len(self.mask_loss_weights) != 3:
-            raise UserError(f"mask_loss_weights needs 3 values. Received: {self.mask_loss_weights}")
-        if not 0 < self.val_fraction < 1:
-            raise UserError(f"val_fraction must be in (0, 1). Received: {self.val_fraction}")
-        if self.val_every < 0:
-            raise UserError(f"val_every must be >= 0. Received: val_every={self.val_every}")
-        for name in ("epochs", "batch_size", "window", "growth_rate", "ct_min_run"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1. Received: {name}={getattr(self, name)}")
+        if not (isinstance(self.mask_loss_weights, list) and len(self.mask_loss_weights) == 3
+                and all(number(v) and v >= 0 for v in self.mask_loss_weights)):
+            fail("needs 3 numbers >= 0 (one per auxiliary head)", "mask_loss_weights")
+        if not (isinstance(self.lr_drop_epochs, list) and all(number(v) and 0 < v < 1 for v in self.lr_drop_epochs)):
+            fail("must be a list of fractions of the run in (0, 1), e.g. [0.33, 0.67]", "lr_drop_epochs")
+        open_unit = {"val_fraction": "(0, 1)", "slice_threshold": "(0, 1)", "bn_momentum": "(0, 1)"}
+        for name, text in open_unit.items():
+            if not number(getattr(self, name)) or not 0 < getattr(self, name) < 1:
+                fail(f"must be in {text}", name)
+        for name in ("positive_fraction",):
+            if not number(getattr(self, name)) or not 0 <= getattr(self, name) <= 1:
+                fail("must be in [0, 1]", name)
+        for name in ("dropout", "momentum"):
+            if not number(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
+                fail("must be in [0, 1)", name)
         return self
 
     @property
@@ -196,6 +238,7 @@ def load_config(path=None, overrides=()) -> Config:
         key, value = item.split("=", 1)
         values[key.strip()] = value
     fields = {f.name for f in dataclasses.fields(Config)}
+    values = _renamed(values)
     for key, value in values.items():
         if key not in fields:
             raise UserError(f"unknown config key {key!r} (known: {', '.join(sorted(fields))})")
@@ -208,4 +251,18 @@ def load_config(path=None, overrides=()) -> Config:
 def config_from_dict(values: dict) -> Config:
     """Rebuilds a Config from `Config.to_dict()` output (e.g. a model dir's config.json)."""
     fields = {f.name for f in dataclasses.fields(Config)}
+    values = _renamed(values, warn=False)
     return Config(**{k: v for k, v in values.items() if k in fields}).validate()
+
+
+def _renamed(values: dict, warn=True) -> dict:
+    """Maps renamed keys (RENAMED_KEYS) to their new names, with a deprecation line."""
+    out = dict(values)
+    for old, new in RENAMED_KEYS.items():
+        if old in out:
+            if new in out:
+                raise UserError(f"config key {old!r} was renamed {new!r}; give only {new!r}")
+            if warn:
+                print(f"[radnet] warning: config key {old!r} is deprecated; use {new!r}", file=sys.stderr)
+            out[new] = out.pop(old)
+    return out

@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from radnet_tf import preprocess, records
+from radnet_tf import atomic, preprocess, records
 from radnet_tf.dicom_io import read_series
 from radnet_tf.errors import UserError
+
+SOURCE_FILE = "source.json"  # what built a records folder (geometry, studies, labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,9 +313,7 @@ def _convert_shard(args):
         serialized.append(record)
         rows.append({**row, "status": "written", "reason": "", "shard": os.path.basename(shard_path)})
     records.write_shard(shard_path, serialized)
-    tmp = f"{part_path}.{os.getpid()}.tmp"
-    pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(tmp, index=False)
-    os.replace(tmp, part_path)
+    atomic.write_csv(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), part_path)
     return part_path
 
 
@@ -328,9 +328,7 @@ def write_manifest(out, frames, pcfg, skipped_rows):
     table = pd.concat([f for f in frames + [skipped] if len(f)], ignore_index=True)
     table = table.reindex(columns=MANIFEST_COLUMNS).sort_values("study_id", kind="stable")
     out = Path(out)
-    tmp = out / "manifest.csv.tmp"
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, out / "manifest.csv")
+    atomic.write_csv(table, out / "manifest.csv")
     written = table[table.status == "written"]
     summary = {
         "studies_written": int(len(written)),
@@ -343,26 +341,77 @@ def write_manifest(out, frames, pcfg, skipped_rows):
         "geometry": {"out_spacing": pcfg.out_spacing, "fov_mm": pcfg.fov_mm, "size": pcfg.out_size},
         "digest": hashlib.sha256((out / "manifest.csv").read_bytes()).hexdigest()[:16],
     }
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "manifest.json")
+    atomic.write_text(out / "manifest.json", json.dumps(summary, indent=2))
     return table, summary
 
 
-def run_local(tasks, skipped_rows, out, shards, workers, pcfg, progress=True):
-    """Converts with a process pool; resumable. Returns (manifest table, summary)."""
+def build_source(pcfg, tasks, extra=None) -> dict:
+    """What a records folder is built from: record schema, grid geometry and a digest of
+    the studies and their labels (ids, study and slice labels, which have masks; not
+    paths, so the same input from another working directory matches). JSON-friendly."""
+    studies = []
+    for t in tasks:
+        if isinstance(t, ImageStudyTask):
+            studies.append([t.study_id, list(t.slice_labels), list(t.window), t.pixel_spacing, bool(t.mask_paths)])
+        else:
+            slices = sorted((t.slice_labels or {}).items())
+            studies.append([t.study_id, int(t.label), slices, bool(t.mask_path)])
+    digest = hashlib.sha256(json.dumps(studies, sort_keys=True).encode()).hexdigest()[:16]
+    return {
+        "schema_version": records.SCHEMA_VERSION,
+        "geometry": {"out_spacing": pcfg.out_spacing, "fov_mm": pcfg.fov_mm, "out_size": pcfg.out_size},
+        "studies": len(studies),
+        "studies_digest": digest,
+        **(extra or {}),
+    }
+
+
+def claim_output(out, source: dict):
+    """Makes `out` a records folder of `source`, or refuses one built from other input.
+
+    A rerun into the same folder with the same input resumes (complete shards are kept);
+    with another grid, other studies or other labels it raises instead of mixing records.
+
+    Raises:
+      UserError: `out` holds records of another source, or shards of an unknown build.
+    """
+    out = Path(out)
+    path = out / SOURCE_FILE
+    if path.exists():
+        try:
+            found = json.loads(path.read_text())
+        except ValueError:
+            found = None
+        if found != source:
+            diff = sorted(k for k in set(source) | set(found or {}) if (found or {}).get(k) != source.get(k))
+            raise UserError(
+                f"{out} holds records built from other input ({', '.join(diff) or SOURCE_FILE} differ); "
+                "use another --out or delete the folder"
+            )
+        return
+    if out.exists() and any(out.glob(f"*{records.SHARD_SUFFIX}")):
+        raise UserError(f"{out} holds shards without {SOURCE_FILE} (unknown build); use another --out or delete them")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, json.dumps(source, indent=2, sort_keys=True))
+
+
+def run_local(tasks, skipped_rows, out, shards, workers, pcfg, progress=True, source_extra=None):
+    """Converts with a process pool; resumable. Returns (manifest table, summary).
+
+    `out` records its source (`build_source`, plus `source_extra`); a rerun with the same
+    source keeps complete shards, one with another source is refused (`claim_output`).
+    """
     import multiprocessing as mp
 
     import pandas as pd
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output(out, build_source(pcfg, tasks, source_extra))
     shards = max(1, min(shards, len(tasks))) if tasks else 1
     jobs = [
         (str(out / records.shard_name(i, shards)), tasks[i::shards], pcfg) for i in range(shards)
     ]
-    for stale in out.glob("*.tmp"):
-        stale.unlink()  # leftovers of a killed run
+    atomic.clean_stale(out)  # leftovers of a killed run
     if workers <= 1:
         parts = [_convert_shard(job) for job in _progress(jobs, progress)]
     else:

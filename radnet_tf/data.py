@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from radnet_tf import preprocess, records
 from radnet_tf.errors import UserError
-from radnet_tf.model import MASK_OUTPUTS, OUTPUT_SLICE, PAD_VALUE
+from radnet_tf.contract import IGNORE_LABEL, MASK_OUTPUTS, OUTPUT_SLICE, PAD_VALUE
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -200,7 +200,7 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_ba
     windows = cfg.preprocess_config().windows
 
     def to_example(study, element_seed):
-        study = crop_window(study, cfg.window, element_seed)
+        study = crop_window(study, cfg.crop_slices, element_seed)
         image = preprocess.window_channels(study["image"], windows)
         y = _targets(study, with_masks)
         mask = y.get(MASK_OUTPUTS[0], tf.zeros_like(image[..., :1]))
@@ -209,12 +209,12 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_ba
             j = cfg.intensity_jitter
             gain = _uniform(element_seed, 4, 1 - j, 1 + j)
             image = tf.clip_by_value(image * gain + _uniform(element_seed, 5, -j, j), 0.0, 1.0)
-        image = _pad_to(image, cfg.window, PAD_VALUE)
-        y[OUTPUT_SLICE] = _pad_to(y[OUTPUT_SLICE], cfg.window, -1.0)
+        image = _pad_to(image, cfg.crop_slices, PAD_VALUE)
+        y[OUTPUT_SLICE] = _pad_to(y[OUTPUT_SLICE], cfg.crop_slices, float(IGNORE_LABEL))
         if with_masks:
             # augmentation preserves the -1 "no mask" value only inside the image; rebuild it
             mask = tf.where(study["has_mask"], mask, -tf.ones_like(mask))
-            mask = _pad_to(mask, cfg.window, -1.0)
+            mask = _pad_to(mask, cfg.crop_slices, float(IGNORE_LABEL))
             for name in MASK_OUTPUTS:
                 y[name] = mask
         return image, y
@@ -234,7 +234,7 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_ba
         tf.data.Dataset.zip((mixed, element_seeds))
         .map(to_example, num_parallel_calls=AUTOTUNE, deterministic=True)
         .batch(batch_size, drop_remainder=True)
-        .map(lambda x, y: (tf.ensure_shape(x, [batch_size, cfg.window, n, n, cfg.input_channels]), y))
+        .map(lambda x, y: (tf.ensure_shape(x, [batch_size, cfg.crop_slices, n, n, cfg.input_channels]), y))
         .prefetch(AUTOTUNE)
     )
     # Every worker builds the same stream; tf.distribute splits each global batch between
@@ -276,11 +276,11 @@ def eval_dataset(
     ds = ds.map(to_example, num_parallel_calls=AUTOTUNE)
     n = cfg.input_size
     y_shapes = {OUTPUT_SLICE: [None]}
-    y_pad = {OUTPUT_SLICE: -1.0}
+    y_pad = {OUTPUT_SLICE: float(IGNORE_LABEL)}
     if with_masks:
         for name in MASK_OUTPUTS:
             y_shapes[name] = [None, n, n, 1]
-            y_pad[name] = -1.0
+            y_pad[name] = float(IGNORE_LABEL)
     shapes = ([None, n, n, cfg.input_channels], y_shapes)
     pads = (PAD_VALUE, y_pad)
     if with_keys:

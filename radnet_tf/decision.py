@@ -9,13 +9,20 @@ positive. With a slice threshold t:
                          probability: the highest probability sustained over K slices.
 
 `ct_positive(t) == (ct_score >= t)` for every t, so ct_score gives CT-level ROC curves that
-agree with the rule. A study with fewer than K slices scores 0 (never positive).
+agree with the rule.
+
+Studies shorter than K (a single slice, a 2-D image data set): the rule is applied with
+K' = min(K, S) (`applied_min_run`), so a one-slice study is positive when its slice is, and
+every caller reports K' beside the verdict (`min_run_applied`). K and t have no defaults
+here: they come from `Config` (ct_min_run, slice_threshold) or an export's metadata.
 """
 
 import numpy as np
 
-DEFAULT_MIN_RUN = 3
-DEFAULT_THRESHOLD = 0.5
+
+def applied_min_run(num_slices, min_run):
+    """K' = min(K, S) for a study of S >= 1 slices (K for an empty study)."""
+    return int(min_run) if num_slices < 1 else int(min(int(min_run), int(num_slices)))
 
 
 def longest_run_np(positive):
@@ -27,42 +34,61 @@ def longest_run_np(positive):
     return best
 
 
-def ct_score_np(probs, min_run=DEFAULT_MIN_RUN):
-    """Highest probability sustained over `min_run` consecutive slices (float)."""
+def ct_score_np(probs, min_run):
+    """Highest probability sustained over K' = min(min_run, S) consecutive slices (float;
+    0 for an empty study)."""
     probs = np.asarray(probs, np.float64)
-    if probs.size < min_run:
+    if probs.size == 0:
         return 0.0
-    windows = np.lib.stride_tricks.sliding_window_view(probs, min_run)
+    windows = np.lib.stride_tricks.sliding_window_view(probs, applied_min_run(probs.size, min_run))
     return float(windows.min(axis=1).max())
 
 
-def ct_decision_np(probs, threshold=DEFAULT_THRESHOLD, min_run=DEFAULT_MIN_RUN):
-    """dict(ct_positive bool, ct_score float, longest_positive_run int) for one study."""
-    run = longest_run_np(np.asarray(probs) >= threshold)
+def ct_decision_np(probs, threshold, min_run):
+    """The rule for one study (NumPy).
+
+    Args:
+      probs: float [S] slice probabilities. threshold: slice threshold t. min_run: K.
+    Returns:
+      dict: ct_positive bool, ct_score float, longest_positive_run int, min_run_applied
+      int (K' = min(K, S)).
+    """
+    probs = np.asarray(probs, np.float64)
+    k = applied_min_run(probs.size, min_run)
+    run = longest_run_np(probs >= threshold)
     return {
-        "ct_positive": bool(run >= min_run),
+        "ct_positive": bool(probs.size > 0 and run >= k),
         "ct_score": ct_score_np(probs, min_run),
         "longest_positive_run": int(run),
+        "min_run_applied": k,
     }
 
 
-def ct_decision(probs, threshold=DEFAULT_THRESHOLD, min_run=DEFAULT_MIN_RUN):
+def ct_decision(probs, threshold, min_run):
     """TF version (core ops only, servable) for one study.
 
     Args:
-      probs: float32 [S] slice probabilities.
+      probs: float32 [S] slice probabilities. threshold: float t. min_run: int K.
     Returns:
-      dict: ct_positive bool [], ct_score float32 [], longest_positive_run int32 [].
+      dict: ct_positive bool [], ct_score float32 [], longest_positive_run int32 [],
+      min_run_applied int32 [] (K' = min(K, S)).
     """
     import tensorflow as tf  # the NumPy half of this module works without TensorFlow
 
     probs = tf.convert_to_tensor(probs, tf.float32)
+    num = tf.size(probs)
+    k = tf.where(num > 0, tf.minimum(tf.constant(int(min_run), tf.int32), num), int(min_run))
     positive = tf.cast(probs >= threshold, tf.int32)
     runs = tf.scan(lambda run, p: (run + 1) * p, positive, initializer=tf.constant(0, tf.int32))
     longest = tf.reduce_max(tf.concat([runs, [0]], 0))
-    windows = tf.signal.frame(probs, min_run, 1)  # [S - K + 1, K]; empty when S < K
+    windows = tf.signal.frame(probs, k, 1)  # [S - K' + 1, K']; empty when S = 0
     score = tf.reduce_max(tf.concat([tf.reduce_min(windows, axis=1), [0.0]], 0))
-    return {"ct_positive": longest >= min_run, "ct_score": score, "longest_positive_run": longest}
+    return {
+        "ct_positive": tf.logical_and(num > 0, longest >= k),
+        "ct_score": score,
+        "longest_positive_run": longest,
+        "min_run_applied": k,
+    }
 
 
 def choose_threshold(scores, labels, lo=0.05, hi=0.95) -> float:

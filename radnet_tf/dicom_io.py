@@ -12,7 +12,12 @@ What the reader guarantees:
     name or InstanceNumber), inferior to superior;
   * voxels are HU through the modality LUT, int16, with padding (PixelPaddingValue and
     anything below -1024 HU, e.g. -1500/-2000/-3024 outside the scan field of view) set to
-    air (-1024 HU) so it cannot leak into a window;
+    air (-1024 HU) so it cannot leak into a window; a slice whose HU leave the plausible
+    CT range (`HU_MAX`, or nothing above `HU_FLOOR`: a broken RescaleSlope/Intercept) is
+    refused naming the file; missing rescale tags are read as slope 1, intercept 0 and
+    reported in `warnings`;
+  * PixelSpacing must be two positive numbers;
+  * a slice whose orientation differs from the rest of its series is skipped and listed;
   * gantry tilt is detected from the geometry and, by default, corrected by shearing each
     slice in-plane (as dcm2niix does) so the stack lies on a grid orthogonal to the slices;
     `tilt="reject"` refuses tilted series instead;
@@ -34,9 +39,9 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from radnet_tf.contract import AIR_HU
 from radnet_tf.errors import DicomReadError
 
-AIR_HU = -1024
 CT_IMAGE_STORAGE = {
     "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
     "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT (single-frame use only)
@@ -44,6 +49,8 @@ CT_IMAGE_STORAGE = {
 }
 DEFAULT_SALT_ENV = "RADNET_PSEUDONYM_SALT"
 _DEFAULT_SALT = "radnet-tf-default-salt"  # sites should set RADNET_PSEUDONYM_SALT
+HU_MAX = 32767  # int16; extended-scale CT reaches ~30,000 HU on metal
+HU_FLOOR = -2048  # a slice with no voxel above this is not CT in HU
 TILT_TOLERANCE_DEG = 0.5
 SPACING_TOLERANCE = 0.1  # relative deviation from the median that counts as irregular
 
@@ -68,6 +75,7 @@ class CTSeries:
       gaps: list of (index_before_gap, missing_slice_count).
       skipped: list of (file_name, reason) for every file not used.
       slice_thickness: SliceThickness in mm (nan if absent).
+      warnings: list of str, things accepted but worth knowing (e.g. missing rescale tags).
     """
 
     hu: np.ndarray
@@ -84,6 +92,7 @@ class CTSeries:
     gaps: list = dataclasses.field(default_factory=list)
     skipped: list = dataclasses.field(default_factory=list)
     slice_thickness: float = float("nan")
+    warnings: list = dataclasses.field(default_factory=list)
 
     @property
     def num_slices(self) -> int:
@@ -106,6 +115,7 @@ class CTSeries:
             "irregular_spacing": bool(self.irregular_spacing),
             "gaps": [[int(i), int(n)] for i, n in self.gaps],
             "skipped_files": len(self.skipped),
+            "warnings": list(self.warnings),
         }
 
 
@@ -163,14 +173,36 @@ def _hu(ds, path: Path) -> np.ndarray:
         raise DicomReadError(f"{path}: cannot decode pixel data ({err})") from None
     if stored.ndim != 2:
         raise DicomReadError(f"{path}: expected a 2-D slice, got pixel array {stored.shape}")
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    hu = stored.astype(np.float32) * slope + intercept
+    try:
+        slope = float(ds.get("RescaleSlope", 1) if ds.get("RescaleSlope") is not None else 1)
+        intercept = float(ds.get("RescaleIntercept", 0) if ds.get("RescaleIntercept") is not None else 0)
+    except (TypeError, ValueError):
+        raise DicomReadError(f"{path}: RescaleSlope/RescaleIntercept are not numbers") from None
+    if not (np.isfinite(slope) and np.isfinite(intercept)) or slope <= 0:
+        raise DicomReadError(f"{path}: RescaleSlope {slope} / RescaleIntercept {intercept}: slope must be > 0 and both finite")
+    hu = stored.astype(np.float64) * slope + intercept
     pad = ds.get("PixelPaddingValue")
     if pad is not None:
         hu[stored == pad] = AIR_HU
-    np.clip(hu, AIR_HU, 32767, out=hu)  # anything below air is padding outside the FOV
+    top = float(hu.max())
+    if top > HU_MAX or top < HU_FLOOR:
+        raise DicomReadError(
+            f"{path}: HU reach {top:.0f} (max) with RescaleSlope {slope:g}, RescaleIntercept {intercept:g}: "
+            f"outside the plausible CT range (some voxel above {HU_FLOOR}, none above {HU_MAX})"
+        )
+    np.clip(hu, AIR_HU, HU_MAX, out=hu)  # anything below air is padding outside the FOV
     return np.rint(hu).astype(np.int16)
+
+
+def _pixel_spacing(ds, path) -> tuple:
+    """(row_mm, col_mm) from PixelSpacing; raises DicomReadError unless two numbers > 0."""
+    try:
+        values = tuple(float(v) for v in ds.PixelSpacing)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise DicomReadError(f"{path}: PixelSpacing must be two numbers > 0 (mm). Received: {ds.get('PixelSpacing')}")
+    return values
 
 
 def _find_gaps(spacings: np.ndarray, median: float):
@@ -284,19 +316,30 @@ def read_series(
             f"{root}: series has {len(members)} slice(s); at least {min_slices} needed"
         )
 
+    # The series' orientation is its most common one; odd slices are skipped and listed.
+    orients = [tuple(np.round(np.asarray(ds.ImageOrientationPatient, np.float64), 3)) for _, ds in members]
+    common = max(set(orients), key=orients.count)
+    kept = [m for m, o in zip(members, orients) if np.allclose(o, common, atol=1e-3)]
+    skipped.extend((p.name, "orientation differs from the rest of the series") for (p, _), o in zip(members, orients)
+                   if not np.allclose(o, common, atol=1e-3))
+    members = kept
+    if len(members) < min_slices:
+        raise DicomReadError(f"{root}: series has {len(members)} slice(s) of one orientation; at least {min_slices} needed")
     first = members[0][1]
     shape = (int(first.Rows), int(first.Columns))
     orientation = np.asarray(first.ImageOrientationPatient, np.float64)
-    pixel_spacing = tuple(float(v) for v in first.PixelSpacing)
+    pixel_spacing = _pixel_spacing(first, members[0][0])
     for path, ds in members:
         if (int(ds.Rows), int(ds.Columns)) != shape:
             raise DicomReadError(
                 f"{path}: matrix {ds.Rows}x{ds.Columns} differs from the series' {shape[0]}x{shape[1]}"
             )
-        if not np.allclose(np.asarray(ds.ImageOrientationPatient, float), orientation, atol=1e-3):
-            raise DicomReadError(f"{path}: orientation differs from the rest of the series")
-        if not np.allclose([float(v) for v in ds.PixelSpacing], pixel_spacing, rtol=1e-3):
+        if not np.allclose(_pixel_spacing(ds, path), pixel_spacing, rtol=1e-3):
             raise DicomReadError(f"{path}: pixel spacing differs from the rest of the series")
+    warnings = []
+    no_rescale = sum("RescaleSlope" not in ds or "RescaleIntercept" not in ds for _, ds in members)
+    if no_rescale:
+        warnings.append(f"{no_rescale} slice(s) without RescaleSlope/RescaleIntercept: read as slope 1, intercept 0")
 
     normal = _normal(orientation)
     ipp = np.array([np.asarray(ds.ImagePositionPatient, np.float64) for _, ds in members])
@@ -346,4 +389,5 @@ def read_series(
         gaps=gaps,
         skipped=skipped,
         slice_thickness=float(thickness) if thickness not in (None, "") else float("nan"),
+        warnings=warnings,
     )

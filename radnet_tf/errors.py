@@ -1,7 +1,4 @@
-"""User-facing errors and the one-line CLI error contract."""
-
-import functools
-import sys
+"""User-facing errors. Command-line entry points turn them into one line (radnet_tf.cli)."""
 
 
 class UserError(Exception):
@@ -13,20 +10,3 @@ class UserError(Exception):
 
 class DicomReadError(UserError):
     """A DICOM file or folder cannot be turned into a CT volume."""
-
-
-def cli_main(func):
-    """Decorates a `main(argv=None)` so `UserError` becomes one line and exit code 2."""
-
-    @functools.wraps(func)
-    def wrapper(argv=None):
-        try:
-            return func(argv)
-        except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            raise SystemExit(130) from None
-
-    return wrapper

@@ -2,13 +2,17 @@
 
     python -m radnet_tf.evaluate --model runs/default/model [--model OTHER ...] \
         --data RECORDS [--split validation|train|all] [--val-data RECORDS] \
-        [--target-sensitivity 0.95] [--readers reads.csv --manifest manifest.csv] --out DIR
+        [--threshold T] [--min-run K] [--target-sensitivity 0.95] \
+        [--readers reads.csv --manifest manifest.csv] --out DIR
 
-Per model (a model dir with best/final.keras, or a SavedModel version dir): slice
-probabilities -> CT verdict with the one rule in `radnet_tf.decision` (>= K consecutive
-slices at the slice threshold) and the continuous CT score. Outputs in DIR/<model name>/:
+Per model (a model dir: the model its run_info.json names; or a SavedModel version dir):
+slice probabilities -> CT verdict with the one rule in `radnet_tf.decision` (>= K
+consecutive slices at the slice threshold; K = the slice count for shorter studies) and
+the continuous CT score. --threshold / --min-run replace the model's own operating point
+to explore others. Outputs in DIR/<model name>/:
   slices.csv, studies.csv, summary.csv (slice and CT level: accuracy, recall, precision,
-  F1, specificity, ROC AUC, PR AUC, confusion counts, bootstrap 95% CIs), and PNGs:
+  F1, specificity, ROC AUC, PR AUC, confusion counts, bootstrap 95% CIs as `<metric>_lo`
+  and `<metric>_hi` columns), and PNGs:
   roc_pr.png, confusion.png, reliability.png, training_curves.png (model dirs),
   study_strips.png. Parquet copies are written when pyarrow is installed.
 Operating point: the slice threshold giving >= --target-sensitivity at CT level, chosen on
@@ -21,30 +25,28 @@ table2.md, readers_vs_model.png and kappa.csv (Cohen's kappa between readers and
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from radnet_tf.errors import UserError, cli_main
-from radnet_tf.metrics import binary_metrics, bootstrap_ci, ct_metrics, slice_table, study_table
+from radnet_tf import atomic
+from radnet_tf.cli import add_verbose, cli_main, say
+from radnet_tf.contract import SLICE_PROBABILITIES
+from radnet_tf.errors import UserError
+from radnet_tf.metrics import binary_metrics, bootstrap_ci, ct_metrics, study_table
 
 PAPER_METRICS = ("accuracy", "recall", "precision", "f1")
 
 
 def _atomic_table(frame: pd.DataFrame, path: Path):
-    tmp = Path(f"{path}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic.write_csv(frame, path)
     try:
         import pyarrow  # noqa: F401
-
-        tmp = Path(f"{path.with_suffix('.parquet')}.tmp")
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path.with_suffix(".parquet"))
     except ImportError:
-        pass
+        return
+    with atomic.atomic_path(path.with_suffix(".parquet")) as tmp:
+        frame.to_parquet(tmp, index=False)
 
 
 def _savefig(fig, path):
@@ -54,7 +56,11 @@ def _savefig(fig, path):
 
 
 class Predictor:
-    """Runs a Keras model dir or a SavedModel over one study at a time."""
+    """A Keras model dir or a SavedModel as a slice function for `radnet_tf.scoring`.
+
+    Attributes: cfg (Config, with the model's threshold and K), name (str), history
+    (training history frame or None).
+    """
 
     def __init__(self, path):
         import tensorflow as tf
@@ -69,30 +75,23 @@ class Predictor:
             self.cfg = config_from_dict(meta["config"])
             self.cfg.slice_threshold, self.cfg.ct_min_run = meta["slice_threshold"], meta["ct_min_run"]
             fn = tf.saved_model.load(str(p)).signatures["serving_default"]
-            self._fn = lambda x: fn(slices=tf.constant(x[0]))["slice_probabilities"].numpy()
+            self.slice_fn = lambda x: fn(slices=x[0])[SLICE_PROBABILITIES].numpy()
             self.name = f"{meta['model']}-v{meta['version']}"
         else:
             from radnet_tf.export import load_trained
+            from radnet_tf.scoring import keras_slice_fn
 
             model, self.cfg = load_trained(p)
-            self._fn = lambda x: model(x, training=False)["slice_probability"].numpy()[0]
+            self.slice_fn = keras_slice_fn(model, self.cfg)
             self.name = p.name if p.name not in ("model", "") else self.cfg.variant
             if (p / "history.csv").exists():
                 self.history = pd.read_csv(p / "history.csv")
 
     def predict(self, files, split):
-        from radnet_tf import data
+        """`radnet_tf.scoring.StudyPredictions` of one split of the records."""
+        from radnet_tf.scoring import predict_studies
 
-        keys, labels, probs, slice_labels = [], [], [], []
-        for x, y, meta in data.eval_dataset(files, self.cfg, 1, with_masks=False, split=split, with_keys=True):
-            s = int(x.shape[1])
-            probs.append(self._fn(x.numpy())[:s])
-            keys.append(meta["study_key"].numpy()[0].decode())
-            labels.append(int(meta["label"].numpy()[0]))
-            slice_labels.append(y["slice_probability"].numpy()[0][:s])
-        if not keys:
-            raise UserError(f"no studies in split {split!r} of the data")
-        return keys, labels, probs, slice_labels
+        return predict_studies(self.slice_fn, files, self.cfg, split)
 
 
 def threshold_for_sensitivity(studies: pd.DataFrame, target: float) -> float:
@@ -117,27 +116,28 @@ def expected_calibration_error(labels, probs, bins=10) -> float:
 
 
 def evaluate_one(pred: Predictor, files, split, out: Path, target, val_files=None, n_boot=500):
-    """Tables and figures for one model; returns (summary frame, studies frame)."""
+    """Tables and figures for one model at `pred.cfg`'s threshold and K; returns
+    (summary frame, studies frame, number of studies shorter than K)."""
+    from radnet_tf.scoring import score_studies
+
     cfg = pred.cfg
-    keys, labels, probs, slice_labels = pred.predict(files, split)
-    studies = study_table(keys, labels, probs, cfg.slice_threshold, cfg.ct_min_run)
-    slices = slice_table(keys, probs, slice_labels)
+    preds = pred.predict(files, split)
+    scored = score_studies(preds, cfg.slice_threshold, cfg.ct_min_run)
+    studies, slices = scored["studies"], scored["slices"]
     known = slices[slices.label >= 0]
-    rows = []
-    slice_m = binary_metrics(known.label, known.probability >= cfg.slice_threshold, known.probability)
-    rows.append({"level": "slice", "threshold": cfg.slice_threshold, **slice_m})
-    ct_m = ct_metrics(studies)
+    rows = [{"level": "slice", "threshold": cfg.slice_threshold, "min_run": np.nan, **scored["slice_metrics"]}]
     ci = bootstrap_ci(studies, lambda t: {k: ct_metrics(t)[k] for k in PAPER_METRICS}, n_boot=n_boot)
-    rows.append({"level": "ct", "threshold": cfg.slice_threshold, **ct_m, **{f"{k}_ci": ci[k] for k in ci}})
+    ci_cols = {f"{k}_{side}": ci[k][i] for k in ci for i, side in enumerate(("lo", "hi"))}
+    rows.append({"level": "ct", "threshold": cfg.slice_threshold, "min_run": cfg.ct_min_run, **scored["ct_metrics"], **ci_cols})
     # operating point for a target sensitivity
     if val_files is not None:
-        vk, vl, vp, _ = pred.predict(val_files, "validation")
-        basis, note = study_table(vk, vl, vp, cfg.slice_threshold, cfg.ct_min_run), "validation"
+        vp = pred.predict(val_files, "validation")
+        basis, note = study_table(vp.keys, vp.labels, vp.probs, cfg.slice_threshold, cfg.ct_min_run), "validation"
     else:
         basis, note = studies, "optimistic: chosen on the evaluated set"
     t = threshold_for_sensitivity(basis, target)
-    at = study_table(keys, labels, probs, t, cfg.ct_min_run)
-    rows.append({"level": "ct@target", "threshold": t, "threshold_basis": note, **ct_metrics(at)})
+    at = study_table(preds.keys, preds.labels, preds.probs, t, cfg.ct_min_run)
+    rows.append({"level": "ct@target", "threshold": t, "min_run": cfg.ct_min_run, "threshold_basis": note, **ct_metrics(at)})
     ece = expected_calibration_error(known.label, known.probability)
     rows[0]["ece"] = ece
     summary = pd.DataFrame(rows)
@@ -145,8 +145,8 @@ def evaluate_one(pred: Predictor, files, split, out: Path, target, val_files=Non
     _atomic_table(slices, out / "slices.csv")
     _atomic_table(studies, out / "studies.csv")
     _atomic_table(summary, out / "summary.csv")
-    plot_all(out, studies, known, probs, keys, cfg, pred.history, ci_auc=_auc_ci(studies, n_boot))
-    return summary, studies
+    plot_all(out, studies, known, preds.probs, preds.keys, cfg, pred.history, ci_auc=_auc_ci(studies, n_boot))
+    return summary, studies, scored["short_studies"]
 
 
 def _auc_ci(studies, n_boot):
@@ -219,10 +219,10 @@ def table_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fmt(value, ci=None):
+def _fmt(value, lo=None, hi=None):
     text = f"{100 * value:.2f}%"
-    if ci is not None and not (isinstance(ci, float) and np.isnan(ci)):
-        text += f" ({100 * ci[0]:.1f}-{100 * ci[1]:.1f})"
+    if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
+        text += f" ({100 * lo:.1f}-{100 * hi:.1f})"
     return text
 
 
@@ -231,7 +231,7 @@ def ablation_table(summaries: dict) -> pd.DataFrame:
     table = {"metric": list(PAPER_METRICS)}
     for name, summary in summaries.items():
         ct = summary[summary.level == "ct"].iloc[0]
-        table[name] = [_fmt(ct[m], ct.get(f"{m}_ci")) for m in PAPER_METRICS]
+        table[name] = [_fmt(ct[m], ct.get(f"{m}_lo"), ct.get(f"{m}_hi")) for m in PAPER_METRICS]
     return pd.DataFrame(table)
 
 
@@ -274,10 +274,13 @@ def reader_table(readers_csv, manifest_csv, studies: pd.DataFrame, finding="ICH"
 @cli_main
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m radnet_tf.evaluate", description=__doc__.split("\n")[0])
+    add_verbose(parser)
     parser.add_argument("--model", action="append", required=True, help="model dir or SavedModel (repeat)")
     parser.add_argument("--data", required=True, help="TFRecord folder or glob")
     parser.add_argument("--split", default="validation", choices=["validation", "train", "all"])
     parser.add_argument("--val-data", help="records to choose the operating point on (validation split)")
+    parser.add_argument("--threshold", type=float, help="slice threshold of the CT rule (default: the model's)")
+    parser.add_argument("--min-run", type=int, help="K consecutive slices of the CT rule (default: the model's)")
     parser.add_argument("--target-sensitivity", type=float, default=0.95)
     parser.add_argument("--readers", help="reader calls CSV (CQ500 reads.csv format)")
     parser.add_argument("--manifest", help="records manifest.csv (study_id -> study_key), with --readers")
@@ -288,28 +291,47 @@ def main(argv=None):
 
     if not 0 < args.target_sensitivity <= 1:
         raise UserError(f"--target-sensitivity must be in (0, 1]. Received: {args.target_sensitivity}")
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        raise UserError(f"--threshold must be in (0, 1). Received: {args.threshold}")
+    if args.min_run is not None and args.min_run < 1:
+        raise UserError(f"--min-run must be >= 1. Received: {args.min_run}")
+    if args.bootstrap < 1:
+        raise UserError(f"--bootstrap must be >= 1. Received: {args.bootstrap}")
     files = data.list_shards(args.data)
     val_files = data.list_shards(args.val_data) if args.val_data else None
     out = Path(args.out)
     summaries, last_studies = {}, None
+    from radnet_tf.scoring import short_study_note
+
     for path in args.model:
         pred = Predictor(path)
-        summary, studies = evaluate_one(pred, files, args.split, out / pred.name, args.target_sensitivity, val_files, args.bootstrap)
+        if args.threshold is not None:
+            pred.cfg.slice_threshold = args.threshold
+        if args.min_run is not None:
+            pred.cfg.ct_min_run = args.min_run
+        summary, studies, short = evaluate_one(pred, files, args.split, out / pred.name, args.target_sensitivity, val_files, args.bootstrap)
         summaries[pred.name] = summary
         last_studies = studies
         ct = summary[summary.level == "ct"].iloc[0]
-        print(f"{pred.name}: CT " + ", ".join(f"{k} {ct[k]:.3f}" for k in PAPER_METRICS) + f" (n={int(ct['n'])})")
+        note = short_study_note(short, len(studies), pred.cfg.ct_min_run)
+        if note:
+            say(f"{pred.name}: note: {note}")
+        say(
+            f"{pred.name}: CT " + ", ".join(f"{k} {ct[k]:.3f}" for k in PAPER_METRICS)
+            + f" (n={int(ct['n'])}, threshold {pred.cfg.slice_threshold:.3f}, K={pred.cfg.ct_min_run})"
+        )
     if len(summaries) > 1:
         t1 = ablation_table(summaries)
         _atomic_table(t1, out / "table1.csv")
-        (out / "table1.md").write_text(table_markdown(t1))
+        atomic.write_text(out / "table1.md", table_markdown(t1))
     if args.readers:
         if not args.manifest:
             raise UserError("--readers needs --manifest (the records manifest.csv)")
         t2, kappa = reader_table(args.readers, args.manifest, last_studies)
         _atomic_table(t2, out / "table2.csv")
-        (out / "table2.md").write_text(table_markdown(t2))
-        kappa.to_csv(out / "kappa.csv")
+        atomic.write_text(out / "table2.md", table_markdown(t2))
+        with atomic.atomic_path(out / "kappa.csv") as tmp:
+            kappa.to_csv(tmp)
         import matplotlib
 
         matplotlib.use("Agg")
@@ -319,7 +341,7 @@ def main(argv=None):
         t2.set_index("metric").T.plot.bar(ax=ax)
         ax.set(ylim=(0, 1), title="readers vs model (CT level)")
         _savefig(fig, out / "readers_vs_model.png")
-    print(f"wrote {out}")
+    say(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -15,13 +15,17 @@ Signatures (inputs -> outputs, one study per request):
   outputs (both):  slice_probabilities float32 [S]; masks float32 [S, N, N] (mean of the
                    three auxiliary heads' probabilities, on the model grid; zeros for the
                    `densenet` variant); ct_positive bool []; ct_score float32 [];
-                   longest_positive_run int32 [] (rule: radnet_tf.decision, with the
-                   threshold and K fixed at export)
+                   longest_positive_run int32 []; min_run_applied int32 [] (rule:
+                   radnet_tf.decision, threshold and K fixed at export; K' = min(K, S))
 
-Only core TF ops are in the graph (the LSTM is rebuilt with use_cudnn=False). Bad inputs
-(zero slices, non-finite values, non-positive spacing, wrong shape) fail with
-INVALID_ARGUMENT. `assets.extra/tf_serving_warmup_requests` holds warm-up requests and
-`assets/radnet_metadata.json` the window, geometry, K, threshold, versions and config digest.
+Only core TF ops are in the graph (the LSTM is rebuilt with use_cudnn=False). The inputs
+are declared with unknown rank and checked in-graph, so a server (which feeds tensors
+without Python-side checks) answers INVALID_ARGUMENT with a message naming the expected
+shape for: wrong rank, wrong slice size or channel count, zero slices, more than
+MAX_SLICES slices, NaN/Inf, non-positive or non-finite spacing.
+`assets.extra/tf_serving_warmup_requests` holds warm-up requests and
+`assets/radnet_metadata.json` the window, geometry, K, threshold, versions, config digest
+and `trained_on` (what the model was trained on).
 """
 
 from __future__ import annotations
@@ -29,18 +33,50 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from radnet_tf.errors import UserError, cli_main
+from radnet_tf import atomic
+from radnet_tf.cli import add_verbose, cli_main, say
+from radnet_tf.contract import (
+    CT_POSITIVE,
+    CT_SCORE,
+    LONGEST_POSITIVE_RUN,
+    MASK_OUTPUTS,
+    MASKS,
+    MIN_RUN_APPLIED,
+    OUTPUT_SLICE,
+    SLICE_PROBABILITIES,
+)
+from radnet_tf.errors import UserError
 
 METADATA_FILE = "radnet_metadata.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
+MAX_SLICES = 1024  # slices per request (a 0.5 mm whole-head series has ~500)
+MAX_MATRIX = 4096  # rows or columns of a predict_hu slice
+
+
+def model_file(model_dir) -> Path:
+    """The file that is the model of a trainer's model dir: `run_info.json`'s `model_file`.
+
+    Raises:
+      UserError: no run_info.json, or it names no model (training did not finish), or the
+        named file is missing.
+    """
+    p = Path(model_dir)
+    info_path = p / "run_info.json"
+    if not info_path.exists():
+        raise UserError(f"{p}: no run_info.json (not a radnet-tf model dir); give the .keras file instead")
+    name = json.loads(info_path.read_text()).get("model_file")
+    if not name:
+        raise UserError(f"{p}: run_info.json names no model file (training did not finish)")
+    if not (p / name).exists():
+        raise UserError(f"{p}: run_info.json names {name}, which is missing")
+    return p / name
 
 
 def load_trained(path):
-    """(keras model, Config) from a model dir (best.keras, else final.keras) or .keras file."""
+    """(keras model, Config) from a model dir (the file its run_info.json names) or a
+    .keras file (with config.json beside it)."""
     import keras
 
     from radnet_tf import losses  # noqa: F401  (registers custom objects)
@@ -49,10 +85,7 @@ def load_trained(path):
 
     p = Path(path)
     if p.is_dir():
-        candidates = [p / "best.keras", p / "final.keras"]
-        keras_file = next((c for c in candidates if c.exists()), None)
-        if keras_file is None:
-            raise UserError(f"{p}: no best.keras or final.keras in the model dir")
+        keras_file = model_file(p)
         config_file = p / "config.json"
     elif p.suffix == ".keras" and p.exists():
         keras_file, config_file = p, p.parent / "config.json"
@@ -88,53 +121,86 @@ def make_archive(model, cfg, threshold, min_run):
 
     from radnet_tf import preprocess
     from radnet_tf.decision import ct_decision
-    from radnet_tf.model import MASK_OUTPUTS
 
-    n = cfg.input_size
+    n, c = cfg.input_size, cfg.input_channels
     pcfg = cfg.preprocess_config()
 
+    def check(condition, message):
+        return tf.debugging.Assert(condition, [tf.constant(message)])
+
+    def padded_dims(x, rank):
+        """The first `rank` dims of x's shape, -1 where x has fewer (never fails)."""
+        return tf.concat([tf.shape(x), tf.fill([rank], -1)], 0)[:rank]
+
+    # The inputs have unknown rank and every check is in the graph, so a server (which
+    # feeds tensors without Python-side checks) gets them too. Each check assumes the ones
+    # before it passed, so exactly one fails; invalid input never reaches an op that could
+    # fail on its shape (tf.cond hands the model a dummy instead), so the error a client
+    # sees is always the check's message.
     def run(slices):
+        want = f"slices must be float32 [S, {n}, {n}, {c}]"
+        dims = padded_dims(slices, 4)
+        rank_ok = tf.equal(tf.rank(slices), 4)
+        size_ok = rank_ok & tf.reduce_all(tf.equal(dims[1:], [n, n, c]))
+        count_ok = size_ok & (dims[0] > 0) & (dims[0] <= MAX_SLICES)
+        finite = tf.reduce_all(tf.math.is_finite(slices))
         checks = [
-            tf.debugging.assert_positive(tf.shape(slices)[0], message="request has zero slices"),
-            tf.debugging.assert_all_finite(slices, message="slices contain NaN or Inf"),
+            check(rank_ok, f"{want}: wrong rank"),
+            check(~rank_ok | size_ok, f"{want}: wrong slice size or channel count"),
+            check(~size_ok | (dims[0] > 0), "request has zero slices"),
+            check(~size_ok | (dims[0] <= MAX_SLICES), f"request has more than {MAX_SLICES} slices; send fewer slices per request"),
+            check(~count_ok | finite, "slices contain NaN or Inf"),
         ]
         with tf.control_dependencies(checks):
-            slices = tf.identity(slices)
+            slices = tf.cond(
+                count_ok & finite,
+                lambda: tf.reshape(slices, [-1, n, n, c]),
+                lambda: tf.zeros([1, n, n, c], tf.float32),
+            )
         out = model(slices[None], training=False)
-        probs = out["slice_probability"][0]
+        probs = out[OUTPUT_SLICE][0]
         heads = [out[name][0, ..., 0] for name in MASK_OUTPUTS if name in out]
         masks = tf.add_n(heads) / len(heads) if heads else tf.zeros(tf.shape(slices)[:3])
         decision = ct_decision(probs, threshold, min_run)
         return {
-            "slice_probabilities": probs,
-            "masks": masks,
-            "ct_positive": decision["ct_positive"],
-            "ct_score": decision["ct_score"],
-            "longest_positive_run": decision["longest_positive_run"],
+            SLICE_PROBABILITIES: probs,
+            MASKS: masks,
+            CT_POSITIVE: decision["ct_positive"],
+            CT_SCORE: decision["ct_score"],
+            LONGEST_POSITIVE_RUN: decision["longest_positive_run"],
+            MIN_RUN_APPLIED: decision["min_run_applied"],
         }
 
     def serve_hu(hu, pixel_spacing):
+        dims = padded_dims(hu, 3)
+        rank_ok = tf.equal(tf.rank(hu), 3)
+        count_ok = rank_ok & (dims[0] > 0) & (dims[0] <= MAX_SLICES)
+        size_ok = count_ok & tf.reduce_all(dims[1:] >= 8) & tf.reduce_all(dims[1:] <= MAX_MATRIX)
+        spacing = tf.concat([tf.reshape(pixel_spacing, [-1]), [1.0, 1.0]], 0)[:2]
+        spacing_shape_ok = tf.equal(tf.size(pixel_spacing), 2)
+        spacing_ok = spacing_shape_ok & tf.reduce_all(tf.math.is_finite(spacing)) & tf.reduce_all(spacing > 0)
         checks = [
-            tf.debugging.assert_positive(tf.shape(hu)[0], message="request has zero slices"),
-            tf.debugging.assert_greater_equal(tf.shape(hu)[1:], 8, message="slices must be at least 8x8"),
-            tf.debugging.assert_positive(pixel_spacing, message="pixel_spacing must be > 0"),
+            check(rank_ok, "hu must be int16 [S, H, W]: wrong rank"),
+            check(~rank_ok | (dims[0] > 0), "request has zero slices"),
+            check(~rank_ok | (dims[0] <= MAX_SLICES), f"request has more than {MAX_SLICES} slices; send fewer slices per request"),
+            check(~count_ok | tf.reduce_all(dims[1:] >= 8), "hu slices must be at least 8x8"),
+            check(~count_ok | tf.reduce_all(dims[1:] <= MAX_MATRIX), f"hu slices must be at most {MAX_MATRIX}x{MAX_MATRIX}"),
+            check(~size_ok | spacing_shape_ok, "pixel_spacing must be float32 [2] (row, col mm)"),
+            check(~(size_ok & spacing_shape_ok) | spacing_ok, "pixel_spacing must be > 0 and finite"),
         ]
+        valid = size_ok & spacing_ok
         with tf.control_dependencies(checks):
-            hu = tf.identity(hu)
-        return run(preprocess.preprocess_study(hu, pixel_spacing, pcfg))
+            hu = tf.cond(valid, lambda: tf.reshape(hu, dims), lambda: tf.fill([1, 8, 8], tf.constant(-1024, tf.int16)))
+            spacing = tf.where(valid, spacing, tf.ones([2]))
+        return run(preprocess.preprocess_study(hu, spacing, pcfg))
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        "serving_default", run, input_signature=[tf.TensorSpec([None, n, n, cfg.input_channels], tf.float32, name="slices")]
-    )
+    archive.add_endpoint("serving_default", run, input_signature=[tf.TensorSpec(None, tf.float32, name="slices")])
     archive.add_endpoint(
         "predict_hu",
         serve_hu,
-        input_signature=[
-            tf.TensorSpec([None, None, None], tf.int16, name="hu"),
-            tf.TensorSpec([2], tf.float32, name="pixel_spacing"),
-        ],
+        input_signature=[tf.TensorSpec(None, tf.int16, name="hu"), tf.TensorSpec(None, tf.float32, name="pixel_spacing")],
     )
     return archive
 
@@ -168,8 +234,11 @@ def next_version(export_dir) -> int:
     return max(versions, default=0) + 1
 
 
-def export_model(model, cfg, export_dir, version=None, threshold=None, min_run=None, warmup=True):
-    """Exports `model` to `export_dir/<version>` atomically; returns that path."""
+def export_model(model, cfg, export_dir, version=None, threshold=None, min_run=None, warmup=True, trained_on=None):
+    """Exports `model` to `export_dir/<version>` atomically; returns that path.
+
+    `trained_on` (str) goes into the metadata: what the model learned from (e.g. the
+    synthetic phantom and its generator version, or the user's records)."""
     import keras
     import tensorflow as tf
 
@@ -186,8 +255,7 @@ def export_model(model, cfg, export_dir, version=None, threshold=None, min_run=N
     if final.exists():
         raise UserError(f"{final} exists; choose another --version")
     archive = make_archive(servable_copy(model, cfg), cfg, threshold, min_run)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=root))
-    try:
+    with atomic.atomic_path(final) as tmp:
         archive.write_out(str(tmp), verbose=False)
         metadata = {
             "model": cfg.variant,
@@ -203,6 +271,8 @@ def export_model(model, cfg, export_dir, version=None, threshold=None, min_run=N
             "input_size": cfg.input_size,
             "ct_min_run": min_run,
             "slice_threshold": threshold,
+            "short_study_rule": "studies with fewer than ct_min_run slices use K = their slice count",
+            "trained_on": trained_on or "unknown",
             "masks": "mean of the three auxiliary-head probabilities" if cfg.variant != "densenet" else "none (zeros)",
             "config_digest": cfg.digest(),
             "config": cfg.to_dict(),
@@ -213,11 +283,16 @@ def export_model(model, cfg, export_dir, version=None, threshold=None, min_run=N
             (tmp / "assets.extra").mkdir(exist_ok=True)
             _warmup_requests(tmp / "assets.extra" / WARMUP_FILE, cfg.input_size, cfg.input_channels)
         os.chmod(tmp, 0o755)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
+
+
+def trained_on_from(cfg) -> str:
+    """What `cfg` trains on, for the metadata: the synthetic phantom or the user's records."""
+    if not cfg.data:
+        from radnet_tf.synth import GENERATOR_VERSION
+
+        return f"synthetic phantom (radnet_tf.synth generator version {GENERATOR_VERSION})"
+    return f"records: {cfg.data}"
 
 
 def read_metadata(saved_model_dir) -> dict:
@@ -231,15 +306,17 @@ def read_metadata(saved_model_dir) -> dict:
 @cli_main
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m radnet_tf.export", description=__doc__.split("\n")[0])
-    parser.add_argument("model", help="model dir (best.keras / final.keras + config.json) or .keras file")
+    add_verbose(parser)
+    parser.add_argument("model", help="model dir (the model its run_info.json names) or .keras file")
     parser.add_argument("--out", default=None, help="export root (default: config export_dir)")
     parser.add_argument("--version", type=int, default=None, help="version number (default: next free)")
     parser.add_argument("--threshold", type=float, default=None, help="slice threshold (default: config)")
     parser.add_argument("--min-run", type=int, default=None, help="K consecutive slices (default: config)")
     args = parser.parse_args(argv)
     model, cfg = load_trained(args.model)
-    path = export_model(model, cfg, args.out or cfg.export_dir, args.version, args.threshold, args.min_run)
-    print(f"exported {cfg.variant} to {path}")
+    path = export_model(model, cfg, args.out or cfg.export_dir, args.version, args.threshold, args.min_run,
+                        trained_on=trained_on_from(cfg))
+    say(f"exported {cfg.variant} to {path}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ BCE and the three mask BCEs, each averaged over its valid elements per study.
 import keras
 from keras import ops
 
-IGNORE = -1.0
+from radnet_tf.contract import IGNORE_LABEL, OUTPUT_SLICE
+
+IGNORE = float(IGNORE_LABEL)
 
 
 @keras.saving.register_keras_serializable(package="radnet_tf")
@@ -103,7 +105,7 @@ def compile_losses(config, output_names):
     """Loss and loss-weight dicts for `model.compile` from a Config."""
     losses, weights = {}, {}
     for name in output_names:
-        if name == "slice_probability":
+        if name == OUTPUT_SLICE:
             losses[name] = MaskedBinaryCrossentropy(name=f"{name}_bce")
             weights[name] = float(config.slice_loss_weight)
         else:

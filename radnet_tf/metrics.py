@@ -33,8 +33,9 @@ def binary_metrics(y_true, y_pred, y_score=None) -> dict:
     return out
 
 
-def study_table(study_keys, labels, slice_probs, threshold=0.5, min_run=3) -> pd.DataFrame:
-    """One row per study: key, label, ct_positive, ct_score, longest_positive_run, slices."""
+def study_table(study_keys, labels, slice_probs, threshold, min_run) -> pd.DataFrame:
+    """One row per study: study_key, label, num_slices, ct_positive, ct_score,
+    longest_positive_run, min_run_applied (K' = min(K, S): the rule for short studies)."""
     rows = []
     for key, label, probs in zip(study_keys, labels, slice_probs):
         rows.append({"study_key": key, "label": int(label), "num_slices": len(probs), **ct_decision_np(probs, threshold, min_run)})

@@ -29,9 +29,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-PAD_VALUE = -1.0
-OUTPUT_SLICE = "slice_probability"
-MASK_OUTPUTS = ("mask_1", "mask_2", "mask_3")
+from radnet_tf.contract import MASK_OUTPUTS, OUTPUT_SLICE, PAD_VALUE
 
 
 @keras.saving.register_keras_serializable(package="radnet_tf")

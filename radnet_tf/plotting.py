@@ -1,6 +1,5 @@
 """Small matplotlib helpers shared by inspect, predict and evaluate (headless, atomic)."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,10 @@ def grid_indices(num_slices, max_slices, max_cols=8):
 
 def save_figure(fig, path, dpi=80):
     """Writes a figure to `path` atomically (temporary file, then rename) and closes it."""
-    tmp = Path(f"{path}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    pyplot().close(fig)
-    os.replace(tmp, path)
+    from radnet_tf import atomic
+
+    try:
+        with atomic.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        pyplot().close(fig)

@@ -6,6 +6,10 @@ verdict, score, per-slice probabilities, longest run, estimated hemorrhage volum
 geometry, timings) and, with --out, writes `overview.png` (slices in brain window with mask
 contours and probabilities, plus the probability strip) and `prediction.json`.
 
+A single DICOM file (or a one-slice series) works: the CT rule is then applied with
+K = the slice count, and the JSON's `rule` says so. A model trained on the synthetic
+phantom prints a one-line warning when applied to real DICOM.
+
 Hemorrhage volume: mask voxels (fused mask >= 0.5 on the model grid) x out_spacing^2 x
 slice spacing, in mL. No patient identifier is printed or written: the study is named by
 its pseudonymous key.
@@ -15,13 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from radnet_tf.errors import UserError, cli_main
+from radnet_tf import atomic
+from radnet_tf.cli import add_verbose, cli_main, say
+from radnet_tf.contract import CT_POSITIVE, CT_SCORE, LONGEST_POSITIVE_RUN, MASKS, MIN_RUN_APPLIED, SLICE_PROBABILITIES
+from radnet_tf.errors import UserError
 
 
 def load_saved_model(path):
@@ -51,29 +57,43 @@ def predict_series(series, saved, meta):
     )
     out = {k: v.numpy() for k, v in out.items()}
     model_s = time.perf_counter() - t0
-    probs = out["slice_probabilities"]
+    probs = out[SLICE_PROBABILITIES]
     check = ct_decision_np(probs, meta["slice_threshold"], meta["ct_min_run"])
-    assert check["ct_positive"] == bool(out["ct_positive"])  # one rule, two implementations
+    if check["ct_positive"] != bool(out[CT_POSITIVE]):  # one rule, two implementations
+        raise RuntimeError(f"CT rule disagrees between the export and radnet_tf.decision: {check}")
     spacing = meta["out_spacing_mm"]
-    slice_mm = series.slice_spacing if np.isfinite(series.slice_spacing) else (series.slice_thickness or 0.0)
-    volume_ml = float((out["masks"] >= 0.5).sum() * spacing * spacing * slice_mm / 1000.0)
+    slice_mm = series.slice_spacing if np.isfinite(series.slice_spacing) else series.slice_thickness
+    slice_mm = float(slice_mm) if np.isfinite(slice_mm) else 0.0
+    volume_ml = float((out[MASKS] >= 0.5).sum() * spacing * spacing * slice_mm / 1000.0)
     result = {
         "study_key": series.study_key,
-        "ct_positive": bool(out["ct_positive"]),
-        "ct_score": round(float(out["ct_score"]), 4),
-        "longest_positive_run": int(out["longest_positive_run"]),
-        "rule": f">= {meta['ct_min_run']} consecutive slices with probability >= {meta['slice_threshold']}",
-        "slice_probabilities": [round(float(p), 4) for p in probs],
-        "hemorrhage_volume_ml": round(volume_ml, 2),
+        "ct_positive": bool(out[CT_POSITIVE]),
+        "ct_score": round(float(out[CT_SCORE]), 4),
+        "longest_positive_run": int(out[LONGEST_POSITIVE_RUN]),
+        "min_run_applied": int(out.get(MIN_RUN_APPLIED, check["min_run_applied"])),
+        "rule": rule_text(meta["ct_min_run"], meta["slice_threshold"], len(probs)),
+        SLICE_PROBABILITIES: [round(float(p), 4) for p in probs],
+        "hemorrhage_volume_ml": round(volume_ml, 2) if slice_mm else None,
         "series": series.summary(),
-        "model": {"name": meta["model"], "version": meta["version"]},
+        "model": {"name": meta["model"], "version": meta["version"], "trained_on": meta.get("trained_on", "unknown")},
     }
     return result, out, model_s
 
 
+def rule_text(min_run, threshold, num_slices) -> str:
+    """The CT rule as applied to a study of `num_slices` slices, in words."""
+    from radnet_tf.decision import applied_min_run
+
+    k = applied_min_run(num_slices, min_run)
+    text = f">= {k} consecutive slices with probability >= {threshold}"
+    if k < min_run:
+        text += f" (the model's K = {min_run}, shortened to the study's {num_slices} slice(s))"
+    return text
+
+
 def overview_png(path, out, meta, probs, threshold, max_slices=48):
     """Writes the slice grid (brain window, mask contours, probabilities) and the strip."""
-    from radnet_tf.decision import longest_run_np
+    from radnet_tf.decision import applied_min_run, longest_run_np
     from radnet_tf.plotting import grid_indices, pyplot, save_figure
 
     plt = pyplot()
@@ -85,8 +105,8 @@ def overview_png(path, out, meta, probs, threshold, max_slices=48):
     for k, i in enumerate(idx):
         ax = fig.add_subplot(grid[k // cols, k % cols])
         ax.imshow(slices[i], cmap="gray", vmin=0, vmax=1)
-        if out["masks"][i].max() >= 0.5:
-            ax.contour(out["masks"][i], levels=[0.5], colors="red", linewidths=0.8)
+        if out[MASKS][i].max() >= 0.5:
+            ax.contour(out[MASKS][i], levels=[0.5], colors="red", linewidths=0.8)
         ax.set_title(f"{i}: p={probs[i]:.2f}", fontsize=8, color="red" if probs[i] >= threshold else "black")
         ax.axis("off")
     ax = fig.add_subplot(grid[rows, :])
@@ -97,7 +117,8 @@ def overview_png(path, out, meta, probs, threshold, max_slices=48):
     ax.set_xlabel("slice (inferior -> superior)")
     ax.set_ylabel("p(hemorrhage)")
     ax.set_title(
-        f"longest run {longest_run_np(np.asarray(probs) >= threshold)} (positive if >= {meta['ct_min_run']})",
+        f"longest run {longest_run_np(np.asarray(probs) >= threshold)} "
+        f"(positive if >= {applied_min_run(s, meta['ct_min_run'])})",
         fontsize=9,
     )
     fig.tight_layout()
@@ -107,7 +128,8 @@ def overview_png(path, out, meta, probs, threshold, max_slices=48):
 @cli_main
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m radnet_tf.predict", description="Predict one DICOM study.")
-    parser.add_argument("dicom_dir")
+    add_verbose(parser)
+    parser.add_argument("dicom_dir", help="folder of one study, or a single DICOM file")
     parser.add_argument("--model", required=True, help="SavedModel dir (a version, or its parent: latest)")
     parser.add_argument("--out", help="folder for overview.png and prediction.json")
     parser.add_argument("--tilt", choices=["correct", "reject"], default="correct")
@@ -122,8 +144,12 @@ def main(argv=None):
     saved, meta, path = load_saved_model(args.model)
     timings["load_model_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    if args.min_slices < 1:
+        raise UserError(f"--min-slices must be >= 1. Received: {args.min_slices}")
     series = read_series(args.dicom_dir, tilt=args.tilt, min_slices=args.min_slices)
     timings["read_s"] = time.perf_counter() - t0
+    if str(meta.get("trained_on", "")).startswith("synthetic phantom"):
+        say("warning: this model was trained on the synthetic phantom only; its calls on real CT are not validated", err=True)
     result, out, model_s = predict_series(series, saved, meta)
     timings["model_s"] = model_s  # includes in-graph preprocessing
     if args.out:
@@ -131,6 +157,7 @@ def main(argv=None):
         cfg_pre = preprocess.PreprocessConfig(
             window_center=meta["window_center"],
             window_width=meta["window_width"],
+            extra_windows=(),  # the display shows the brain window only
             out_spacing=meta["out_spacing_mm"],
             fov_mm=meta["fov_mm"],
             out_size=meta["input_size"],
@@ -140,14 +167,12 @@ def main(argv=None):
         t0 = time.perf_counter()
         folder = Path(args.out)
         folder.mkdir(parents=True, exist_ok=True)
-        overview_png(folder / "overview.png", out, meta, out["slice_probabilities"], meta["slice_threshold"])
+        overview_png(folder / "overview.png", out, meta, out[SLICE_PROBABILITIES], meta["slice_threshold"])
         timings["write_s"] = time.perf_counter() - t0
     result["timings"] = {k: round(v, 3) for k, v in timings.items()}
     text = json.dumps(result, indent=2)
     if args.out:
-        tmp = Path(args.out) / "prediction.json.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, Path(args.out) / "prediction.json")
+        atomic.write_text(Path(args.out) / "prediction.json", text)
     print(text)
     return result
 

@@ -23,13 +23,15 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-AIR_HU = -1024.0
+from radnet_tf.contract import AIR_HU
+
 BODY_THRESHOLD_HU = -300.0
 
 
 @dataclasses.dataclass(frozen=True)
 class PreprocessConfig:
-    """Preprocessing parameters (one owner for the window and geometry defaults).
+    """Preprocessing parameters. No defaults here: they live in `radnet_tf.config.Config`
+    (`Config().preprocess_config()` is the paper's setting).
 
     Attributes:
       window_center: brain window centre, HU.
@@ -41,12 +43,12 @@ class PreprocessConfig:
       out_size: output matrix (square), pixels; must be >= fov_mm / out_spacing.
     """
 
-    window_center: float = 40.0
-    window_width: float = 80.0
-    extra_windows: tuple = ()
-    out_spacing: float = 1.0
-    fov_mm: float = 250.0
-    out_size: int = 256
+    window_center: float
+    window_width: float
+    extra_windows: tuple
+    out_spacing: float
+    fov_mm: float
+    out_size: int
 
     def __post_init__(self):
         for center, width in self.windows:
@@ -71,7 +73,7 @@ class PreprocessConfig:
 # ----------------------------------------------------------------------------- TensorFlow
 
 
-def brain_window(hu, center=40.0, width=80.0):
+def brain_window(hu, center, width):
     """Clips HU to a window and scales it to [0, 1].
 
     Args:
@@ -137,7 +139,7 @@ def _fov_geometry(in_shape, pixel_spacing, center, cfg):
     return scale, translation, valid
 
 
-def resample_to_fov(images, pixel_spacing, center, cfg=PreprocessConfig(), fill=AIR_HU):
+def resample_to_fov(images, pixel_spacing, center, cfg, fill=AIR_HU):
     """Resamples slices to `cfg.out_spacing` mm over a `cfg.fov_mm` FOV around `center`.
 
     Args:
@@ -163,7 +165,7 @@ def resample_to_fov(images, pixel_spacing, center, cfg=PreprocessConfig(), fill=
     return tf.where(valid[None], out, 0.0) + fill
 
 
-def preprocess_study(hu, pixel_spacing, cfg=PreprocessConfig(), center=None):
+def preprocess_study(hu, pixel_spacing, cfg, center=None):
     """HU slices of a study -> windowed, 1 mm, 250 mm FOV slices for the model.
 
     Args:
@@ -180,7 +182,7 @@ def preprocess_study(hu, pixel_spacing, cfg=PreprocessConfig(), center=None):
     return window_channels(resampled, cfg.windows)
 
 
-def resample_hu(hu, pixel_spacing, cfg=PreprocessConfig(), center=None):
+def resample_hu(hu, pixel_spacing, cfg, center=None):
     """Geometry only (for records, where the window stays a training-time choice).
 
     Returns:
@@ -192,7 +194,7 @@ def resample_hu(hu, pixel_spacing, cfg=PreprocessConfig(), center=None):
     return tf.cast(tf.round(tf.clip_by_value(out, AIR_HU, 32767.0)), tf.int16), center
 
 
-def resample_mask(mask, pixel_spacing, center, cfg=PreprocessConfig()):
+def resample_mask(mask, pixel_spacing, center, cfg):
     """Resamples a binary mask [S, H, W] like the image; uint8 [S, N, N] (>= 0.5 -> 1)."""
     out = resample_to_fov(tf.cast(mask, tf.float32), pixel_spacing, center, cfg, fill=0.0)
     return tf.cast(out >= 0.5, tf.uint8)
@@ -201,7 +203,7 @@ def resample_mask(mask, pixel_spacing, center, cfg=PreprocessConfig()):
 # ----------------------------------------------------------------------------- NumPy reference
 
 
-def brain_window_np(hu, center=40.0, width=80.0):
+def brain_window_np(hu, center, width):
     """NumPy reference of `brain_window`."""
     return np.clip((np.asarray(hu, np.float64) - (center - width / 2.0)) / width, 0, 1).astype(
         np.float32
@@ -229,7 +231,7 @@ def _triangle_weights(in_len, out_len, scale, translation):
     return np.divide(w, total, out=np.zeros_like(w), where=total > 0)
 
 
-def resample_to_fov_np(images, pixel_spacing, center, cfg=PreprocessConfig(), fill=AIR_HU):
+def resample_to_fov_np(images, pixel_spacing, center, cfg, fill=AIR_HU):
     """NumPy reference of `resample_to_fov`: separable weight matrices Wr @ img @ Wc^T."""
     images = np.asarray(images, np.float64) - fill
     _, h, w = images.shape
@@ -249,7 +251,7 @@ def resample_to_fov_np(images, pixel_spacing, center, cfg=PreprocessConfig(), fi
     return out.astype(np.float32)
 
 
-def preprocess_study_np(hu, pixel_spacing, cfg=PreprocessConfig(), center=None):
+def preprocess_study_np(hu, pixel_spacing, cfg, center=None):
     """NumPy reference of `preprocess_study`; float32 [S, N, N, C]."""
     if center is None:
         center = head_center_np(hu)

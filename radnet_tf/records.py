@@ -138,15 +138,14 @@ def shard_name(index: int, count: int) -> str:
 def write_shard(path, serialized_records):
     """Writes records to `path` atomically (temporary name, then rename).
 
-    A crash leaves at most a `*.tmp` file, never a half-written shard under the final name.
-    The temporary name is unique per writer, so two processes writing the same shard (a
-    retried task, a misconfigured launcher) each rename a complete file; last one wins.
+    A crash leaves at most a temporary file (`radnet_tf.atomic`), never a half-written
+    shard under the final name. The temporary name is unique per writer, so two processes
+    writing the same shard (a retried task, a misconfigured launcher) each rename a
+    complete file; last one wins.
     """
-    import os
-    import uuid
+    from radnet_tf import atomic
 
-    tmp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    with tf.io.TFRecordWriter(tmp, options=tf.io.TFRecordOptions(compression_type=COMPRESSION)) as writer:
-        for rec in serialized_records:
-            writer.write(rec)
-    os.replace(tmp, path)
+    with atomic.atomic_path(path) as tmp:
+        with tf.io.TFRecordWriter(str(tmp), options=tf.io.TFRecordOptions(compression_type=COMPRESSION)) as writer:
+            for rec in serialized_records:
+                writer.write(rec)

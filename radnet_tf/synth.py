@@ -41,7 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-from radnet_tf.errors import UserError, cli_main
+from radnet_tf import atomic
+from radnet_tf.cli import add_verbose, cli_main, say
+from radnet_tf.errors import UserError
 
 TYPES = ("EDH", "SDH", "IPH", "IVH", "SAH")
 # Bumped whenever the same seed would give different studies (caches key on it).
@@ -428,7 +430,7 @@ def write_dicom_series(phantom: Phantom, folder, rng, identity=None):
         uids.append(sop_uid)
         meta.MediaStorageSOPInstanceUID = sop_uid
         ds.SOPInstanceUID = sop_uid
-        ds.InstanceNumber = k + 1
+        ds.InstanceNumber = int(order[k]) + 1  # not in z order: readers must sort by position
         ds.ImagePositionPatient = [-(w - 1) / 2 * sp, -(h - 1) / 2 * sp, float(phantom.z_positions[k])]
         ds.PixelData = stored[k].tobytes()
         ds.save_as(folder / f"IM{int(order[k]):05d}.dcm", enforce_file_format=True)
@@ -436,12 +438,10 @@ def write_dicom_series(phantom: Phantom, folder, rng, identity=None):
 
 
 def _atomic_csv(path: Path, header, rows):
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic.atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _write_study(args):
@@ -524,6 +524,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m radnet_tf.synth", description="Write a synthetic head-CT cohort as DICOM."
     )
+    add_verbose(parser)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--studies", type=int, default=20, help="number of studies (default 20)")
     parser.add_argument("--seed", type=int, default=0)
@@ -548,10 +549,7 @@ def main(argv=None):
     start = time.perf_counter()
     rows = generate_cohort(args.out, args.studies, args.seed, cfg, progress=True, workers=max(1, args.workers))
     positives = sum(r[1] for r in rows)
-    print(
-        f"wrote {len(rows)} studies ({positives} positive) to {args.out} "
-        f"in {time.perf_counter() - start:.1f} s"
-    )
+    say(f"wrote {len(rows)} studies ({positives} positive) to {args.out} in {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":

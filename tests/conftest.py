@@ -12,7 +12,7 @@ SHARED = REPO.parent / "shared" / "data"
 
 TINY_MODEL = dict(
     input_size=32, out_spacing=8.0, fov_mm=250.0, depth=7, growth_rate=2, initial_filters=4,
-    lstm_units=3, head_filters=2, window=4, batch_size=2, epochs=2, steps_per_epoch=2,
+    lstm_units=3, head_filters=2, crop_slices=4, batch_size=2, epochs=2, steps_per_epoch=2,
 )
 
 

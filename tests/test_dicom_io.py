@@ -21,6 +21,11 @@ def _tiny_series(folder, num_slices=4, seed=0):
 
 def test_reader_returns_phantom_voxels_in_z_order(tmp_path):
     phantom = _tiny_series(tmp_path, num_slices=5)
+    # Neither file names nor InstanceNumber follow z, so only sorting by position passes.
+    by_name = [pydicom.dcmread(f) for f in sorted(tmp_path.iterdir())]
+    by_number = sorted(by_name, key=lambda d: int(d.InstanceNumber))
+    for order in (by_name, by_number):
+        assert [float(d.ImagePositionPatient[2]) for d in order] != sorted(phantom.z_positions.tolist())
     series = read_series(tmp_path)
     assert series.hu.dtype == np.int16
     np.testing.assert_array_equal(series.hu, phantom.hu)  # sorted by position, not file name
@@ -107,7 +112,7 @@ def test_bad_input_gives_clear_error(tmp_path, case):
     expected = {
         "empty": "folder is empty",
         "not_dicom": "no DICOM files",
-        "truncated": "study",
+        "truncated": r"IM\d+\.dcm: cannot decode pixel data \(The number of bytes of pixel data is less than expected",
         "no_pixels": "no pixel data",
         "mr": "modality MR is not CT",
         "single": "at least 2 needed",
@@ -134,13 +139,13 @@ def test_localizer_and_other_files_are_skipped_and_listed(tmp_path):
 
 
 def test_cli_error_is_one_line(tmp_path, capsys):
-    from radnet_tf.inspect import main
+    from radnet_tf.inspect_series import main
 
     with pytest.raises(SystemExit) as info:
         main([str(tmp_path)])
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err
+    assert err.startswith("[radnet] error:") and "\n" not in err and "Traceback" not in err
 
 
 # ---------------------------------------------------------------- real data (../shared)

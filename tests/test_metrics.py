@@ -20,9 +20,10 @@ def test_binary_metrics_against_hand_counts():
 
 
 def test_study_table_uses_the_ct_rule():
-    t = study_table(["a", "b"], [1, 0], [np.array([0.1, 0.6, 0.7, 0.8]), np.array([0.9, 0.9, 0.1])])
-    assert list(t.ct_positive) == [True, False]
-    assert list(t.longest_positive_run) == [3, 2]
+    t = study_table(["a", "b", "c"], [1, 0, 1], [np.array([0.1, 0.6, 0.7, 0.8]), np.array([0.9, 0.9, 0.1]), np.array([0.7])], 0.5, 3)
+    assert list(t.ct_positive) == [True, False, True]
+    assert list(t.longest_positive_run) == [3, 2, 1]
+    assert list(t.min_run_applied) == [3, 3, 1]
 
 
 def _table(n, seed):

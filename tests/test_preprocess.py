@@ -1,30 +1,38 @@
 import numpy as np
 import pytest
 
+import dataclasses
+
 from radnet_tf import preprocess as P
+from radnet_tf.config import Config
+
+
+def pcfg(**overrides):
+    """The paper's preprocessing (Config defaults) with some fields replaced."""
+    return dataclasses.replace(Config().preprocess_config(), **overrides)
 
 
 def test_brain_window_exact_values():
     hu = np.arange(-20, 100, 10, dtype=np.int16)  # window 40/80 spans [0, 80] HU
     expected = np.clip((np.arange(-20, 100, 10) - 0) / 80.0, 0, 1)
-    np.testing.assert_allclose(P.brain_window(hu).numpy(), expected, atol=1e-7)
-    np.testing.assert_allclose(P.brain_window_np(hu), expected, atol=1e-7)
+    np.testing.assert_allclose(P.brain_window(hu, 40, 80).numpy(), expected, atol=1e-7)
+    np.testing.assert_allclose(P.brain_window_np(hu, 40, 80), expected, atol=1e-7)
 
 
 def test_window_channels_brain_then_extra_windows():
     hu = np.array([-100, -20, 0, 40, 80, 180, 1300], np.int16)
-    cfg = P.PreprocessConfig(extra_windows=((80, 200),))  # subdural window spans [-20, 180]
+    cfg = pcfg(extra_windows=((80, 200),))  # subdural window spans [-20, 180]
     assert cfg.windows == ((40.0, 80.0), (80.0, 200.0))
     expected = np.stack([[0, 0, 0, 0.5, 1, 1, 1], [0, 0, 0.1, 0.3, 0.5, 1, 1]], axis=-1)
     np.testing.assert_allclose(P.window_channels(hu, cfg.windows).numpy(), expected, atol=1e-7)
     with pytest.raises(ValueError, match="widths must be > 0"):
-        P.PreprocessConfig(extra_windows=((80, 0),))
+        pcfg(extra_windows=((80, 0),))
 
 
 def test_multi_window_study_tf_matches_numpy_and_keeps_brain_channel():
     hu = np.random.default_rng(1).integers(-1024, 1500, size=(2, 40, 40)).astype(np.int16)
-    one = P.PreprocessConfig(out_size=32, fov_mm=60, out_spacing=2.0)
-    two = P.PreprocessConfig(out_size=32, fov_mm=60, out_spacing=2.0, extra_windows=((80, 200),))
+    one = pcfg(out_size=32, fov_mm=60, out_spacing=2.0)
+    two = pcfg(out_size=32, fov_mm=60, out_spacing=2.0, extra_windows=((80, 200),))
     tf_two = P.preprocess_study(hu, (1.5, 1.5), two).numpy()
     assert tf_two.shape == (2, 32, 32, 2)
     np.testing.assert_allclose(tf_two, P.preprocess_study_np(hu, (1.5, 1.5), two), atol=1e-3)
@@ -43,7 +51,7 @@ def test_head_center_matches_reference_on_asymmetric_blob():
 @pytest.mark.parametrize("spacing,center", [((0.7, 1.3), (17.2, 25.9)), ((2.0, 2.0), (3.0, 40.0)), ((0.45, 0.45), (18.0, 26.0))])
 def test_resample_tf_matches_numpy_reference(spacing, center):
     x = np.random.default_rng(0).normal(size=(2, 37, 53)).astype(np.float32) * 100
-    cfg = P.PreprocessConfig(out_size=32, fov_mm=30, out_spacing=1.0)
+    cfg = pcfg(out_size=32, fov_mm=30, out_spacing=1.0)
     tf_out = P.resample_to_fov(x, spacing, center, cfg).numpy()
     np_out = P.resample_to_fov_np(x, spacing, center, cfg)
     np.testing.assert_allclose(tf_out, np_out, atol=2e-3)
@@ -53,7 +61,7 @@ def test_disk_is_resampled_to_1mm_and_centred_on_the_head():
     # A 50 mm-radius disk at 0.5 mm pixels, off-centre in a 400x400 image.
     yy, xx = np.mgrid[:400, :400]
     hu = np.where((yy - 150) ** 2 + (xx - 230) ** 2 <= 100**2, 40, -1000).astype(np.int16)[None]
-    out = P.resample_to_fov(hu, (0.5, 0.5), P.head_center(hu), P.PreprocessConfig()).numpy()[0]
+    out = P.resample_to_fov(hu, (0.5, 0.5), P.head_center(hu), pcfg()).numpy()[0]
     assert out.shape == (256, 256)
     inside = out > (40 - 1000) / 2  # half way between disk and air
     area_mm2 = inside.sum()  # 1 mm pixels
@@ -64,12 +72,12 @@ def test_disk_is_resampled_to_1mm_and_centred_on_the_head():
 
 def test_outside_fov_and_outside_image_is_air():
     hu = np.full((1, 600, 600), 40, np.int16)  # everything is "brain", 0.5 mm -> 300 mm wide
-    out = P.preprocess_study(hu, (0.5, 0.5), P.PreprocessConfig()).numpy()[0, ..., 0]
+    out = P.preprocess_study(hu, (0.5, 0.5), pcfg()).numpy()[0, ..., 0]
     # 256 px at 1 mm: the central 250 mm are brain, the 3 px borders are outside the FOV.
     assert (out[:3] == 0).all() and (out[-3:] == 0).all() and (out[:, :3] == 0).all()
     assert np.allclose(out[3:-3, 3:-3], 0.5)
     small = np.full((1, 100, 100), 40, np.int16)  # 50 mm image: the rest is air
-    out = P.preprocess_study(small, (0.5, 0.5), P.PreprocessConfig()).numpy()[0, ..., 0]
+    out = P.preprocess_study(small, (0.5, 0.5), pcfg()).numpy()[0, ..., 0]
     assert np.isclose(out[128, 128], 0.5) and out[10, 10] == 0
 
 
@@ -77,7 +85,7 @@ def test_mask_resampling_keeps_binary_mask_aligned():
     mask = np.zeros((1, 100, 100), np.uint8)
     mask[0, 20:40, 60:90] = 1
     center = (49.5, 49.5)
-    cfg = P.PreprocessConfig(out_size=64, fov_mm=100, out_spacing=2.0)
+    cfg = pcfg(out_size=64, fov_mm=100, out_spacing=2.0)
     out = P.resample_mask(mask, (1.0, 1.0), center, cfg).numpy()[0]
     assert set(np.unique(out)) <= {0, 1}
     rows, cols = np.nonzero(out)
@@ -92,7 +100,7 @@ def test_real_series_tf_matches_numpy(shared):
     from radnet_tf.dicom_io import read_series
 
     series = read_series(shared / "ge-head-tilt")
-    tf_out = P.preprocess_study(series.hu, series.pixel_spacing).numpy()
-    np_out = P.preprocess_study_np(series.hu, series.pixel_spacing)
+    tf_out = P.preprocess_study(series.hu, series.pixel_spacing, pcfg()).numpy()
+    np_out = P.preprocess_study_np(series.hu, series.pixel_spacing, pcfg())
     assert tf_out.shape == (28, 256, 256, 1)
     assert np.abs(tf_out - np_out).max() < 1e-3

@@ -24,6 +24,8 @@ def test_smoke_training_writes_checkpoint_log_and_metrics(trained_tiny):
     assert resolved["input_size"] == 32 and resolved["variant"] == "radnet"
     info = json.loads((model_dir / "run_info.json").read_text())
     assert info["data_manifest_digest"] and info["version"]
+    # validated every epoch: the model is the best epoch on held-out studies
+    assert info["model_file"] == summary["model_file"] == "best.keras"
     metrics = pd.read_csv(model_dir / "val_metrics.csv")
     assert list(metrics.level) == ["slice", "ct"]
     studies = pd.read_csv(model_dir / "val_studies.csv")
@@ -90,9 +92,40 @@ def test_val_every_zero_trains_without_validation_and_evaluates_at_the_end(tiny_
     cfg = tiny_config(data=str(tiny_records), model_dir=str(tmp_path), val_fraction=0.4, epochs=1, val_every=0)
     summary, _ = train(cfg, progress=False)
     assert not any(k.startswith("val_") for k in summary["history"])
-    assert 0.0 <= summary["ct_metrics"]["accuracy"] <= 1.0
+    studies = pd.read_csv(tmp_path / "val_studies.csv")
+    assert summary["ct_metrics"]["accuracy"] == pytest.approx((studies.ct_positive == (studies.label == 1)).mean())
     metrics = pd.read_csv(tmp_path / "val_metrics.csv")
     assert summary["ct_metrics"]["accuracy"] == pytest.approx(metrics.set_index("level").loc["ct", "accuracy"])
+
+
+def test_without_validation_every_loader_uses_the_model_that_was_evaluated(tiny_records, tmp_path):
+    """Regression: with val_every 0 a best.keras chosen on *training* AUC was kept and
+    preferred by export/evaluate over the final model that training evaluated."""
+    from radnet_tf.export import load_trained
+    from radnet_tf.train import train
+
+    (tmp_path / "best.keras").write_text("an older run's file, not this run's model")
+    cfg = tiny_config(data=str(tiny_records), model_dir=str(tmp_path), val_fraction=0.4, epochs=2, val_every=0)
+    summary, model = train(cfg, progress=False)
+    assert json.loads((tmp_path / "run_info.json").read_text())["model_file"] == "final.keras"
+    loaded, loaded_cfg = load_trained(tmp_path)
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.get_weights(), model.get_weights()))
+    assert loaded_cfg.slice_threshold == cfg.slice_threshold
+
+
+def test_backup_callback_relies_only_on_keras_members_that_exist():
+    """AtomicBackupAndRestore overrides private Keras members (see its docstring); this
+    fails on a Keras that renamed them instead of silently losing crash safety."""
+    import keras
+
+    from radnet_tf.train import _atomic_backup_class
+
+    cb = _atomic_backup_class()("/tmp/unused-backup-dir")
+    base = keras.callbacks.BackupAndRestore
+    assert callable(getattr(base, "_save_model"))
+    for name in ("_weights_path", "_training_metadata_path", "_current_epoch", "_last_batch_seen"):
+        assert hasattr(cb, name), name
+    assert keras.__version__.startswith("3.15.")
 
 
 def _run(args, env=None, **kw):
@@ -115,7 +148,7 @@ def _run(args, env=None, **kw):
 def test_bad_config_or_missing_data_is_one_line(args, message):
     proc = _run(args + ["export=false"])
     assert proc.returncode == 2
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("[radnet] error:")]
     assert len(lines) == 1 and message in lines[0]
     assert "Traceback" not in proc.stderr
 
@@ -123,7 +156,7 @@ def test_bad_config_or_missing_data_is_one_line(args, message):
 def _tiny_args(records, model_dir, epochs):
     keys = tiny_config(val_fraction=0.4, epochs=epochs, steps_per_epoch=3)
     fields = ["input_size", "out_spacing", "depth", "growth_rate", "initial_filters", "lstm_units", "head_filters",
-              "window", "batch_size", "epochs", "steps_per_epoch", "val_fraction"]
+              "crop_slices", "batch_size", "epochs", "steps_per_epoch", "val_fraction"]
     return ["--data", str(records), "--model-dir", str(model_dir), "--quiet", "export=false", "val_every=1",
             *[f"{k}={getattr(keys, k)}" for k in fields]]
 
@@ -198,7 +231,7 @@ def test_two_workers_train_with_identical_weights(tiny_records, tmp_path):
 
 @pytest.mark.slow
 def test_synthetic_cache_is_reused_and_rebuilt_when_the_spec_changes(tmp_path):
-    from radnet_tf.train import prepare_synthetic
+    from radnet_tf.synth_cache import prepare_synthetic
 
     cfg = tiny_config(work_dir=str(tmp_path), synth_studies=3, synth_slices=4, synth_matrix=64)
     rec = Path(prepare_synthetic(cfg, progress=False))

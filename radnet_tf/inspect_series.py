@@ -1,4 +1,7 @@
-"""`python -m radnet_tf.inspect DICOM_DIR [--out DIR]`: what the reader and preprocessing did.
+"""`python -m radnet_tf.inspect_series DICOM_DIR [--out DIR]`: what the reader and preprocessing did.
+
+(Named `inspect_series`, not `inspect`: a module named `inspect` shadows the standard
+library's when the package folder is on sys.path.)
 
 Prints the series found (slices, matrix, spacing, tilt, gaps, irregular spacing, skipped
 files and why) and, with --out, writes `montage.png`: the preprocessed slices (brain
@@ -12,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from radnet_tf.errors import cli_main
+from radnet_tf.cli import add_verbose, cli_main, say
 
 
 def write_montage(path, slices, max_slices=64, title=""):
@@ -34,7 +37,8 @@ def write_montage(path, slices, max_slices=64, title=""):
 
 @cli_main
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m radnet_tf.inspect", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m radnet_tf.inspect_series", description=__doc__.split("\n")[0])
+    add_verbose(parser)
     parser.add_argument("dicom_dir")
     parser.add_argument("--out", help="folder for montage.png")
     parser.add_argument("--tilt", choices=["correct", "reject"], default="correct")
@@ -58,7 +62,7 @@ def main(argv=None):
         Path(args.out).mkdir(parents=True, exist_ok=True)
         path = Path(args.out) / "montage.png"
         write_montage(path, slices, title=f"study {series.study_key}: {series.num_slices} slices")
-        print(f"wrote {path}")
+        say(f"wrote {path}", err=True)
 
 
 if __name__ == "__main__":

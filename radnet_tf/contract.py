@@ -1,0 +1,31 @@
+"""Names and sentinel values shared across the package: one owner for each.
+
+Model outputs (Keras model, dict keys):
+  OUTPUT_SLICE   "slice_probability"   float32 [B, S]
+  MASK_OUTPUTS   "mask_1".."mask_3"    float32 [B, S, N, N, 1] (auxiliary heads)
+
+Serving outputs (SavedModel signatures, one study per request):
+  SERVING_OUTPUTS  slice_probabilities float32 [S], masks float32 [S, N, N],
+                   ct_positive bool [], ct_score float32 [], longest_positive_run int32 [],
+                   min_run_applied int32 [] (the rule's K after shortening to S)
+
+Sentinels:
+  PAD_VALUE     -1.0   fills padding slices of the model input (real slices are in [0, 1])
+  IGNORE_LABEL  -1     a slice label or mask value that losses and metrics ignore
+  AIR_HU        -1024  Hounsfield units of air: padding and the area outside the scan
+"""
+
+OUTPUT_SLICE = "slice_probability"
+MASK_OUTPUTS = ("mask_1", "mask_2", "mask_3")
+
+SLICE_PROBABILITIES = "slice_probabilities"
+MASKS = "masks"
+CT_POSITIVE = "ct_positive"
+CT_SCORE = "ct_score"
+LONGEST_POSITIVE_RUN = "longest_positive_run"
+MIN_RUN_APPLIED = "min_run_applied"
+SERVING_OUTPUTS = (SLICE_PROBABILITIES, MASKS, CT_POSITIVE, CT_SCORE, LONGEST_POSITIVE_RUN, MIN_RUN_APPLIED)
+
+PAD_VALUE = -1.0
+IGNORE_LABEL = -1
+AIR_HU = -1024
