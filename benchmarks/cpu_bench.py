@@ -4,8 +4,11 @@ same process (the machines are shared and noisy; absolute times drift).
     python benchmarks/cpu_bench.py [--only ingest,synth,convert,input,model,export] [--shared ../shared/data]
     python benchmarks/cpu_bench.py --only train64     # one process per size: peak RSS is per process
     python benchmarks/cpu_bench.py --only train256
+    python benchmarks/cpu_bench.py --tiny --only all    # seconds-long smoke run (tests)
 
-Prints one JSON line per measurement.
+Prints one JSON line per measurement. `--tiny` runs every benchmark at toy sizes on data it
+makes itself (no ../shared, no trained model): the figures mean nothing, the run proves the
+script still works (tests/test_benchmarks.py).
 """
 
 import argparse
@@ -36,48 +39,64 @@ def timed(fn, repeat=1):
     return best, out
 
 
-def bench_ingest(shared):
+TINY = dict(input_size=32, out_spacing=8.0, depth=7, growth_rate=2, initial_filters=4, lstm_units=3, head_filters=2,
+            crop_slices=4, batch_size=2)
+
+
+def _tiny_series(folder, slices=4):
+    from radnet_tf import synth
+
+    cfg = synth.SynthConfig(matrix=64, num_slices=slices, pixel_spacing_range=(3.4, 3.4))
+    synth.write_dicom_series(synth.make_phantom(np.random.default_rng(0), cfg), folder, np.random.default_rng(0))
+    return folder
+
+
+def bench_ingest(folder, name="ingest_cq500_238"):
     import pydicom
 
     from radnet_tf import preprocess
+    from radnet_tf.config import Config
     from radnet_tf.dicom_io import read_series
 
-    folder = Path(shared) / "cq500" / "CQ500-CT-0"
-    files = sorted(folder.iterdir())
+    files = sorted(Path(folder).iterdir())
+    pcfg = Config().preprocess_config()
     bare, _ = timed(lambda: [pydicom.dcmread(f).pixel_array for f in files], 2)
     read, series = timed(lambda: read_series(folder), 2)
-    pre, _ = timed(lambda: preprocess.preprocess_study(series.hu, series.pixel_spacing).numpy(), 2)
+    pre, _ = timed(lambda: preprocess.preprocess_study(series.hu, series.pixel_spacing, pcfg).numpy(), 2)
     n = len(files)
-    emit(bench="ingest_cq500_238", slices=n, bare_pydicom_slices_per_s=round(n / bare, 1),
+    emit(bench=name, slices=n, bare_pydicom_slices_per_s=round(n / bare, 1),
          reader_slices_per_s=round(n / read, 1), reader_plus_preprocess_slices_per_s=round(n / (read + pre), 1),
          ratio_reader_plus_preprocess_vs_bare_decode=round(bare / (read + pre), 3))
 
 
-def bench_synth():
+def bench_synth(tiny=False):
     from radnet_tf import synth
 
+    n, cfg = (2, synth.SynthConfig(matrix=64, num_slices=4)) if tiny else (20, synth.SynthConfig())
     with tempfile.TemporaryDirectory() as tmp:
-        n = 20
-        dt, _ = timed(lambda: synth.generate_cohort(f"{tmp}/one", n, seed=0))
-        dt2, _ = timed(lambda: synth.generate_cohort(f"{tmp}/two", n, seed=0, workers=2))
-        phantom_only, _ = timed(lambda: [synth.make_phantom(np.random.default_rng([0, i])) for i in range(n)])
-    emit(bench="synth_default_512x512x32", studies=n, seconds_per_study=round(dt / n, 3),
+        dt, _ = timed(lambda: synth.generate_cohort(f"{tmp}/one", n, seed=0, cfg=cfg))
+        dt2, _ = timed(lambda: synth.generate_cohort(f"{tmp}/two", n, seed=0, cfg=cfg, workers=2))
+        phantom_only, _ = timed(lambda: [synth.make_phantom(np.random.default_rng([0, i]), cfg) for i in range(n)])
+    emit(bench=f"synth_{cfg.matrix}x{cfg.matrix}x{cfg.num_slices}", studies=n, seconds_per_study=round(dt / n, 3),
          projected_100_studies_one_core_s=round(100 * dt / n, 1), phantom_share=round(phantom_only / dt, 3),
          two_workers_seconds_per_study=round(dt2 / n, 3), speedup_two_workers=round(dt / dt2, 2))
 
 
-def bench_convert(shared_unused=None):
+def bench_convert(tiny=False):
     from radnet_tf import preprocess, synth
     from radnet_tf.config import Config
     from radnet_tf.convert import discover_tasks, load_label_tables, run_local
     from radnet_tf.dicom_io import read_series
 
+    studies, scfg = (2, synth.SynthConfig(matrix=64, num_slices=4)) if tiny else (8, synth.SynthConfig(num_slices=16))
+    grids = [("tiny_32px_8mm", Config(input_size=32, out_spacing=8.0))] if tiny else [
+        ("paper_256px_1mm", Config()), ("default_168px_1.5mm", Config(input_size=168, out_spacing=1.5))]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        synth.generate_cohort(tmp / "c", 8, seed=1, cfg=synth.SynthConfig(num_slices=16))
+        synth.generate_cohort(tmp / "c", studies, seed=1, cfg=scfg)
         labels, per_slice = load_label_tables(tmp / "c" / "labels.csv", tmp / "c" / "slice_labels.csv")
         tasks, skipped = discover_tasks(tmp / "c" / "dicom", labels, per_slice, tmp / "c" / "masks")
-        for name, cfg in (("paper_256px_1mm", Config()), ("default_128px_2mm", Config(input_size=128, out_spacing=2.0))):
+        for name, cfg in grids:
             pcfg = cfg.preprocess_config()
 
             def bare():
@@ -98,7 +117,7 @@ def bench_convert(shared_unused=None):
                  bytes_per_slice_raw=pcfg.out_size**2 * 3)
 
 
-def bench_input_and_model(records):
+def bench_input_and_model(records, overrides=()):
     import keras
 
     from radnet_tf import data
@@ -106,12 +125,12 @@ def bench_input_and_model(records):
     from radnet_tf.losses import compile_losses
     from radnet_tf.model import build_model
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml", list(overrides))
     files = data.list_shards(records)
     ds = data.train_dataset(files, cfg, cfg.batch_size)
     it = iter(ds)
     next(it)
-    steps = 30
+    steps = 3 if overrides else 30
     t0 = time.perf_counter()
     for _ in range(steps):
         next(it)
@@ -124,64 +143,68 @@ def bench_input_and_model(records):
     t_step, _ = timed(lambda: model.train_on_batch(x, y), 5)
     train_rate = cfg.batch_size * cfg.crop_slices / t_step
     # fraction of a real fit step spent waiting for input
+    fit_steps = 2 if overrides else 10
     model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)  # trace the train function first
     t0 = time.perf_counter()
-    model.fit(ds, steps_per_epoch=10, epochs=1, verbose=0)
-    fit_step = (time.perf_counter() - t0) / 10
+    model.fit(ds, steps_per_epoch=fit_steps, epochs=1, verbose=0)
+    fit_step = (time.perf_counter() - t0) / fit_steps
     emit(bench="input_vs_training_default", input_slices_per_s=round(input_rate, 1),
          train_slices_per_s=round(train_rate, 1), ratio_input_vs_training=round(input_rate / train_rate, 2),
          train_step_s=round(t_step, 3), fit_step_s=round(fit_step, 3),
          input_wait_fraction=round(max(0.0, fit_step - t_step) / fit_step, 3))
 
 
-def bench_model_cpu():
+def bench_model_cpu(tiny=False):
     import tensorflow as tf
 
     from radnet_tf.config import Config
     from radnet_tf.model import build_model
 
-    cfg = Config()
+    cfg = Config(**TINY) if tiny else Config()
+    n = cfg.input_size
     model = build_model(cfg)
     # FLOPs per slice: profile the forward pass of one 1-slice study.
     fn = tf.function(lambda x: model(x, training=False))
-    concrete = fn.get_concrete_function(tf.TensorSpec([1, 1, 256, 256, 1], tf.float32))
+    concrete = fn.get_concrete_function(tf.TensorSpec([1, 1, n, n, 1], tf.float32))
     from tensorflow.python.profiler import model_analyzer, option_builder
 
     opts = option_builder.ProfileOptionBuilder.float_operation()
     opts["output"] = "none"
     flops = model_analyzer.profile(concrete.graph, options=opts).total_float_ops
-    x = np.random.default_rng(0).uniform(size=(1, 32, 256, 256, 1)).astype(np.float32)
+    x = np.random.default_rng(0).uniform(size=(1, 32, n, n, 1)).astype(np.float32)
     model(x[:, :2])
     t_inf, _ = timed(lambda: model(x, training=False), 3)
-    a = tf.random.uniform((2048, 2048))
+    a = tf.random.uniform((256, 256) if tiny else (2048, 2048))
     tf.linalg.matmul(a, a)
     t_mm, _ = timed(lambda: tf.linalg.matmul(a, a).numpy(), 5)
-    mm_flops = 2 * 2048**3 / t_mm
+    mm_flops = 2 * int(a.shape[0]) ** 3 / t_mm
     achieved = flops * 32 / t_inf
-    emit(bench="model_cpu_256", params=model.count_params(), gflop_per_slice=round(flops / 1e9, 2),
+    emit(bench=f"model_cpu_{n}", params=model.count_params(), gflop_per_slice=round(flops / 1e9, 2),
          infer_s_per_32_slice_ct=round(t_inf, 2), infer_ms_per_slice=round(1000 * t_inf / 32, 1),
          achieved_gflops=round(achieved / 1e9, 1), matmul_gflops=round(mm_flops / 1e9, 1),
          ratio_achieved_vs_matmul=round(achieved / mm_flops, 3))
 
 
-def bench_train_step(size):
+def bench_train_step(size, tiny=False):
     """Paper-size RADnet, one 32-slice study per step, SGD: second-step time and peak RSS."""
     import resource
 
     import keras
 
     from radnet_tf.config import Config
+    from radnet_tf.contract import MASK_OUTPUTS, OUTPUT_SLICE
     from radnet_tf.losses import compile_losses
     from radnet_tf.model import build_model
 
-    cfg = Config(input_size=size, out_spacing=256.0 / size)
+    cfg = Config(**TINY) if tiny else Config(input_size=size, out_spacing=256.0 / size)
+    size = cfg.input_size
     model = build_model(cfg)
     losses, weights = compile_losses(cfg, model.output_names)
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=losses, loss_weights=weights)
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(1, 32, size, size, 1)).astype(np.float32)
-    y = {"slice_probability": (rng.uniform(size=(1, 32)) > 0.5).astype(np.float32)}
-    for name in ("mask_1", "mask_2", "mask_3"):
+    y = {OUTPUT_SLICE: (rng.uniform(size=(1, 32)) > 0.5).astype(np.float32)}
+    for name in MASK_OUTPUTS:
         y[name] = (rng.uniform(size=(1, 32, size, size, 1)) > 0.9).astype(np.float32)
     first, _ = timed(lambda: model.train_on_batch(x, y))
     step, _ = timed(lambda: model.train_on_batch(x, y), 2)
@@ -189,46 +212,93 @@ def bench_train_step(size):
          slices_per_s=round(32 / step, 2), peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
 
 
-def bench_export(shared, saved_model):
+def bench_export(folder, saved_model, model=None, cfg=None, name="predict_cq500_238"):
+    """Signature vs Keras latency, then `predict` on a DICOM folder. The Keras model is the
+    one the export came from (its model dir), unless given."""
+    import contextlib
+    import io
+
     import tensorflow as tf
 
     from radnet_tf import predict
+    from radnet_tf.contract import OUTPUT_SLICE, SLICE_PROBABILITIES
     from radnet_tf.dicom_io import read_series
     from radnet_tf.export import load_trained
 
     sm, meta, path = predict.load_saved_model(saved_model)
-    model_dir = Path(meta["config"]["work_dir"]) / "model"
-    model, cfg = load_trained(model_dir)
+    if model is None:
+        model, cfg = load_trained(Path(meta["config"]["model_dir"] or Path(meta["config"]["work_dir"]) / "model"))
     fn = sm.signatures["serving_default"]
-    n = cfg.input_size
-    for s in (32, 238):
-        x = np.random.default_rng(s).uniform(size=(s, n, n, 1)).astype(np.float32)
+    n, c = cfg.input_size, cfg.input_channels
+    for s in (4, 8) if name != "predict_cq500_238" else (32, 238):
+        x = np.random.default_rng(s).uniform(size=(s, n, n, c)).astype(np.float32)
         fn(slices=tf.constant(x))
         model(x[None], training=False)
-        t_sig, _ = timed(lambda: fn(slices=tf.constant(x))["slice_probabilities"].numpy(), 5)
-        t_keras, _ = timed(lambda: model(x[None], training=False)["slice_probability"].numpy(), 5)
+        t_sig, _ = timed(lambda: fn(slices=tf.constant(x))[SLICE_PROBABILITIES].numpy(), 5)
+        t_keras, _ = timed(lambda: model(x[None], training=False)[OUTPUT_SLICE].numpy(), 5)
         emit(bench=f"export_latency_{s}_slices_{n}px", signature_s=round(t_sig, 4), keras_s=round(t_keras, 4),
              ratio_signature_vs_keras=round(t_sig / t_keras, 3))
-    folder = Path(shared) / "cq500" / "CQ500-CT-0"
     series = read_series(folder)
     with tempfile.TemporaryDirectory() as tmp:
         predict.predict_series(series, sm, meta)  # warm the signature for this shape
         t0 = time.perf_counter()
-        result = predict.main([str(folder), "--model", str(path), "--out", tmp])
+        with contextlib.redirect_stdout(io.StringIO()):  # predict prints its JSON
+            result = predict.main([str(folder), "--model", str(path), "--out", tmp])
         total = time.perf_counter() - t0
-    emit(bench="predict_cq500_238", total_s=round(total, 2), **result["timings"])
+    emit(bench=name, total_s=round(total, 2), **result["timings"])
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--only", default="ingest,synth,convert,input,model,export")
+def run_tiny(only):
+    """Every benchmark at toy sizes on data made here (smoke run; figures mean nothing)."""
+    from radnet_tf.config import Config
+    from radnet_tf.convert import discover_tasks, load_label_tables, run_local
+    from radnet_tf import synth
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        series = _tiny_series(tmp / "series")
+        if "ingest" in only:
+            bench_ingest(series, name="ingest_tiny")
+        if "synth" in only:
+            bench_synth(tiny=True)
+        if "convert" in only:
+            bench_convert(tiny=True)
+        if "input" in only:
+            synth.generate_cohort(tmp / "c", 10, seed=3, cfg=synth.SynthConfig(matrix=64, num_slices=6, pixel_spacing_range=(3.3, 3.5)))
+            labels, per_slice = load_label_tables(tmp / "c" / "labels.csv", tmp / "c" / "slice_labels.csv")
+            tasks, skipped = discover_tasks(tmp / "c" / "dicom", labels, per_slice, tmp / "c" / "masks")
+            run_local(tasks, skipped, tmp / "r", 2, 1, Config(**TINY).preprocess_config(), progress=False)
+            bench_input_and_model(tmp / "r", [f"{k}={v}" for k, v in TINY.items()])
+        if "model" in only:
+            bench_model_cpu(tiny=True)
+        if "train" in only:
+            bench_train_step(32, tiny=True)
+        if "export" in only:
+            from radnet_tf.export import export_model
+            from radnet_tf.model import build_model
+
+            cfg = Config(**TINY, extra_windows=[[80, 200]])
+            model = build_model(cfg)
+            export_model(model, cfg, tmp / "sm", warmup=False)
+            bench_export(series, tmp / "sm", model, cfg, name="predict_tiny")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default="ingest,synth,convert,input,model,export", help="comma list, or 'all'")
+    parser.add_argument("--tiny", action="store_true", help="toy sizes on data made here: a smoke run")
     parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    parser.add_argument("--records", default="runs/default/records-128px-2mm")
+    parser.add_argument("--records", default="runs/default/records-168px-1.5mm")
     parser.add_argument("--saved-model", default="saved_models/radnet")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     only = set(args.only.split(","))
+    if "all" in only:
+        only = {"ingest", "synth", "convert", "input", "model", "export", "train"}
+    if args.tiny:
+        return run_tiny(only)
+    cq500 = Path(args.shared) / "cq500" / "CQ500-CT-0"
     if "ingest" in only:
-        bench_ingest(args.shared)
+        bench_ingest(cq500)
     if "synth" in only:
         bench_synth()
     if "convert" in only:
@@ -238,7 +308,7 @@ def main():
     if "model" in only:
         bench_model_cpu()
     if "export" in only:
-        bench_export(args.shared, args.saved_model)
+        bench_export(cq500, args.saved_model)
     for size in (64, 256):
         if f"train{size}" in only:
             bench_train_step(size)

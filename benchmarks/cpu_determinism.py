@@ -40,6 +40,7 @@ def main(argv=None):
     from radnet_tf import data
     from radnet_tf import train as trainer
     from radnet_tf.config import load_config
+    from radnet_tf.synth_cache import prepare_synthetic
 
     cfg = load_config(args.config, args.overrides)
     keras.utils.set_random_seed(cfg.seed)
@@ -47,7 +48,7 @@ def main(argv=None):
     if os.environ.get("ONE_THREAD"):
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    files = data.list_shards(args.records or trainer.prepare_synthetic(cfg, progress=False))
+    files = data.list_shards(args.records or prepare_synthetic(cfg, progress=False))
     model = trainer.build_and_compile(cfg, max(args.steps, 1))
     print(json.dumps({"initial_weights": _digest(v.numpy() for v in model.weights)}), flush=True)
     batches = iter(data.train_dataset(files, cfg, cfg.batch_size, with_masks=len(model.outputs) > 1))

@@ -43,12 +43,14 @@ def main(argv=None):
     from radnet_tf import data
     from radnet_tf import train as trainer
     from radnet_tf.config import load_config
+    from radnet_tf.synth_cache import prepare_synthetic
     from radnet_tf.decision import ct_score_np
+    from radnet_tf.scoring import keras_slice_fn, predict_studies
 
     cfg = load_config(args.config, args.overrides)
     cfg.epochs, cfg.steps_per_epoch = 1, args.steps
     keras.utils.set_random_seed(cfg.seed)
-    files = data.list_shards(args.records or trainer.prepare_synthetic(cfg, progress=False))
+    files = data.list_shards(args.records or prepare_synthetic(cfg, progress=False))
     model = trainer.build_and_compile(cfg, args.steps)
     batches = iter(data.train_dataset(files, cfg, cfg.batch_size, with_masks=len(model.outputs) > 1))
     eval_at = {int(s) for s in args.eval_at.split(",")}
@@ -62,8 +64,9 @@ def main(argv=None):
             timed_steps += 1
         if step in eval_at:
             t0 = time.perf_counter()
-            _, labels, probs, slice_labels = trainer.predict_studies(model, files, cfg)
-            p, l = np.concatenate(probs), np.concatenate(slice_labels)
+            preds = predict_studies(keras_slice_fn(model, cfg), files, cfg)
+            labels, probs = preds.labels, preds.probs
+            p, l = np.concatenate(probs), np.concatenate(preds.slice_labels)
             known = l >= 0
             scores, labels = np.array([ct_score_np(q, cfg.ct_min_run) for q in probs]), np.array(labels)
             oracle = max(((scores >= t) == labels).mean() for t in np.unique(scores))

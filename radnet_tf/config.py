@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from radnet_tf.cli import say
 from radnet_tf.errors import UserError
 
 VARIANTS = ("densenet", "densenet_a", "radnet")
@@ -263,6 +264,6 @@ def _renamed(values: dict, warn=True) -> dict:
             if new in out:
                 raise UserError(f"config key {old!r} was renamed {new!r}; give only {new!r}")
             if warn:
-                print(f"[radnet] warning: config key {old!r} is deprecated; use {new!r}", file=sys.stderr)
+                say(f"warning: config key {old!r} is deprecated; use {new!r}", err=True)
             out[new] = out.pop(old)
     return out

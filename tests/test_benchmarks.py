@@ -1,0 +1,76 @@
+"""Every benchmark script runs at a tiny size, so none can rot silently.
+
+The figures of these runs mean nothing; each test checks that the script ran to the end
+and printed the measurements it promises (names and finite numbers).
+"""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, TINY_MODEL
+
+TINY_OVERRIDES = [f"{k}={v}" for k, v in TINY_MODEL.items() if k not in ("epochs", "steps_per_epoch")] + ["val_fraction=0.4"]
+
+
+def _run(script, *args):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def _finite(row, keys):
+    for k in keys:
+        assert isinstance(row[k], (int, float)) and math.isfinite(row[k]), (k, row)
+
+
+@pytest.mark.slow
+def test_cpu_bench_tiny_runs_every_benchmark():
+    rows = {r["bench"]: r for r in _run("cpu_bench.py", "--tiny", "--only", "all")}
+    assert set(rows) == {
+        "ingest_tiny", "synth_64x64x4", "convert_tiny_32px_8mm", "input_vs_training_default", "model_cpu_32",
+        "train_step_cpu_32", "export_latency_4_slices_32px", "export_latency_8_slices_32px", "predict_tiny",
+    }
+    _finite(rows["ingest_tiny"], ["ratio_reader_plus_preprocess_vs_bare_decode"])
+    _finite(rows["export_latency_8_slices_32px"], ["ratio_signature_vs_keras"])
+    _finite(rows["predict_tiny"], ["total_s", "model_s"])
+
+
+@pytest.mark.slow
+def test_cpu_determinism_tiny(tiny_records):
+    rows = _run("cpu_determinism.py", "--steps", "2", "--records", tiny_records, "extra_windows=[]", *TINY_OVERRIDES)
+    assert [next(iter(r)) for r in rows] == ["initial_weights", "step", "step", "final_weights"]
+    assert rows[0]["initial_weights"] != rows[-1]["final_weights"]  # two steps changed the weights
+
+
+@pytest.mark.slow
+def test_cpu_recipe_tiny(tiny_records):
+    rows = _run("cpu_recipe.py", "--steps", "2", "--eval-at", "2", "--records", tiny_records, "extra_windows=[]",
+                *TINY_OVERRIDES)
+    assert len(rows) == 1 and rows[0]["step"] == 2
+    assert {"slice_auc", "ct_auc"} <= set(rows[0])  # NaN when the tiny held-out split has one class
+    _finite(rows[0], ["ct_acc_oracle", "loss", "s_per_step"])
+
+
+@pytest.mark.slow
+def test_gpu_model_tiny_on_cpu(tmp_path):
+    out = tmp_path / "gpu.jsonl"
+    rows = _run("gpu_model.py", "--tiny", "--cases", "float32:1", "--steps", "2", "--out", out)
+    assert rows[0]["backend"] == "tensorflow"
+    assert [(r["policy"], r["studies"]) for r in rows[1:]] == [("float32", 1)]
+    _finite(rows[1], ["train_slices_per_s", "infer_ms_per_ct"])
+
+
+@pytest.mark.slow
+def test_gpu_recipe_sweep_export_and_one_case_on_cpu(tiny_records, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("\n".join(o.replace("=", ": ", 1) for o in TINY_OVERRIDES) + "\n")
+    _run("gpu_recipe_sweep.py", "export", "--records", tiny_records, "--out", tmp_path / "c.npz", "--config", config)
+    rows = _run("gpu_recipe_sweep.py", "sweep", "--data", tmp_path / "c.npz", "--config", config, "--suite", "168px",
+                "--cases", "default-s0", "--steps-scale", "0.01", "--out", tmp_path / "res.jsonl")
+    assert len(rows) == 1 and "error" not in rows[0], rows
+    assert rows[0]["case"] == "default-s0" and rows[0]["steps"] == 2
