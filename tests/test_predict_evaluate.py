@@ -10,8 +10,10 @@ from radnet_tf import predict
 def saved(trained_tiny, tmp_path_factory):
     from radnet_tf.export import export_model
 
+    from radnet_tf.export import trained_on_from
+
     cfg, _, model, _ = trained_tiny
-    return export_model(model, cfg, tmp_path_factory.mktemp("sm"), warmup=False)
+    return export_model(model, cfg, tmp_path_factory.mktemp("sm"), warmup=False, trained_on=trained_on_from(cfg))
 
 
 def test_predict_on_synthetic_study(saved, tiny_cohort, tmp_path, capsys):
@@ -21,6 +23,19 @@ def test_predict_on_synthetic_study(saved, tiny_cohort, tmp_path, capsys):
     assert set(printed) >= {"ct_positive", "ct_score", "longest_positive_run", "hemorrhage_volume_ml", "series", "timings"}
     assert (tmp_path / "overview.png").stat().st_size > 1000
     assert json.loads((tmp_path / "prediction.json").read_text()) == printed
+    assert printed["min_run_applied"] == 3 and printed["model"]["trained_on"].startswith("records: ")
+
+
+def test_predict_on_a_single_dicom_file_applies_the_rule_with_k_1(saved, tiny_cohort, capsys):
+    from radnet_tf.export import read_metadata
+
+    one = sorted((tiny_cohort / "dicom" / "synth-0001").iterdir())[0]
+    result = predict.main([str(one), "--model", str(saved)])
+    t = read_metadata(saved)["slice_threshold"]
+    assert len(result["slice_probabilities"]) == 1 and result["min_run_applied"] == 1
+    assert result["rule"] == f">= 1 consecutive slices with probability >= {t} (the model's K = 3, shortened to the study's 1 slice(s))"
+    assert result["ct_positive"] == (result["slice_probabilities"][0] >= t)
+    assert result["hemorrhage_volume_ml"] is not None  # slice thickness stands in for the spacing
 
 
 @pytest.mark.slow
@@ -54,11 +69,54 @@ def test_evaluate_tables_and_figures(trained_tiny, saved, tiny_records, tmp_path
         ct = summary.set_index("level").loc["ct"]
         assert ct["accuracy"] == pytest.approx((studies.label == studies.ct_positive.astype(int)).mean())
         assert ct["tp"] == ((studies.label == 1) & studies.ct_positive).sum()
+        assert not [c for c in summary.columns if c.endswith("_ci")]
+        for metric in ("accuracy", "recall", "precision", "f1"):  # CIs as numbers, not tuple strings
+            assert ct[f"{metric}_lo"] <= ct[metric] + 1e-9 and ct[metric] <= ct[f"{metric}_hi"] + 1e-9
         for png in ("confusion.png", "study_strips.png"):
             assert (folder / png).exists()
     assert (tmp_path / model_dir.name / "training_curves.png").exists()
     table1 = pd.read_csv(tmp_path / "table1.csv")
     assert list(table1.metric) == ["accuracy", "recall", "precision", "f1"] and table1.shape[1] == 3
+
+
+def test_evaluate_threshold_and_min_run_override_the_models(saved, tiny_records, tmp_path, capsys):
+    from radnet_tf import evaluate
+
+    evaluate.main(["--model", str(saved), "--data", str(tiny_records), "--split", "all", "--bootstrap", "5",
+                   "--threshold", "0.001", "--min-run", "1", "--out", str(tmp_path)])
+    summary = pd.read_csv(tmp_path / "radnet-v1" / "summary.csv").set_index("level")
+    assert summary.loc["ct", "threshold"] == 0.001 and summary.loc["ct", "min_run"] == 1
+    studies = pd.read_csv(tmp_path / "radnet-v1" / "studies.csv")
+    slices = pd.read_csv(tmp_path / "radnet-v1" / "slices.csv")
+    expected = slices.groupby("study_key").probability.max() >= 0.001  # K = 1: any slice
+    assert studies.set_index("study_key").ct_positive.to_dict() == expected.to_dict()
+    assert "threshold 0.001, K=1" in capsys.readouterr().out
+
+
+def test_evaluate_on_one_slice_studies_says_the_rule_was_shortened(saved, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from conftest import tiny_config
+    from radnet_tf import evaluate
+    from radnet_tf.convert import image_tasks, run_local
+
+    rows = ["image,label"]
+    for i in range(4):
+        Image.fromarray((np.random.default_rng(i).uniform(size=(64, 64)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{i % 2}")
+    (tmp_path / "images.csv").write_text("\n".join(rows) + "\n")
+    tasks = image_tasks(tmp_path / "images.csv", tmp_path, (40, 80))
+    run_local(tasks, [], tmp_path / "records", 1, 1, tiny_config().preprocess_config(), progress=False)
+    evaluate.main(["--model", str(saved), "--data", str(tmp_path / "records"), "--split", "all", "--bootstrap", "5",
+                   "--out", str(tmp_path / "eval")])
+    out = capsys.readouterr().out
+    assert "note: 4 of 4 studies have fewer than K=3 slices; the CT rule was applied to them with K = their slice count" in out
+    studies = pd.read_csv(tmp_path / "eval" / "radnet-v1" / "studies.csv")
+    slices = pd.read_csv(tmp_path / "eval" / "radnet-v1" / "slices.csv").set_index("study_key")
+    t = pd.read_csv(tmp_path / "eval" / "radnet-v1" / "summary.csv").set_index("level").loc["ct", "threshold"]
+    assert (studies.min_run_applied == 1).all()
+    assert studies.ct_positive.tolist() == [slices.loc[k, "probability"] >= t for k in studies.study_key]
 
 
 def test_threshold_for_target_sensitivity():
