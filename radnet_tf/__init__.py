@@ -2,7 +2,12 @@
 
 The package reads a dependency chain you can see in the file tree:
 
-    dicom_io -> preprocess -> records -> data -> model -> train / evaluate / export / predict
+    dicom_io -> preprocess -> records -> convert -> data -> model -> scoring
+      -> train / evaluate / export / predict
+
+with small shared pieces every layer may use: `contract` (names and sentinel values),
+`config` (every default), `errors`, `atomic` (atomic writes) and `cli` (entry-point
+conventions). `distribute` and `synth_cache` serve `train` only.
 
 `build_model` is imported lazily so `import radnet_tf` stays cheap for DICOM-only users.
 """
