@@ -21,6 +21,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from radnet_tf.config import Config  # noqa: E402
+from radnet_tf.contract import MASK_OUTPUTS, OUTPUT_SLICE  # noqa: E402
 from radnet_tf.losses import compile_losses  # noqa: E402
 from radnet_tf.model import build_model  # noqa: E402
 
@@ -48,9 +49,9 @@ def run_case(cfg, policy, studies, slices, steps, log):
     rng = np.random.default_rng(0)
     n = cfg.input_size
     x = rng.uniform(size=(studies, slices, n, n, 1)).astype("float32")
-    y = {"slice_probability": (rng.uniform(size=(studies, slices)) > 0.5).astype("float32")}
+    y = {OUTPUT_SLICE: (rng.uniform(size=(studies, slices)) > 0.5).astype("float32")}
     for name in model.output_names:
-        if name.startswith("mask"):
+        if name in MASK_OUTPUTS:
             y[name] = (rng.uniform(size=(studies, slices, n, n, 1)) > 0.9).astype("float32")
     record = {
         "policy": policy,
@@ -78,7 +79,7 @@ def run_case(cfg, policy, studies, slices, steps, log):
         t0 = time.perf_counter()
         for _ in range(steps):
             out = model.predict_on_batch(one)
-        np.asarray(out["slice_probability"])
+        np.asarray(out[OUTPUT_SLICE])
         record["infer_ms_per_ct"] = round(1000 * (time.perf_counter() - t0) / steps, 2)
     except Exception as err:  # XLA reports OOM as RESOURCE_EXHAUSTED
         msg = str(err)

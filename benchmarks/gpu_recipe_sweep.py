@@ -34,6 +34,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import numpy as np  # noqa: E402
 
+from radnet_tf.contract import MASK_OUTPUTS, OUTPUT_SLICE  # noqa: E402
+
 # The first sweep (2026-11-26, 128 px / 2 mm grid, brain window only, configs/default.yaml
 # of that day); kept so its BENCHMARKS.md rows stay reproducible.
 CASES_128PX = [
@@ -148,11 +150,12 @@ def export(records, out, config="configs/default.yaml"):
     order = np.argsort(keys)
     pick = lambda xs: np.stack([xs[i] for i in order])  # noqa: E731
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    tmp = out + ".tmp.npz"
-    np.savez_compressed(tmp, images=pick(images), masks=pick(masks), slice_labels=pick(slice_labels),
-             labels=np.array(labels)[order], is_val=np.array(is_val)[order],
-             windows=np.array(windows, np.float32))
-    os.replace(tmp, out)
+    from radnet_tf import atomic
+
+    with atomic.atomic_path(out) as tmp:
+        np.savez_compressed(tmp, images=pick(images), masks=pick(masks), slice_labels=pick(slice_labels),
+                            labels=np.array(labels)[order], is_val=np.array(is_val)[order],
+                            windows=np.array(windows, np.float32))
     print(f"wrote {out}: {len(images)} studies, {sum(is_val)} validation, windows {windows}, "
           f"{os.path.getsize(out) / 2**20:.1f} MiB, TF {tf.__version__}")
 
@@ -206,8 +209,8 @@ class Sampler:
         parts = [self.window(i) for i in ids]
         x = np.stack([p[0] for p in parts])
         mask = np.stack([p[1] for p in parts])[..., None]
-        y = {"slice_probability": np.stack([p[2] for p in parts])}
-        for name in ("mask_1", "mask_2", "mask_3"):
+        y = {OUTPUT_SLICE: np.stack([p[2] for p in parts])}
+        for name in MASK_OUTPUTS:
             y[name] = mask
         return x, y
 
@@ -227,7 +230,7 @@ def _predict(model, images, batch=8):
         x = images[i : i + batch].astype(np.float32) / 255.0
         if len(x) < batch:  # one compiled shape
             x = np.concatenate([x, np.full((batch - len(x),) + x.shape[1:], -1.0, np.float32)])
-        out.append(np.asarray(model.predict_on_batch(x)["slice_probability"]))
+        out.append(np.asarray(model.predict_on_batch(x)[OUTPUT_SLICE]))
     return np.concatenate(out)[: len(images)]
 
 

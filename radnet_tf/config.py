@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from radnet_tf.cli import say
+from radnet_tf.contract import OUTPUT_SLICE
 from radnet_tf.errors import UserError
 
 VARIANTS = ("densenet", "densenet_a", "radnet")
@@ -82,7 +83,7 @@ class Config:
     mixed_precision: bool = False
     xla: bool = False
     early_stopping_patience: int = 0  # 0 = off
-    monitor: str = "val_slice_probability_auc"
+    monitor: str = f"val_{OUTPUT_SLICE}_auc"
     val_every: int = 1  # validate every val_every-th epoch and the last; 0 = not during training
     # ---- CT-level decision rule (paper: 3 consecutive positive slices)
     ct_min_run: int = 3

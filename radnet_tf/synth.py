@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -455,14 +453,11 @@ def _write_study(args):
     final = out / "dicom" / study_id
     mask_path = out / "masks" / f"{study_id}.npz"
     if not (final.exists() and mask_path.exists()):
-        tmp = out / "dicom" / f".{study_id}.{os.getpid()}.tmp"
-        uids = write_dicom_series(phantom, tmp, rng)
-        mask_tmp = out / "masks" / f".{study_id}.{os.getpid()}.tmp.npz"
-        np.savez_compressed(mask_tmp, mask=phantom.mask, sop_instance_uids=np.array(uids))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(mask_tmp, mask_path)
-        os.replace(tmp, final)
+        # The mask first, the DICOM folder last: the folder's rename marks the study complete.
+        with atomic.atomic_path(final) as tmp:
+            uids = write_dicom_series(phantom, tmp, rng)
+            with atomic.atomic_path(mask_path) as mask_tmp:
+                np.savez_compressed(mask_tmp, mask=phantom.mask, sop_instance_uids=np.array(uids))
     else:
         uids = [str(u) for u in np.load(mask_path)["sop_instance_uids"]]
     label = int(phantom.slice_labels.any())
@@ -485,10 +480,8 @@ def generate_cohort(out, num_studies, seed=0, cfg: SynthConfig = SynthConfig(), 
     out = Path(out)
     (out / "dicom").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    for stale in (out / "dicom").glob(".synth-*.tmp"):  # leftovers of a killed run
-        shutil.rmtree(stale)
-    for stale in (out / "masks").glob(".synth-*.tmp.npz"):
-        stale.unlink()
+    atomic.clean_stale(out / "dicom")  # leftovers of a killed run
+    atomic.clean_stale(out / "masks")
     jobs = [(out, seed, i, cfg) for i in range(num_studies)]
     if workers > 1:
         import multiprocessing as mp

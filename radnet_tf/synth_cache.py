@@ -53,7 +53,7 @@ def prepare_synthetic(cfg, progress=True) -> str:
             progress=progress,
             workers=min(2, os.cpu_count() or 1),
         )
-        os.replace(partial, spec_path)
+        os.replace(partial, spec_path)  # the spec file's final rename marks the cohort complete
     pcfg = cfg.preprocess_config()
     rec_dir = work / f"records-{pcfg.out_size}px-{pcfg.out_spacing:g}mm"
     labels, per_slice = load_label_tables(cohort / "labels.csv", cohort / "slice_labels.csv")
