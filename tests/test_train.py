@@ -244,3 +244,31 @@ def test_synthetic_cache_is_reused_and_rebuilt_when_the_spec_changes(tmp_path):
     prepare_synthetic(cfg, progress=False)
     assert json.loads((rec / "manifest.json").read_text())["digest"] != digest
     assert json.loads((tmp_path / "synth" / "spec.json").read_text())["seed"] == 1
+
+
+def test_training_on_one_slice_studies_reports_the_shortened_rule(tmp_path):
+    """2-D image data: every study is one slice, so the K = 3 rule is applied with K = 1 and
+    the summary says so (it used to print recall 0: the rule could never fire)."""
+    from PIL import Image
+
+    from radnet_tf.convert import image_tasks, run_local
+    from radnet_tf.train import train
+
+    rows = ["image,label"]
+    for i in range(16):
+        Image.fromarray((np.random.default_rng(i).uniform(size=(64, 64)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{i % 2}")
+    (tmp_path / "images.csv").write_text("\n".join(rows) + "\n")
+    tasks = image_tasks(tmp_path / "images.csv", tmp_path, (40, 80))
+    run_local(tasks, [], tmp_path / "records", 1, 1, tiny_config().preprocess_config(), progress=False)
+    cfg = tiny_config(data=str(tmp_path / "records"), model_dir=str(tmp_path / "model"), val_fraction=0.4, epochs=1,
+                      steps_per_epoch=1)
+    summary, _ = train(cfg, progress=False)
+    studies = pd.read_csv(tmp_path / "model" / "val_studies.csv")
+    assert len(studies) and (studies.min_run_applied == 1).all()
+    assert summary["short_studies_note"] == (
+        f"{len(studies)} of {len(studies)} studies have fewer than K=3 slices; the CT rule was applied to them "
+        "with K = their slice count"
+    )
+    slices = pd.read_csv(tmp_path / "model" / "val_slices.csv").set_index("study_key")
+    assert studies.ct_positive.tolist() == [slices.loc[k, "probability"] >= cfg.slice_threshold for k in studies.study_key]
