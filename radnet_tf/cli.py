@@ -6,7 +6,10 @@ errors.
     brings them back. TensorFlow 2.21 writes its import-time lines (oneDNN, CUDA stubs,
     CPU features) through absl before any log level applies, so the first
     `import tensorflow` of a command runs with file descriptor 2 pointed at /dev/null
-    (`_QuietImport`); Python errors raised by that import still reach the user. Entry-point
+    (`_QuietImport`); Python errors raised by that import still reach the user. Worker
+    processes (multiprocessing "spawn") inherit `RADNET_QUIET=1` and install the same hook
+    when they import this module, which spawn does (through the entry-point module) before
+    it unpickles any worker function. Entry-point
     modules import TensorFlow lazily, so `--help` answers without importing it.
   * Progress and result lines start with `[radnet] ` (`say`); machine-readable output
     (predict's and inspect's JSON) goes alone to stdout, their progress lines to stderr.
@@ -28,6 +31,7 @@ import warnings
 from radnet_tf.errors import UserError
 
 PREFIX = "[radnet]"
+QUIET_ENV = "RADNET_QUIET"
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -72,6 +76,15 @@ class _QuietImport(importlib.abc.MetaPathFinder):
         return spec
 
 
+def _install_quiet_import():
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietImport())
+
+
+if os.environ.get(QUIET_ENV) == "1":  # a worker process of a quiet command
+    _install_quiet_import()
+
+
 def configure_logging(verbose: bool = False):
     """Silences TensorFlow/absl start-up and warning lines unless `verbose`.
 
@@ -79,10 +92,10 @@ def configure_logging(verbose: bool = False):
     Python-side loggers are set here too in case TensorFlow is already loaded.
     """
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "3"
+    os.environ[QUIET_ENV] = "0" if verbose else "1"  # inherited by worker processes
     if verbose:
         return
-    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _QuietImport())
+    _install_quiet_import()
     warnings.filterwarnings("ignore", module=r"(tensorflow|keras|absl|google\.protobuf)(\.|$)")
     for name in ("tensorflow", "absl", "keras", "h5py"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -6,6 +6,7 @@ Then the sane cases that are accepted with a report.
 
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
@@ -205,10 +206,26 @@ def test_a_real_cli_process_prints_one_line_without_tensorflow_noise(tmp_path):
     """A CLI that loads TensorFlow, in its own process: stderr is exactly the error line."""
     proc = subprocess.run(
         [sys.executable, "-m", "radnet_tf.evaluate", "--model", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o")],
-        cwd=REPO, capture_output=True, text=True, env={k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+        cwd=REPO, capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"[radnet] error: no TFRecord shards match {tmp_path}/*.tfrecord.gz"]
+
+
+def test_a_successful_run_with_worker_processes_prints_only_its_result_line(tiny_cohort, tmp_path):
+    """TensorFlow's start-up lines stay out of the output of the command and of its
+    spawned worker processes (each imports TensorFlow on its own)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    (tmp_path / "tiny.yaml").write_text("input_size: 32\nout_spacing: 8.0\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.build_tfrecords", "--dicom-root", str(tiny_cohort / "dicom"),
+         "--labels", str(tiny_cohort / "labels.csv"), "--out", str(tmp_path / "r"), "--workers", "2", "--shards", "2",
+         "--config", str(tmp_path / "tiny.yaml"), "--no-progress"],
+        cwd=REPO, capture_output=True, text=True, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert len(proc.stdout.splitlines()) == 1 and proc.stdout.startswith("[radnet] wrote 10 studies")
 
 
 @pytest.mark.parametrize("module", sorted(set(MODULES.values()) | {"serving.client"}))
