@@ -3,6 +3,8 @@
     python -m pipelines.build_tfrecords --dicom-root DIR --labels labels.csv --out OUT \
         [--slice-labels slice_labels.csv] [--masks MASKS_DIR] [--shards 8] [--workers 2] \
         [--config configs/radnet.yaml] [--runner local|DirectRunner|DataflowRunner ...]
+    python -m pipelines.build_tfrecords --rsna-root stage_2_train --rsna-labels stage_2_train.csv \
+        --out OUT [--workers N] [--runner ...]          # RSNA-2019 as shipped (radnet_tf.rsna)
 
 Output in OUT: `studies-SSSSS-of-NNNNN.tfrecord.gz` shards (schema: radnet_tf.records) and
 `manifest.csv` (pandas-readable: one row per study written or skipped, with the reason)
@@ -30,7 +32,7 @@ from radnet_tf.cli import add_verbose, cli_main, say
 from radnet_tf.errors import UserError
 
 
-def run_beam(tasks, skipped_rows, out, shards, pcfg, beam_args):
+def run_beam(tasks, skipped_rows, out, shards, pcfg, beam_args, manifest_extra=None):
     """The same conversion as an Apache Beam pipeline (DirectRunner in tests)."""
     try:
         import apache_beam as beam
@@ -82,7 +84,7 @@ def run_beam(tasks, skipped_rows, out, shards, pcfg, beam_args):
     for part in sorted(out.glob("beam_rows*.jsonl")):
         rows += [json.loads(line) for line in part.read_text().splitlines() if line]
         part.unlink()
-    return write_manifest(out, [pd.DataFrame(rows, columns=MANIFEST_COLUMNS)], pcfg, skipped_rows)
+    return write_manifest(out, [pd.DataFrame(rows, columns=MANIFEST_COLUMNS)], pcfg, skipped_rows, manifest_extra)
 
 
 def build_parser():
@@ -92,13 +94,15 @@ def build_parser():
         epilog="Beam pipeline options (e.g. --project, --region, --temp_location) go after '--'.",
     )
     parser.add_argument("--dicom-root", help="folder with one sub-folder per study")
+    parser.add_argument("--rsna-root", help="RSNA-2019 flat image folder (stage_2_train/ or stage_2_train_images/)")
+    parser.add_argument("--rsna-labels", help="RSNA label CSV (ID,Label; six rows per image), with --rsna-root")
     parser.add_argument("--labels", help="CSV with study_id,label (with --dicom-root)")
     parser.add_argument("--images-csv", help="pre-windowed 2D images: CSV with image,label[,mask,study_id,slice_index]")
     parser.add_argument("--images-root", default=".", help="folder the --images-csv paths are relative to")
     parser.add_argument("--image-window", type=float, nargs=2, metavar=("CENTER", "WIDTH"),
                         help="the HU window the images were rendered with (required with --images-csv)")
     parser.add_argument("--image-spacing", type=float, help="mm per image pixel, if known")
-    parser.add_argument("--slice-labels", help="CSV with study_id,sop_instance_uid,label")
+    parser.add_argument("--slice-labels", help="CSV with study_id,sop_instance_uid,label[,EDH,IPH,IVH,SAH,SDH]")
     parser.add_argument("--masks", help="folder of <study_id>.npz masks (mask, sop_instance_uids)")
     parser.add_argument("--out", required=True, help="output folder (a local path)")
     parser.add_argument("--shards", type=int, default=8)
@@ -122,33 +126,51 @@ def main(argv=None):
     if args.shards < 1 or args.workers < 1:
         raise UserError(f"--shards and --workers must be >= 1. Received: --shards {args.shards} --workers {args.workers}")
     from radnet_tf.config import load_config
-    from radnet_tf.convert import discover_tasks, image_tasks, load_label_tables, run_local
+    from radnet_tf.convert import discover_tasks, image_tasks, load_label_tables, load_slice_subtypes, run_local
 
     pcfg = load_config(args.config).preprocess_config()
-    if args.images_csv:
-        if args.dicom_root:
-            raise UserError("give either --dicom-root or --images-csv, not both")
+    inputs = [name for name in ("dicom_root", "images_csv", "rsna_root") if getattr(args, name)]
+    if len(inputs) > 1:
+        raise UserError("give one input: --dicom-root, --images-csv or --rsna-root")
+    manifest_extra = None
+    if args.rsna_root:
+        from radnet_tf import rsna
+
+        if not args.rsna_labels:
+            raise UserError("--rsna-root needs --rsna-labels (the ID,Label CSV); unlabelled images are not converted")
+        labels, duplicates = rsna.load_labels(args.rsna_labels)
+        report = rsna.RsnaReport(duplicate_label_rows=duplicates)
+        index = rsna.index_headers(args.rsna_root, args.out, workers=args.workers, progress=not args.no_progress)
+        tasks, skipped = rsna.series_tasks(args.rsna_root, index, labels, report)
+        table_path = rsna.write_index_table(index, args.out)
+        manifest_extra = {"rsna": report.to_dict(), "index": Path(table_path).name}
+    elif args.images_csv:
         if not args.image_window:
             raise UserError("--images-csv needs --image-window CENTER WIDTH (the window the images were rendered with)")
         tasks, skipped = image_tasks(args.images_csv, args.images_root, args.image_window, args.image_spacing), []
     else:
         if not (args.dicom_root and args.labels):
-            raise UserError("give --dicom-root and --labels (or --images-csv)")
+            raise UserError("give --dicom-root and --labels (or --images-csv, or --rsna-root and --rsna-labels)")
         labels, per_slice = load_label_tables(args.labels, args.slice_labels)
-        tasks, skipped = discover_tasks(args.dicom_root, labels, per_slice, args.masks)
+        subtypes = load_slice_subtypes(args.slice_labels) if args.slice_labels else {}
+        tasks, skipped = discover_tasks(args.dicom_root, labels, per_slice, args.masks, subtypes)
     if not tasks:
         raise UserError("no study to convert")
     start = time.perf_counter()
     if args.runner == "local":
-        table, summary = run_local(tasks, skipped, args.out, args.shards, args.workers, pcfg, not args.no_progress)
+        table, summary = run_local(tasks, skipped, args.out, args.shards, args.workers, pcfg, not args.no_progress,
+                                   manifest_extra=manifest_extra)
     else:
-        table, summary = run_beam(tasks, skipped, args.out, args.shards, pcfg, ["--runner", args.runner] + beam_args)
+        table, summary = run_beam(tasks, skipped, args.out, args.shards, pcfg, ["--runner", args.runner] + beam_args,
+                                  manifest_extra)
     elapsed = time.perf_counter() - start
     say(
         f"wrote {summary['studies_written']} studies ({summary['slices']} slices, "
         f"{summary['positives']} positive) to {args.out} in {elapsed:.1f} s; "
         f"skipped {summary['studies_skipped']} (see manifest.csv)"
     )
+    if manifest_extra and "rsna" in manifest_extra:
+        say("RSNA data set defects handled: " + ", ".join(f"{k} {v}" for k, v in manifest_extra["rsna"].items()))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ Serving outputs (SavedModel signatures, one study per request):
                    ct_positive bool [], ct_score float32 [], longest_positive_run int32 [],
                    min_run_applied int32 [] (the rule's K after shortening to S)
 
+Hemorrhage subtypes, in this order wherever a per-subtype array appears (records,
+label tables): SUBTYPES = EDH (epidural), IPH (intraparenchymal), IVH (intraventricular),
+SAH (subarachnoid), SDH (subdural).
+
 Sentinels:
   PAD_VALUE     -1.0   fills padding slices of the model input (real slices are in [0, 1])
   IGNORE_LABEL  -1     a slice label or mask value that losses and metrics ignore
@@ -25,6 +29,8 @@ CT_SCORE = "ct_score"
 LONGEST_POSITIVE_RUN = "longest_positive_run"
 MIN_RUN_APPLIED = "min_run_applied"
 SERVING_OUTPUTS = (SLICE_PROBABILITIES, MASKS, CT_POSITIVE, CT_SCORE, LONGEST_POSITIVE_RUN, MIN_RUN_APPLIED)
+
+SUBTYPES = ("EDH", "IPH", "IVH", "SAH", "SDH")
 
 PAD_VALUE = -1.0
 IGNORE_LABEL = -1

@@ -32,10 +32,30 @@ class StudyTask:
     """Everything needed to convert one study (picklable for multiprocessing and Beam)."""
 
     study_id: str
-    dicom_dir: str
+    dicom_dir: str  # a study folder, or "" when `files` lists the series' files
     label: int
     slice_labels: dict | None = None  # SOPInstanceUID -> 0/1
     mask_path: str | None = None
+    slice_subtypes: dict | None = None  # SOPInstanceUID -> 5 ints (contract.SUBTYPES order)
+    files: tuple | None = None  # the series' DICOM files (flat layouts such as RSNA)
+    fix_12bit: bool = False  # dicom_io.fix_12bit_intercept where needed (RSNA-2019)
+    skip_undecodable: bool = False  # drop slices whose pixels cannot be decoded
+
+
+def load_slice_subtypes(slice_labels_csv):
+    """Per-slice subtype labels from a slice label CSV with EDH, IPH, IVH, SAH, SDH columns
+    -> {study_id: {sop_instance_uid: (5 ints)}}; {} when the columns are absent."""
+    import pandas as pd
+
+    from radnet_tf.contract import SUBTYPES
+
+    table = pd.read_csv(slice_labels_csv, dtype={"study_id": str, "sop_instance_uid": str})
+    if not set(SUBTYPES) <= set(table.columns):
+        return {}
+    out = {}
+    for sid, group in table.groupby("study_id"):
+        out[sid] = {u: tuple(int(v) for v in row) for u, row in zip(group["sop_instance_uid"], group[list(SUBTYPES)].to_numpy())}
+    return out
 
 
 def load_label_tables(labels_csv, slice_labels_csv=None):
@@ -192,7 +212,12 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
     """
     if isinstance(task, ImageStudyTask):
         return convert_image_study(task, pcfg, salt)
-    series = read_series(task.dicom_dir, salt=salt)
+    series = read_series(
+        list(task.files) if task.files else task.dicom_dir,
+        salt=salt,
+        fix_12bit=task.fix_12bit,
+        skip_undecodable=task.skip_undecodable,
+    )
     hu, center = preprocess.resample_hu(series.hu, series.pixel_spacing, pcfg)
     mask = None
     if task.mask_path:
@@ -210,6 +235,10 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
         slice_labels = np.zeros(series.num_slices, np.int64)  # a negative study has no positive slice
     else:
         slice_labels = np.full(series.num_slices, -1, np.int64)  # unknown
+    subtypes = None
+    if task.slice_subtypes:
+        unknown = (-1,) * records.NUM_SUBTYPES
+        subtypes = np.array([task.slice_subtypes.get(u, unknown) for u in series.sop_instance_uids], np.int64)
     record = records.encode_study(
         study_key=series.study_key,
         image=hu.numpy(),
@@ -218,6 +247,7 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
         label=task.label,
         spacing=(pcfg.out_spacing, pcfg.out_spacing, series.slice_spacing),
         slice_positions=series.slice_positions,
+        slice_subtypes=subtypes,
     )
     row = {
         "study_id": task.study_id,
@@ -231,11 +261,14 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
         "tilt_deg": round(series.tilt_deg, 3),
         "gaps": len(series.gaps),
         "bytes": len(record),
+        "matrix": f"{series.hu.shape[1]}x{series.hu.shape[2]}",
+        "skipped_files": len(series.skipped),
+        "corrected_files": len(series.corrected_files),
     }
     return record, row
 
 
-def discover_tasks(dicom_root, labels, per_slice=None, masks_dir=None):
+def discover_tasks(dicom_root, labels, per_slice=None, masks_dir=None, subtypes=None):
     """Matches label rows to study folders (immediate subfolders of `dicom_root`).
 
     Returns:
@@ -257,7 +290,8 @@ def discover_tasks(dicom_root, labels, per_slice=None, masks_dir=None):
         if masks_dir and (Path(masks_dir) / f"{sid}.npz").is_file():
             mask_path = str(Path(masks_dir) / f"{sid}.npz")
         tasks.append(
-            StudyTask(sid, str(folders[sid]), int(labels[sid]), (per_slice or {}).get(sid), mask_path)
+            StudyTask(sid, str(folders[sid]), int(labels[sid]), (per_slice or {}).get(sid), mask_path,
+                      (subtypes or {}).get(sid))
         )
     return tasks, skipped
 
@@ -285,6 +319,9 @@ MANIFEST_COLUMNS = [
     "tilt_deg",
     "gaps",
     "bytes",
+    "matrix",
+    "skipped_files",
+    "corrected_files",
 ]
 
 
@@ -317,8 +354,9 @@ def _convert_shard(args):
     return part_path
 
 
-def write_manifest(out, frames, pcfg, skipped_rows):
-    """Combines manifest parts and skipped rows into manifest.csv and manifest.json."""
+def write_manifest(out, frames, pcfg, skipped_rows, extra=None):
+    """Combines manifest parts and skipped rows into manifest.csv and manifest.json
+    (`extra`: more JSON-friendly entries for manifest.json, e.g. a layout's defect counts)."""
     import pandas as pd
 
     skipped = pd.DataFrame(
@@ -340,6 +378,9 @@ def write_manifest(out, frames, pcfg, skipped_rows):
         "slice_spacing_mm": written.slice_spacing_mm.describe().round(4).to_dict() if len(written) else {},
         "geometry": {"out_spacing": pcfg.out_spacing, "fov_mm": pcfg.fov_mm, "size": pcfg.out_size},
         "digest": hashlib.sha256((out / "manifest.csv").read_bytes()).hexdigest()[:16],
+        "corrected_files": int(pd.to_numeric(written.get("corrected_files"), errors="coerce").fillna(0).sum()) if len(written) else 0,
+        "skipped_files_in_series": int(pd.to_numeric(written.get("skipped_files"), errors="coerce").fillna(0).sum()) if len(written) else 0,
+        **(extra or {}),
     }
     atomic.write_text(out / "manifest.json", json.dumps(summary, indent=2))
     return table, summary
@@ -355,7 +396,8 @@ def build_source(pcfg, tasks, extra=None) -> dict:
             studies.append([t.study_id, list(t.slice_labels), list(t.window), t.pixel_spacing, bool(t.mask_paths)])
         else:
             slices = sorted((t.slice_labels or {}).items())
-            studies.append([t.study_id, int(t.label), slices, bool(t.mask_path)])
+            subtypes = sorted((t.slice_subtypes or {}).items())
+            studies.append([t.study_id, int(t.label), slices, bool(t.mask_path), subtypes, t.fix_12bit])
     digest = hashlib.sha256(json.dumps(studies, sort_keys=True).encode()).hexdigest()[:16]
     return {
         "schema_version": records.SCHEMA_VERSION,
@@ -395,7 +437,7 @@ def claim_output(out, source: dict):
     atomic.write_text(path, json.dumps(source, indent=2, sort_keys=True))
 
 
-def run_local(tasks, skipped_rows, out, shards, workers, pcfg, progress=True, source_extra=None):
+def run_local(tasks, skipped_rows, out, shards, workers, pcfg, progress=True, source_extra=None, manifest_extra=None):
     """Converts with a process pool; resumable. Returns (manifest table, summary).
 
     `out` records its source (`build_source`, plus `source_extra`); a rerun with the same
@@ -419,7 +461,7 @@ def run_local(tasks, skipped_rows, out, shards, workers, pcfg, progress=True, so
         with ctx.Pool(workers, initializer=_init_worker) as pool:
             parts = list(_progress(pool.imap_unordered(_convert_shard, jobs), progress, total=len(jobs)))
     frames = [pd.read_csv(p, dtype={"study_id": str}) for p in sorted(parts)]
-    return write_manifest(out, frames, pcfg, skipped_rows)
+    return write_manifest(out, frames, pcfg, skipped_rows, manifest_extra)
 
 
 def _progress(iterable, enabled, total=None):

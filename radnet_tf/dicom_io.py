@@ -76,6 +76,8 @@ class CTSeries:
       skipped: list of (file_name, reason) for every file not used.
       slice_thickness: SliceThickness in mm (nan if absent).
       warnings: list of str, things accepted but worth knowing (e.g. missing rescale tags).
+      corrected_files: names of files whose pixel values a named correction changed (e.g.
+        `fix_12bit_intercept`).
     """
 
     hu: np.ndarray
@@ -93,6 +95,7 @@ class CTSeries:
     skipped: list = dataclasses.field(default_factory=list)
     slice_thickness: float = float("nan")
     warnings: list = dataclasses.field(default_factory=list)
+    corrected_files: list = dataclasses.field(default_factory=list)
 
     @property
     def num_slices(self) -> int:
@@ -116,6 +119,7 @@ class CTSeries:
             "gaps": [[int(i), int(n)] for i, n in self.gaps],
             "skipped_files": len(self.skipped),
             "warnings": list(self.warnings),
+            "corrected_files": len(self.corrected_files),
         }
 
 
@@ -166,13 +170,40 @@ def _is_axial(orientation: np.ndarray) -> bool:
     return abs(_normal(orientation)[2]) > np.cos(np.deg2rad(45))
 
 
-def _hu(ds, path: Path) -> np.ndarray:
+def needs_12bit_intercept_fix(ds) -> bool:
+    """Whether a slice is one of RSNA-2019's mis-stored images: 12-bit unsigned pixels with
+    a RescaleIntercept above -100, whose HU come out ~1000 too high."""
+    try:
+        return int(ds.get("BitsStored", 16)) == 12 and int(ds.get("PixelRepresentation", 1)) == 0 and float(
+            ds.get("RescaleIntercept", -1024)
+        ) > -100
+    except (TypeError, ValueError):
+        return False
+
+
+def fix_12bit_intercept(stored: np.ndarray):
+    """The widely used correction for `needs_12bit_intercept_fix` slices: stored + 1000,
+    minus 4096 where that reaches 4096 (the values had wrapped), intercept -1000.
+
+    Args:
+      stored: integer array [H, W] of stored pixel values.
+    Returns:
+      (int32 array [H, W] of corrected stored values, the new intercept -1000.0).
+    """
+    x = stored.astype(np.int32) + 1000
+    x[x >= 4096] -= 4096
+    return x, -1000.0
+
+
+def _hu(ds, path: Path, fix_12bit=False):
+    """HU of one slice (int16 [H, W]) and whether `fix_12bit_intercept` was applied."""
     try:
         stored = ds.pixel_array
     except Exception as err:  # pydicom raises many types for bad pixel data
         raise DicomReadError(f"{path}: cannot decode pixel data ({err})") from None
     if stored.ndim != 2:
         raise DicomReadError(f"{path}: expected a 2-D slice, got pixel array {stored.shape}")
+    fixed = bool(fix_12bit and needs_12bit_intercept_fix(ds))
     try:
         slope = float(ds.get("RescaleSlope", 1) if ds.get("RescaleSlope") is not None else 1)
         intercept = float(ds.get("RescaleIntercept", 0) if ds.get("RescaleIntercept") is not None else 0)
@@ -180,10 +211,13 @@ def _hu(ds, path: Path) -> np.ndarray:
         raise DicomReadError(f"{path}: RescaleSlope/RescaleIntercept are not numbers") from None
     if not (np.isfinite(slope) and np.isfinite(intercept)) or slope <= 0:
         raise DicomReadError(f"{path}: RescaleSlope {slope} / RescaleIntercept {intercept}: slope must be > 0 and both finite")
-    hu = stored.astype(np.float64) * slope + intercept
     pad = ds.get("PixelPaddingValue")
-    if pad is not None:
-        hu[stored == pad] = AIR_HU
+    padding = None if pad is None else stored == pad
+    if fixed:
+        stored, intercept = fix_12bit_intercept(stored)
+    hu = stored.astype(np.float64) * slope + intercept
+    if padding is not None:
+        hu[padding] = AIR_HU
     top = float(hu.max())
     if top > HU_MAX or top < HU_FLOOR:
         raise DicomReadError(
@@ -191,7 +225,7 @@ def _hu(ds, path: Path) -> np.ndarray:
             f"outside the plausible CT range (some voxel above {HU_FLOOR}, none above {HU_MAX})"
         )
     np.clip(hu, AIR_HU, HU_MAX, out=hu)  # anything below air is padding outside the FOV
-    return np.rint(hu).astype(np.int16)
+    return np.rint(hu).astype(np.int16), fixed
 
 
 def _pixel_spacing(ds, path) -> tuple:
@@ -242,15 +276,23 @@ def read_series(
     min_slices: int = 2,
     salt: str | None = None,
     series_uid: str | None = None,
+    fix_12bit: bool = False,
+    skip_undecodable: bool = False,
 ) -> CTSeries:
     """Reads the axial CT series of a folder (searched recursively) into a HU volume.
 
     Args:
-      folder: path of a folder holding one study (other files and series are skipped).
+      folder: path of a folder holding one study (other files and series are skipped), a
+        single DICOM file, or a list of DICOM file paths (e.g. one series of a flat
+        RSNA-style folder).
       tilt: "correct" (shear slices to remove gantry tilt) or "reject" (raise).
       min_slices: fewest slices accepted (2 by default: a volume needs a slice spacing).
       salt: pseudonymisation salt (default: RADNET_PSEUDONYM_SALT or the project default).
       series_uid: read this SeriesInstanceUID instead of the largest axial CT series.
+      fix_12bit: apply `fix_12bit_intercept` to slices that need it (RSNA-2019); the files
+        are listed in `corrected_files`.
+      skip_undecodable: skip (and list) slices whose pixel data cannot be decoded instead
+        of refusing the series; the gap is reported like any missing slice.
 
     Returns:
       A `CTSeries` with int16 HU voxels [S, H, W].
@@ -263,10 +305,16 @@ def read_series(
     """
     if tilt not in ("correct", "reject"):
         raise ValueError(f"tilt must be 'correct' or 'reject'. Received: tilt={tilt!r}")
-    root = Path(folder)
-    if not root.exists():
-        raise DicomReadError(f"{root}: no such file or folder")
-    files = [root] if root.is_file() else list(_iter_files(root))
+    if isinstance(folder, (list, tuple)):
+        files = [Path(f) for f in folder]
+        if not files:
+            raise DicomReadError("no files given")
+        root = files[0].parent
+    else:
+        root = Path(folder)
+        if not root.exists():
+            raise DicomReadError(f"{root}: no such file or folder")
+        files = [root] if root.is_file() else list(_iter_files(root))
     if not files:
         raise DicomReadError(f"{root}: folder is empty")
 
@@ -351,7 +399,26 @@ def read_series(
         dup = members[int(np.argmin(np.diff(along))) + 1][0]
         raise DicomReadError(f"{dup}: two slices at the same position")
 
-    hu = np.stack([_hu(ds, path) for path, ds in members])
+    slices, fixed_names, undecodable = [], [], []
+    for path, ds in members:
+        try:
+            values, fixed = _hu(ds, path, fix_12bit)
+        except DicomReadError as err:
+            if not (skip_undecodable and "cannot decode pixel data" in str(err)):
+                raise
+            undecodable.append(path)
+            continue
+        slices.append(values)
+        if fixed:
+            fixed_names.append(path.name)
+    if undecodable:
+        skipped.extend((p.name, "pixel data cannot be decoded") for p in undecodable)
+        keep = [i for i, (p, _) in enumerate(members) if p not in set(undecodable)]
+        members, along, ipp = [members[i] for i in keep], along[keep], ipp[keep]
+        if len(members) < max(1, min_slices):
+            raise DicomReadError(f"{root}: {len(members)} decodable slice(s) left; at least {max(1, min_slices)} needed")
+        first = members[0][1]
+    hu = np.stack(slices)
 
     tilt_deg, corrected, gaps, irregular, spacing = 0.0, False, [], False, float("nan")
     if len(members) > 1:
@@ -390,4 +457,5 @@ def read_series(
         skipped=skipped,
         slice_thickness=float(thickness) if thickness not in (None, "") else float("nan"),
         warnings=warnings,
+        corrected_files=fixed_names,
     )

@@ -10,7 +10,10 @@ One `tf.train.Example` per study (schema version 1):
                                         training-time choice
   mask              bytes    -          uint8 [S, N, N] (1 = blood); b"" when has_mask = 0
   has_mask          int64    []         1 when the study has reference masks
-  slice_labels      int64    [S]        1/0 per slice, -1 = unknown
+  slice_labels      int64    [S]        1/0 per slice, -1 = unknown ("any" hemorrhage)
+  slice_subtypes    int64    [S * 5]    optional: 1/0/-1 per slice and subtype
+                                        (contract.SUBTYPES order); decoded as [S, 5], all
+                                        -1 when absent (records written before it)
   label             int64    []         study label 1/0
   num_slices        int64    []         S
   size              int64    []         N
@@ -25,7 +28,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-SCHEMA_VERSION = 1
+from radnet_tf.contract import SUBTYPES
+
+SCHEMA_VERSION = 1  # optional features added later (slice_subtypes) keep version 1 readable
+NUM_SUBTYPES = len(SUBTYPES)
 COMPRESSION = "GZIP"
 SHARD_SUFFIX = ".tfrecord.gz"
 
@@ -36,6 +42,7 @@ _FEATURES = {
     "mask": tf.io.FixedLenFeature([], tf.string, default_value=b""),
     "has_mask": tf.io.FixedLenFeature([], tf.int64, default_value=0),
     "slice_labels": tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True),
+    "slice_subtypes": tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True),
     "label": tf.io.FixedLenFeature([], tf.int64),
     "num_slices": tf.io.FixedLenFeature([], tf.int64),
     "size": tf.io.FixedLenFeature([], tf.int64),
@@ -57,7 +64,7 @@ def _floats(v):
 
 
 def encode_study(
-    *, study_key, image, slice_labels, label, spacing, slice_positions, mask=None
+    *, study_key, image, slice_labels, label, spacing, slice_positions, mask=None, slice_subtypes=None
 ) -> bytes:
     """Serialises one study.
 
@@ -69,6 +76,7 @@ def encode_study(
       spacing: 3 floats (row, col, slice) mm.
       slice_positions: float array [S], mm.
       mask: optional uint8/bool array [S, N, N].
+      slice_subtypes: optional int array [S, 5] (1/0, -1 unknown; contract.SUBTYPES order).
     Returns:
       bytes of a serialised tf.train.Example.
     """
@@ -81,6 +89,8 @@ def encode_study(
         raise ValueError(f"slice_labels must have shape [{s}]. Received: {slice_labels.shape}")
     if mask is not None and np.asarray(mask).shape != image.shape:
         raise ValueError(f"mask must have shape {image.shape}. Received: {np.asarray(mask).shape}")
+    if slice_subtypes is not None and np.asarray(slice_subtypes).shape != (s, NUM_SUBTYPES):
+        raise ValueError(f"slice_subtypes must have shape [{s}, {NUM_SUBTYPES}]. Received: {np.asarray(slice_subtypes).shape}")
     feature = {
         "schema_version": _ints(SCHEMA_VERSION),
         "study_key": _bytes(str(study_key).encode()),
@@ -94,6 +104,8 @@ def encode_study(
         "spacing": _floats(spacing),
         "slice_positions": _floats(slice_positions),
     }
+    if slice_subtypes is not None:
+        feature["slice_subtypes"] = _ints(slice_subtypes)
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
@@ -102,8 +114,9 @@ def decode_study(serialized):
 
     Returns:
       dict: study_key string []; image int16 [S, N, N]; mask uint8 [S, N, N] (zeros when
-      absent); has_mask bool []; slice_labels int64 [S]; label int64 []; spacing float32
-      [3]; slice_positions float32 [S]; num_slices int64 [].
+      absent); has_mask bool []; slice_labels int64 [S]; slice_subtypes int64 [S, 5] (-1
+      when absent); label int64 []; spacing float32 [3]; slice_positions float32 [S];
+      num_slices int64 [].
     """
     ex = tf.io.parse_single_example(serialized, _FEATURES)
     tf.debugging.assert_equal(
@@ -118,12 +131,19 @@ def decode_study(serialized):
         lambda: tf.reshape(tf.io.decode_raw(ex["mask"], tf.uint8), shape),
         lambda: tf.zeros(shape, tf.uint8),
     )
+    subtypes = ex["slice_subtypes"]
+    subtypes = tf.cond(
+        tf.equal(tf.size(subtypes, out_type=tf.int64), s * NUM_SUBTYPES),
+        lambda: tf.reshape(subtypes, tf.stack([s, NUM_SUBTYPES])),
+        lambda: tf.fill(tf.stack([s, tf.constant(NUM_SUBTYPES, tf.int64)]), tf.constant(-1, tf.int64)),
+    )
     return {
         "study_key": ex["study_key"],
         "image": image,
         "mask": mask,
         "has_mask": has_mask,
         "slice_labels": ex["slice_labels"],
+        "slice_subtypes": subtypes,
         "label": ex["label"],
         "spacing": ex["spacing"],
         "slice_positions": ex["slice_positions"],

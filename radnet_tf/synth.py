@@ -22,7 +22,8 @@ Output layout of `python -m radnet_tf.synth --out DIR --studies N --seed S`:
                                         ascending position; sop_instance_uids: [S] str
   DIR/labels.csv                        study_id, label, types, num_slices,
                                         slice_thickness_mm, pixel_spacing_mm
-  DIR/slice_labels.csv                  study_id, slice_index, sop_instance_uid, label
+  DIR/slice_labels.csv                  study_id, slice_index, sop_instance_uid, label,
+                                        EDH, IPH, IVH, SAH, SDH (0/1 per slice)
 
 `study_id` is the study folder relative to DIR/dicom. A slice is labelled positive when
 its mask covers at least `min_lesion_area_mm2` (default 5 mm^2). The DICOM headers carry
@@ -41,11 +42,13 @@ import numpy as np
 
 from radnet_tf import atomic
 from radnet_tf.cli import add_verbose, cli_main, say
+from radnet_tf.contract import SUBTYPES
 from radnet_tf.errors import UserError
 
 TYPES = ("EDH", "SDH", "IPH", "IVH", "SAH")
 # Bumped whenever the same seed would give different studies (caches key on it).
-GENERATOR_VERSION = 2
+# 3: InstanceNumber no longer in z order; slice_labels.csv carries per-slice subtypes.
+GENERATOR_VERSION = 3
 AIR = -1000.0
 
 
@@ -85,6 +88,8 @@ class Phantom:
       pixel_spacing: float, mm. slice_thickness: float, mm.
       z_positions: float64 [S], mm.
       types: list of hemorrhage type codes present.
+      slice_subtypes: int64 [S, 5], 1 where a lesion of that type (contract.SUBTYPES
+        order) covers at least `min_lesion_area_mm2` of the slice.
     """
 
     hu: np.ndarray
@@ -94,6 +99,7 @@ class Phantom:
     slice_thickness: float
     z_positions: np.ndarray
     types: list
+    slice_subtypes: np.ndarray
 
 
 class _Head:
@@ -295,6 +301,7 @@ def _draw(rng, cfg, positive):
     shape = (cfg.num_slices, cfg.matrix, cfg.matrix)
     hu = np.empty(shape, np.int16)
     mask = np.zeros(shape, np.uint8)
+    type_px = np.zeros((cfg.num_slices, len(SUBTYPES)), np.int64)  # lesion pixels per type
     gm, wm, csf = rng.uniform(35, 40), rng.uniform(25, 30), rng.uniform(2, 12)
     scalp_hu = rng.uniform(25, 45)
     hardening = rng.uniform(0, 12)
@@ -339,6 +346,7 @@ def _draw(rng, cfg, positive):
             les = f(u, v, z, inner, sulci, vent)
             np.copyto(img, np.float32(value), where=les)
             m |= les
+            type_px[k, SUBTYPES.index(kind)] += int(np.count_nonzero(les))
         # Noise on the head's bounding box only: the air around it is clipped away by any
         # brain window, and drawing it cost a third of the phantom's time.
         img += np.float32(noise) * rng.standard_normal(size=img.shape, dtype=np.float32)
@@ -348,7 +356,8 @@ def _draw(rng, cfg, positive):
     min_px = cfg.min_lesion_area_mm2 / (spacing * spacing)
     slice_labels = (mask.reshape(cfg.num_slices, -1).sum(axis=1) >= min_px).astype(np.int64)
     types = sorted({kind for kind, _ in lesions}) if slice_labels.any() else []
-    return Phantom(hu, mask, slice_labels, spacing, thickness, z_positions, types)
+    slice_subtypes = (type_px >= min_px).astype(np.int64)
+    return Phantom(hu, mask, slice_labels, spacing, thickness, z_positions, types, slice_subtypes)
 
 
 # ----------------------------------------------------------------------------- DICOM output
@@ -462,7 +471,10 @@ def _write_study(args):
         uids = [str(u) for u in np.load(mask_path)["sop_instance_uids"]]
     label = int(phantom.slice_labels.any())
     row = [study_id, label, ";".join(phantom.types), len(uids), phantom.slice_thickness, round(phantom.pixel_spacing, 6)]
-    slice_rows = [[study_id, k, uid, int(lab)] for k, (uid, lab) in enumerate(zip(uids, phantom.slice_labels))]
+    slice_rows = [
+        [study_id, k, uid, int(lab), *map(int, types)]
+        for k, (uid, lab, types) in enumerate(zip(uids, phantom.slice_labels, phantom.slice_subtypes))
+    ]
     return row, slice_rows
 
 
@@ -508,7 +520,7 @@ def generate_cohort(out, num_studies, seed=0, cfg: SynthConfig = SynthConfig(), 
         ["study_id", "label", "types", "num_slices", "slice_thickness_mm", "pixel_spacing_mm"],
         study_rows,
     )
-    _atomic_csv(out / "slice_labels.csv", ["study_id", "slice_index", "sop_instance_uid", "label"], slice_rows)
+    _atomic_csv(out / "slice_labels.csv", ["study_id", "slice_index", "sop_instance_uid", "label", *SUBTYPES], slice_rows)
     return study_rows
 
 
@@ -528,6 +540,9 @@ def main(argv=None):
     )
     parser.add_argument("--positive-fraction", type=float, default=SynthConfig.positive_fraction)
     parser.add_argument("--workers", type=int, default=1, help="processes (the cohort does not depend on it)")
+    parser.add_argument("--layout", default="folders", choices=["folders", "rsna"],
+                        help="folders: one folder per study + labels.csv (default); rsna: the RSNA-2019 flat layout "
+                             "with its known defects planted (radnet_tf.synth_layouts)")
     args = parser.parse_args(argv)
     if args.studies < 1 or args.slices < 1 or args.matrix < 32:
         raise UserError("--studies and --slices must be >= 1 and --matrix >= 32")
@@ -540,6 +555,12 @@ def main(argv=None):
         positive_fraction=args.positive_fraction,
     )
     start = time.perf_counter()
+    if args.layout != "folders":
+        from radnet_tf.synth_layouts import write_layout
+
+        write_layout(args.out, args.layout, args.studies, args.seed, cfg)
+        say(f"wrote {args.studies} studies in the {args.layout} layout to {args.out} in {time.perf_counter() - start:.1f} s")
+        return
     rows = generate_cohort(args.out, args.studies, args.seed, cfg, progress=True, workers=max(1, args.workers))
     positives = sum(r[1] for r in rows)
     say(f"wrote {len(rows)} studies ({positives} positive) to {args.out} in {time.perf_counter() - start:.1f} s")

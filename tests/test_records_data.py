@@ -37,6 +37,16 @@ def test_encode_decode_exact():
     no_mask = records.decode_study(tf.constant(records.encode_study(
         study_key="k", image=image, slice_labels=[0, 0, 0], label=0, spacing=(1, 1, 1), slice_positions=[0, 1, 2])))
     assert not bool(no_mask["has_mask"]) and int(tf.reduce_sum(tf.cast(no_mask["mask"], tf.int32))) == 0
+    # records without per-slice subtypes (older ones) decode to -1 = unknown
+    np.testing.assert_array_equal(no_mask["slice_subtypes"], -np.ones((3, 5), np.int64))
+    subtypes = np.array([[0, 0, 0, 0, 0], [1, 0, 0, 1, 0], [-1, -1, -1, -1, -1]])
+    with_types = records.decode_study(tf.constant(records.encode_study(
+        study_key="k", image=image, slice_labels=[0, 1, -1], label=1, spacing=(1, 1, 1), slice_positions=[0, 1, 2],
+        slice_subtypes=subtypes)))
+    np.testing.assert_array_equal(with_types["slice_subtypes"], subtypes)
+    with pytest.raises(ValueError, match=r"slice_subtypes must have shape \[3, 5\]"):
+        records.encode_study(study_key="k", image=image, slice_labels=[0, 1, -1], label=1, spacing=(1, 1, 1),
+                             slice_positions=[0, 1, 2], slice_subtypes=subtypes[:, :4])
 
 
 def test_round_trip_dicom_to_parsed_tensors(tiny_cohort, tiny_records):

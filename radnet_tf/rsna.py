@@ -1,0 +1,267 @@
+"""The RSNA Intracranial Hemorrhage Detection (2019) layout -> conversion tasks.
+
+    stage_2_train/ID_<hex>.dcm ...     one flat folder of single-slice DICOM files
+    stage_2_train.csv                  ID,Label with six rows per image:
+                                       ID_<hex>_epidural, _intraparenchymal,
+                                       _intraventricular, _subarachnoid, _subdural, _any
+
+Steps:
+  1. `index_headers`: one pass over the headers (no pixel data) -> a table with one row per
+     file: image id, study/series UIDs, position along the slice normal, matrix, the
+     12-bit-intercept flag, or why the file cannot be used. Written in parts under
+     `OUT/index/` as it goes, so a killed run resumes and a rerun reuses it.
+  2. `load_labels`: the six-rows-per-image CSV -> one row per image, columns by name
+     (EDH, IPH, IVH, SAH, SDH, any); duplicate rows are dropped and counted.
+  3. `series_tasks`: files grouped by StudyInstanceUID + SeriesInstanceUID, one
+     `convert.StudyTask` per series (the reader orders slices by ImagePositionPatient),
+     per-slice labels for "any" and the five subtypes, study label = any slice positive;
+     unlabelled series (the test set) are skipped and counted.
+
+Known defects of the data set are handled and counted (`RsnaReport`), never fatal: files
+that fail to parse, images stored 12-bit unsigned with RescaleIntercept > -100
+(`dicom_io.fix_12bit_intercept`, flagged per file in the index), matrices other than
+512 x 512 (kept, counted), duplicate positions and undecodable pixel data (per series, in
+the manifest), label rows without a file, files without label rows, duplicate label rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from radnet_tf import atomic
+from radnet_tf.contract import SUBTYPES
+from radnet_tf.errors import UserError
+
+# RSNA label names -> our names (columns are mapped by name, never by position).
+LABEL_NAMES = {
+    "epidural": "EDH",
+    "intraparenchymal": "IPH",
+    "intraventricular": "IVH",
+    "subarachnoid": "SAH",
+    "subdural": "SDH",
+    "any": "any",
+}
+INDEX_COLUMNS = [
+    "file", "image_id", "status", "reason", "study_uid", "series_uid", "sop_uid", "position",
+    "rows", "columns", "fix_12bit",
+]
+INDEX_PART_FILES = 5000  # files per index part (the unit of resumption)
+_TAGS = [
+    "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "ImagePositionPatient",
+    "ImageOrientationPatient", "Rows", "Columns", "BitsStored", "PixelRepresentation",
+    "RescaleIntercept", "Modality",
+]
+
+
+@dataclasses.dataclass
+class RsnaReport:
+    """Counts of the data set's known defects met by one conversion (JSON-friendly)."""
+
+    files: int = 0
+    unparsable_files: int = 0
+    files_12bit_corrected: int = 0
+    non_512_matrix_files: int = 0
+    label_rows_without_file: int = 0
+    files_without_label_rows: int = 0
+    duplicate_label_rows: int = 0
+    unlabelled_series: int = 0
+    series: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _header_row(path: Path, root: Path) -> dict:
+    """One index row from a file's header (pixel data is not read)."""
+    import pydicom
+
+    from radnet_tf.dicom_io import needs_12bit_intercept_fix
+
+    row = {"file": str(path.relative_to(root)), "image_id": path.stem, "status": "ok", "reason": ""}
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
+        orientation = np.asarray(ds.ImageOrientationPatient, np.float64)
+        normal = np.cross(orientation[:3], orientation[3:])
+        row.update(
+            study_uid=str(ds.StudyInstanceUID),
+            series_uid=str(ds.SeriesInstanceUID),
+            sop_uid=str(ds.SOPInstanceUID),
+            position=float(np.asarray(ds.ImagePositionPatient, np.float64) @ (normal / np.linalg.norm(normal))),
+            rows=int(ds.Rows),
+            columns=int(ds.Columns),
+            fix_12bit=bool(needs_12bit_intercept_fix(ds)),
+        )
+    except Exception as err:  # any header pydicom cannot read or that lacks the geometry
+        row.update(status="unparsable", reason=f"{type(err).__name__}: {err}"[:200])
+    return row
+
+
+def _index_part(args):
+    root, files, out_path = args
+    import pandas as pd
+
+    rows = [_header_row(root / f, root) for f in files]
+    atomic.write_csv(pd.DataFrame(rows, columns=INDEX_COLUMNS), out_path)
+    return out_path
+
+
+def index_headers(root, out_dir, workers=1, progress=False):
+    """Header index of every `*.dcm` under `root` (flat or nested), resumable.
+
+    Parts are written to `out_dir/index/part-NNNNN.csv` (INDEX_PART_FILES files each) with
+    a `files.json` listing the files in order; a rerun over the same files keeps the
+    complete parts and indexes only the rest.
+
+    Returns:
+      pandas DataFrame with INDEX_COLUMNS, one row per file, in file-name order.
+    """
+    import pandas as pd
+
+    root, index_dir = Path(root), Path(out_dir) / "index"
+    if not root.is_dir():
+        raise UserError(f"RSNA image folder not found: {root}")
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*.dcm"))
+    if not files:
+        raise UserError(f"{root}: no .dcm files")
+    index_dir.mkdir(parents=True, exist_ok=True)
+    listing = index_dir / "files.json"
+    if listing.exists() and json.loads(listing.read_text()) != files:
+        for stale in index_dir.glob("part-*.csv"):  # other files than last time: start over
+            stale.unlink()
+    atomic.write_text(listing, json.dumps(files))
+    atomic.clean_stale(index_dir)
+    chunks = [files[i : i + INDEX_PART_FILES] for i in range(0, len(files), INDEX_PART_FILES)]
+    jobs = [(root, chunk, index_dir / f"part-{i:05d}.csv") for i, chunk in enumerate(chunks)]
+    todo = [job for job in jobs if not job[2].exists()]
+    if todo:
+        if workers > 1:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(workers) as pool:
+                done = pool.imap_unordered(_index_part, todo)
+                for _ in _maybe_progress(done, progress, len(todo)):
+                    pass
+        else:
+            for job in _maybe_progress(todo, progress, len(todo)):
+                _index_part(job)
+    frames = [pd.read_csv(job[2], dtype={"file": str, "image_id": str, "study_uid": str, "series_uid": str, "sop_uid": str})
+              for job in jobs]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _maybe_progress(iterable, enabled, total):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc="index", unit="part")
+
+
+def load_labels(labels_csv):
+    """The six-rows-per-image label CSV -> (DataFrame indexed by image id with columns
+    EDH, IPH, IVH, SAH, SDH, any (0/1), number of duplicate rows dropped).
+
+    Raises:
+      UserError: unreadable file, missing ID/Label columns, unknown label names, labels
+        other than 0/1, or an image with contradicting duplicate rows.
+    """
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(labels_csv, dtype={"ID": str})
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read RSNA labels {labels_csv}: {err}") from None
+    if not {"ID", "Label"} <= set(table.columns):
+        raise UserError(f"{labels_csv}: needs the columns ID,Label (RSNA stage_2_train.csv)")
+    parts = table["ID"].str.rsplit("_", n=1, expand=True)
+    if parts.shape[1] != 2:
+        raise UserError(f"{labels_csv}: IDs must look like ID_<hex>_<label name>")
+    table = table.assign(image_id=parts[0], name=parts[1].map(LABEL_NAMES))
+    unknown = sorted(set(parts[1][table["name"].isna()]))
+    if unknown:
+        raise UserError(f"{labels_csv}: unknown label names {unknown[:5]} (expected {sorted(LABEL_NAMES)})")
+    if not table["Label"].isin([0, 1]).all():
+        raise UserError(f"{labels_csv}: Label must be 0 or 1")
+    before = len(table)
+    table = table.drop_duplicates(["image_id", "name", "Label"])
+    duplicates = before - len(table)
+    if table.duplicated(["image_id", "name"]).any():
+        bad = table.loc[table.duplicated(["image_id", "name"]), "image_id"].iloc[0]
+        raise UserError(f"{labels_csv}: contradicting label rows for {bad}")
+    wide = table.pivot(index="image_id", columns="name", values="Label")
+    missing = [c for c in (*SUBTYPES, "any") if c not in wide.columns]
+    if missing:
+        raise UserError(f"{labels_csv}: no rows for {missing}")
+    wide = wide[[*SUBTYPES, "any"]].fillna(-1).astype(int)
+    return wide, duplicates
+
+
+def series_tasks(root, index, labels, report: RsnaReport | None = None):
+    """One `convert.StudyTask` per labelled series of the index.
+
+    Args:
+      root: the RSNA image folder. index: `index_headers` table. labels: `load_labels`
+        table (or None for unlabelled data, which is then skipped). report: filled in.
+    Returns:
+      (list of StudyTask sorted by study_id, list of (study_id, reason) skipped rows).
+      study_id is "<StudyInstanceUID>/<SeriesInstanceUID>".
+    """
+    from radnet_tf.convert import StudyTask
+
+    report = report if report is not None else RsnaReport()
+    root = Path(root)
+    ok = index[index.status == "ok"]
+    report.files = int(len(index))
+    report.unparsable_files = int((index.status != "ok").sum())
+    report.files_12bit_corrected = int(ok.fix_12bit.astype(bool).sum())
+    report.non_512_matrix_files = int(((ok["rows"] != 512) | (ok["columns"] != 512)).sum())
+    labelled_ids = set(labels.index) if labels is not None else set()
+    present = set(index.image_id)
+    report.label_rows_without_file = len(labelled_ids - present)
+    report.files_without_label_rows = len(set(ok.image_id) - labelled_ids)
+    skipped = [(f"file {f}", f"unparsable DICOM header ({r})") for f, r in zip(index.file[index.status != "ok"], index.reason[index.status != "ok"])]
+    tasks = []
+    for (study_uid, series_uid), group in ok.groupby(["study_uid", "series_uid"], sort=True):
+        report.series += 1
+        study_id = f"{study_uid}/{series_uid}"
+        known = group[group.image_id.isin(labelled_ids)]
+        if known.empty:
+            report.unlabelled_series += 1
+            skipped.append((study_id, "no label rows (unlabelled, e.g. the test set)"))
+            continue
+        rows = labels.loc[known.image_id]
+        slice_any = dict(zip(known.sop_uid, rows["any"].astype(int)))
+        subtypes = {u: tuple(int(v) for v in r) for u, r in zip(known.sop_uid, rows[list(SUBTYPES)].to_numpy())}
+        group = group.sort_values("position", kind="stable")
+        tasks.append(
+            StudyTask(
+                study_id=study_id,
+                dicom_dir="",
+                label=int(rows["any"].max() > 0),
+                slice_labels=slice_any,
+                slice_subtypes=subtypes,
+                files=tuple(str(root / f) for f in group.file),
+                fix_12bit=True,
+                skip_undecodable=True,
+            )
+        )
+    return tasks, skipped
+
+
+def write_index_table(index, out_dir):
+    """The index as one table beside the records: Parquet when pyarrow is there, else CSV."""
+    out = Path(out_dir)
+    try:
+        import pyarrow  # noqa: F401
+
+        with atomic.atomic_path(out / "rsna_index.parquet") as tmp:
+            index.to_parquet(tmp, index=False)
+        return out / "rsna_index.parquet"
+    except ImportError:
+        atomic.write_csv(index, out / "rsna_index.csv")
+        return out / "rsna_index.csv"
+

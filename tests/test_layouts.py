@@ -1,0 +1,134 @@
+"""Public data-set layouts in: the same synthetic cohort written as study folders and as
+RSNA-2019 ships, converted, must give the same records; every planted defect is counted."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from conftest import tiny_config
+from radnet_tf import records, synth
+from radnet_tf.synth_layouts import PLANTED, write_layout
+
+CFG = synth.SynthConfig(matrix=64, num_slices=5, pixel_spacing_range=(3.3, 3.5), positive_fraction=0.75)
+STUDIES, SEED = 4, 7
+
+
+def _records(folder):
+    out = {}
+    for raw in tf.data.TFRecordDataset(sorted(map(str, folder.glob("*.tfrecord.gz"))), compression_type=records.COMPRESSION):
+        study = {k: v.numpy() for k, v in records.decode_study(raw).items()}
+        out[study["study_key"].decode()] = study
+    return out
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """The cohort as folders and as RSNA, each converted on the tiny grid."""
+    from pipelines.build_tfrecords import main
+
+    root = tmp_path_factory.mktemp("layouts")
+    write_layout(root / "folders", "folders", STUDIES, SEED, CFG)
+    write_layout(root / "rsna", "rsna", STUDIES, SEED, CFG)
+    (root / "tiny.yaml").write_text("input_size: 32\nout_spacing: 8.0\n")
+    common = ["--config", str(root / "tiny.yaml"), "--workers", "1", "--shards", "2", "--no-progress"]
+    main(["--dicom-root", str(root / "folders" / "dicom"), "--labels", str(root / "folders" / "labels.csv"),
+          "--slice-labels", str(root / "folders" / "slice_labels.csv"), "--out", str(root / "rec-folders"), *common])
+    main(["--rsna-root", str(root / "rsna" / "stage_2_train"), "--rsna-labels", str(root / "rsna" / "stage_2_train.csv"),
+          "--out", str(root / "rec-rsna"), *common])
+    return root
+
+
+def test_rsna_layout_gives_the_same_studies_labels_and_voxels(converted):
+    folders, rsna = _records(converted / "rec-folders"), _records(converted / "rec-rsna")
+    assert sorted(folders) == sorted(rsna) and len(folders) == STUDIES  # same pseudonymous keys
+    differing = []
+    for key, a in folders.items():
+        b = rsna[key]
+        assert a["label"] == b["label"]
+        np.testing.assert_array_equal(a["slice_positions"], b["slice_positions"])
+        known = b["slice_labels"] >= 0  # the planted image without label rows is -1 here
+        np.testing.assert_array_equal(a["slice_labels"][known], b["slice_labels"][known])
+        np.testing.assert_array_equal(a["slice_subtypes"][known], b["slice_subtypes"][known])
+        assert (b["slice_subtypes"][~known] == -1).all()
+        diff = np.abs(a["image"].astype(int) - b["image"].astype(int)).max(axis=(1, 2))
+        differing += [int(d) for d in diff if d]
+    # Only the planted 12-bit slice may differ: its HU below -1000 could not be stored.
+    assert len(differing) <= 1 and all(d <= 30 for d in differing)
+    assert sum(int((s["slice_labels"] == -1).sum()) for s in rsna.values()) == 1
+    assert any(s["slice_subtypes"].max() == 1 for s in rsna.values())  # subtypes carried
+
+
+def test_rsna_defects_are_counted_not_fatal(converted):
+    manifest = json.loads((converted / "rec-rsna" / "manifest.json").read_text())
+    assert manifest["rsna"] == {
+        "files": STUDIES * CFG.num_slices + 1,
+        "unparsable_files": 1,
+        "files_12bit_corrected": 1,
+        "non_512_matrix_files": STUDIES * CFG.num_slices,
+        "label_rows_without_file": 1,
+        "files_without_label_rows": 1,
+        "duplicate_label_rows": 6,
+        "unlabelled_series": 0,
+        "series": STUDIES,
+    }
+    assert manifest["corrected_files"] == 1 and manifest["studies_written"] == STUDIES
+    table = pd.read_csv(converted / "rec-rsna" / "manifest.csv")
+    bad = table[table.status == "skipped"]
+    assert list(bad.study_id) == [f"file {PLANTED['unparsable_file']}"]
+    assert bad.reason.iloc[0].startswith("unparsable DICOM header (InvalidDicomError")
+    index = pd.read_parquet(converted / "rec-rsna" / "rsna_index.parquet")
+    assert index.fix_12bit.sum() == 1 and (index.status == "unparsable").sum() == 1
+
+
+def test_without_the_12bit_correction_the_slice_is_far_off(converted):
+    from radnet_tf.dicom_io import read_series
+
+    index = pd.read_parquet(converted / "rec-rsna" / "rsna_index.parquet")
+    flagged = index[index.fix_12bit.astype(bool)].iloc[0]
+    series = index[(index.series_uid == flagged.series_uid) & (index.status == "ok")]
+    files = [str(converted / "rsna" / "stage_2_train" / f) for f in series.file]
+    fixed, raw = read_series(files, fix_12bit=True), read_series(files)
+    assert fixed.corrected_files == [flagged.file] and raw.corrected_files == []
+    k = list(fixed.sop_instance_uids).index(flagged.sop_uid)
+    assert np.median(raw.hu[k]) - np.median(fixed.hu[k]) > 900  # air read as ~3096 HU without it
+
+
+def test_fix_12bit_intercept_exact_values():
+    from radnet_tf.dicom_io import fix_12bit_intercept
+
+    stored = np.array([[0, 24, 3095, 3096, 4095]], np.uint16)
+    values, intercept = fix_12bit_intercept(stored)
+    np.testing.assert_array_equal(values + intercept, [[0, 24, 3095, -1000, -1]])
+
+
+def test_index_is_resumed_and_reused(converted, tmp_path):
+    from radnet_tf.rsna import index_headers
+
+    root = converted / "rsna" / "stage_2_train"
+    first = index_headers(root, tmp_path)
+    parts = sorted((tmp_path / "index").glob("part-*.csv"))
+    stamps = {p: p.stat().st_mtime_ns for p in parts}
+    again = index_headers(root, tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in parts} == stamps  # reused, nothing re-read
+    pd.testing.assert_frame_equal(first, again)
+    parts[0].unlink()  # as if killed before the first part was written
+    pd.testing.assert_frame_equal(index_headers(root, tmp_path), first)
+
+
+def test_labels_are_mapped_by_name_and_contradictions_refused(tmp_path):
+    from radnet_tf.errors import UserError
+    from radnet_tf.rsna import load_labels
+
+    names = ["any", "subdural", "epidural", "subarachnoid", "intraventricular", "intraparenchymal"]
+    rows = [f"ID_a_{n},{int(n in ('any', 'subdural'))}" for n in names]
+    (tmp_path / "l.csv").write_text("ID,Label\n" + "\n".join(rows + rows[:2]) + "\n")
+    wide, duplicates = load_labels(tmp_path / "l.csv")
+    assert duplicates == 2
+    assert wide.loc["ID_a"].to_dict() == {"EDH": 0, "IPH": 0, "IVH": 0, "SAH": 0, "SDH": 1, "any": 1}
+    (tmp_path / "bad.csv").write_text("ID,Label\nID_a_any,1\nID_a_any,0\n")
+    with pytest.raises(UserError, match="contradicting label rows for ID_a"):
+        load_labels(tmp_path / "bad.csv")
