@@ -85,7 +85,7 @@ def bench_synth(tiny=False):
 def bench_convert(tiny=False):
     from radnet_tf import preprocess, synth
     from radnet_tf.config import Config
-    from radnet_tf.convert import discover_tasks, load_label_tables, run_local
+    from radnet_tf.convert import folder_tasks, run_local
     from radnet_tf.dicom_io import read_series
 
     studies, scfg = (2, synth.SynthConfig(matrix=64, num_slices=4)) if tiny else (8, synth.SynthConfig(num_slices=16))
@@ -94,8 +94,7 @@ def bench_convert(tiny=False):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         synth.generate_cohort(tmp / "c", studies, seed=1, cfg=scfg)
-        labels, per_slice = load_label_tables(tmp / "c" / "labels.csv", tmp / "c" / "slice_labels.csv")
-        tasks, skipped = discover_tasks(tmp / "c" / "dicom", labels, per_slice, tmp / "c" / "masks")
+        tasks, skipped = folder_tasks(tmp / "c" / "dicom", tmp / "c" / "labels.csv", tmp / "c" / "slice_labels.csv", tmp / "c" / "masks")
         for name, cfg in grids:
             pcfg = cfg.preprocess_config()
 
@@ -251,7 +250,7 @@ def bench_export(folder, saved_model, model=None, cfg=None, name="predict_cq500_
 def run_tiny(only):
     """Every benchmark at toy sizes on data made here (smoke run; figures mean nothing)."""
     from radnet_tf.config import Config
-    from radnet_tf.convert import discover_tasks, load_label_tables, run_local
+    from radnet_tf.convert import folder_tasks, run_local
     from radnet_tf import synth
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -265,8 +264,8 @@ def run_tiny(only):
             bench_convert(tiny=True)
         if "input" in only:
             synth.generate_cohort(tmp / "c", 10, seed=3, cfg=synth.SynthConfig(matrix=64, num_slices=6, pixel_spacing_range=(3.3, 3.5)))
-            labels, per_slice = load_label_tables(tmp / "c" / "labels.csv", tmp / "c" / "slice_labels.csv")
-            tasks, skipped = discover_tasks(tmp / "c" / "dicom", labels, per_slice, tmp / "c" / "masks")
+            tasks, skipped = folder_tasks(tmp / "c" / "dicom", tmp / "c" / "labels.csv", tmp / "c" / "slice_labels.csv",
+                                          tmp / "c" / "masks")
             run_local(tasks, skipped, tmp / "r", 2, 1, Config(**TINY).preprocess_config(), progress=False)
             bench_input_and_model(tmp / "r", [f"{k}={v}" for k, v in TINY.items()])
         if "model" in only:

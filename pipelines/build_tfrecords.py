@@ -39,12 +39,11 @@ def run_beam(tasks, skipped_rows, out, shards, pcfg, beam_args, manifest_extra=N
         from apache_beam.options.pipeline_options import PipelineOptions
     except ImportError:
         raise UserError("Apache Beam is not installed: pip install 'radnet-tf[beam]'") from None
-    import pandas as pd
 
     from radnet_tf import records
     from radnet_tf.convert import convert_study
 
-    from radnet_tf.convert import MANIFEST_COLUMNS, build_source, claim_output, write_manifest
+    from radnet_tf.convert import build_source, claim_output, manifest_frame, write_manifest
 
     out = Path(out)
     claim_output(out, build_source(pcfg, tasks))
@@ -84,7 +83,7 @@ def run_beam(tasks, skipped_rows, out, shards, pcfg, beam_args, manifest_extra=N
     for part in sorted(out.glob("beam_rows*.jsonl")):
         rows += [json.loads(line) for line in part.read_text().splitlines() if line]
         part.unlink()
-    return write_manifest(out, [pd.DataFrame(rows, columns=MANIFEST_COLUMNS)], pcfg, skipped_rows, manifest_extra)
+    return write_manifest(out, [manifest_frame(rows)], pcfg, skipped_rows, manifest_extra)
 
 
 def build_parser():
@@ -126,7 +125,7 @@ def main(argv=None):
     if args.shards < 1 or args.workers < 1:
         raise UserError(f"--shards and --workers must be >= 1. Received: --shards {args.shards} --workers {args.workers}")
     from radnet_tf.config import load_config
-    from radnet_tf.convert import discover_tasks, image_tasks, load_label_tables, load_slice_subtypes, run_local
+    from radnet_tf.convert import folder_tasks, image_tasks, run_local
 
     pcfg = load_config(args.config).preprocess_config()
     inputs = [name for name in ("dicom_root", "images_csv", "rsna_root") if getattr(args, name)]
@@ -151,9 +150,7 @@ def main(argv=None):
     else:
         if not (args.dicom_root and args.labels):
             raise UserError("give --dicom-root and --labels (or --images-csv, or --rsna-root and --rsna-labels)")
-        labels, per_slice = load_label_tables(args.labels, args.slice_labels)
-        subtypes = load_slice_subtypes(args.slice_labels) if args.slice_labels else {}
-        tasks, skipped = discover_tasks(args.dicom_root, labels, per_slice, args.masks, subtypes)
+        tasks, skipped = folder_tasks(args.dicom_root, args.labels, args.slice_labels, args.masks)
     if not tasks:
         raise UserError("no study to convert")
     start = time.perf_counter()

@@ -11,6 +11,7 @@ write identical records. Label files (documented in the README):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -40,6 +41,9 @@ class StudyTask:
     files: tuple | None = None  # the series' DICOM files (flat layouts such as RSNA)
     fix_12bit: bool = False  # dicom_io.fix_12bit_intercept where needed (RSNA-2019)
     skip_undecodable: bool = False  # drop slices whose pixels cannot be decoded
+    series_policy: str = ""  # dicom_io.SeriesPolicy.parse text; "" = the default policy
+    study_subtypes: tuple | None = None  # 5 ints for the whole study (e.g. CQ500 reads)
+    manifest: tuple = ()  # (column, value) pairs copied into the manifest row (e.g. reads)
 
 
 def load_slice_subtypes(slice_labels_csv):
@@ -212,12 +216,17 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
     """
     if isinstance(task, ImageStudyTask):
         return convert_image_study(task, pcfg, salt)
-    series = read_series(
-        list(task.files) if task.files else task.dicom_dir,
-        salt=salt,
-        fix_12bit=task.fix_12bit,
-        skip_undecodable=task.skip_undecodable,
-    )
+    from radnet_tf.dicom_io import SeriesPolicy
+
+    policy = SeriesPolicy.parse(task.series_policy) if task.series_policy else None
+    with _unpacked(task.dicom_dir) as folder:
+        series = read_series(
+            list(task.files) if task.files else folder,
+            salt=salt,
+            fix_12bit=task.fix_12bit,
+            skip_undecodable=task.skip_undecodable,
+            series_policy=policy,
+        )
     hu, center = preprocess.resample_hu(series.hu, series.pixel_spacing, pcfg)
     mask = None
     if task.mask_path:
@@ -248,6 +257,7 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
         spacing=(pcfg.out_spacing, pcfg.out_spacing, series.slice_spacing),
         slice_positions=series.slice_positions,
         slice_subtypes=subtypes,
+        study_subtypes=task.study_subtypes,
     )
     row = {
         "study_id": task.study_id,
@@ -264,8 +274,45 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
         "matrix": f"{series.hu.shape[1]}x{series.hu.shape[2]}",
         "skipped_files": len(series.skipped),
         "corrected_files": len(series.corrected_files),
+        "series": _series_text([c for c in series.series_choice if c["decision"] == "chosen"]),
+        "series_rejected": _series_text([c for c in series.series_choice if c["decision"] != "chosen"], True),
+        **dict(task.manifest),
     }
     return record, row
+
+
+def _series_text(choices, with_reason=False):
+    parts = []
+    for c in choices:
+        text = f"{c['description'] or 'series'} [{c['kernel'] or '?'}, {c['thickness_mm']} mm, {c['slices']} slices]"
+        parts.append(f"{text}: {c['decision']}" if with_reason else text)
+    return "; ".join(parts)
+
+
+@contextlib.contextmanager
+def _unpacked(path):
+    """A study folder as is, or a study .zip extracted to a temporary folder (removed after)."""
+    if not (path and str(path).lower().endswith(".zip")):
+        yield path
+        return
+    import tempfile
+    import zipfile
+
+    with tempfile.TemporaryDirectory(prefix="radnet-zip-") as tmp:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.extractall(tmp)
+        except (zipfile.BadZipFile, OSError) as err:
+            raise UserError(f"{path}: cannot unpack ({err})") from None
+        yield tmp
+
+
+def folder_tasks(dicom_root, labels_csv, slice_labels_csv=None, masks_dir=None):
+    """The study-folder layout (one folder per study + label CSVs) -> (tasks, skipped):
+    `load_label_tables`, `load_slice_subtypes` and `discover_tasks` in one call."""
+    labels, per_slice = load_label_tables(labels_csv, slice_labels_csv)
+    subtypes = load_slice_subtypes(slice_labels_csv) if slice_labels_csv else {}
+    return discover_tasks(dicom_root, labels, per_slice, masks_dir, subtypes)
 
 
 def discover_tasks(dicom_root, labels, per_slice=None, masks_dir=None, subtypes=None):
@@ -322,6 +369,8 @@ MANIFEST_COLUMNS = [
     "matrix",
     "skipped_files",
     "corrected_files",
+    "series",
+    "series_rejected",
 ]
 
 
@@ -350,8 +399,17 @@ def _convert_shard(args):
         serialized.append(record)
         rows.append({**row, "status": "written", "reason": "", "shard": os.path.basename(shard_path)})
     records.write_shard(shard_path, serialized)
-    atomic.write_csv(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), part_path)
+    atomic.write_csv(manifest_frame(rows), part_path)
     return part_path
+
+
+def manifest_frame(rows):
+    """Manifest rows (dicts) -> DataFrame: MANIFEST_COLUMNS first, then any extra columns
+    (e.g. a data set's per-reader reads)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    return frame.reindex(columns=MANIFEST_COLUMNS + [c for c in frame.columns if c not in MANIFEST_COLUMNS])
 
 
 def write_manifest(out, frames, pcfg, skipped_rows, extra=None):
@@ -364,7 +422,8 @@ def write_manifest(out, frames, pcfg, skipped_rows, extra=None):
         columns=MANIFEST_COLUMNS,
     )
     table = pd.concat([f for f in frames + [skipped] if len(f)], ignore_index=True)
-    table = table.reindex(columns=MANIFEST_COLUMNS).sort_values("study_id", kind="stable")
+    more = [c for c in table.columns if c not in MANIFEST_COLUMNS]  # e.g. per-reader reads
+    table = table.reindex(columns=MANIFEST_COLUMNS + more).sort_values("study_id", kind="stable")
     out = Path(out)
     atomic.write_csv(table, out / "manifest.csv")
     written = table[table.status == "written"]
@@ -397,7 +456,8 @@ def build_source(pcfg, tasks, extra=None) -> dict:
         else:
             slices = sorted((t.slice_labels or {}).items())
             subtypes = sorted((t.slice_subtypes or {}).items())
-            studies.append([t.study_id, int(t.label), slices, bool(t.mask_path), subtypes, t.fix_12bit])
+            studies.append([t.study_id, int(t.label), slices, bool(t.mask_path), subtypes, t.fix_12bit,
+                            t.series_policy, list(t.study_subtypes or ())])
     digest = hashlib.sha256(json.dumps(studies, sort_keys=True).encode()).hexdigest()[:16]
     return {
         "schema_version": records.SCHEMA_VERSION,

@@ -6,8 +6,11 @@ empty arrays, and TF Serving cannot load its custom ops anyway. pydicom with the
 plugins decodes uncompressed, JPEG Lossless, JPEG 2000 and RLE pixel data exactly.
 
 What the reader guarantees:
-  * files are grouped by SeriesInstanceUID; the axial CT image series with the most slices
-    is chosen; localizers, dose reports, non-CT and non-image objects are skipped and listed;
+  * files are grouped by SeriesInstanceUID and one axial CT image series is chosen by a
+    stated `SeriesPolicy` (default: soft-tissue reconstructions only, i.e. no bone/lung/
+    sharp kernels or descriptions, slice thickness 0.5-5.5 mm; among those the most
+    slices); every series considered is listed with the decision in `series_choice`;
+    localizers, dose reports, non-CT and non-image objects are skipped and listed;
   * slices are sorted by ImagePositionPatient projected on the slice normal (never by file
     name or InstanceNumber), inferior to superior;
   * voxels are HU through the modality LUT, int16, with padding (PixelPaddingValue and
@@ -49,6 +52,73 @@ CT_IMAGE_STORAGE = {
 }
 DEFAULT_SALT_ENV = "RADNET_PSEUDONYM_SALT"
 _DEFAULT_SALT = "radnet-tf-default-salt"  # sites should set RADNET_PSEUDONYM_SALT
+# Kernels and descriptions of reconstructions that are not for brain soft tissue (GE BONE,
+# BONEPLUS, LUNG, EDGE; Siemens B/H/I 60-99 sharp kernels; Philips YC/YD/D; Toshiba FC5x+
+# bone kernels; MIP slabs), matched case-insensitively anywhere in either tag.
+DEFAULT_SERIES_EXCLUDE = r"bone|lung|edge|sharp|\b[bhi][6-9]\d|\by[cd]\b|\bfc[5-9]\d|\bmip\b"
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesPolicy:
+    """Which series of a study to read.
+
+    Attributes:
+      thickness_mm: (min, max) SliceThickness accepted (a series without the tag passes).
+      exclude: regular expression (case-insensitive) matched against ConvolutionKernel and
+        SeriesDescription; a match rejects the series.
+    Among the series that pass, the one with the most slices is read (ties: the thinner).
+    """
+
+    thickness_mm: tuple = (0.5, 5.5)
+    exclude: str = DEFAULT_SERIES_EXCLUDE
+
+    @classmethod
+    def parse(cls, text: str) -> "SeriesPolicy":
+        """From "thickness=MIN-MAX,exclude=REGEX" (either part optional, `exclude` last as
+        the expression may hold commas; "any" = no filter).
+
+        Raises:
+          UserError for a malformed policy.
+        """
+        import re
+
+        from radnet_tf.errors import UserError
+
+        text = text.strip()
+        if text == "any":
+            return cls(thickness_mm=(0.0, float("inf")), exclude="")
+        head, _, exclude = text.partition("exclude=")
+        policy = cls()
+        for part in filter(None, (p.strip() for p in head.split(","))):
+            key, _, value = part.partition("=")
+            if key.strip() != "thickness":
+                raise UserError(f"series policy keys are thickness and exclude. Received: {text!r}")
+            try:
+                low, high = (float(v) for v in value.split("-"))
+            except ValueError:
+                raise UserError(f"series policy thickness must be MIN-MAX in mm. Received: {value!r}") from None
+            policy = dataclasses.replace(policy, thickness_mm=(low, high))
+        if "exclude=" in text:
+            try:
+                re.compile(exclude)
+            except re.error as err:
+                raise UserError(f"series policy exclude is not a regular expression ({err})") from None
+            policy = dataclasses.replace(policy, exclude=exclude)
+        return policy
+
+    def rejects(self, description: str, kernel: str, thickness: float) -> str | None:
+        """Why this policy rejects a series (None when it passes)."""
+        import re
+
+        for name, text in (("kernel", kernel), ("description", description)):
+            if self.exclude and text and re.search(self.exclude, text, re.IGNORECASE):
+                return f"{name} {text!r} is not a soft-tissue reconstruction"
+        low, high = self.thickness_mm
+        if np.isfinite(thickness) and not low <= thickness <= high:
+            return f"slice thickness {thickness:g} mm outside {low:g}-{high:g} mm"
+        return None
+
+
 HU_MAX = 32767  # int16; extended-scale CT reaches ~30,000 HU on metal
 HU_FLOOR = -2048  # a slice with no voxel above this is not CT in HU
 TILT_TOLERANCE_DEG = 0.5
@@ -78,6 +148,8 @@ class CTSeries:
       warnings: list of str, things accepted but worth knowing (e.g. missing rescale tags).
       corrected_files: names of files whose pixel values a named correction changed (e.g.
         `fix_12bit_intercept`).
+      series_choice: one dict per axial CT series considered (series_key, description,
+        kernel, thickness_mm, slices, decision: "chosen" or the reason it was not).
     """
 
     hu: np.ndarray
@@ -96,6 +168,7 @@ class CTSeries:
     slice_thickness: float = float("nan")
     warnings: list = dataclasses.field(default_factory=list)
     corrected_files: list = dataclasses.field(default_factory=list)
+    series_choice: list = dataclasses.field(default_factory=list)
 
     @property
     def num_slices(self) -> int:
@@ -120,6 +193,7 @@ class CTSeries:
             "skipped_files": len(self.skipped),
             "warnings": list(self.warnings),
             "corrected_files": len(self.corrected_files),
+            "series_choice": list(self.series_choice),
         }
 
 
@@ -278,6 +352,7 @@ def read_series(
     series_uid: str | None = None,
     fix_12bit: bool = False,
     skip_undecodable: bool = False,
+    series_policy: SeriesPolicy | None = None,
 ) -> CTSeries:
     """Reads the axial CT series of a folder (searched recursively) into a HU volume.
 
@@ -288,7 +363,8 @@ def read_series(
       tilt: "correct" (shear slices to remove gantry tilt) or "reject" (raise).
       min_slices: fewest slices accepted (2 by default: a volume needs a slice spacing).
       salt: pseudonymisation salt (default: RADNET_PSEUDONYM_SALT or the project default).
-      series_uid: read this SeriesInstanceUID instead of the largest axial CT series.
+      series_uid: read this SeriesInstanceUID (the policy is then not applied).
+      series_policy: which series to read when there are several (default `SeriesPolicy()`).
       fix_12bit: apply `fix_12bit_intercept` to slices that need it (RSNA-2019); the files
         are listed in `corrected_files`.
       skip_undecodable: skip (and list) slices whose pixel data cannot be decoded instead
@@ -349,15 +425,43 @@ def read_series(
         reasons = sorted({r for r in dicom_seen})
         raise DicomReadError(f"{root}: no axial CT image series (files skipped: {'; '.join(reasons)})")
 
+    def described(uid):
+        ds = series[uid][0][1]
+        thickness = ds.get("SliceThickness")
+        try:
+            thickness = float(thickness) if thickness not in (None, "") else float("nan")
+        except (TypeError, ValueError):
+            thickness = float("nan")
+        return str(ds.get("SeriesDescription", "") or ""), str(ds.get("ConvolutionKernel", "") or ""), thickness
+
+    policy = series_policy or SeriesPolicy()
+    decisions = {}
     if series_uid is not None:
         if series_uid not in series:
             raise DicomReadError(f"{root}: series {series_uid} not found")
         chosen_uid = series_uid
+        decisions = {uid: "another series (series_uid given)" for uid in series if uid != chosen_uid}
     else:
-        chosen_uid = max(series, key=lambda uid: len(series[uid]))
-    for uid, members in series.items():
+        decisions = {uid: policy.rejects(*described(uid)) for uid in series}
+        passing = [uid for uid, why in decisions.items() if why is None]
+        if not passing:
+            why = "; ".join(f"{described(uid)[0] or 'series'}: {decisions[uid]}" for uid in sorted(series))
+            raise DicomReadError(f"{root}: no series passes the series policy ({why})")
+        chosen_uid = max(passing, key=lambda uid: (len(series[uid]), -np.nan_to_num(described(uid)[2], nan=0.0)))
+        for uid in passing:
+            if uid != chosen_uid:
+                decisions[uid] = "fewer slices than the chosen series"
+    series_choice = []
+    for uid in sorted(series, key=lambda u: -len(series[u])):
+        description, kernel, thickness = described(uid)
+        decision = "chosen" if uid == chosen_uid else decisions[uid]
+        series_choice.append({
+            "series_key": pseudonymize(uid, salt), "description": description, "kernel": kernel,
+            "thickness_mm": None if np.isnan(thickness) else round(thickness, 3), "slices": len(series[uid]),
+            "decision": decision,
+        })
         if uid != chosen_uid:
-            skipped.extend((p.name, "another series") for p, _ in members)
+            skipped.extend((p.name, f"another series: {decision}") for p, _ in series[uid])
     members = series[chosen_uid]
     if len(members) < min_slices:
         raise DicomReadError(
@@ -458,4 +562,5 @@ def read_series(
         slice_thickness=float(thickness) if thickness not in (None, "") else float("nan"),
         warnings=warnings,
         corrected_files=fixed_names,
+        series_choice=series_choice,
     )

@@ -15,6 +15,8 @@ One `tf.train.Example` per study (schema version 1):
                                         (contract.SUBTYPES order); decoded as [S, 5], all
                                         -1 when absent (records written before it)
   label             int64    []         study label 1/0
+  study_subtypes    int64    [5]        optional: 1/0/-1 per subtype for the whole study
+                                        (e.g. CQ500 reads); -1 when absent
   num_slices        int64    []         S
   size              int64    []         N
   spacing           float    [3]        (row, col, slice) mm of the stored grid
@@ -43,6 +45,7 @@ _FEATURES = {
     "has_mask": tf.io.FixedLenFeature([], tf.int64, default_value=0),
     "slice_labels": tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True),
     "slice_subtypes": tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True),
+    "study_subtypes": tf.io.FixedLenFeature([NUM_SUBTYPES], tf.int64, default_value=[-1] * NUM_SUBTYPES),
     "label": tf.io.FixedLenFeature([], tf.int64),
     "num_slices": tf.io.FixedLenFeature([], tf.int64),
     "size": tf.io.FixedLenFeature([], tf.int64),
@@ -64,7 +67,8 @@ def _floats(v):
 
 
 def encode_study(
-    *, study_key, image, slice_labels, label, spacing, slice_positions, mask=None, slice_subtypes=None
+    *, study_key, image, slice_labels, label, spacing, slice_positions, mask=None, slice_subtypes=None,
+    study_subtypes=None,
 ) -> bytes:
     """Serialises one study.
 
@@ -77,6 +81,7 @@ def encode_study(
       slice_positions: float array [S], mm.
       mask: optional uint8/bool array [S, N, N].
       slice_subtypes: optional int array [S, 5] (1/0, -1 unknown; contract.SUBTYPES order).
+      study_subtypes: optional 5 ints (1/0, -1 unknown) for the whole study.
     Returns:
       bytes of a serialised tf.train.Example.
     """
@@ -106,6 +111,10 @@ def encode_study(
     }
     if slice_subtypes is not None:
         feature["slice_subtypes"] = _ints(slice_subtypes)
+    if study_subtypes is not None:
+        if np.asarray(study_subtypes).shape != (NUM_SUBTYPES,):
+            raise ValueError(f"study_subtypes must have shape [{NUM_SUBTYPES}]. Received: {np.asarray(study_subtypes).shape}")
+        feature["study_subtypes"] = _ints(study_subtypes)
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
@@ -115,7 +124,7 @@ def decode_study(serialized):
     Returns:
       dict: study_key string []; image int16 [S, N, N]; mask uint8 [S, N, N] (zeros when
       absent); has_mask bool []; slice_labels int64 [S]; slice_subtypes int64 [S, 5] (-1
-      when absent); label int64 []; spacing float32 [3]; slice_positions float32 [S];
+      when absent); study_subtypes int64 [5] (-1 when absent); label int64 []; spacing float32 [3]; slice_positions float32 [S];
       num_slices int64 [].
     """
     ex = tf.io.parse_single_example(serialized, _FEATURES)
@@ -144,6 +153,7 @@ def decode_study(serialized):
         "has_mask": has_mask,
         "slice_labels": ex["slice_labels"],
         "slice_subtypes": subtypes,
+        "study_subtypes": ex["study_subtypes"],
         "label": ex["label"],
         "spacing": ex["spacing"],
         "slice_positions": ex["slice_positions"],

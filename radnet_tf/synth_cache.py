@@ -23,14 +23,7 @@ def prepare_synthetic(cfg, progress=True) -> str:
     """Generates (cached) the synthetic cohort of `cfg` and its records; returns the
     records folder (str)."""
     from radnet_tf import synth
-    from radnet_tf.convert import (
-        SOURCE_FILE,
-        build_source,
-        discover_tasks,
-        load_label_tables,
-        load_slice_subtypes,
-        run_local,
-    )
+    from radnet_tf.convert import SOURCE_FILE, build_source, folder_tasks, run_local
 
     work = Path(cfg.work_dir)
     cohort = work / "synth"
@@ -63,9 +56,7 @@ def prepare_synthetic(cfg, progress=True) -> str:
         os.replace(partial, spec_path)  # the spec file's final rename marks the cohort complete
     pcfg = cfg.preprocess_config()
     rec_dir = work / f"records-{pcfg.out_size}px-{pcfg.out_spacing:g}mm"
-    labels, per_slice = load_label_tables(cohort / "labels.csv", cohort / "slice_labels.csv")
-    subtypes = load_slice_subtypes(cohort / "slice_labels.csv")
-    tasks, skipped = discover_tasks(cohort / "dicom", labels, per_slice, cohort / "masks", subtypes)
+    tasks, skipped = folder_tasks(cohort / "dicom", cohort / "labels.csv", cohort / "slice_labels.csv", cohort / "masks")
     source = build_source(pcfg, tasks, {"cohort": spec})
     if (rec_dir / "manifest.json").exists() and matches(rec_dir / SOURCE_FILE, source):
         return str(rec_dir)

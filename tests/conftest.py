@@ -49,12 +49,11 @@ def tiny_cohort(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_records(tiny_cohort, tmp_path_factory):
     """The tiny cohort as records on the tiny model grid (32 px, 8 mm)."""
-    from radnet_tf.convert import discover_tasks, load_label_tables, load_slice_subtypes, run_local
+    from radnet_tf.convert import folder_tasks, run_local
 
     out = tmp_path_factory.mktemp("records")
-    labels, per_slice = load_label_tables(tiny_cohort / "labels.csv", tiny_cohort / "slice_labels.csv")
-    subtypes = load_slice_subtypes(tiny_cohort / "slice_labels.csv")
-    tasks, skipped = discover_tasks(tiny_cohort / "dicom", labels, per_slice, tiny_cohort / "masks", subtypes)
+    tasks, skipped = folder_tasks(tiny_cohort / "dicom", tiny_cohort / "labels.csv", tiny_cohort / "slice_labels.csv",
+                                  tiny_cohort / "masks")
     run_local(tasks, skipped, out, shards=2, workers=1, pcfg=tiny_config().preprocess_config(), progress=False)
     return out
 

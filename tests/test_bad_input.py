@@ -337,7 +337,8 @@ def test_two_series_reads_the_larger_and_lists_the_other(tmp_path):
     _series(tmp_path / "b", num_slices=2, seed=2)
     series = read_series(tmp_path)
     assert series.num_slices == 4
-    assert sorted(r for _, r in series.skipped) == ["another series", "another series"]
+    assert sorted(r for _, r in series.skipped) == ["another series: fewer slices than the chosen series"] * 2
+    assert [c["decision"] for c in series.series_choice] == ["chosen", "fewer slices than the chosen series"]
 
 
 def test_odd_orientation_slice_is_skipped_and_listed(tmp_path):

@@ -1,9 +1,9 @@
 import gzip
 import os
-import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from conftest import REPO, tiny_config
 from radnet_tf import data, preprocess, records
-from radnet_tf.convert import StudyTask, convert_study, discover_tasks, load_label_tables, run_local
+from radnet_tf.convert import StudyTask, convert_study, discover_tasks, folder_tasks, load_label_tables, run_local
 from radnet_tf.dicom_io import read_series
 
 
@@ -205,23 +205,32 @@ def _cli(out, cohort, extra=()):
 
 @pytest.mark.slow
 def test_resume_after_kill_leaves_no_duplicates(tiny_cohort, tmp_path):
+    """A run killed mid-way leaves complete shards (shard + its manifest part), at most a
+    half-written temporary file, and no manifest. Built deterministically: a full run, then
+    the state a kill during shard 3 of 5 leaves (a timed SIGKILL raced the tiny run)."""
+    from radnet_tf import atomic
+
     out = tmp_path / "rec"
     config = tmp_path / "tiny.yaml"
     config.write_text("input_size: 32\nout_spacing: 8.0\n")
     cmd = _cli(out, tiny_cohort, ["--shards", "5", "--workers", "1", "--config", str(config)])
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(out.glob("*.manifest.csv")):
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # kill the converter (and any worker) mid-run
-    proc.wait()
-    complete = len(list(out.glob("*.manifest.csv")))
-    assert 1 <= complete < 5, "the kill should land after the first shard and before the last"
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
+    shards = sorted(out.glob("studies-*.tfrecord.gz"))
+    assert len(shards) == 5
+    for shard in shards[2:]:  # shards 3-5 never finished
+        shard.unlink()
+        Path(f"{shard}.manifest.csv").unlink()
+    half = atomic.temp_name(shards[2])
+    half.write_bytes(shards[0].read_bytes()[:100])  # the half-written shard 3
+    (out / "manifest.csv").unlink()
+    (out / "manifest.json").unlink()
+    kept = {p: p.stat().st_mtime_ns for p in shards[:2]}
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
+    assert {p: p.stat().st_mtime_ns for p in shards[:2]} == kept  # complete shards kept as they were
     keys = [records.decode_study(tf.constant(r))["study_key"].numpy() for r in _all_records(out)]
     assert len(keys) == len(set(keys)) == 10
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.glob(f"{atomic.TMP_PREFIX}*"))
     assert len(pd.read_csv(out / "manifest.csv")) == 10
 
 
@@ -230,8 +239,8 @@ def test_beam_direct_runner_matches_local_runner(tiny_cohort, tiny_records, tmp_
     pytest.importorskip("apache_beam")
     from pipelines.build_tfrecords import run_beam
 
-    labels, per_slice = load_label_tables(tiny_cohort / "labels.csv", tiny_cohort / "slice_labels.csv")
-    tasks, skipped = discover_tasks(tiny_cohort / "dicom", labels, per_slice, tiny_cohort / "masks")
+    tasks, skipped = folder_tasks(tiny_cohort / "dicom", tiny_cohort / "labels.csv", tiny_cohort / "slice_labels.csv",
+                                  tiny_cohort / "masks")
     table, summary = run_beam(tasks, skipped, tmp_path, 2, tiny_config().preprocess_config(), ["--runner", "DirectRunner"])
     assert summary["studies_written"] == 10
     assert sorted(_all_records(tmp_path)) == sorted(_all_records(tiny_records))
