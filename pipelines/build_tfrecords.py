@@ -22,6 +22,7 @@ Beam pipeline options after `--`), written with `WriteToTFRecord`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -95,6 +96,12 @@ def build_parser():
     parser.add_argument("--dicom-root", help="folder with one sub-folder per study")
     parser.add_argument("--rsna-root", help="RSNA-2019 flat image folder (stage_2_train/ or stage_2_train_images/)")
     parser.add_argument("--rsna-labels", help="RSNA label CSV (ID,Label; six rows per image), with --rsna-root")
+    parser.add_argument("--cq500-root", help="CQ500 folder: CQ500-CT-<n>.zip files and/or unpacked study folders")
+    parser.add_argument("--cq500-reads", help="CQ500 reads.csv, with --cq500-root")
+    parser.add_argument("--reads-label", default="majority", help="CQ500 label rule: majority (default), any-reader, R1, R2 or R3")
+    parser.add_argument("--series-policy", default="",
+                        help="which series of a multi-series study: 'thickness=MIN-MAX,exclude=REGEX' (default: "
+                             "soft-tissue kernels, 0.5-5.5 mm, most slices; see radnet_tf.dicom_io.SeriesPolicy) or 'any'")
     parser.add_argument("--labels", help="CSV with study_id,label (with --dicom-root)")
     parser.add_argument("--images-csv", help="pre-windowed 2D images: CSV with image,label[,mask,study_id,slice_index]")
     parser.add_argument("--images-root", default=".", help="folder the --images-csv paths are relative to")
@@ -128,11 +135,23 @@ def main(argv=None):
     from radnet_tf.convert import folder_tasks, image_tasks, run_local
 
     pcfg = load_config(args.config).preprocess_config()
-    inputs = [name for name in ("dicom_root", "images_csv", "rsna_root") if getattr(args, name)]
+    inputs = [name for name in ("dicom_root", "images_csv", "rsna_root", "cq500_root") if getattr(args, name)]
     if len(inputs) > 1:
-        raise UserError("give one input: --dicom-root, --images-csv or --rsna-root")
+        raise UserError("give one input: --dicom-root, --images-csv, --rsna-root or --cq500-root")
+    if args.series_policy:
+        from radnet_tf.dicom_io import SeriesPolicy
+
+        SeriesPolicy.parse(args.series_policy)  # a bad policy fails here, not in every worker
     manifest_extra = None
-    if args.rsna_root:
+    if args.cq500_root:
+        from radnet_tf import cq500
+
+        if not args.cq500_reads:
+            raise UserError("--cq500-root needs --cq500-reads (reads.csv)")
+        reads = cq500.load_reads(args.cq500_reads, args.reads_label)
+        tasks, skipped = cq500.study_tasks(args.cq500_root, reads, args.series_policy)
+        manifest_extra = {"labels": f"CQ500 reads, rule {args.reads_label}"}
+    elif args.rsna_root:
         from radnet_tf import rsna
 
         if not args.rsna_labels:
@@ -151,6 +170,8 @@ def main(argv=None):
         if not (args.dicom_root and args.labels):
             raise UserError("give --dicom-root and --labels (or --images-csv, or --rsna-root and --rsna-labels)")
         tasks, skipped = folder_tasks(args.dicom_root, args.labels, args.slice_labels, args.masks)
+        if args.series_policy:
+            tasks = [dataclasses.replace(t, series_policy=args.series_policy) for t in tasks]
     if not tasks:
         raise UserError("no study to convert")
     start = time.perf_counter()

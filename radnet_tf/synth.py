@@ -540,9 +540,10 @@ def main(argv=None):
     )
     parser.add_argument("--positive-fraction", type=float, default=SynthConfig.positive_fraction)
     parser.add_argument("--workers", type=int, default=1, help="processes (the cohort does not depend on it)")
-    parser.add_argument("--layout", default="folders", choices=["folders", "rsna"],
+    parser.add_argument("--layout", default="folders", choices=["folders", "rsna", "cq500"],
                         help="folders: one folder per study + labels.csv (default); rsna: the RSNA-2019 flat layout "
-                             "with its known defects planted (radnet_tf.synth_layouts)")
+                             "with its known defects planted; cq500: zips/folders with several series and "
+                             "reads.csv (radnet_tf.synth_layouts)")
     args = parser.parse_args(argv)
     if args.studies < 1 or args.slices < 1 or args.matrix < 32:
         raise UserError("--studies and --slices must be >= 1 and --matrix >= 32")

@@ -2,6 +2,13 @@
 
     write_layout(out, "rsna", studies, seed, cfg)
 
+`cq500`: `out/CQ500-CT-0.zip` (study 0, zipped as CQ500 ships) and
+`out/CQ500CT<i> CQ500CT<i>/Unknown Study/CT <description>/CT<nnnnnn>.dcm` for the others,
+three series per study: "CT Plain" (the phantom, STANDARD kernel: the one to choose),
+"CT BONE" (the same slices, BONE kernel) and "CT 10mm" (every second slice, 10 mm thick);
+`out/reads.csv` in CQ500's columns, readers R1 and R2 giving the truth and R3 disagreeing
+on ICH for study 1 (so `majority` and `any-reader` differ there).
+
 `rsna`: `out/stage_2_train/ID_<9 hex>.dcm` (one flat folder, the name derived from the
 SOPInstanceUID) and `out/stage_2_train.csv` (`ID,Label`, six rows per image, RSNA's label
 names), with the data set's known defects planted (`PLANTED`): one unparsable file, one
@@ -27,7 +34,7 @@ from radnet_tf import atomic
 from radnet_tf.contract import SUBTYPES
 from radnet_tf.errors import UserError
 
-LAYOUTS = ("folders", "rsna")
+LAYOUTS = ("folders", "rsna", "cq500")
 RSNA_NAMES = {"EDH": "epidural", "IPH": "intraparenchymal", "IVH": "intraventricular", "SAH": "subarachnoid",
               "SDH": "subdural"}
 PLANTED = {
@@ -98,6 +105,81 @@ def write_rsna(out, num_studies, seed, cfg):
     return rows
 
 
+CQ500_SERIES = (  # description, kernel, every step-th slice, SliceThickness (None: the phantom's)
+    ("CT Plain", "STANDARD", 1, None), ("CT BONE", "BONE", 1, None), ("CT 10mm", "STANDARD", 2, 10.0))
+CQ500_EXTRA_FINDINGS = ("BleedLocation-Left", "BleedLocation-Right", "ChronicBleed", "Fracture", "CalvarialFracture",
+                        "OtherFracture", "MassEffect", "MidlineShift")
+
+
+def _cq500_series(phantom, study_dir, rng_state, description, kernel, step, thickness):
+    """Writes one series of a CQ500-style study (every `step`-th slice of the phantom).
+
+    `rng_state` is the study's generator state after `make_phantom`: every series starts
+    from it, so all get the StudyInstanceUID the folders layout gives the study."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from radnet_tf import synth
+
+    rng = np.random.default_rng()
+    rng.bit_generator.state = rng_state
+    folder = study_dir / "Unknown Study" / f"{description}"
+    synth.write_dicom_series(phantom, folder, rng)
+    series_uid = generate_uid(entropy_srcs=[str(rng_state["state"]["state"]), description])
+    for k, path in enumerate(sorted(folder.iterdir(), key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))):
+        if k % step:
+            path.unlink()
+            continue
+        ds = pydicom.dcmread(path)
+        ds.SeriesDescription, ds.ConvolutionKernel, ds.SeriesInstanceUID = description, kernel, series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[series_uid, str(k)])
+        ds.SliceThickness = float(thickness or phantom.slice_thickness)
+        ds.save_as(path)
+        path.rename(folder / f"CT{k:06d}.dcm")
+
+
+def write_cq500(out, num_studies, seed, cfg):
+    """Writes the CQ500 layout (module docstring). Returns the reads table rows."""
+    import zipfile
+
+    from radnet_tf import synth
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    header = ["name", "Category"] + [f"{r}:{f}" for r in ("R1", "R2", "R3") for f in ("ICH", "IPH", "IVH", "SDH", "EDH", "SAH", *CQ500_EXTRA_FINDINGS)]
+    rows = []
+    for i in range(num_studies):
+        rng = np.random.default_rng([seed, i])
+        phantom = synth.make_phantom(rng, cfg)
+        rng_state = rng.bit_generator.state
+        study_dir = out / f"CQ500CT{i} CQ500CT{i}"
+        if study_dir.exists():
+            shutil.rmtree(study_dir)
+        for description, kernel, step, thickness in CQ500_SERIES:
+            _cq500_series(phantom, study_dir, rng_state, description, kernel, step, thickness)
+        truth = {"ICH": int(phantom.slice_labels.any()), **{t: int(t in phantom.types) for t in SUBTYPES}}
+        row = {"name": f"CQ500-CT-{i}", "Category": "B1"}
+        for reader in ("R1", "R2", "R3"):
+            for finding in ("ICH", "IPH", "IVH", "SDH", "EDH", "SAH"):
+                value = truth[finding]
+                if reader == "R3" and i == 1 and finding == "ICH":
+                    value = 1 - value
+                row[f"{reader}:{finding}"] = value
+            for finding in CQ500_EXTRA_FINDINGS:
+                row[f"{reader}:{finding}"] = 0
+        rows.append(row)
+        if i == 0:  # as CQ500 ships: one zip per study
+            with atomic.atomic_path(out / "CQ500-CT-0.zip") as tmp, zipfile.ZipFile(tmp, "w") as archive:
+                for path in sorted(study_dir.rglob("*.dcm")):
+                    archive.write(path, path.relative_to(out))
+            shutil.rmtree(study_dir)
+    with atomic.atomic_path(out / "reads.csv") as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
 def write_layout(out, layout, num_studies, seed, cfg, workers=1, progress=False):
     """Writes the synthetic cohort in `layout` (one of LAYOUTS) under `out`."""
     from radnet_tf import synth
@@ -106,4 +188,6 @@ def write_layout(out, layout, num_studies, seed, cfg, workers=1, progress=False)
         return synth.generate_cohort(out, num_studies, seed, cfg, progress=progress, workers=workers)
     if layout == "rsna":
         return write_rsna(out, num_studies, seed, cfg)
+    if layout == "cq500":
+        return write_cq500(out, num_studies, seed, cfg)
     raise UserError(f"layout must be one of {LAYOUTS}. Received: {layout!r}")

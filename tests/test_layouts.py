@@ -132,3 +132,63 @@ def test_labels_are_mapped_by_name_and_contradictions_refused(tmp_path):
     (tmp_path / "bad.csv").write_text("ID,Label\nID_a_any,1\nID_a_any,0\n")
     with pytest.raises(UserError, match="contradicting label rows for ID_a"):
         load_labels(tmp_path / "bad.csv")
+
+
+@pytest.fixture(scope="module")
+def cq500_converted(converted):
+    from pipelines.build_tfrecords import main
+
+    root = converted
+    write_layout(root / "cq500", "cq500", STUDIES, SEED, CFG)
+    common = ["--config", str(root / "tiny.yaml"), "--workers", "1", "--shards", "2", "--no-progress"]
+    for rule in ("majority", "any-reader"):
+        main(["--cq500-root", str(root / "cq500"), "--cq500-reads", str(root / "cq500" / "reads.csv"),
+              "--reads-label", rule, "--out", str(root / f"rec-cq500-{rule}"), *common])
+    return root
+
+
+def test_cq500_layout_gives_the_same_studies_and_voxels(cq500_converted):
+    folders, cq = _records(cq500_converted / "rec-folders"), _records(cq500_converted / "rec-cq500-majority")
+    assert sorted(folders) == sorted(cq) and (cq500_converted / "cq500" / "CQ500-CT-0.zip").exists()
+    for key, a in folders.items():
+        np.testing.assert_array_equal(a["image"], cq[key]["image"])  # the plain series, not bone or 10 mm
+        assert a["label"] == cq[key]["label"]
+        positive = bool(a["label"])
+        assert (cq[key]["slice_labels"] == (-1 if positive else 0)).all()  # CQ500 has study reads only
+        assert (cq[key]["slice_subtypes"] == -1).all() and set(cq[key]["study_subtypes"]) <= {0, 1}
+
+
+def test_cq500_series_choice_and_reads_in_the_manifest(cq500_converted):
+    table = pd.read_csv(cq500_converted / "rec-cq500-majority" / "manifest.csv").set_index("study_id")
+    assert list(table.index) == [f"CQ500-CT-{i}" for i in range(STUDIES)]
+    for _, row in table.iterrows():
+        assert row.series.startswith("CT Plain [STANDARD, ")
+        rejected = row.series_rejected.split("; ")
+        assert rejected[0].startswith("CT BONE [BONE") and rejected[0].endswith(": kernel 'BONE' is not a soft-tissue reconstruction")
+        assert rejected[1].startswith("CT 10mm [STANDARD, 10.0 mm") and rejected[1].endswith(
+            ": slice thickness 10 mm outside 0.5-5.5 mm")
+    reads = pd.read_csv(cq500_converted / "cq500" / "reads.csv").set_index("name")
+    for column in ("R1:ICH", "R2:ICH", "R3:ICH", "R3:SAH"):
+        assert (table[column] == reads.loc[table.index, column]).all()
+
+
+def test_cq500_reads_label_rules(cq500_converted):
+    majority = pd.read_csv(cq500_converted / "rec-cq500-majority" / "manifest.csv").set_index("study_id")
+    anyone = pd.read_csv(cq500_converted / "rec-cq500-any-reader" / "manifest.csv").set_index("study_id")
+    reads = pd.read_csv(cq500_converted / "cq500" / "reads.csv").set_index("name")
+    votes = reads[["R1:ICH", "R2:ICH", "R3:ICH"]]
+    assert (majority.label == (votes.sum(axis=1) >= 2).astype(int)).all()
+    assert (anyone.label == votes.max(axis=1)).all()
+    assert (majority.label != anyone.label).sum() == int(reads.loc["CQ500-CT-1", "R1:ICH"] == 0)
+
+
+def test_real_cq500_reads_and_study_names(shared):
+    from radnet_tf.cq500 import load_reads, study_name, study_tasks
+
+    reads = load_reads(shared / "cq500" / "reads.csv", "majority")
+    assert reads.loc["CQ500-CT-0", "ICH"] == 0 and reads.loc["CQ500-CT-0", "R1:ICH"] == 1  # R1 alone
+    assert load_reads(shared / "cq500" / "reads.csv", "R1").loc["CQ500-CT-0", "ICH"] == 1
+    assert study_name("CQ500CT12 CQ500CT12") == study_name("CQ500-CT-12.zip") == "CQ500-CT-12"
+    tasks, skipped = study_tasks(shared / "cq500", reads)
+    assert [t.study_id for t in tasks] == sorted(set(reads.index) & {"CQ500-CT-0", "CQ500-CT-1", "CQ500-CT-310"},
+                                                 key=lambda n: (len(n), n))
