@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # `make run` installs what the main job needs (the package and its serving extra, for the
-# export's warm-up requests); `make test` adds Beam, highdicom and the test tools.
+# export's warm-up requests); `make test` adds Beam, highdicom, nibabel and the test tools.
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
@@ -16,7 +16,7 @@ $(RUN_STAMP): setup.py
 	@touch $@
 
 $(TEST_STAMP): $(RUN_STAMP)
-	$(PY) -m pip install -q -e '.[beam,serving,dicom-seg,dev]'
+	$(PY) -m pip install -q -e '.[beam,serving,dicom-seg,nifti,dev]'
 	@touch $@
 
 # Main job on the built-in default: synthetic cohort -> TFRecords -> train ->

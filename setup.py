@@ -42,6 +42,7 @@ setup(
         "beam": ["apache-beam[tfrecord]>=2.60"],
         "serving": ["tensorflow-serving-api==2.21.*", "requests>=2.31"],
         "dicom-seg": ["highdicom>=0.22"],
+        "nifti": ["nibabel>=5"],
         "dev": ["pytest>=8", "pyarrow>=14"],
     },
     entry_points={

@@ -5,6 +5,10 @@
         [--config configs/radnet.yaml] [--runner local|DirectRunner|DataflowRunner ...]
     python -m pipelines.build_tfrecords --rsna-root stage_2_train --rsna-labels stage_2_train.csv \
         --out OUT [--workers N] [--runner ...]          # RSNA-2019 as shipped (radnet_tf.rsna)
+    python -m pipelines.build_tfrecords --cq500-root CQ500 --cq500-reads reads.csv --out OUT \
+        [--reads-label majority] [--series-policy ...]  # CQ500 zips/folders (radnet_tf.cq500)
+    python -m pipelines.build_tfrecords --nifti-volumes ct_scans --nifti-masks masks \
+        [--nifti-slice-labels slices.csv] --out OUT     # NIfTI + masks (radnet_tf.nifti)
 
 Output in OUT: `studies-SSSSS-of-NNNNN.tfrecord.gz` shards (schema: radnet_tf.records) and
 `manifest.csv` (pandas-readable: one row per study written or skipped, with the reason)
@@ -98,6 +102,11 @@ def build_parser():
     parser.add_argument("--rsna-labels", help="RSNA label CSV (ID,Label; six rows per image), with --rsna-root")
     parser.add_argument("--cq500-root", help="CQ500 folder: CQ500-CT-<n>.zip files and/or unpacked study folders")
     parser.add_argument("--cq500-reads", help="CQ500 reads.csv, with --cq500-root")
+    parser.add_argument("--nifti-volumes", help="folder of CT volumes <id>.nii[.gz] (PhysioNet CT-ICH, INSTANCE, BHSD)")
+    parser.add_argument("--nifti-masks", help="folder of masks <id>.nii[.gz] on the volumes' grids (binary or classes 1-5)")
+    parser.add_argument("--nifti-slice-labels", help="PhysioNet-style slice CSV (PatientNumber, SliceNumber, subtype columns)")
+    parser.add_argument("--nifti-mask-kind", default="auto",
+                        help="auto (class labels when a mask holds a value above 1), binary or classes")
     parser.add_argument("--reads-label", default="majority", help="CQ500 label rule: majority (default), any-reader, R1, R2 or R3")
     parser.add_argument("--series-policy", default="",
                         help="which series of a multi-series study: 'thickness=MIN-MAX,exclude=REGEX' (default: "
@@ -135,15 +144,19 @@ def main(argv=None):
     from radnet_tf.convert import folder_tasks, image_tasks, run_local
 
     pcfg = load_config(args.config).preprocess_config()
-    inputs = [name for name in ("dicom_root", "images_csv", "rsna_root", "cq500_root") if getattr(args, name)]
+    inputs = [name for name in ("dicom_root", "images_csv", "rsna_root", "cq500_root", "nifti_volumes") if getattr(args, name)]
     if len(inputs) > 1:
-        raise UserError("give one input: --dicom-root, --images-csv, --rsna-root or --cq500-root")
+        raise UserError("give one input: --dicom-root, --images-csv, --rsna-root, --cq500-root or --nifti-volumes")
     if args.series_policy:
         from radnet_tf.dicom_io import SeriesPolicy
 
         SeriesPolicy.parse(args.series_policy)  # a bad policy fails here, not in every worker
     manifest_extra = None
-    if args.cq500_root:
+    if args.nifti_volumes:
+        from radnet_tf.nifti import nifti_tasks
+
+        tasks, skipped = nifti_tasks(args.nifti_volumes, args.nifti_masks, args.nifti_slice_labels, args.nifti_mask_kind)
+    elif args.cq500_root:
         from radnet_tf import cq500
 
         if not args.cq500_reads:

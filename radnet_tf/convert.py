@@ -24,6 +24,7 @@ import tensorflow as tf
 from radnet_tf import atomic, preprocess, records
 from radnet_tf.dicom_io import read_series
 from radnet_tf.errors import UserError
+from radnet_tf.nifti import NiftiStudyTask
 
 SOURCE_FILE = "source.json"  # what built a records folder (geometry, studies, labels)
 
@@ -206,6 +207,50 @@ def convert_image_study(task: ImageStudyTask, pcfg: preprocess.PreprocessConfig,
     return record, row
 
 
+def convert_nifti_study(task, pcfg: preprocess.PreprocessConfig, salt=None):
+    """A `nifti.NiftiStudyTask` -> one record (labels from the slice CSV, else the mask)."""
+    from radnet_tf import nifti
+    from radnet_tf.dicom_io import pseudonymize
+
+    hu, spacing, positions, stored = nifti.read_volume(task.volume_path)
+    image, center = preprocess.resample_hu(hu, spacing, pcfg)
+    mask = mask_classes = None
+    classes = nifti.read_mask(task.mask_path, hu.shape) if task.mask_path else None
+    with_classes = classes is not None and task.has_classes(classes)
+    if classes is not None:
+        mask = preprocess.resample_mask((classes > 0).astype(np.uint8), spacing, center, pcfg).numpy()
+        if with_classes:
+            mask_classes = resample_classes(classes, spacing, center, pcfg)
+    n = hu.shape[0]
+    if task.slice_rows is not None:
+        if stored is None:
+            raise UserError(f"{task.volume_path}: slices are not stored along the third axis; cannot map SliceNumber")
+        rows = [task.slice_rows.get(int(k), (-1,) * (1 + records.NUM_SUBTYPES)) for k in stored]
+        slice_labels = np.array([r[0] for r in rows], np.int64)
+        subtypes = np.array([r[1:] for r in rows], np.int64)
+    else:
+        slice_labels = (classes.reshape(n, -1).max(axis=1) > 0).astype(np.int64)
+        subtypes = None
+        if with_classes or not classes.any():  # no blood: no blood of any type either
+            subtypes = np.stack([(classes == k + 1).reshape(n, -1).any(axis=1) for k in range(records.NUM_SUBTYPES)], 1)
+            subtypes = subtypes.astype(np.int64)
+    label = int(slice_labels.max() > 0)
+    key = pseudonymize(f"nifti-study:{task.study_id}", salt)
+    spacing_z = float(np.median(np.diff(positions))) if n > 1 else float("nan")
+    record = records.encode_study(
+        study_key=key, image=image.numpy(), mask=mask, slice_labels=slice_labels, label=label,
+        spacing=(pcfg.out_spacing, pcfg.out_spacing, spacing_z), slice_positions=positions,
+        slice_subtypes=subtypes, mask_classes=mask_classes,
+    )
+    row = {
+        "study_id": task.study_id, "study_key": key, "label": label, "num_slices": n,
+        "positive_slices": int((slice_labels == 1).sum()), "has_mask": mask is not None,
+        "pixel_spacing_mm": float(spacing[0]), "slice_spacing_mm": spacing_z, "tilt_deg": 0.0, "gaps": 0,
+        "bytes": len(record), "matrix": f"{hu.shape[1]}x{hu.shape[2]}",
+    }
+    return record, row
+
+
 def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None):
     """Converts one study (a DICOM `StudyTask` or an `ImageStudyTask`).
 
@@ -216,6 +261,8 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
     """
     if isinstance(task, ImageStudyTask):
         return convert_image_study(task, pcfg, salt)
+    if isinstance(task, NiftiStudyTask):
+        return convert_nifti_study(task, pcfg, salt)
     from radnet_tf.dicom_io import SeriesPolicy
 
     policy = SeriesPolicy.parse(task.series_policy) if task.series_policy else None
@@ -228,16 +275,19 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
             series_policy=policy,
         )
     hu, center = preprocess.resample_hu(series.hu, series.pixel_spacing, pcfg)
-    mask = None
+    mask = mask_classes = None
     if task.mask_path:
         with np.load(task.mask_path) as npz:
             src_mask, uids = npz["mask"], [str(u) for u in npz["sop_instance_uids"]]
+            src_classes = npz["mask_classes"] if "mask_classes" in npz.files else None
         index = {u: i for i, u in enumerate(uids)}
         try:
-            ordered = np.stack([src_mask[index[u]] for u in series.sop_instance_uids])
+            order = [index[u] for u in series.sop_instance_uids]
         except KeyError:
             raise UserError(f"{task.mask_path}: mask slices do not match the DICOM series") from None
-        mask = preprocess.resample_mask(ordered, series.pixel_spacing, center, pcfg).numpy()
+        mask = preprocess.resample_mask(src_mask[order], series.pixel_spacing, center, pcfg).numpy()
+        if src_classes is not None:
+            mask_classes = resample_classes(src_classes[order], series.pixel_spacing, center, pcfg)
     if task.slice_labels:
         slice_labels = np.array([task.slice_labels.get(u, -1) for u in series.sop_instance_uids], np.int64)
     elif task.label == 0:
@@ -258,6 +308,7 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
         slice_positions=series.slice_positions,
         slice_subtypes=subtypes,
         study_subtypes=task.study_subtypes,
+        mask_classes=mask_classes,
     )
     row = {
         "study_id": task.study_id,
@@ -279,6 +330,13 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
         **dict(task.manifest),
     }
     return record, row
+
+
+def resample_classes(classes, pixel_spacing, center, pcfg):
+    """A class mask (numpy [S, H, W]) on the model grid, resampling only the classes it
+    holds; numpy uint8 [S, N, N]."""
+    present = [int(k) for k in np.unique(classes) if k]
+    return preprocess.resample_class_mask(classes, pixel_spacing, center, pcfg, present).numpy()
 
 
 def _series_text(choices, with_reason=False):
@@ -451,7 +509,9 @@ def build_source(pcfg, tasks, extra=None) -> dict:
     paths, so the same input from another working directory matches). JSON-friendly."""
     studies = []
     for t in tasks:
-        if isinstance(t, ImageStudyTask):
+        if isinstance(t, NiftiStudyTask):
+            studies.append([t.study_id, "nifti", bool(t.mask_path), sorted((t.slice_rows or {}).items()), t.mask_kind])
+        elif isinstance(t, ImageStudyTask):
             studies.append([t.study_id, list(t.slice_labels), list(t.window), t.pixel_spacing, bool(t.mask_paths)])
         else:
             slices = sorted((t.slice_labels or {}).items())

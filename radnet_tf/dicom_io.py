@@ -292,14 +292,25 @@ def _hu(ds, path: Path, fix_12bit=False):
     hu = stored.astype(np.float64) * slope + intercept
     if padding is not None:
         hu[padding] = AIR_HU
-    top = float(hu.max())
+    return plausible_hu(hu, path, f" with RescaleSlope {slope:g}, RescaleIntercept {intercept:g}"), fixed
+
+
+def plausible_hu(hu, source, context=""):
+    """Float HU (any shape) -> int16 HU, with anything below air (padding outside the scan
+    field of view) set to air.
+
+    Raises:
+      DicomReadError naming `source` when the values leave the plausible CT range: a voxel
+      above HU_MAX, or no voxel above HU_FLOOR (broken rescale values).
+    """
+    hu = np.asarray(hu, np.float64)
+    top = float(hu.max()) if hu.size else 0.0
     if top > HU_MAX or top < HU_FLOOR:
         raise DicomReadError(
-            f"{path}: HU reach {top:.0f} (max) with RescaleSlope {slope:g}, RescaleIntercept {intercept:g}: "
+            f"{source}: HU reach {top:.0f} (max){context}: "
             f"outside the plausible CT range (some voxel above {HU_FLOOR}, none above {HU_MAX})"
         )
-    np.clip(hu, AIR_HU, HU_MAX, out=hu)  # anything below air is padding outside the FOV
-    return np.rint(hu).astype(np.int16), fixed
+    return np.rint(np.clip(hu, AIR_HU, HU_MAX)).astype(np.int16)
 
 
 def _pixel_spacing(ds, path) -> tuple:

@@ -200,6 +200,29 @@ def resample_mask(mask, pixel_spacing, center, cfg):
     return tf.cast(out >= 0.5, tf.uint8)
 
 
+def resample_class_mask(classes, pixel_spacing, center, cfg, present):
+    """Resamples a class mask [S, H, W] (0 background, else a class number) like the image.
+
+    Each class in `present` (the nonzero class numbers the mask holds; others are not
+    resampled) is resampled as a binary mask; an output pixel takes the class with the
+    largest weight when that weight is >= 0.5 (the binary rule of `resample_mask`), else 0.
+
+    Returns:
+      uint8 tensor [S, N, N].
+    """
+    classes = tf.convert_to_tensor(classes)
+    if not present:
+        n = cfg.out_size
+        return tf.zeros(tf.stack([tf.shape(classes)[0], n, n]), tf.uint8)
+    weights = tf.stack(
+        [resample_to_fov(tf.cast(tf.equal(classes, k), tf.float32), pixel_spacing, center, cfg, fill=0.0)
+         for k in present],
+        axis=-1,
+    )  # [S, N, N, len(present)]
+    best = tf.gather(tf.constant(list(present), tf.int32), tf.argmax(weights, axis=-1, output_type=tf.int32))
+    return tf.cast(tf.where(tf.reduce_max(weights, axis=-1) >= 0.5, best, 0), tf.uint8)
+
+
 # ----------------------------------------------------------------------------- NumPy reference
 
 

@@ -9,6 +9,8 @@ One `tf.train.Example` per study (schema version 1):
                                         (1 mm, 250 mm FOV by default); the window is a
                                         training-time choice
   mask              bytes    -          uint8 [S, N, N] (1 = blood); b"" when has_mask = 0
+  mask_classes      bytes    -          optional: uint8 [S, N, N], 0 or the subtype class
+                                        1..5 (contract.SUBTYPES order + 1); zeros when absent
   has_mask          int64    []         1 when the study has reference masks
   slice_labels      int64    [S]        1/0 per slice, -1 = unknown ("any" hemorrhage)
   slice_subtypes    int64    [S * 5]    optional: 1/0/-1 per slice and subtype
@@ -42,6 +44,7 @@ _FEATURES = {
     "study_key": tf.io.FixedLenFeature([], tf.string),
     "image": tf.io.FixedLenFeature([], tf.string),
     "mask": tf.io.FixedLenFeature([], tf.string, default_value=b""),
+    "mask_classes": tf.io.FixedLenFeature([], tf.string, default_value=b""),
     "has_mask": tf.io.FixedLenFeature([], tf.int64, default_value=0),
     "slice_labels": tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True),
     "slice_subtypes": tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True),
@@ -68,7 +71,7 @@ def _floats(v):
 
 def encode_study(
     *, study_key, image, slice_labels, label, spacing, slice_positions, mask=None, slice_subtypes=None,
-    study_subtypes=None,
+    study_subtypes=None, mask_classes=None,
 ) -> bytes:
     """Serialises one study.
 
@@ -82,6 +85,7 @@ def encode_study(
       mask: optional uint8/bool array [S, N, N].
       slice_subtypes: optional int array [S, 5] (1/0, -1 unknown; contract.SUBTYPES order).
       study_subtypes: optional 5 ints (1/0, -1 unknown) for the whole study.
+      mask_classes: optional uint8 array [S, N, N] of subtype classes (0, 1..5).
     Returns:
       bytes of a serialised tf.train.Example.
     """
@@ -111,6 +115,10 @@ def encode_study(
     }
     if slice_subtypes is not None:
         feature["slice_subtypes"] = _ints(slice_subtypes)
+    if mask_classes is not None:
+        if np.asarray(mask_classes).shape != image.shape:
+            raise ValueError(f"mask_classes must have shape {image.shape}. Received: {np.asarray(mask_classes).shape}")
+        feature["mask_classes"] = _bytes(np.asarray(mask_classes).astype(np.uint8).tobytes())
     if study_subtypes is not None:
         if np.asarray(study_subtypes).shape != (NUM_SUBTYPES,):
             raise ValueError(f"study_subtypes must have shape [{NUM_SUBTYPES}]. Received: {np.asarray(study_subtypes).shape}")
@@ -123,7 +131,7 @@ def decode_study(serialized):
 
     Returns:
       dict: study_key string []; image int16 [S, N, N]; mask uint8 [S, N, N] (zeros when
-      absent); has_mask bool []; slice_labels int64 [S]; slice_subtypes int64 [S, 5] (-1
+      absent); mask_classes uint8 [S, N, N] (zeros when absent); has_mask bool []; slice_labels int64 [S]; slice_subtypes int64 [S, 5] (-1
       when absent); study_subtypes int64 [5] (-1 when absent); label int64 []; spacing float32 [3]; slice_positions float32 [S];
       num_slices int64 [].
     """
@@ -140,6 +148,11 @@ def decode_study(serialized):
         lambda: tf.reshape(tf.io.decode_raw(ex["mask"], tf.uint8), shape),
         lambda: tf.zeros(shape, tf.uint8),
     )
+    mask_classes = tf.cond(
+        tf.strings.length(ex["mask_classes"]) > 0,
+        lambda: tf.reshape(tf.io.decode_raw(ex["mask_classes"], tf.uint8), shape),
+        lambda: tf.zeros(shape, tf.uint8),
+    )
     subtypes = ex["slice_subtypes"]
     subtypes = tf.cond(
         tf.equal(tf.size(subtypes, out_type=tf.int64), s * NUM_SUBTYPES),
@@ -151,6 +164,7 @@ def decode_study(serialized):
         "image": image,
         "mask": mask,
         "has_mask": has_mask,
+        "mask_classes": mask_classes,
         "slice_labels": ex["slice_labels"],
         "slice_subtypes": subtypes,
         "study_subtypes": ex["study_subtypes"],

@@ -19,7 +19,9 @@ Output layout of `python -m radnet_tf.synth --out DIR --studies N --seed S`:
 
   DIR/dicom/synth-0000/IM00017.dcm ...  one folder per study, file names shuffled
   DIR/masks/synth-0000.npz              mask: uint8 [S, H, W] (1 = blood), slices in
-                                        ascending position; sop_instance_uids: [S] str
+                                        ascending position; mask_classes: uint8 [S, H, W]
+                                        (0, or 1..5 = EDH, IPH, IVH, SAH, SDH);
+                                        sop_instance_uids: [S] str
   DIR/labels.csv                        study_id, label, types, num_slices,
                                         slice_thickness_mm, pixel_spacing_mm
   DIR/slice_labels.csv                  study_id, slice_index, sop_instance_uid, label,
@@ -90,6 +92,8 @@ class Phantom:
       types: list of hemorrhage type codes present.
       slice_subtypes: int64 [S, 5], 1 where a lesion of that type (contract.SUBTYPES
         order) covers at least `min_lesion_area_mm2` of the slice.
+      class_mask: uint8 [S, H, W], 0 background, 1..5 the lesion's type (SUBTYPES order
+        + 1; where lesions overlap, the one drawn last).
     """
 
     hu: np.ndarray
@@ -100,6 +104,7 @@ class Phantom:
     z_positions: np.ndarray
     types: list
     slice_subtypes: np.ndarray
+    class_mask: np.ndarray
 
 
 class _Head:
@@ -301,6 +306,7 @@ def _draw(rng, cfg, positive):
     shape = (cfg.num_slices, cfg.matrix, cfg.matrix)
     hu = np.empty(shape, np.int16)
     mask = np.zeros(shape, np.uint8)
+    class_mask = np.zeros(shape, np.uint8)
     type_px = np.zeros((cfg.num_slices, len(SUBTYPES)), np.int64)  # lesion pixels per type
     gm, wm, csf = rng.uniform(35, 40), rng.uniform(25, 30), rng.uniform(2, 12)
     scalp_hu = rng.uniform(25, 45)
@@ -342,22 +348,25 @@ def _draw(rng, cfg, positive):
             if not _misses(z, center[2], radius):
                 np.copyto(img, np.float32(value), where=_ellipsoid(u, v, z, center, (radius,) * 3) < 1.0)
         m = np.zeros(u.shape, bool)
+        classes = np.zeros(u.shape, np.uint8)
         for (kind, f), value in zip(lesions, blood_hu):
             les = f(u, v, z, inner, sulci, vent)
             np.copyto(img, np.float32(value), where=les)
             m |= les
             type_px[k, SUBTYPES.index(kind)] += int(np.count_nonzero(les))
+            classes[les] = SUBTYPES.index(kind) + 1
         # Noise on the head's bounding box only: the air around it is clipped away by any
         # brain window, and drawing it cost a third of the phantom's time.
         img += np.float32(noise) * rng.standard_normal(size=img.shape, dtype=np.float32)
         hu[k] = AIR
         hu[k][head.box] = np.clip(np.rint(img), -1024, 3071)
         mask[k][head.box] = m
+        class_mask[k][head.box] = classes
     min_px = cfg.min_lesion_area_mm2 / (spacing * spacing)
     slice_labels = (mask.reshape(cfg.num_slices, -1).sum(axis=1) >= min_px).astype(np.int64)
     types = sorted({kind for kind, _ in lesions}) if slice_labels.any() else []
     slice_subtypes = (type_px >= min_px).astype(np.int64)
-    return Phantom(hu, mask, slice_labels, spacing, thickness, z_positions, types, slice_subtypes)
+    return Phantom(hu, mask, slice_labels, spacing, thickness, z_positions, types, slice_subtypes, class_mask)
 
 
 # ----------------------------------------------------------------------------- DICOM output
@@ -466,7 +475,8 @@ def _write_study(args):
         with atomic.atomic_path(final) as tmp:
             uids = write_dicom_series(phantom, tmp, rng)
             with atomic.atomic_path(mask_path) as mask_tmp:
-                np.savez_compressed(mask_tmp, mask=phantom.mask, sop_instance_uids=np.array(uids))
+                np.savez_compressed(mask_tmp, mask=phantom.mask, mask_classes=phantom.class_mask,
+                                    sop_instance_uids=np.array(uids))
     else:
         uids = [str(u) for u in np.load(mask_path)["sop_instance_uids"]]
     label = int(phantom.slice_labels.any())
@@ -540,10 +550,10 @@ def main(argv=None):
     )
     parser.add_argument("--positive-fraction", type=float, default=SynthConfig.positive_fraction)
     parser.add_argument("--workers", type=int, default=1, help="processes (the cohort does not depend on it)")
-    parser.add_argument("--layout", default="folders", choices=["folders", "rsna", "cq500"],
+    parser.add_argument("--layout", default="folders", choices=["folders", "rsna", "cq500", "nifti"],
                         help="folders: one folder per study + labels.csv (default); rsna: the RSNA-2019 flat layout "
                              "with its known defects planted; cq500: zips/folders with several series and "
-                             "reads.csv (radnet_tf.synth_layouts)")
+                             "reads.csv; nifti: volumes + masks + slice CSV (radnet_tf.synth_layouts)")
     args = parser.parse_args(argv)
     if args.studies < 1 or args.slices < 1 or args.matrix < 32:
         raise UserError("--studies and --slices must be >= 1 and --matrix >= 32")

@@ -9,6 +9,12 @@ three series per study: "CT Plain" (the phantom, STANDARD kernel: the one to cho
 `out/reads.csv` in CQ500's columns, readers R1 and R2 giving the truth and R3 disagreeing
 on ICH for study 1 (so `majority` and `any-reader` differ there).
 
+`nifti`: `out/ct_scans/<nnn>.nii.gz` (uint16 with scl_inter -1024, as stored volumes often
+are; RAS-ordered, except study 1, stored in DICOM's LPS order with a flipping affine),
+`out/masks/<nnn>.nii.gz` (class labels 1..5, except study 2: binary), and
+`out/hemorrhage_diagnosis_raw_ct.csv` in PhysioNet CT-ICH's columns (SliceNumber counts
+along the stored third axis).
+
 `rsna`: `out/stage_2_train/ID_<9 hex>.dcm` (one flat folder, the name derived from the
 SOPInstanceUID) and `out/stage_2_train.csv` (`ID,Label`, six rows per image, RSNA's label
 names), with the data set's known defects planted (`PLANTED`): one unparsable file, one
@@ -34,7 +40,7 @@ from radnet_tf import atomic
 from radnet_tf.contract import SUBTYPES
 from radnet_tf.errors import UserError
 
-LAYOUTS = ("folders", "rsna", "cq500")
+LAYOUTS = ("folders", "rsna", "cq500", "nifti")
 RSNA_NAMES = {"EDH": "epidural", "IPH": "intraparenchymal", "IVH": "intraventricular", "SAH": "subarachnoid",
               "SDH": "subdural"}
 PLANTED = {
@@ -180,6 +186,55 @@ def write_cq500(out, num_studies, seed, cfg):
     return rows
 
 
+def _nifti_affine(phantom, lps_order):
+    """Affine of a phantom stored RAS-ordered (i to the right... as nibabel's canonical) or
+    in DICOM's LPS order; both put each voxel where the DICOM writer's geometry does."""
+    s, h, w = phantom.hu.shape
+    sp, z0, dz = phantom.pixel_spacing, float(phantom.z_positions[0]), phantom.slice_thickness
+    if lps_order:  # index (c, r, k): RAS X = -(x0 + c sp), Y = -(y0 + r sp)
+        return np.array([[-sp, 0, 0, (w - 1) / 2 * sp], [0, -sp, 0, (h - 1) / 2 * sp], [0, 0, dz, z0], [0, 0, 0, 1]])
+    return np.array([[sp, 0, 0, -(w - 1) / 2 * sp], [0, sp, 0, -(h - 1) / 2 * sp], [0, 0, dz, z0], [0, 0, 0, 1]])
+
+
+def write_nifti(out, num_studies, seed, cfg):
+    """Writes the NIfTI layout (module docstring). Returns the slice CSV rows."""
+    import nibabel as nib
+
+    from radnet_tf import synth
+
+    out = Path(out)
+    (out / "ct_scans").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    names = {"EDH": "Epidural", "IPH": "Intraparenchymal", "IVH": "Intraventricular", "SAH": "Subarachnoid",
+             "SDH": "Subdural"}
+    rows = []
+    for i in range(num_studies):
+        phantom = synth.make_phantom(np.random.default_rng([seed, i]), cfg)
+        lps = i == 1
+        # reader order [k, r, c] (S, P, L) -> stored [x, y, k]
+        def stored(a):
+            return a.transpose(2, 1, 0) if lps else a[:, ::-1, ::-1].transpose(2, 1, 0)
+
+        volume = nib.Nifti1Image(stored((phantom.hu.astype(np.int32) + 1024).astype(np.uint16)), _nifti_affine(phantom, lps))
+        volume.header.set_slope_inter(1.0, -1024.0)
+        classes = phantom.mask if i == 2 else phantom.class_mask
+        mask = nib.Nifti1Image(stored(classes.astype(np.uint8)), _nifti_affine(phantom, lps))
+        for image, folder in ((volume, "ct_scans"), (mask, "masks")):
+            with atomic.atomic_path(out / folder / f"{i:03d}.nii.gz") as tmp:
+                nib.save(image, str(tmp))
+        for k in range(phantom.hu.shape[0]):
+            types = dict(zip(SUBTYPES, phantom.slice_subtypes[k]))
+            rows.append({"PatientNumber": i, "SliceNumber": k + 1, **{names[t]: int(types[t]) for t in SUBTYPES},
+                         "No_Hemorrhage": int(1 - phantom.slice_labels[k]), "Fracture_Yes_No": 0})
+    header = ["PatientNumber", "SliceNumber", "Intraventricular", "Intraparenchymal", "Subarachnoid", "Epidural",
+              "Subdural", "No_Hemorrhage", "Fracture_Yes_No"]
+    with atomic.atomic_path(out / "hemorrhage_diagnosis_raw_ct.csv") as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
 def write_layout(out, layout, num_studies, seed, cfg, workers=1, progress=False):
     """Writes the synthetic cohort in `layout` (one of LAYOUTS) under `out`."""
     from radnet_tf import synth
@@ -190,4 +245,6 @@ def write_layout(out, layout, num_studies, seed, cfg, workers=1, progress=False)
         return write_rsna(out, num_studies, seed, cfg)
     if layout == "cq500":
         return write_cq500(out, num_studies, seed, cfg)
+    if layout == "nifti":
+        return write_nifti(out, num_studies, seed, cfg)
     raise UserError(f"layout must be one of {LAYOUTS}. Received: {layout!r}")

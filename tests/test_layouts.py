@@ -192,3 +192,70 @@ def test_real_cq500_reads_and_study_names(shared):
     tasks, skipped = study_tasks(shared / "cq500", reads)
     assert [t.study_id for t in tasks] == sorted(set(reads.index) & {"CQ500-CT-0", "CQ500-CT-1", "CQ500-CT-310"},
                                                  key=lambda n: (len(n), n))
+
+
+@pytest.fixture(scope="module")
+def nifti_converted(converted):
+    pytest.importorskip("nibabel")
+    from pipelines.build_tfrecords import main
+
+    root = converted
+    write_layout(root / "nifti", "nifti", STUDIES, SEED, CFG)
+    common = ["--config", str(root / "tiny.yaml"), "--workers", "1", "--shards", "2", "--no-progress"]
+    main(["--nifti-volumes", str(root / "nifti" / "ct_scans"), "--nifti-masks", str(root / "nifti" / "masks"),
+          "--nifti-slice-labels", str(root / "nifti" / "hemorrhage_diagnosis_raw_ct.csv"), "--out", str(root / "rec-nifti"),
+          *common])
+    main(["--nifti-volumes", str(root / "nifti" / "ct_scans"), "--nifti-masks", str(root / "nifti" / "masks"),
+          "--out", str(root / "rec-nifti-masks-only"), *common])
+    return root
+
+
+def _by_study_id(folder):
+    keys = pd.read_csv(folder / "manifest.csv", dtype={"study_id": str}).set_index("study_id").study_key
+    studies = _records(folder)
+    return {sid: studies[key] for sid, key in keys.items() if key in studies}
+
+
+@pytest.mark.parametrize("variant", ["rec-nifti", "rec-nifti-masks-only"])
+def test_nifti_layout_gives_the_same_voxels_masks_and_labels(nifti_converted, variant):
+    folders = _by_study_id(nifti_converted / "rec-folders")
+    nifti = _by_study_id(nifti_converted / variant)
+    assert sorted(nifti) == [f"{i:03d}" for i in range(STUDIES)]
+    for i in range(STUDIES):
+        a, b = folders[f"synth-{i:04d}"], nifti[f"{i:03d}"]
+        # study 1 is stored in LPS order with a flipping affine: the reorientation must undo it
+        np.testing.assert_allclose(a["image"], b["image"], atol=1)
+        np.testing.assert_allclose(a["slice_positions"], b["slice_positions"], atol=1e-4)
+        # NIfTI keeps the spacing as float32 (DICOM: 6 decimals): a few boundary pixels flip
+        assert (a["mask"] != b["mask"]).mean() < 0.005
+        assert a["label"] == b["label"]
+        np.testing.assert_array_equal(a["slice_labels"], b["slice_labels"])
+        if variant == "rec-nifti":  # the slice CSV: exact subtypes
+            np.testing.assert_array_equal(a["slice_subtypes"], b["slice_subtypes"])
+        elif i == 2:  # a binary mask says nothing of subtypes
+            assert (b["slice_subtypes"] == -1).all()
+        else:  # from class masks: a type overdrawn by a later lesion can vanish, none appears
+            assert (b["slice_subtypes"] <= a["slice_subtypes"]).all() and (b["slice_subtypes"] >= 0).all()
+        if i != 2:
+            assert (a["mask_classes"] != b["mask_classes"]).mean() < 0.005
+        else:
+            assert not b["mask_classes"].any()
+
+
+def test_nifti_orientation_from_the_affine():
+    nib = pytest.importorskip("nibabel")
+    from radnet_tf.nifti import to_reader_order
+
+    reader = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)  # [S, rows (P), cols (L)]
+
+    def image(array, diagonal):
+        return nib.Nifti1Image(np.ascontiguousarray(array), np.diag(diagonal))
+
+    ras = image(reader[:, ::-1, ::-1].transpose(2, 1, 0), [0.5, 0.7, 2.0, 1.0])
+    lps = image(reader.transpose(2, 1, 0), [-0.5, -0.7, 2.0, 1.0])
+    flipped_k = image(reader[::-1, ::-1, ::-1].transpose(2, 1, 0), [0.5, 0.7, -2.0, 1.0])
+    for image in (ras, lps, flipped_k):
+        values, spacing, positions, stored = to_reader_order(image)
+        np.testing.assert_array_equal(values, reader)
+        assert spacing == pytest.approx((0.7, 0.5))
+    assert list(to_reader_order(flipped_k)[3]) == [1, 0] and list(to_reader_order(ras)[3]) == [0, 1]
