@@ -289,7 +289,10 @@ def _hu(ds, path: Path, fix_12bit=False):
     padding = None if pad is None else stored == pad
     if fixed:
         stored, intercept = fix_12bit_intercept(stored)
-    hu = stored.astype(np.float64) * slope + intercept
+    hu = stored.astype(np.float32)
+    if slope != 1:
+        hu *= np.float32(slope)
+    hu += np.float32(intercept)
     if padding is not None:
         hu[padding] = AIR_HU
     return plausible_hu(hu, path, f" with RescaleSlope {slope:g}, RescaleIntercept {intercept:g}"), fixed
@@ -303,14 +306,16 @@ def plausible_hu(hu, source, context=""):
       DicomReadError naming `source` when the values leave the plausible CT range: a voxel
       above HU_MAX, or no voxel above HU_FLOOR (broken rescale values).
     """
-    hu = np.asarray(hu, np.float64)
+    hu = np.asarray(hu, np.float32)
     top = float(hu.max()) if hu.size else 0.0
-    if top > HU_MAX or top < HU_FLOOR:
+    if not np.isfinite(top) or top > HU_MAX or top < HU_FLOOR:
         raise DicomReadError(
             f"{source}: HU reach {top:.0f} (max){context}: "
             f"outside the plausible CT range (some voxel above {HU_FLOOR}, none above {HU_MAX})"
         )
-    return np.rint(np.clip(hu, AIR_HU, HU_MAX)).astype(np.int16)
+    out = np.clip(hu, AIR_HU, HU_MAX)
+    np.rint(out, out=out)
+    return out.astype(np.int16)
 
 
 def _pixel_spacing(ds, path) -> tuple:
@@ -336,21 +341,40 @@ def _find_gaps(spacings: np.ndarray, median: float):
     return gaps, irregular
 
 
-def _shear_to_normal(hu, positions, orientation, pixel_spacing):
-    """Shifts each slice in-plane so all slice origins lie on one line along the normal."""
-    from scipy import ndimage
+def _shift_axis(image, shift, axis, fill):
+    """Linear-interpolation shift of a float32 2-D array along one axis, by `shift` pixels
+    (out[x] = image[x - shift]); samples from outside the image are `fill` (the semantics
+    of scipy.ndimage.shift(order=1, mode="constant"))."""
+    n = image.shape[axis]
+    k = int(np.floor(-shift))
+    frac = np.float32(-shift - k)
+    source = np.arange(n) + k
+    low = np.take(image, np.clip(source, 0, n - 1), axis=axis)
+    if frac:
+        low *= 1 - frac
+        low += frac * np.take(image, np.clip(source + 1, 0, n - 1), axis=axis)
+    outside = (source + frac < -1e-6) | (source + frac > n - 1 + 1e-6)
+    if outside.any():
+        if axis == 0:
+            low[outside, :] = fill
+        else:
+            low[:, outside] = fill
+    return low
 
+
+def _shear_to_normal(hu, positions, orientation, pixel_spacing):
+    """Shifts each slice in-plane so all slice origins lie on one line along the normal
+    (bilinear, air outside; as scipy.ndimage.shift(order=1) but ~6x faster: two separable
+    NumPy passes per slice)."""
     row_dir, col_dir = orientation[:3], orientation[3:]
     out = np.empty_like(hu)
     for i in range(hu.shape[0]):
         d = positions[i] - positions[0]
         shift_rows = float(np.dot(d, col_dir)) / pixel_spacing[0]
         shift_cols = float(np.dot(d, row_dir)) / pixel_spacing[1]
-        out[i] = np.rint(
-            ndimage.shift(
-                hu[i].astype(np.float32), (shift_rows, shift_cols), order=1, cval=AIR_HU
-            )
-        ).astype(np.int16)
+        moved = _shift_axis(hu[i].astype(np.float32), shift_rows, 0, AIR_HU)
+        moved = _shift_axis(moved, shift_cols, 1, AIR_HU)
+        out[i] = np.rint(moved)
     return out
 
 

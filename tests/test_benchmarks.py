@@ -74,3 +74,12 @@ def test_gpu_recipe_sweep_export_and_one_case_on_cpu(tiny_records, tmp_path):
                 "--cases", "default-s0", "--steps-scale", "0.01", "--out", tmp_path / "res.jsonl")
     assert len(rows) == 1 and "error" not in rows[0], rows
     assert rows[0]["case"] == "default-s0" and rows[0]["steps"] == 2
+
+
+@pytest.mark.slow
+def test_cpu_datasets_tiny():
+    rows = {r["bench"]: r for r in _run("cpu_datasets.py", "--tiny")}
+    assert set(rows) == {"rsna_header_index", "convert_per_core_tiny"}
+    assert rows["rsna_header_index"]["files"] == 65 and rows["rsna_header_index"]["unparsable_files_found"] == 1
+    _finite(rows["rsna_header_index"], ["index_1_worker_files_per_s", "projected_752k_files_2_workers_min"])
+    _finite(rows["convert_per_core_tiny"], ["ratio_vs_bare_decode"])

@@ -211,3 +211,15 @@ def test_same_image_stored_twice_is_read_once(tmp_path):
     series = read_series(tmp_path)
     assert series.num_slices == 3
     assert any(reason.startswith("duplicate SOPInstanceUID") for _, reason in series.skipped)
+
+
+@pytest.mark.parametrize("shift", [(3.3, -1.7), (0.0, 2.0), (-5.5, 0.25), (10.9, -7.1), (600.0, 0.0)])
+def test_fast_shear_matches_scipy_shift(shift):
+    from scipy import ndimage
+
+    from radnet_tf.dicom_io import _shift_axis
+
+    image = np.random.default_rng(0).integers(-1024, 2000, (40, 48)).astype(np.float32)
+    expected = ndimage.shift(image, shift, order=1, cval=AIR_HU)
+    got = _shift_axis(_shift_axis(image, shift[0], 0, AIR_HU), shift[1], 1, AIR_HU)
+    np.testing.assert_allclose(got, expected, atol=1e-3)
