@@ -37,21 +37,20 @@ from radnet_tf.cli import add_verbose, cli_main, say
 from radnet_tf.errors import UserError
 
 
-def run_beam(tasks, skipped_rows, out, shards, pcfg, beam_args, manifest_extra=None):
-    """The same conversion as an Apache Beam pipeline (DirectRunner in tests)."""
+def _beam():
     try:
         import apache_beam as beam
         from apache_beam.options.pipeline_options import PipelineOptions
     except ImportError:
         raise UserError("Apache Beam is not installed: pip install 'radnet-tf[beam]'") from None
+    return beam, PipelineOptions
 
+
+def _convert_and_write(beam, tasks, out, shards, pcfg):
+    """A PCollection of conversion tasks -> record shards (WriteToTFRecord) and manifest
+    rows (`beam_rows*.jsonl` in `out`, read back by `_read_jsonl`)."""
     from radnet_tf import records
     from radnet_tf.convert import convert_study
-
-    from radnet_tf.convert import build_source, claim_output, manifest_frame, write_manifest
-
-    out = Path(out)
-    claim_output(out, build_source(pcfg, tasks))
 
     class Convert(beam.DoFn):
         def process(self, task):
@@ -65,30 +64,82 @@ def run_beam(tasks, skipped_rows, out, shards, pcfg, beam_args, manifest_extra=N
             yield record
             yield beam.pvalue.TaggedOutput("rows", {**row, "status": "written", "reason": "", "shard": "beam"})
 
-    rows_path = out / "beam_rows"
-    with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
-        results = (
-            p
-            | "Studies" >> beam.Create(tasks)
-            | "Reshuffle" >> beam.Reshuffle()
-            | "Convert" >> beam.ParDo(Convert()).with_outputs("rows", main="records")
-        )
-        _ = results.records | "Write" >> beam.io.WriteToTFRecord(
-            str(out / "studies"),
-            file_name_suffix=records.SHARD_SUFFIX,
-            num_shards=max(1, shards),
-            compression_type=beam.io.filesystem.CompressionTypes.GZIP,
-        )
-        _ = (
-            results.rows
-            | "RowsJson" >> beam.Map(json.dumps)
-            | "WriteRows" >> beam.io.WriteToText(str(rows_path), file_name_suffix=".jsonl")
-        )
+    results = tasks | "Convert" >> beam.ParDo(Convert()).with_outputs("rows", main="records")
+    _ = results.records | "Write" >> beam.io.WriteToTFRecord(
+        str(Path(out) / "studies"),
+        file_name_suffix=records.SHARD_SUFFIX,
+        num_shards=max(1, shards),
+        compression_type=beam.io.filesystem.CompressionTypes.GZIP,
+    )
+    _ = (
+        results.rows
+        | "RowsJson" >> beam.Map(json.dumps)
+        | "WriteRows" >> beam.io.WriteToText(str(Path(out) / "beam_rows"), file_name_suffix=".jsonl")
+    )
+
+
+def _read_jsonl(out, prefix):
+    """Reads and removes the `prefix*.jsonl` parts a pipeline wrote into `out`."""
     rows = []
-    for part in sorted(out.glob("beam_rows*.jsonl")):
+    for part in sorted(Path(out).glob(f"{prefix}*.jsonl")):
         rows += [json.loads(line) for line in part.read_text().splitlines() if line]
         part.unlink()
-    return write_manifest(out, [manifest_frame(rows)], pcfg, skipped_rows, manifest_extra)
+    return rows
+
+
+def run_beam(tasks, skipped_rows, out, shards, pcfg, beam_args, manifest_extra=None):
+    """The same conversion as an Apache Beam pipeline (DirectRunner in tests)."""
+    beam, PipelineOptions = _beam()
+    from radnet_tf.convert import build_source, claim_output, manifest_frame, write_manifest
+
+    out = Path(out)
+    claim_output(out, build_source(pcfg, tasks))
+    with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
+        _convert_and_write(beam, p | "Studies" >> beam.Create(tasks) | "Reshuffle" >> beam.Reshuffle(), out, shards, pcfg)
+    return write_manifest(out, [manifest_frame(_read_jsonl(out, "beam_rows"))], pcfg, skipped_rows, manifest_extra)
+
+
+def run_beam_rsna(root, labels, duplicates, out, shards, pcfg, beam_args):
+    """RSNA-2019 on Beam: header index -> key by series -> group -> task -> convert ->
+    shards, so no single machine holds the index; the same records and manifest as the
+    local runner. The defect counts are made afterwards from the index the pipeline wrote."""
+    import hashlib
+
+    import pandas as pd
+
+    beam, PipelineOptions = _beam()
+    from radnet_tf import rsna
+    from radnet_tf.convert import build_source, claim_output, manifest_frame, write_manifest
+
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise UserError(f"RSNA image folder not found: {root}")
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*.dcm"))
+    if not files:
+        raise UserError(f"{root}: no .dcm files")
+    labels_by_id = rsna.label_map(labels)
+    digest = hashlib.sha256(json.dumps([files, sorted(labels_by_id.items())]).encode()).hexdigest()[:16]
+    claim_output(out, build_source(pcfg, [], {"rsna_beam": digest}))
+    with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
+        index = p | "Files" >> beam.Create(files) | "Headers" >> beam.Map(lambda f: rsna.header_row(root / f, root))
+        _ = index | "IndexJson" >> beam.Map(json.dumps) | "WriteIndex" >> beam.io.WriteToText(
+            str(out / "beam_index"), file_name_suffix=".jsonl")
+        tasks = (
+            index
+            | "Readable" >> beam.Filter(lambda r: r["status"] == "ok")
+            | "BySeries" >> beam.Map(lambda r: ((r["study_uid"], r["series_uid"]), r))
+            | "GroupSeries" >> beam.GroupByKey()
+            | "SeriesTask" >> beam.Map(lambda kv: rsna.series_task(root, list(kv[1]), labels_by_id))
+            | "Labelled" >> beam.Filter(lambda task: task is not None)
+        )
+        _convert_and_write(beam, tasks, out, shards, pcfg)
+    index = pd.DataFrame(_read_jsonl(out, "beam_index")).reindex(columns=rsna.INDEX_COLUMNS).sort_values("file")
+    index = index.reset_index(drop=True)
+    report = rsna.RsnaReport(duplicate_label_rows=duplicates)
+    _, skipped = rsna.series_tasks(root, index, labels, report)
+    table_path = rsna.write_index_table(index, out)
+    extra = {"rsna": report.to_dict(), "index": Path(table_path).name}
+    return write_manifest(out, [manifest_frame(_read_jsonl(out, "beam_rows"))], pcfg, skipped, extra)
 
 
 def build_parser():
@@ -170,11 +221,13 @@ def main(argv=None):
         if not args.rsna_labels:
             raise UserError("--rsna-root needs --rsna-labels (the ID,Label CSV); unlabelled images are not converted")
         labels, duplicates = rsna.load_labels(args.rsna_labels)
-        report = rsna.RsnaReport(duplicate_label_rows=duplicates)
-        index = rsna.index_headers(args.rsna_root, args.out, workers=args.workers, progress=not args.no_progress)
-        tasks, skipped = rsna.series_tasks(args.rsna_root, index, labels, report)
-        table_path = rsna.write_index_table(index, args.out)
-        manifest_extra = {"rsna": report.to_dict(), "index": Path(table_path).name}
+        tasks, skipped = None, []  # on Beam the index is built inside the pipeline
+        if args.runner == "local":
+            report = rsna.RsnaReport(duplicate_label_rows=duplicates)
+            index = rsna.index_headers(args.rsna_root, args.out, workers=args.workers, progress=not args.no_progress)
+            tasks, skipped = rsna.series_tasks(args.rsna_root, index, labels, report)
+            table_path = rsna.write_index_table(index, args.out)
+            manifest_extra = {"rsna": report.to_dict(), "index": Path(table_path).name}
     elif args.images_csv:
         if not args.image_window:
             raise UserError("--images-csv needs --image-window CENTER WIDTH (the window the images were rendered with)")
@@ -185,10 +238,14 @@ def main(argv=None):
         tasks, skipped = folder_tasks(args.dicom_root, args.labels, args.slice_labels, args.masks)
         if args.series_policy:
             tasks = [dataclasses.replace(t, series_policy=args.series_policy) for t in tasks]
-    if not tasks:
+    if tasks is not None and not tasks:
         raise UserError("no study to convert")
     start = time.perf_counter()
-    if args.runner == "local":
+    if args.rsna_root and args.runner != "local":
+        table, summary = run_beam_rsna(args.rsna_root, labels, duplicates, args.out, args.shards, pcfg,
+                                       ["--runner", args.runner] + beam_args)
+        manifest_extra = {"rsna": summary["rsna"]}
+    elif args.runner == "local":
         table, summary = run_local(tasks, skipped, args.out, args.shards, args.workers, pcfg, not args.no_progress,
                                    manifest_extra=manifest_extra)
     else:

@@ -75,7 +75,7 @@ class RsnaReport:
         return dataclasses.asdict(self)
 
 
-def _header_row(path: Path, root: Path) -> dict:
+def header_row(path: Path, root: Path) -> dict:
     """One index row from a file's header (pixel data is not read)."""
     import pydicom
 
@@ -104,7 +104,7 @@ def _index_part(args):
     root, files, out_path = args
     import pandas as pd
 
-    rows = [_header_row(root / f, root) for f in files]
+    rows = [header_row(root / f, root) for f in files]
     atomic.write_csv(pd.DataFrame(rows, columns=INDEX_COLUMNS), out_path)
     return out_path
 
@@ -200,6 +200,37 @@ def load_labels(labels_csv):
     return wide, duplicates
 
 
+def label_map(labels) -> dict:
+    """`load_labels` table -> {image id: (EDH, IPH, IVH, SAH, SDH, any)} (picklable, for
+    workers and Beam)."""
+    if labels is None:
+        return {}
+    return {i: tuple(int(v) for v in row) for i, row in zip(labels.index, labels[[*SUBTYPES, "any"]].to_numpy())}
+
+
+def series_task(root, rows, labels: dict):
+    """The `convert.StudyTask` of one series from its index rows (dicts) and `label_map`
+    labels; None when none of its images has label rows (e.g. the test set)."""
+    from radnet_tf.convert import StudyTask
+
+    rows = sorted(rows, key=lambda r: (float(r["position"]), r["file"]))
+    known = [r for r in rows if r["image_id"] in labels]
+    if not known:
+        return None
+    slice_any = {r["sop_uid"]: labels[r["image_id"]][-1] for r in known}
+    subtypes = {r["sop_uid"]: labels[r["image_id"]][:-1] for r in known}
+    return StudyTask(
+        study_id=f"{rows[0]['study_uid']}/{rows[0]['series_uid']}",
+        dicom_dir="",
+        label=int(max(slice_any.values()) > 0),
+        slice_labels=slice_any,
+        slice_subtypes=subtypes,
+        files=tuple(str(Path(root) / r["file"]) for r in rows),
+        fix_12bit=True,
+        skip_undecodable=True,
+    )
+
+
 def series_tasks(root, index, labels, report: RsnaReport | None = None):
     """One `convert.StudyTask` per labelled series of the index.
 
@@ -210,45 +241,26 @@ def series_tasks(root, index, labels, report: RsnaReport | None = None):
       (list of StudyTask sorted by study_id, list of (study_id, reason) skipped rows).
       study_id is "<StudyInstanceUID>/<SeriesInstanceUID>".
     """
-    from radnet_tf.convert import StudyTask
-
     report = report if report is not None else RsnaReport()
-    root = Path(root)
     ok = index[index.status == "ok"]
+    bad = index[index.status != "ok"]
+    labels_by_id = label_map(labels)
     report.files = int(len(index))
-    report.unparsable_files = int((index.status != "ok").sum())
+    report.unparsable_files = int(len(bad))
     report.files_12bit_corrected = int(ok.fix_12bit.astype(bool).sum())
     report.non_512_matrix_files = int(((ok["rows"] != 512) | (ok["columns"] != 512)).sum())
-    labelled_ids = set(labels.index) if labels is not None else set()
-    present = set(index.image_id)
-    report.label_rows_without_file = len(labelled_ids - present)
-    report.files_without_label_rows = len(set(ok.image_id) - labelled_ids)
-    skipped = [(f"file {f}", f"unparsable DICOM header ({r})") for f, r in zip(index.file[index.status != "ok"], index.reason[index.status != "ok"])]
+    report.label_rows_without_file = len(set(labels_by_id) - set(index.image_id))
+    report.files_without_label_rows = len(set(ok.image_id) - set(labels_by_id))
+    skipped = [(f"file {f}", f"unparsable DICOM header ({r})") for f, r in zip(bad.file, bad.reason)]
     tasks = []
     for (study_uid, series_uid), group in ok.groupby(["study_uid", "series_uid"], sort=True):
         report.series += 1
-        study_id = f"{study_uid}/{series_uid}"
-        known = group[group.image_id.isin(labelled_ids)]
-        if known.empty:
+        task = series_task(root, group.to_dict("records"), labels_by_id)
+        if task is None:
             report.unlabelled_series += 1
-            skipped.append((study_id, "no label rows (unlabelled, e.g. the test set)"))
-            continue
-        rows = labels.loc[known.image_id]
-        slice_any = dict(zip(known.sop_uid, rows["any"].astype(int)))
-        subtypes = {u: tuple(int(v) for v in r) for u, r in zip(known.sop_uid, rows[list(SUBTYPES)].to_numpy())}
-        group = group.sort_values("position", kind="stable")
-        tasks.append(
-            StudyTask(
-                study_id=study_id,
-                dicom_dir="",
-                label=int(rows["any"].max() > 0),
-                slice_labels=slice_any,
-                slice_subtypes=subtypes,
-                files=tuple(str(root / f) for f in group.file),
-                fix_12bit=True,
-                skip_undecodable=True,
-            )
-        )
+            skipped.append((f"{study_uid}/{series_uid}", "no label rows (unlabelled, e.g. the test set)"))
+        else:
+            tasks.append(task)
     return tasks, skipped
 
 

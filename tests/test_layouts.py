@@ -259,3 +259,24 @@ def test_nifti_orientation_from_the_affine():
         np.testing.assert_array_equal(values, reader)
         assert spacing == pytest.approx((0.7, 0.5))
     assert list(to_reader_order(flipped_k)[3]) == [1, 0] and list(to_reader_order(ras)[3]) == [0, 1]
+
+
+@pytest.mark.slow
+def test_rsna_on_beam_gives_the_local_runners_records_and_counts(converted, tmp_path):
+    pytest.importorskip("apache_beam")
+    from pipelines.build_tfrecords import main
+
+    main(["--rsna-root", str(converted / "rsna" / "stage_2_train"), "--rsna-labels", str(converted / "rsna" / "stage_2_train.csv"),
+          "--config", str(converted / "tiny.yaml"), "--shards", "2", "--no-progress", "--runner", "DirectRunner",
+          "--out", str(tmp_path / "beam")])
+    local, beam = _records(converted / "rec-rsna"), _records(tmp_path / "beam")
+    assert sorted(local) == sorted(beam)
+    for key in local:
+        for field in ("image", "slice_labels", "slice_subtypes", "label", "slice_positions"):
+            np.testing.assert_array_equal(local[key][field], beam[key][field])
+    local_json = json.loads((converted / "rec-rsna" / "manifest.json").read_text())
+    beam_json = json.loads((tmp_path / "beam" / "manifest.json").read_text())
+    assert beam_json["rsna"] == local_json["rsna"]
+    drop = ["shard", "bytes"]
+    pd.testing.assert_frame_equal(pd.read_csv(converted / "rec-rsna" / "manifest.csv").drop(columns=drop),
+                                  pd.read_csv(tmp_path / "beam" / "manifest.csv").drop(columns=drop))
