@@ -289,13 +289,24 @@ def _hu(ds, path: Path, fix_12bit=False):
     padding = None if pad is None else stored == pad
     if fixed:
         stored, intercept = fix_12bit_intercept(stored)
+    context = f" with RescaleSlope {slope:g}, RescaleIntercept {intercept:g}"
+    if slope == 1 and intercept.is_integer():  # the usual case: integer arithmetic, one pass
+        hu = stored.astype(np.int32)
+        hu += int(intercept)
+        if padding is not None:
+            hu[padding] = AIR_HU
+        top = int(hu.max()) if hu.size else 0
+        if not HU_FLOOR <= top <= HU_MAX:
+            plausible_hu(np.array([top], np.float32), path, context)  # raises with the message
+        np.clip(hu, AIR_HU, HU_MAX, out=hu)
+        return hu.astype(np.int16), fixed
     hu = stored.astype(np.float32)
     if slope != 1:
         hu *= np.float32(slope)
     hu += np.float32(intercept)
     if padding is not None:
         hu[padding] = AIR_HU
-    return plausible_hu(hu, path, f" with RescaleSlope {slope:g}, RescaleIntercept {intercept:g}"), fixed
+    return plausible_hu(hu, path, context), fixed
 
 
 def plausible_hu(hu, source, context=""):
