@@ -35,6 +35,40 @@ def tiny_config(**overrides):
     return Config(**values).validate()
 
 
+def write_tiny_series(folder, num_slices=4, seed=0):
+    """A negative 64 x 64 phantom series (3.4 mm pixels) as DICOM in `folder`; returns the
+    phantom."""
+    import numpy as np
+
+    from radnet_tf import synth
+
+    phantom = synth.make_phantom(
+        np.random.default_rng(seed),
+        synth.SynthConfig(matrix=64, num_slices=num_slices, pixel_spacing_range=(3.4, 3.4)),
+        positive=False,
+    )
+    synth.write_dicom_series(phantom, folder, np.random.default_rng(seed))
+    return phantom
+
+
+def one_slice_png_records(folder, studies):
+    """`studies` one-slice PNG studies (random pixels, labels alternating 0/1) converted to
+    records on the tiny grid in `folder / "records"`; returns that path."""
+    import numpy as np
+    from PIL import Image
+
+    from radnet_tf.convert import image_tasks, run_local
+
+    rows = ["image,label"]
+    for i in range(studies):
+        Image.fromarray((np.random.default_rng(i).uniform(size=(64, 64)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+        rows.append(f"{i}.png,{i % 2}")
+    (folder / "images.csv").write_text("\n".join(rows) + "\n")
+    tasks = image_tasks(folder / "images.csv", folder, (40, 80))
+    run_local(tasks, [], folder / "records", 1, 1, tiny_config().preprocess_config(), progress=False)
+    return folder / "records"
+
+
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory):
     """10 synthetic studies of 6 slices, 64x64 at ~3.4 mm (whole head in view)."""

@@ -15,19 +15,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import REPO, tiny_config
-from radnet_tf import synth
+from conftest import REPO, tiny_config, write_tiny_series
 
 # ----------------------------------------------------------------------------- helpers
 
 
 def _series(folder, num_slices=3, seed=0):
-    phantom = synth.make_phantom(
-        np.random.default_rng(seed),
-        synth.SynthConfig(matrix=64, num_slices=num_slices, pixel_spacing_range=(3.4, 3.4)),
-        positive=False,
-    )
-    synth.write_dicom_series(phantom, folder, np.random.default_rng(seed))
+    write_tiny_series(folder, num_slices, seed)
     return sorted(folder.iterdir())
 
 

@@ -4,19 +4,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from radnet_tf import synth
+from conftest import write_tiny_series
 from radnet_tf.dicom_io import AIR_HU, _shear_to_normal, pseudonymize, read_series
 from radnet_tf.errors import DicomReadError
 
 
 def _tiny_series(folder, num_slices=4, seed=0):
-    phantom = synth.make_phantom(
-        np.random.default_rng(seed),
-        synth.SynthConfig(matrix=64, num_slices=num_slices, pixel_spacing_range=(3.4, 3.4)),
-        positive=False,
-    )
-    synth.write_dicom_series(phantom, folder, np.random.default_rng(seed))
-    return phantom
+    return write_tiny_series(folder, num_slices, seed)
 
 
 def test_reader_returns_phantom_voxels_in_z_order(tmp_path):

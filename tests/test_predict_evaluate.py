@@ -94,21 +94,11 @@ def test_evaluate_threshold_and_min_run_override_the_models(saved, tiny_records,
 
 
 def test_evaluate_on_one_slice_studies_says_the_rule_was_shortened(saved, tmp_path, capsys):
-    import numpy as np
-    from PIL import Image
-
-    from conftest import tiny_config
+    from conftest import one_slice_png_records
     from radnet_tf import evaluate
-    from radnet_tf.convert import image_tasks, run_local
 
-    rows = ["image,label"]
-    for i in range(4):
-        Image.fromarray((np.random.default_rng(i).uniform(size=(64, 64)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
-        rows.append(f"{i}.png,{i % 2}")
-    (tmp_path / "images.csv").write_text("\n".join(rows) + "\n")
-    tasks = image_tasks(tmp_path / "images.csv", tmp_path, (40, 80))
-    run_local(tasks, [], tmp_path / "records", 1, 1, tiny_config().preprocess_config(), progress=False)
-    evaluate.main(["--model", str(saved), "--data", str(tmp_path / "records"), "--split", "all", "--bootstrap", "5",
+    records = one_slice_png_records(tmp_path, 4)
+    evaluate.main(["--model", str(saved), "--data", str(records), "--split", "all", "--bootstrap", "5",
                    "--out", str(tmp_path / "eval")])
     out = capsys.readouterr().out
     assert "note: 4 of 4 studies have fewer than K=3 slices; the CT rule was applied to them with K = their slice count" in out

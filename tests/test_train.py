@@ -249,19 +249,11 @@ def test_synthetic_cache_is_reused_and_rebuilt_when_the_spec_changes(tmp_path):
 def test_training_on_one_slice_studies_reports_the_shortened_rule(tmp_path):
     """2-D image data: every study is one slice, so the K = 3 rule is applied with K = 1 and
     the summary says so (it used to print recall 0: the rule could never fire)."""
-    from PIL import Image
-
-    from radnet_tf.convert import image_tasks, run_local
+    from conftest import one_slice_png_records
     from radnet_tf.train import train
 
-    rows = ["image,label"]
-    for i in range(16):
-        Image.fromarray((np.random.default_rng(i).uniform(size=(64, 64)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
-        rows.append(f"{i}.png,{i % 2}")
-    (tmp_path / "images.csv").write_text("\n".join(rows) + "\n")
-    tasks = image_tasks(tmp_path / "images.csv", tmp_path, (40, 80))
-    run_local(tasks, [], tmp_path / "records", 1, 1, tiny_config().preprocess_config(), progress=False)
-    cfg = tiny_config(data=str(tmp_path / "records"), model_dir=str(tmp_path / "model"), val_fraction=0.4, epochs=1,
+    records = one_slice_png_records(tmp_path, 16)
+    cfg = tiny_config(data=str(records), model_dir=str(tmp_path / "model"), val_fraction=0.4, epochs=1,
                       steps_per_epoch=1)
     summary, _ = train(cfg, progress=False)
     studies = pd.read_csv(tmp_path / "model" / "val_studies.csv")
