@@ -62,8 +62,10 @@ class Config:
     pooling: str = "avg"  # slice feature pooling: avg (paper) | avgmax (avg and max, concatenated)
     weight_decay: float = 1e-4
     bn_momentum: float = 0.99  # BatchNorm moving-average momentum (0.9 for short runs)
+    targets: str = "any"  # any (the paper: bleed / no bleed) | subtypes (also EDH, IPH, IVH, SAH, SDH)
     # ---- loss
-    slice_loss_weight: float = 1.0
+    slice_loss_weight: float = 1.0  # the "any" label (RSNA's metric weighs it 2, each subtype 1)
+    subtype_loss_weight: float = 1.0  # the five subtype labels (targets: subtypes)
     mask_loss_weights: list = dataclasses.field(default_factory=lambda: [0.5, 0.5, 0.5])
     mask_loss: str = "bce"  # auxiliary mask loss: bce | dice_bce (BCE + soft Dice, per study)
     # ---- recipe (paper: SGD momentum 0.9, 60 epochs, lr / 10 at 1/3 and 2/3)
@@ -88,6 +90,7 @@ class Config:
     # ---- CT-level decision rule (paper: 3 consecutive positive slices)
     ct_min_run: int = 3
     slice_threshold: float = 0.5
+    subtype_thresholds: list = dataclasses.field(default_factory=list)  # 5 per-subtype thresholds; [] = slice_threshold
     calibrate_threshold: bool = False  # after training, set slice_threshold from the training studies
     # ---- end of run
     export: bool = True
@@ -109,7 +112,8 @@ class Config:
             fail("must not be empty", "work_dir")
         if self.variant not in VARIANTS:
             fail(f"must be one of {VARIANTS}", "variant")
-        for name, allowed in (("mask_loss", ("bce", "dice_bce")), ("pooling", ("avg", "avgmax")), ("optimizer", ("sgd", "adam"))):
+        for name, allowed in (("mask_loss", ("bce", "dice_bce")), ("pooling", ("avg", "avgmax")), ("optimizer", ("sgd", "adam")),
+                              ("targets", ("any", "subtypes"))):
             if getattr(self, name) not in allowed:
                 fail(f"must be one of {allowed}", name)
         if not isinstance(self.depth, int) or (self.depth - 4) % 3 or self.depth < 7:
@@ -133,7 +137,10 @@ class Config:
         for name in ("out_spacing", "fov_mm", "learning_rate"):
             if not number(getattr(self, name)) or getattr(self, name) <= 0:
                 fail("must be a number > 0", name)
-        for name in ("weight_decay", "slice_loss_weight", "rotation_deg", "intensity_jitter"):
+        if not (isinstance(self.subtype_thresholds, list) and len(self.subtype_thresholds) in (0, 5)
+                and all(number(v) and 0 < v < 1 for v in self.subtype_thresholds)):
+            fail("must be [] or 5 thresholds in (0, 1) (EDH, IPH, IVH, SAH, SDH)", "subtype_thresholds")
+        for name in ("weight_decay", "slice_loss_weight", "subtype_loss_weight", "rotation_deg", "intensity_jitter"):
             if not number(getattr(self, name)) or getattr(self, name) < 0:
                 fail("must be a number >= 0", name)
         if self.input_size % 8 or self.input_size < 8:
@@ -164,6 +171,11 @@ class Config:
     def input_channels(self) -> int:
         """Model input channels: the brain window plus one per extra window."""
         return 1 + len(self.extra_windows)
+
+    @property
+    def resolved_subtype_thresholds(self) -> list:
+        """The five per-subtype slice thresholds (slice_threshold where none are set)."""
+        return [float(t) for t in self.subtype_thresholds] or [float(self.slice_threshold)] * 5
 
     @property
     def resolved_model_dir(self) -> str:

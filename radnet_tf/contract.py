@@ -20,6 +20,7 @@ Sentinels:
 """
 
 OUTPUT_SLICE = "slice_probability"
+OUTPUT_SUBTYPES = "subtype_probability"  # float32 [B, S, 5], models with targets: subtypes
 MASK_OUTPUTS = ("mask_1", "mask_2", "mask_3")
 
 SLICE_PROBABILITIES = "slice_probabilities"
@@ -28,6 +29,9 @@ CT_POSITIVE = "ct_positive"
 CT_SCORE = "ct_score"
 LONGEST_POSITIVE_RUN = "longest_positive_run"
 MIN_RUN_APPLIED = "min_run_applied"
+SUBTYPE_PROBABILITIES = "subtype_probabilities"  # [S, 5]   (subtype models only)
+CT_SUBTYPES = "ct_subtypes"  # bool [5]
+CT_SUBTYPE_SCORES = "ct_subtype_scores"  # float32 [5]
 SERVING_OUTPUTS = (SLICE_PROBABILITIES, MASKS, CT_POSITIVE, CT_SCORE, LONGEST_POSITIVE_RUN, MIN_RUN_APPLIED)
 
 SUBTYPES = ("EDH", "IPH", "IVH", "SAH", "SDH")

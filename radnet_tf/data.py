@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from radnet_tf import preprocess, records
 from radnet_tf.errors import UserError
-from radnet_tf.contract import IGNORE_LABEL, MASK_OUTPUTS, OUTPUT_SLICE, PAD_VALUE
+from radnet_tf.contract import IGNORE_LABEL, MASK_OUTPUTS, OUTPUT_SLICE, OUTPUT_SUBTYPES, PAD_VALUE, SUBTYPES
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -57,9 +57,11 @@ def read_studies(files, deterministic=True):
     return ds.map(records.decode_study, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
 
-def _targets(study, with_masks):
+def _targets(study, with_masks, with_subtypes=False):
     labels = tf.cast(study["slice_labels"], tf.float32)
     y = {OUTPUT_SLICE: labels}
+    if with_subtypes:
+        y[OUTPUT_SUBTYPES] = tf.cast(study["slice_subtypes"], tf.float32)  # [S, 5], -1 unknown
     if with_masks:
         mask = tf.cast(study["mask"], tf.float32)[..., None]
         mask = tf.where(study["has_mask"], mask, -tf.ones_like(mask))
@@ -101,8 +103,9 @@ def crop_window(study, window, seed=None):
     )
     length = tf.minimum(window, s)
     out = dict(study)
-    for key in ("image", "mask", "slice_labels", "slice_positions"):
-        out[key] = study[key][start : start + length]
+    for key in ("image", "mask", "slice_labels", "slice_positions", "slice_subtypes", "mask_classes"):
+        if key in study:
+            out[key] = study[key][start : start + length]
     return out
 
 
@@ -198,11 +201,12 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_ba
         )
 
     windows = cfg.preprocess_config().windows
+    with_subtypes = getattr(cfg, "targets", "any") == "subtypes"
 
     def to_example(study, element_seed):
         study = crop_window(study, cfg.crop_slices, element_seed)
         image = preprocess.window_channels(study["image"], windows)
-        y = _targets(study, with_masks)
+        y = _targets(study, with_masks, with_subtypes)
         mask = y.get(MASK_OUTPUTS[0], tf.zeros_like(image[..., :1]))
         image, mask = augment(image, mask, cfg.rotation_deg, cfg.flip, element_seed)
         if cfg.intensity_jitter:
@@ -211,6 +215,8 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_ba
             image = tf.clip_by_value(image * gain + _uniform(element_seed, 5, -j, j), 0.0, 1.0)
         image = _pad_to(image, cfg.crop_slices, PAD_VALUE)
         y[OUTPUT_SLICE] = _pad_to(y[OUTPUT_SLICE], cfg.crop_slices, float(IGNORE_LABEL))
+        if with_subtypes:
+            y[OUTPUT_SUBTYPES] = _pad_to(y[OUTPUT_SUBTYPES], cfg.crop_slices, float(IGNORE_LABEL))
         if with_masks:
             # augmentation preserves the -1 "no mask" value only inside the image; rebuild it
             mask = tf.where(study["has_mask"], mask, -tf.ones_like(mask))
@@ -266,9 +272,11 @@ def eval_dataset(
 
     windows = cfg.preprocess_config().windows
 
+    with_subtypes = getattr(cfg, "targets", "any") == "subtypes"
+
     def to_example(study):
         image = preprocess.window_channels(study["image"], windows)
-        y = _targets(study, with_masks)
+        y = _targets(study, with_masks, with_subtypes)
         if with_keys:
             return image, y, {"study_key": study["study_key"], "label": study["label"]}
         return image, y
@@ -277,6 +285,9 @@ def eval_dataset(
     n = cfg.input_size
     y_shapes = {OUTPUT_SLICE: [None]}
     y_pad = {OUTPUT_SLICE: float(IGNORE_LABEL)}
+    if with_subtypes:
+        y_shapes[OUTPUT_SUBTYPES] = [None, len(SUBTYPES)]
+        y_pad[OUTPUT_SUBTYPES] = float(IGNORE_LABEL)
     if with_masks:
         for name in MASK_OUTPUTS:
             y_shapes[name] = [None, n, n, 1]

@@ -117,3 +117,31 @@ def choose_threshold(scores, labels, lo=0.05, hi=0.95) -> float:
     balanced = (tpr + tnr) / 2
     best = np.flatnonzero(balanced == balanced.max())
     return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
+
+
+def ct_decision_labels_np(probs, thresholds, min_run):
+    """The rule per label (NumPy): probs float [S, L], thresholds L floats, K.
+
+    Returns:
+      dict: ct_positive bool [L], ct_score float [L], longest_positive_run int [L].
+    """
+    probs = np.asarray(probs, np.float64).reshape(-1, len(thresholds))
+    per_label = [ct_decision_np(probs[:, j], t, min_run) for j, t in enumerate(thresholds)]
+    return {
+        "ct_positive": np.array([d["ct_positive"] for d in per_label], bool),
+        "ct_score": np.array([d["ct_score"] for d in per_label], np.float64),
+        "longest_positive_run": np.array([d["longest_positive_run"] for d in per_label], np.int64),
+    }
+
+
+def ct_decision_labels(probs, thresholds, min_run):
+    """The rule per label (TF, servable): probs float32 [S, L], one threshold per label.
+
+    Returns:
+      dict: ct_positive bool [L], ct_score float32 [L], longest_positive_run int32 [L].
+    """
+    import tensorflow as tf
+
+    probs = tf.convert_to_tensor(probs, tf.float32)
+    per_label = [ct_decision(probs[:, j], float(t), min_run) for j, t in enumerate(thresholds)]
+    return {key: tf.stack([d[key] for d in per_label]) for key in ("ct_positive", "ct_score", "longest_positive_run")}

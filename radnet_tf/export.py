@@ -16,7 +16,10 @@ Signatures (inputs -> outputs, one study per request):
                    three auxiliary heads' probabilities, on the model grid; zeros for the
                    `densenet` variant); ct_positive bool []; ct_score float32 [];
                    longest_positive_run int32 []; min_run_applied int32 [] (rule:
-                   radnet_tf.decision, threshold and K fixed at export; K' = min(K, S))
+                   radnet_tf.decision, threshold and K fixed at export; K' = min(K, S));
+                   models trained with `targets: subtypes` add subtype_probabilities
+                   float32 [S, 5], ct_subtypes bool [5], ct_subtype_scores float32 [5]
+                   (EDH, IPH, IVH, SAH, SDH; the rule per subtype at its threshold)
 
 Only core TF ops are in the graph (the LSTM is rebuilt with use_cudnn=False). The inputs
 are declared with unknown rank and checked in-graph, so a server (which feeds tensors
@@ -40,12 +43,17 @@ from radnet_tf.cli import add_verbose, cli_main, say
 from radnet_tf.contract import (
     CT_POSITIVE,
     CT_SCORE,
+    CT_SUBTYPE_SCORES,
+    CT_SUBTYPES,
     LONGEST_POSITIVE_RUN,
     MASK_OUTPUTS,
     MASKS,
     MIN_RUN_APPLIED,
     OUTPUT_SLICE,
+    OUTPUT_SUBTYPES,
     SLICE_PROBABILITIES,
+    SUBTYPE_PROBABILITIES,
+    SUBTYPES,
 )
 from radnet_tf.errors import UserError
 
@@ -120,7 +128,7 @@ def make_archive(model, cfg, threshold, min_run):
     import tensorflow as tf
 
     from radnet_tf import preprocess
-    from radnet_tf.decision import ct_decision
+    from radnet_tf.decision import ct_decision, ct_decision_labels
 
     n, c = cfg.input_size, cfg.input_channels
     pcfg = cfg.preprocess_config()
@@ -162,7 +170,7 @@ def make_archive(model, cfg, threshold, min_run):
         heads = [out[name][0, ..., 0] for name in MASK_OUTPUTS if name in out]
         masks = tf.add_n(heads) / len(heads) if heads else tf.zeros(tf.shape(slices)[:3])
         decision = ct_decision(probs, threshold, min_run)
-        return {
+        result = {
             SLICE_PROBABILITIES: probs,
             MASKS: masks,
             CT_POSITIVE: decision["ct_positive"],
@@ -170,6 +178,12 @@ def make_archive(model, cfg, threshold, min_run):
             LONGEST_POSITIVE_RUN: decision["longest_positive_run"],
             MIN_RUN_APPLIED: decision["min_run_applied"],
         }
+        if OUTPUT_SUBTYPES in out:  # targets: subtypes; the outputs above keep their meaning
+            subtypes = out[OUTPUT_SUBTYPES][0]
+            per_label = ct_decision_labels(subtypes, cfg.resolved_subtype_thresholds, min_run)
+            result.update({SUBTYPE_PROBABILITIES: subtypes, CT_SUBTYPES: per_label["ct_positive"],
+                           CT_SUBTYPE_SCORES: per_label["ct_score"]})
+        return result
 
     def serve_hu(hu, pixel_spacing):
         dims = padded_dims(hu, 3)
@@ -272,6 +286,8 @@ def export_model(model, cfg, export_dir, version=None, threshold=None, min_run=N
             "ct_min_run": min_run,
             "slice_threshold": threshold,
             "short_study_rule": "studies with fewer than ct_min_run slices use K = their slice count",
+            "labels": ["any", *SUBTYPES] if cfg.targets == "subtypes" else ["any"],
+            "subtype_thresholds": cfg.resolved_subtype_thresholds if cfg.targets == "subtypes" else None,
             "trained_on": trained_on or "unknown",
             "masks": "mean of the three auxiliary-head probabilities" if cfg.variant != "densenet" else "none (zeros)",
             "config_digest": cfg.digest(),

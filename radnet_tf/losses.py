@@ -9,7 +9,7 @@ BCE and the three mask BCEs, each averaged over its valid elements per study.
 import keras
 from keras import ops
 
-from radnet_tf.contract import IGNORE_LABEL, OUTPUT_SLICE
+from radnet_tf.contract import IGNORE_LABEL, OUTPUT_SLICE, OUTPUT_SUBTYPES
 
 IGNORE = float(IGNORE_LABEL)
 
@@ -108,6 +108,9 @@ def compile_losses(config, output_names):
         if name == OUTPUT_SLICE:
             losses[name] = MaskedBinaryCrossentropy(name=f"{name}_bce")
             weights[name] = float(config.slice_loss_weight)
+        elif name == OUTPUT_SUBTYPES:  # per label and slice; -1 (unknown) ignored per column
+            losses[name] = MaskedBinaryCrossentropy(name=f"{name}_bce")
+            weights[name] = float(getattr(config, "subtype_loss_weight", 1.0))
         else:
             if getattr(config, "mask_loss", "bce") == "dice_bce":
                 losses[name] = MaskedDiceBCE(name=f"{name}_dice_bce")

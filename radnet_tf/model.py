@@ -29,7 +29,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from radnet_tf.contract import MASK_OUTPUTS, OUTPUT_SLICE, PAD_VALUE
+from radnet_tf.contract import MASK_OUTPUTS, OUTPUT_SLICE, OUTPUT_SUBTYPES, PAD_VALUE, SUBTYPES
 
 
 @keras.saving.register_keras_serializable(package="radnet_tf")
@@ -67,6 +67,24 @@ class SliceMask(layers.Layer):
 
     def compute_output_spec(self, x):
         return keras.KerasTensor(x.shape[:2], dtype="bool")
+
+
+@keras.saving.register_keras_serializable(package="radnet_tf")
+class EndMask(layers.Layer):
+    """Identity that ends the LSTM's padding mask (losses use -1 labels instead)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def call(self, x):
+        return ops.copy(x)  # a new tensor: the input's mask stays on the input
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
 
 
 @keras.saving.register_keras_serializable(package="radnet_tf")
@@ -172,7 +190,9 @@ def build_model(config, use_cudnn="auto", sync_batchnorm=False) -> keras.Model:
     Returns:
       keras.Model named `config.variant`. Input "slices": float32 [B, S, N, N, C] in [0, 1],
       C = config.input_channels (padding slices = PAD_VALUE). Outputs (dict):
-      "slice_probability" float32 [B, S];
+      "slice_probability" float32 [B, S] ("any" hemorrhage);
+      with `targets: subtypes` also "subtype_probability" float32 [B, S, 5] (EDH, IPH,
+      IVH, SAH, SDH; independent sigmoids, from the same slice features);
       for densenet_a and radnet also "mask_1", "mask_2", "mask_3" float32 [B, S, N, N, 1]
       (aux heads after dense blocks 1, 2, 3).
     """
@@ -218,6 +238,10 @@ def build_model(config, use_cudnn="auto", sync_batchnorm=False) -> keras.Model:
     logits = layers.Dense(1, name="classifier")(features)
     prob = layers.Activation("sigmoid", dtype="float32", name="classifier_sigmoid")(logits)
     outputs = {OUTPUT_SLICE: SqueezeLast(name=OUTPUT_SLICE)(prob)}
+    if getattr(config, "targets", "any") == "subtypes":
+        sub_logits = layers.Dense(len(SUBTYPES), name="subtype_classifier")(features)
+        sub_prob = layers.Activation("sigmoid", dtype="float32", name="subtype_sigmoid")(sub_logits)
+        outputs[OUTPUT_SUBTYPES] = EndMask(name=OUTPUT_SUBTYPES)(sub_prob)
     for name, head in zip(MASK_OUTPUTS, heads):
         outputs[name] = UnfoldSlices(name=name)(head, slices)
     return keras.Model(slices, outputs, name=variant)

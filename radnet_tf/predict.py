@@ -26,7 +26,18 @@ import numpy as np
 
 from radnet_tf import atomic
 from radnet_tf.cli import add_verbose, cli_main, say
-from radnet_tf.contract import CT_POSITIVE, CT_SCORE, LONGEST_POSITIVE_RUN, MASKS, MIN_RUN_APPLIED, SLICE_PROBABILITIES
+from radnet_tf.contract import (
+    CT_POSITIVE,
+    CT_SCORE,
+    CT_SUBTYPE_SCORES,
+    CT_SUBTYPES,
+    LONGEST_POSITIVE_RUN,
+    MASKS,
+    MIN_RUN_APPLIED,
+    SLICE_PROBABILITIES,
+    SUBTYPE_PROBABILITIES,
+    SUBTYPES,
+)
 from radnet_tf.errors import UserError
 
 
@@ -77,6 +88,17 @@ def predict_series(series, saved, meta):
         "series": series.summary(),
         "model": {"name": meta["model"], "version": meta["version"], "trained_on": meta.get("trained_on", "unknown")},
     }
+    if SUBTYPE_PROBABILITIES in out:  # a model trained with targets: subtypes
+        thresholds = meta.get("subtype_thresholds") or [meta["slice_threshold"]] * len(SUBTYPES)
+        result["subtypes"] = {
+            name: {
+                "ct_positive": bool(out[CT_SUBTYPES][j]),
+                "ct_score": round(float(out[CT_SUBTYPE_SCORES][j]), 4),
+                "threshold": thresholds[j],
+                "slices": [int(i) for i in np.flatnonzero(out[SUBTYPE_PROBABILITIES][:, j] >= thresholds[j])],
+            }
+            for j, name in enumerate(SUBTYPES)
+        }
     return result, out, model_s
 
 

@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from radnet_tf.decision import applied_min_run, ct_decision, ct_decision_np, ct_score_np, longest_run_np
+from radnet_tf.decision import (
+    applied_min_run,
+    ct_decision,
+    ct_decision_labels,
+    ct_decision_labels_np,
+    ct_decision_np,
+    ct_score_np,
+    longest_run_np,
+)
 
 CASES = [
     # probs, expected longest run at 0.5, expected CT positive (K=3), K applied
@@ -50,3 +58,16 @@ def test_ct_score_values():
     assert ct_score_np([0.6], 3) == pytest.approx(0.6)
     assert ct_score_np([], 3) == 0.0
     assert ct_score_np([0.4, 0.9, 0.9, 0.9], 2) == pytest.approx(0.9)
+
+
+def test_rule_per_label_numpy_and_tf_agree_with_the_single_label_rule():
+    probs = np.array([[0.9, 0.1], [0.8, 0.6], [0.7, 0.6], [0.2, 0.6]], np.float32)
+    got = ct_decision_labels_np(probs, [0.65, 0.55], 3)
+    assert got["ct_positive"].tolist() == [True, True]
+    assert got["longest_positive_run"].tolist() == [3, 3]
+    np.testing.assert_allclose(got["ct_score"], [0.7, 0.6], atol=1e-6)
+    strict = ct_decision_labels_np(probs, [0.75, 0.65], 3)
+    assert strict["ct_positive"].tolist() == [False, False]
+    tf_got = ct_decision_labels(probs, [0.75, 0.55], 3)
+    assert np.asarray(tf_got["ct_positive"]).tolist() == [False, True]
+    np.testing.assert_allclose(np.asarray(tf_got["ct_score"]), [0.7, 0.6], atol=1e-6)

@@ -155,3 +155,34 @@ def test_multi_window_export_takes_channels_and_windows_hu_in_graph(tmp_path):
     assert x.shape[-1] == 2
     ref = model(x[None])["slice_probability"].numpy()[0]
     np.testing.assert_allclose(out["slice_probabilities"].numpy(), ref, atol=1e-5)
+
+
+def test_subtype_model_adds_outputs_and_keeps_the_old_ones(tmp_path):
+    """targets: subtypes adds subtype outputs to both signatures; the five existing outputs
+    keep their names, dtypes and values, so a client written for an `any` export works."""
+    from radnet_tf.decision import ct_decision_labels_np, ct_decision_np
+    from radnet_tf.export import export_model, read_metadata
+    from radnet_tf.model import build_model
+    from conftest import tiny_config
+
+    cfg = tiny_config(targets="subtypes", subtype_thresholds=[0.5, 0.4, 0.3, 0.6, 0.45])
+    model = build_model(cfg)
+    path = export_model(model, cfg, tmp_path, warmup=False)
+    meta = read_metadata(path)
+    assert meta["labels"] == ["any", "EDH", "IPH", "IVH", "SAH", "SDH"]
+    assert meta["subtype_thresholds"] == [0.5, 0.4, 0.3, 0.6, 0.45]
+    x = np.random.default_rng(0).uniform(size=(5, 32, 32, 1)).astype(np.float32)
+    out = tf.saved_model.load(str(path)).signatures["serving_default"](slices=tf.constant(x))
+    ref = model(x[None])
+    sub = ref["subtype_probability"].numpy()[0]
+    np.testing.assert_allclose(out["subtype_probabilities"].numpy(), sub, atol=1e-5)
+    rule = ct_decision_labels_np(sub, [0.5, 0.4, 0.3, 0.6, 0.45], 3)
+    np.testing.assert_array_equal(out["ct_subtypes"].numpy(), rule["ct_positive"])
+    np.testing.assert_allclose(out["ct_subtype_scores"].numpy(), rule["ct_score"], atol=1e-6)
+    assert out["ct_subtypes"].dtype == tf.bool and out["ct_subtype_scores"].shape == (5,)
+    any_rule = ct_decision_np(out["slice_probabilities"].numpy(), 0.5, 3)
+    assert bool(out["ct_positive"]) == any_rule["ct_positive"] and out["slice_probabilities"].shape == (5,)
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:  # as TF Serving loads it
+        sig = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path)).signature_def["predict_hu"]
+        assert set(sig.outputs) == {"slice_probabilities", "masks", "ct_positive", "ct_score", "longest_positive_run",
+                                    "min_run_applied", "subtype_probabilities", "ct_subtypes", "ct_subtype_scores"}

@@ -308,3 +308,21 @@ def test_concurrent_writers_of_one_shard_leave_a_complete_shard(tmp_path):
     got = [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION)]
     assert got in list(sets.values())
     assert os.listdir(tmp_path) == [os.path.basename(path)]
+
+
+def test_subtype_targets_come_from_the_records(tiny_records):
+    """targets: subtypes -> y["subtype_probability"] [B, S, 5] = the records' per-slice
+    subtypes, padded with -1 like the slice labels."""
+    cfg = tiny_config(targets="subtypes")
+    files = data.list_shards(tiny_records)
+    truth = {s["study_key"].numpy(): s["slice_subtypes"].numpy() for s in data.read_studies(files)}
+    assert any(t.max() == 1 for t in truth.values())  # the tiny cohort has bleeds of some type
+    for x, y, meta in data.eval_dataset(files, cfg, 2, with_masks=False, split="all", with_keys=True):
+        for i, key in enumerate(meta["study_key"].numpy()):
+            if not key:
+                continue
+            s = truth[key].shape[0]
+            np.testing.assert_array_equal(y["subtype_probability"].numpy()[i, :s], truth[key])
+            assert (y["subtype_probability"].numpy()[i, s:] == -1).all()
+    x, y = next(iter(data.train_dataset(files, cfg, 2)))
+    assert y["subtype_probability"].shape == (2, cfg.crop_slices, 5)

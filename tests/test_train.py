@@ -264,3 +264,16 @@ def test_training_on_one_slice_studies_reports_the_shortened_rule(tmp_path):
     )
     slices = pd.read_csv(tmp_path / "model" / "val_slices.csv").set_index("study_key")
     assert studies.ct_positive.tolist() == [slices.loc[k, "probability"] >= cfg.slice_threshold for k in studies.study_key]
+
+
+def test_subtype_training_adds_a_masked_subtype_loss(tiny_records, tmp_path):
+    from radnet_tf.export import load_trained
+    from radnet_tf.train import train
+
+    cfg = tiny_config(data=str(tiny_records), model_dir=str(tmp_path), val_fraction=0.4, epochs=1, targets="subtypes",
+                      slice_loss_weight=2.0)
+    summary, model = train(cfg, progress=False)
+    assert np.isfinite(summary["history"]["subtype_probability_loss"]).all()
+    assert "subtype_probability" in model.output_names
+    loaded, loaded_cfg = load_trained(tmp_path)
+    assert loaded_cfg.targets == "subtypes" and "subtype_probability" in loaded.output_names
