@@ -70,6 +70,17 @@ def _targets(study, with_masks, with_subtypes=False):
     return y
 
 
+def study_subtype_labels(study):
+    """int64 [5]: the study's label per subtype — its whole-study reads where the record
+    has them (e.g. CQ500), else 1 if any slice is positive for it, 0 if every slice is
+    known negative, -1 otherwise."""
+    per_slice = study["slice_subtypes"]  # [S, 5], -1 unknown
+    any_pos = tf.reduce_any(per_slice > 0, axis=0)
+    all_known = tf.logical_and(tf.reduce_all(per_slice >= 0, axis=0), tf.shape(per_slice)[0] > 0)
+    from_slices = tf.where(any_pos, tf.constant(1, tf.int64), tf.where(all_known, tf.constant(0, tf.int64), tf.constant(-1, tf.int64)))
+    return tf.where(study["study_subtypes"] >= 0, study["study_subtypes"], from_slices)
+
+
 def _uniform(seed, index, minval, maxval, dtype=tf.float32):
     """Scalar uniform draw in [minval, maxval). With `seed` (int [2] tensor) it is stateless:
     draw `index` of that seed, the same whatever thread or order runs it (a stateful op in
@@ -278,7 +289,8 @@ def eval_dataset(
         image = preprocess.window_channels(study["image"], windows)
         y = _targets(study, with_masks, with_subtypes)
         if with_keys:
-            return image, y, {"study_key": study["study_key"], "label": study["label"]}
+            return image, y, {"study_key": study["study_key"], "label": study["label"],
+                              "subtype_labels": study_subtype_labels(study)}
         return image, y
 
     ds = ds.map(to_example, num_parallel_calls=AUTOTUNE)
@@ -295,8 +307,8 @@ def eval_dataset(
     shapes = ([None, n, n, cfg.input_channels], y_shapes)
     pads = (PAD_VALUE, y_pad)
     if with_keys:
-        shapes += ({"study_key": [], "label": []},)
-        pads += ({"study_key": "", "label": tf.constant(-1, tf.int64)},)
+        shapes += ({"study_key": [], "label": [], "subtype_labels": [len(SUBTYPES)]},)
+        pads += ({"study_key": "", "label": tf.constant(-1, tf.int64), "subtype_labels": tf.constant(-1, tf.int64)},)
     ds = ds.padded_batch(batch_size, padded_shapes=shapes, padding_values=pads)
     if fill_batches:
         def fill(*parts):

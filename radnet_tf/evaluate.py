@@ -32,7 +32,7 @@ import pandas as pd
 
 from radnet_tf import atomic
 from radnet_tf.cli import add_verbose, cli_main, say
-from radnet_tf.contract import SLICE_PROBABILITIES
+from radnet_tf.contract import OUTPUT_SLICE, OUTPUT_SUBTYPES, SLICE_PROBABILITIES, SUBTYPE_PROBABILITIES
 from radnet_tf.errors import UserError
 from radnet_tf.metrics import binary_metrics, bootstrap_ci, ct_metrics, study_table
 
@@ -74,8 +74,14 @@ class Predictor:
             meta = read_metadata(p)
             self.cfg = config_from_dict(meta["config"])
             self.cfg.slice_threshold, self.cfg.ct_min_run = meta["slice_threshold"], meta["ct_min_run"]
+            if meta.get("subtype_thresholds"):
+                self.cfg.subtype_thresholds = list(meta["subtype_thresholds"])
             fn = tf.saved_model.load(str(p)).signatures["serving_default"]
-            self.slice_fn = lambda x: fn(slices=x[0])[SLICE_PROBABILITIES].numpy()
+            if SUBTYPE_PROBABILITIES in fn.structured_outputs:
+                self.slice_fn = lambda x: {k: fn(slices=x[0])[v].numpy() for k, v in
+                                           ((OUTPUT_SLICE, SLICE_PROBABILITIES), (OUTPUT_SUBTYPES, SUBTYPE_PROBABILITIES))}
+            else:
+                self.slice_fn = lambda x: fn(slices=x[0])[SLICE_PROBABILITIES].numpy()
             self.name = f"{meta['model']}-v{meta['version']}"
         else:
             from radnet_tf.export import load_trained
@@ -146,6 +152,14 @@ def evaluate_one(pred: Predictor, files, split, out: Path, target, val_files=Non
     _atomic_table(studies, out / "studies.csv")
     _atomic_table(summary, out / "summary.csv")
     plot_all(out, studies, known, preds.probs, preds.keys, cfg, pred.history, ci_auc=_auc_ci(studies, n_boot))
+    if preds.subtype_probs:  # per subtype: AUCs, operating point, confusion; RSNA's metric
+        from radnet_tf.scoring import rsna_log_loss, subtype_tables
+
+        per_label, confusion = subtype_tables(preds, cfg.resolved_subtype_thresholds, cfg.ct_min_run)
+        per_label["rsna_weighted_log_loss_slices"] = rsna_log_loss(preds)
+        _atomic_table(per_label, out / "subtypes.csv")
+        with atomic.atomic_path(out / "subtype_confusion.csv") as tmp:
+            confusion.to_csv(tmp)
     return summary, studies, scored["short_studies"]
 
 

@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from radnet_tf.contract import IGNORE_LABEL, OUTPUT_SLICE
+from radnet_tf.contract import IGNORE_LABEL, OUTPUT_SLICE, OUTPUT_SUBTYPES, SUBTYPES
 from radnet_tf.errors import UserError
 
 
@@ -27,25 +27,37 @@ class StudyPredictions:
       keys: list[str] pseudonymous study keys. labels: list[int] study labels (1/0).
       probs: list of float32 arrays [S] (slice probabilities, padding removed).
       slice_labels: list of float arrays [S] (1/0, IGNORE_LABEL = unknown).
+      subtype_probs: list of float32 arrays [S, 5] (models with targets: subtypes; else []).
+      subtype_labels: list of int arrays [5]: each study's label per subtype (1/0/-1),
+        from the whole-study reads when the records have them, else any slice positive.
     """
 
     keys: list
     labels: list
     probs: list
     slice_labels: list
+    subtype_probs: list = dataclasses.field(default_factory=list)
+    subtype_labels: list = dataclasses.field(default_factory=list)
+    slice_subtype_labels: list = dataclasses.field(default_factory=list)
 
 
 def keras_slice_fn(model, cfg):
-    """A traced slice function for a Keras model: float32 [1, S, N, N, C] -> numpy [S]
-    (one graph for every study length instead of an eager call per study)."""
+    """A traced slice function for a Keras model: float32 [1, S, N, N, C] -> numpy [S], or
+    a dict {OUTPUT_SLICE: [S], OUTPUT_SUBTYPES: [S, 5]} for subtype models (one graph for
+    every study length instead of an eager call per study)."""
     import tensorflow as tf
 
     n = cfg.input_size
-    fn = tf.function(
-        lambda x: model(x, training=False)[OUTPUT_SLICE][0],
-        input_signature=[tf.TensorSpec([1, None, n, n, cfg.input_channels], tf.float32)],
-    )
-    return lambda x: fn(x).numpy()
+    names = [k for k in (OUTPUT_SLICE, OUTPUT_SUBTYPES) if k in model.output_names]
+
+    def run(x):
+        out = model(x, training=False)
+        return {k: out[k][0] for k in names}
+
+    fn = tf.function(run, input_signature=[tf.TensorSpec([1, None, n, n, cfg.input_channels], tf.float32)])
+    if names == [OUTPUT_SLICE]:
+        return lambda x: fn(x)[OUTPUT_SLICE].numpy()
+    return lambda x: {k: v.numpy() for k, v in fn(x).items()}
 
 
 def predict_studies(slice_fn, files, cfg, split="validation") -> StudyPredictions:
@@ -59,10 +71,17 @@ def predict_studies(slice_fn, files, cfg, split="validation") -> StudyPrediction
     out = StudyPredictions([], [], [], [])
     for x, y, meta in data.eval_dataset(files, cfg, 1, with_masks=False, split=split, with_keys=True):
         s = int(x.shape[1])
-        out.probs.append(np.asarray(slice_fn(x))[:s])
+        result = slice_fn(x)
+        if isinstance(result, dict):
+            out.subtype_probs.append(np.asarray(result[OUTPUT_SUBTYPES])[:s])
+            result = result[OUTPUT_SLICE]
+        out.probs.append(np.asarray(result)[:s])
         out.keys.append(meta["study_key"].numpy()[0].decode())
         out.labels.append(int(meta["label"].numpy()[0]))
         out.slice_labels.append(y[OUTPUT_SLICE].numpy()[0][:s])
+        out.subtype_labels.append(meta["subtype_labels"].numpy()[0])
+        if OUTPUT_SUBTYPES in y:
+            out.slice_subtype_labels.append(y[OUTPUT_SUBTYPES].numpy()[0][:s])
     if not out.keys:
         raise UserError(f"no studies in the {split!r} split of the data")
     return out
@@ -88,6 +107,89 @@ def score_studies(preds: StudyPredictions, threshold, min_run) -> dict:
         "ct_metrics": ct_metrics(studies),
         "short_studies": int((studies.num_slices < min_run).sum()),
     }
+
+
+def calibrate_subtype_thresholds(preds: StudyPredictions, min_run, fallback):
+    """Per-subtype slice thresholds maximising CT-level balanced accuracy on these studies
+    (`decision.choose_threshold` per label); `fallback` for a subtype without both positive
+    and negative studies. Returns (5 floats, list of subtypes that used the fallback)."""
+    from radnet_tf.decision import choose_threshold, ct_score_np
+
+    thresholds, fell_back = [], []
+    for j, name in enumerate(SUBTYPES):
+        pairs = [(ct_score_np(p[:, j], min_run), int(lab[j])) for p, lab in zip(preds.subtype_probs, preds.subtype_labels)
+                 if lab[j] in (0, 1)]
+        if len({y for _, y in pairs}) < 2:
+            thresholds.append(float(fallback))
+            fell_back.append(name)
+        else:
+            thresholds.append(choose_threshold([s for s, _ in pairs], [y for _, y in pairs]))
+    return thresholds, fell_back
+
+
+def rsna_log_loss(preds: StudyPredictions, eps=1e-7) -> float:
+    """RSNA-2019's metric on slices: the weighted mean of per-label binary log losses,
+    weight 2 for "any" and 1 for each subtype, over slices whose label is known."""
+    any_p = np.concatenate(preds.probs)
+    any_y = np.concatenate(preds.slice_labels)
+    sub_p = np.concatenate(preds.subtype_probs)
+    sub_y = np.concatenate(preds.slice_subtype_labels)
+    columns = [(any_p, any_y, 2.0)] + [(sub_p[:, j], sub_y[:, j], 1.0) for j in range(len(SUBTYPES))]
+    total = weight = 0.0
+    for p, y, w in columns:
+        known = y >= 0
+        if known.any():
+            p, y = np.clip(p[known], eps, 1 - eps), y[known]
+            total += w * float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+            weight += w
+    return total / weight if weight else float("nan")
+
+
+def subtype_tables(preds: StudyPredictions, thresholds, min_run):
+    """Per-subtype metrics and the subtype confusion table for a subtype model.
+
+    Returns:
+      (metrics DataFrame: one row per subtype with slice and CT ROC AUC / PR AUC, CT
+      sensitivity and specificity at its threshold, positives, studies; confusion
+      DataFrame [5 x 5]: studies with true subtype (row) called as subtype (column)).
+    """
+    import pandas as pd
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from radnet_tf.decision import ct_decision_labels_np
+
+    decisions = [ct_decision_labels_np(p, thresholds, min_run) for p in preds.subtype_probs]
+    called = np.array([d["ct_positive"] for d in decisions], bool).reshape(-1, len(SUBTYPES))
+    scores = np.array([d["ct_score"] for d in decisions]).reshape(-1, len(SUBTYPES))
+    truth = np.array(preds.subtype_labels).reshape(-1, len(SUBTYPES))
+    slice_p = np.concatenate(preds.subtype_probs) if preds.subtype_probs else np.zeros((0, len(SUBTYPES)))
+    slice_y = np.concatenate(preds.slice_subtype_labels) if preds.slice_subtype_labels else np.full(slice_p.shape, -1)
+    rows = []
+    for j, name in enumerate(SUBTYPES):
+        known = truth[:, j] >= 0
+        y, s, c = truth[known, j], scores[known, j], called[known, j]
+        ks = slice_y[:, j] >= 0
+        both = len(set(y)) == 2
+        slice_both = len(set(slice_y[ks, j])) == 2
+        rows.append({
+            "subtype": name,
+            "threshold": float(thresholds[j]),
+            "studies": int(known.sum()),
+            "positive_studies": int((y == 1).sum()),
+            "slice_roc_auc": roc_auc_score(slice_y[ks, j], slice_p[ks, j]) if slice_both else np.nan,
+            "slice_pr_auc": average_precision_score(slice_y[ks, j], slice_p[ks, j]) if slice_both else np.nan,
+            "ct_roc_auc": roc_auc_score(y, s) if both else np.nan,
+            "ct_pr_auc": average_precision_score(y, s) if both else np.nan,
+            "ct_sensitivity": float(c[y == 1].mean()) if (y == 1).any() else np.nan,
+            "ct_specificity": float((~c[y == 0]).mean()) if (y == 0).any() else np.nan,
+        })
+    confusion = pd.DataFrame(0, index=list(SUBTYPES), columns=list(SUBTYPES))
+    for t_row, c_row in zip(truth, called):
+        for a in np.flatnonzero(t_row == 1):
+            for b in np.flatnonzero(c_row):
+                confusion.iloc[a, b] += 1
+    confusion.index.name = "true \\ called"
+    return pd.DataFrame(rows), confusion
 
 
 def short_study_note(short, total, min_run) -> str | None:

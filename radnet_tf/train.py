@@ -31,6 +31,7 @@ from pathlib import Path
 
 from radnet_tf import atomic
 from radnet_tf.cli import add_verbose, cli_main, say
+from radnet_tf.contract import SUBTYPES
 from radnet_tf.errors import UserError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
@@ -126,11 +127,19 @@ def evaluate_model(model, files, cfg, out_dir):
     """
     import pandas as pd
 
-    from radnet_tf.scoring import keras_slice_fn, predict_studies, score_studies
+    from radnet_tf.scoring import keras_slice_fn, predict_studies, rsna_log_loss, score_studies, subtype_tables
 
-    scored = score_studies(predict_studies(keras_slice_fn(model, cfg), files, cfg), cfg.slice_threshold, cfg.ct_min_run)
+    preds = predict_studies(keras_slice_fn(model, cfg), files, cfg)
+    scored = score_studies(preds, cfg.slice_threshold, cfg.ct_min_run)
     table = pd.DataFrame([{"level": "slice", **scored["slice_metrics"]}, {"level": "ct", **scored["ct_metrics"]}])
     out = Path(out_dir)
+    if preds.subtype_probs:
+        per_label, confusion = subtype_tables(preds, cfg.resolved_subtype_thresholds, cfg.ct_min_run)
+        atomic.write_csv(per_label, out / "val_subtypes.csv")
+        with atomic.atomic_path(out / "val_subtype_confusion.csv") as tmp:
+            confusion.to_csv(tmp)
+        scored["subtype_metrics"] = per_label
+        scored["rsna_log_loss"] = rsna_log_loss(preds)
     atomic.write_csv(scored["studies"], out / "val_studies.csv")
     atomic.write_csv(scored["slices"], out / "val_slices.csv")
     atomic.write_csv(table, out / "val_metrics.csv")
@@ -150,6 +159,12 @@ def calibrate_threshold(model, files, cfg):
         raise UserError("calibrate_threshold needs positive and negative training studies")
     threshold = choose_threshold([s for s, _ in known], [y for _, y in known])
     say(f"slice threshold from {len(known)} training studies: {threshold:.3f}")
+    if preds.subtype_probs:  # one threshold per subtype, the same way
+        from radnet_tf.scoring import calibrate_subtype_thresholds
+
+        cfg.subtype_thresholds, fell_back = calibrate_subtype_thresholds(preds, cfg.ct_min_run, threshold)
+        say("subtype thresholds: " + ", ".join(f"{n} {t:.3f}" for n, t in zip(SUBTYPES, cfg.subtype_thresholds))
+            + (f" ({', '.join(fell_back)}: no positive or no negative training study, the 'any' threshold)" if fell_back else ""))
     return threshold
 
 
@@ -291,6 +306,9 @@ def train(cfg, progress=True):
         summary["ct_metrics"] = {k: scored["ct_metrics"][k] for k in ("accuracy", "recall", "precision", "f1")}
         summary["slice_metrics"] = {k: scored["slice_metrics"][k] for k in ("accuracy", "recall", "precision", "f1")}
         summary["short_studies_note"] = short_study_note(scored["short_studies"], len(scored["studies"]), cfg.ct_min_run)
+        if "subtype_metrics" in scored:
+            summary["subtype_ct_auc"] = dict(zip(scored["subtype_metrics"].subtype, scored["subtype_metrics"].ct_roc_auc))
+            summary["rsna_log_loss"] = scored["rsna_log_loss"]
         seconds["evaluation"] = time.perf_counter() - t0
     summary["history"] = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     summary["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
@@ -321,6 +339,9 @@ def print_summary(summary):
         say(f"SavedModel: {summary['export']}")
     if "slice_threshold" in summary:
         say(f"threshold : {summary['slice_threshold']:.3f} (slice probability, from the training studies)")
+    if "subtype_ct_auc" in summary:
+        say("held-out CT ROC AUC per subtype: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["subtype_ct_auc"].items())
+            + f"; RSNA weighted log loss (slices) {summary['rsna_log_loss']:.4f}")
     if summary.get("short_studies_note"):
         say(f"note      : {summary['short_studies_note']}")
     if "ct_metrics" in summary:

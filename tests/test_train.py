@@ -277,3 +277,33 @@ def test_subtype_training_adds_a_masked_subtype_loss(tiny_records, tmp_path):
     assert "subtype_probability" in model.output_names
     loaded, loaded_cfg = load_trained(tmp_path)
     assert loaded_cfg.targets == "subtypes" and "subtype_probability" in loaded.output_names
+
+
+def test_subtype_evaluation_tables_and_calibration(tiny_records, tmp_path):
+    """With targets: subtypes the run calibrates one threshold per subtype on the training
+    studies and writes per-subtype metrics, the confusion table and RSNA's log loss."""
+    from radnet_tf.train import train
+
+    cfg = tiny_config(data=str(tiny_records), model_dir=str(tmp_path), val_fraction=0.4, epochs=1, targets="subtypes",
+                      calibrate_threshold=True)
+    summary, _ = train(cfg, progress=False)
+    assert len(cfg.subtype_thresholds) == 5 and all(0 < t < 1 for t in cfg.subtype_thresholds)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["subtype_thresholds"] == cfg.subtype_thresholds
+    table = pd.read_csv(tmp_path / "val_subtypes.csv")
+    assert list(table.subtype) == ["EDH", "IPH", "IVH", "SAH", "SDH"]
+    confusion = pd.read_csv(tmp_path / "val_subtype_confusion.csv", index_col=0)
+    assert confusion.shape == (5, 5) and list(confusion.columns) == ["EDH", "IPH", "IVH", "SAH", "SDH"]
+    assert 0 < summary["rsna_log_loss"] < 5
+
+
+def test_rsna_log_loss_exact():
+    from radnet_tf.scoring import StudyPredictions, rsna_log_loss
+
+    preds = StudyPredictions(
+        keys=["a"], labels=[1], probs=[np.array([0.5, 0.9])], slice_labels=[np.array([1.0, -1.0])],
+        subtype_probs=[np.full((2, 5), 0.5)], subtype_labels=[np.zeros(5)],
+        slice_subtype_labels=[np.array([[1, 0, 0, 0, 0], [-1, -1, -1, -1, -1]], float)],
+    )
+    # known: any slice 0 (p 0.5, y 1) weight 2; subtypes slice 0, each p 0.5: every loss is ln 2
+    assert rsna_log_loss(preds) == pytest.approx(np.log(2))
