@@ -32,7 +32,7 @@ import pandas as pd
 
 from radnet_tf import atomic
 from radnet_tf.cli import add_verbose, cli_main, say
-from radnet_tf.contract import OUTPUT_SLICE, OUTPUT_SUBTYPES, SLICE_PROBABILITIES, SUBTYPE_PROBABILITIES
+from radnet_tf.contract import OUTPUT_SLICE, OUTPUT_SUBTYPES, SLICE_PROBABILITIES, SUBTYPE_PROBABILITIES, SUBTYPES
 from radnet_tf.errors import UserError
 from radnet_tf.metrics import binary_metrics, bootstrap_ci, ct_metrics, study_table
 
@@ -153,8 +153,14 @@ def evaluate_one(pred: Predictor, files, split, out: Path, target, val_files=Non
     _atomic_table(summary, out / "summary.csv")
     plot_all(out, studies, known, preds.probs, preds.keys, cfg, pred.history, ci_auc=_auc_ci(studies, n_boot))
     if preds.subtype_probs:  # per subtype: AUCs, operating point, confusion; RSNA's metric
+        from radnet_tf.decision import ct_decision_labels_np
         from radnet_tf.scoring import rsna_log_loss, subtype_tables
 
+        calls = [ct_decision_labels_np(p, cfg.resolved_subtype_thresholds, cfg.ct_min_run) for p in preds.subtype_probs]
+        for j, name in enumerate(SUBTYPES):
+            studies[f"ct_{name}"] = [bool(c["ct_positive"][j]) for c in calls]
+            studies[f"ct_score_{name}"] = [float(c["ct_score"][j]) for c in calls]
+        _atomic_table(studies, out / "studies.csv")
         per_label, confusion = subtype_tables(preds, cfg.resolved_subtype_thresholds, cfg.ct_min_run)
         per_label["rsna_weighted_log_loss_slices"] = rsna_log_loss(preds)
         _atomic_table(per_label, out / "subtypes.csv")
@@ -247,6 +253,51 @@ def ablation_table(summaries: dict) -> pd.DataFrame:
         ct = summary[summary.level == "ct"].iloc[0]
         table[name] = [_fmt(ct[m], ct.get(f"{m}_lo"), ct.get(f"{m}_hi")) for m in PAPER_METRICS]
     return pd.DataFrame(table)
+
+
+FINDINGS = ("ICH", "IPH", "IVH", "SAH", "SDH", "EDH")
+
+
+def reader_table_by_finding(readers_csv, manifest_csv, studies: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Table 2 per finding: for ICH and each subtype, each reader and the model
+    against the readers' majority (>= 2 of 3) — accuracy, recall, precision, F1 — and
+    Cohen's kappa of each rater with R1, R2, R3 and the majority.
+
+    `studies` needs study_key and ct_positive (the ICH call); a subtype model's studies
+    also have ct_<T> columns (EDH, IPH, IVH, SAH, SDH), else the model has no row for them.
+
+    Returns:
+      DataFrame with columns finding, rater, n, accuracy, recall, precision, f1,
+      kappa_R1, kappa_R2, kappa_R3, kappa_majority.
+    """
+    from sklearn.metrics import cohen_kappa_score
+
+    reads = pd.read_csv(readers_csv)
+    if "name" not in reads.columns:
+        raise UserError(f"{readers_csv}: needs a 'name' column with the study ids")
+    manifest = pd.read_csv(manifest_csv, dtype={"study_id": str})
+    merged = reads.merge(manifest[["study_id", "study_key"]], left_on="name", right_on="study_id").merge(studies, on="study_key")
+    if merged.empty:
+        raise UserError("no study of the readers file is in the evaluated set")
+    rows = []
+    for finding in FINDINGS:
+        readers = {r: merged[f"{r}:{finding}"].astype(int) for r in ("R1", "R2", "R3") if f"{r}:{finding}" in merged}
+        if len(readers) < 3:
+            continue
+        majority = (sum(readers.values()) >= 2).astype(int)
+        model_col = "ct_positive" if finding == "ICH" else f"ct_{finding}"
+        raters = dict(readers)
+        if model_col in merged:
+            raters["model"] = merged[model_col].astype(int)
+        for name, calls in raters.items():
+            m = binary_metrics(majority, calls)
+            row = {"finding": finding, "rater": name, "n": len(calls), **{k: round(m[k], 4) for k in PAPER_METRICS}}
+            for other, ref in (*readers.items(), ("majority", majority)):
+                both_constant = calls.nunique() == 1 and ref.nunique() == 1
+                row[f"kappa_{other}"] = 1.0 if (both_constant and (calls.values == ref.values).all()) else round(
+                    float(cohen_kappa_score(ref, calls)), 4)
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def reader_table(readers_csv, manifest_csv, studies: pd.DataFrame, finding="ICH", reference=None):
@@ -355,6 +406,14 @@ def main(argv=None):
         t2.set_index("metric").T.plot.bar(ax=ax)
         ax.set(ylim=(0, 1), title="readers vs model (CT level)")
         _savefig(fig, out / "readers_vs_model.png")
+        by_finding = reader_table_by_finding(args.readers, args.manifest, last_studies)
+        _atomic_table(by_finding, out / "table2_by_finding.csv")
+        atomic.write_text(out / "table2_by_finding.md", table_markdown(by_finding))
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        by_finding.pivot(index="finding", columns="rater", values="kappa_majority").reindex(
+            [f for f in FINDINGS if f in set(by_finding.finding)]).plot.bar(ax=ax)
+        ax.set(ylim=(-1, 1), ylabel="Cohen's kappa with the majority", title="readers and model per finding")
+        _savefig(fig, out / "readers_by_finding.png")
     say(f"wrote {out}")
 
 

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -130,3 +131,56 @@ def test_reader_table_and_kappa(tmp_path):
     t = table.set_index("metric")
     assert t.loc["accuracy", "R1"] == 1.0 and t.loc["accuracy", "R2"] == 0.75 and t.loc["recall", "model"] == 0.5
     assert kappa.loc["R1", "R1"] == 1.0 and kappa.loc["R1", "model"] == pytest.approx(0.5)
+
+
+def test_reader_table_by_finding_exact(tmp_path):
+    from radnet_tf.evaluate import reader_table_by_finding
+
+    reads = pd.DataFrame({
+        "name": ["s1", "s2", "s3", "s4"],
+        "R1:ICH": [1, 0, 1, 0], "R2:ICH": [1, 1, 1, 0], "R3:ICH": [1, 0, 0, 0],
+        "R1:SDH": [1, 0, 0, 0], "R2:SDH": [1, 0, 0, 0], "R3:SDH": [0, 0, 0, 0],
+    })
+    manifest = pd.DataFrame({"study_id": ["s1", "s2", "s3", "s4"], "study_key": ["k1", "k2", "k3", "k4"]})
+    studies = pd.DataFrame({"study_key": ["k1", "k2", "k3", "k4"], "ct_positive": [True, False, False, False],
+                            "ct_SDH": [True, False, True, False]})
+    reads.to_csv(tmp_path / "reads.csv", index=False)
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    table = reader_table_by_finding(tmp_path / "reads.csv", tmp_path / "manifest.csv", studies).set_index(["finding", "rater"])
+    assert list(table.index.get_level_values(0).unique()) == ["ICH", "SDH"]  # findings without three readers: no rows
+    # ICH majority = [1, 0, 1, 0]; R1 equals it; the model misses s3
+    assert table.loc[("ICH", "R1"), "accuracy"] == 1.0 and table.loc[("ICH", "R1"), "kappa_majority"] == 1.0
+    assert table.loc[("ICH", "model"), "accuracy"] == 0.75 and table.loc[("ICH", "model"), "recall"] == 0.5
+    assert table.loc[("ICH", "model"), "kappa_majority"] == pytest.approx(0.5)
+    # SDH majority = [1, 0, 0, 0]; the model also calls s3
+    assert table.loc[("SDH", "model"), "precision"] == 0.5 and table.loc[("SDH", "R3"), "recall"] == 0.0
+
+
+def test_evaluate_a_subtype_savedmodel_with_reads_per_finding(tiny_records, tmp_path, capsys):
+    """A subtype export through evaluate: per-subtype tables, per-study subtype calls and
+    the per-finding reader table from a CQ500-style reads.csv."""
+    from conftest import tiny_config
+    from radnet_tf import evaluate
+    from radnet_tf.export import export_model
+    from radnet_tf.model import build_model
+
+    cfg = tiny_config(targets="subtypes")
+    saved = export_model(build_model(cfg), cfg, tmp_path / "sm", warmup=False)
+    manifest = pd.read_csv(tiny_records / "manifest.csv")
+    rng = np.random.default_rng(0)
+    reads = {"name": manifest.study_id}
+    for reader in ("R1", "R2", "R3"):
+        for finding in ("ICH", "IPH", "IVH", "SDH", "EDH", "SAH"):
+            reads[f"{reader}:{finding}"] = rng.integers(0, 2, len(manifest))
+    pd.DataFrame(reads).to_csv(tmp_path / "reads.csv", index=False)
+    evaluate.main(["--model", str(saved), "--data", str(tiny_records), "--split", "all", "--bootstrap", "5",
+                   "--readers", str(tmp_path / "reads.csv"), "--manifest", str(tiny_records / "manifest.csv"),
+                   "--out", str(tmp_path / "eval")])
+    folder = tmp_path / "eval" / "radnet-v1"
+    assert list(pd.read_csv(folder / "subtypes.csv").subtype) == ["EDH", "IPH", "IVH", "SAH", "SDH"]
+    studies = pd.read_csv(folder / "studies.csv")
+    assert {f"ct_{t}" for t in ("EDH", "IPH", "IVH", "SAH", "SDH")} <= set(studies.columns)
+    table = pd.read_csv(tmp_path / "eval" / "table2_by_finding.csv")
+    assert set(table.finding) == {"ICH", "IPH", "IVH", "SAH", "SDH", "EDH"}
+    assert (table.groupby("finding").rater.apply(list) == [["R1", "R2", "R3", "model"]] * 6).all()
+    assert (tmp_path / "eval" / "readers_by_finding.png").exists()
