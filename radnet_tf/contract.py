@@ -32,6 +32,7 @@ MIN_RUN_APPLIED = "min_run_applied"
 SUBTYPE_PROBABILITIES = "subtype_probabilities"  # [S, 5]   (subtype models only)
 CT_SUBTYPES = "ct_subtypes"  # bool [5]
 CT_SUBTYPE_SCORES = "ct_subtype_scores"  # float32 [5]
+SUBTYPE_MASKS = "subtype_masks"  # float32 [S, N, N, 5], mean of the aux heads' class channels
 SERVING_OUTPUTS = (SLICE_PROBABILITIES, MASKS, CT_POSITIVE, CT_SCORE, LONGEST_POSITIVE_RUN, MIN_RUN_APPLIED)
 
 SUBTYPES = ("EDH", "IPH", "IVH", "SAH", "SDH")

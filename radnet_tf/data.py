@@ -57,6 +57,15 @@ def read_studies(files, deterministic=True):
     return ds.map(records.decode_study, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
 
+def class_mask_targets(study):
+    """float32 [S, N, N, 5] class-mask targets: one-hot of the record's mask_classes where
+    it has them; 0 on background and -1 (unknown) on blood of unknown class otherwise."""
+    classes = tf.cast(study["mask_classes"], tf.int32)
+    onehot = tf.one_hot(classes - 1, len(SUBTYPES), dtype=tf.float32)  # class 0 -> all zeros
+    blood_unknown = tf.logical_and(study["mask"] > 0, classes == 0)[..., None]
+    return tf.where(blood_unknown, -tf.ones_like(onehot), onehot)
+
+
 def _targets(study, with_masks, with_subtypes=False):
     labels = tf.cast(study["slice_labels"], tf.float32)
     y = {OUTPUT_SLICE: labels}
@@ -64,6 +73,8 @@ def _targets(study, with_masks, with_subtypes=False):
         y[OUTPUT_SUBTYPES] = tf.cast(study["slice_subtypes"], tf.float32)  # [S, 5], -1 unknown
     if with_masks:
         mask = tf.cast(study["mask"], tf.float32)[..., None]
+        if with_subtypes:  # channel 0 blood, channels 1..5 the classes
+            mask = tf.concat([mask, class_mask_targets(study)], axis=-1)
         mask = tf.where(study["has_mask"], mask, -tf.ones_like(mask))
         for name in MASK_OUTPUTS:
             y[name] = mask
@@ -302,7 +313,7 @@ def eval_dataset(
         y_pad[OUTPUT_SUBTYPES] = float(IGNORE_LABEL)
     if with_masks:
         for name in MASK_OUTPUTS:
-            y_shapes[name] = [None, n, n, 1]
+            y_shapes[name] = [None, n, n, 1 + len(SUBTYPES) if with_subtypes else 1]
             y_pad[name] = float(IGNORE_LABEL)
     shapes = ([None, n, n, cfg.input_channels], y_shapes)
     pads = (PAD_VALUE, y_pad)

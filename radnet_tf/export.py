@@ -19,7 +19,8 @@ Signatures (inputs -> outputs, one study per request):
                    radnet_tf.decision, threshold and K fixed at export; K' = min(K, S));
                    models trained with `targets: subtypes` add subtype_probabilities
                    float32 [S, 5], ct_subtypes bool [5], ct_subtype_scores float32 [5]
-                   (EDH, IPH, IVH, SAH, SDH; the rule per subtype at its threshold)
+                   (EDH, IPH, IVH, SAH, SDH; the rule per subtype at its threshold) and
+                   subtype_masks float32 [S, N, N, 5] (the aux heads' class channels)
 
 Only core TF ops are in the graph (the LSTM is rebuilt with use_cudnn=False). The inputs
 are declared with unknown rank and checked in-graph, so a server (which feeds tensors
@@ -52,6 +53,7 @@ from radnet_tf.contract import (
     OUTPUT_SLICE,
     OUTPUT_SUBTYPES,
     SLICE_PROBABILITIES,
+    SUBTYPE_MASKS,
     SUBTYPE_PROBABILITIES,
     SUBTYPES,
 )
@@ -183,6 +185,10 @@ def make_archive(model, cfg, threshold, min_run):
             per_label = ct_decision_labels(subtypes, cfg.resolved_subtype_thresholds, min_run)
             result.update({SUBTYPE_PROBABILITIES: subtypes, CT_SUBTYPES: per_label["ct_positive"],
                            CT_SUBTYPE_SCORES: per_label["ct_score"]})
+            class_heads = [out[name][0, ..., 1:] for name in MASK_OUTPUTS if name in out]
+            n_slices = tf.shape(slices)[0]
+            result[SUBTYPE_MASKS] = (tf.add_n(class_heads) / len(class_heads) if class_heads
+                                     else tf.zeros(tf.stack([n_slices, n, n, len(SUBTYPES)])))
         return result
 
     def serve_hu(hu, pixel_spacing):

@@ -157,10 +157,11 @@ def apply_transition(x, dropout, weight_decay, bn, name):
     return layers.AveragePooling2D(2, name=f"{name}_pool")(x)
 
 
-def apply_aux_head(x, factor, head_filters, weight_decay, bn, name):
+def apply_aux_head(x, factor, head_filters, weight_decay, bn, name, channels=1):
     """Attention by an auxiliary task: BN-ReLU-Conv1x1 then a x`factor` deconvolution.
 
-    Returns the hemorrhage-mask probability [B*S, H*factor, W*factor, 1], float32.
+    Returns mask probabilities [B*S, H*factor, W*factor, channels], float32: channel 0 the
+    hemorrhage mask; for subtype models channels 1..5 the class masks (EDH..SDH).
     """
     x = _batch_norm(bn, f"{name}_bn")(x)
     x = layers.Activation("relu", name=f"{name}_relu")(x)
@@ -168,9 +169,14 @@ def apply_aux_head(x, factor, head_filters, weight_decay, bn, name):
         head_filters, 1, activation="relu", kernel_initializer="he_normal", name=f"{name}_conv"
     )(x)
     x = layers.Conv2DTranspose(
-        1, 2 * factor, strides=factor, padding="same", kernel_initializer="he_normal", name=f"{name}_deconv"
+        channels, 2 * factor, strides=factor, padding="same", kernel_initializer="he_normal", name=f"{name}_deconv"
     )(x)
     return layers.Activation("sigmoid", dtype="float32", name=f"{name}_sigmoid")(x)
+
+
+def mask_channels(config) -> int:
+    """Channels of the auxiliary heads: 1 (blood), or 1 + 5 class masks for subtype models."""
+    return 1 + len(SUBTYPES) if getattr(config, "targets", "any") == "subtypes" else 1
 
 
 def build_model(config, use_cudnn="auto", sync_batchnorm=False) -> keras.Model:
@@ -193,8 +199,9 @@ def build_model(config, use_cudnn="auto", sync_batchnorm=False) -> keras.Model:
       "slice_probability" float32 [B, S] ("any" hemorrhage);
       with `targets: subtypes` also "subtype_probability" float32 [B, S, 5] (EDH, IPH,
       IVH, SAH, SDH; independent sigmoids, from the same slice features);
-      for densenet_a and radnet also "mask_1", "mask_2", "mask_3" float32 [B, S, N, N, 1]
-      (aux heads after dense blocks 1, 2, 3).
+      for densenet_a and radnet also "mask_1", "mask_2", "mask_3" float32 [B, S, N, N, M]
+      (aux heads after dense blocks 1, 2, 3; M = `mask_channels(config)`: 1, the hemorrhage
+      mask, or 6 for subtype models: the hemorrhage mask then the five class masks).
     """
     variant = config.variant
     if variant not in ("densenet", "densenet_a", "radnet"):
@@ -219,7 +226,8 @@ def build_model(config, use_cudnn="auto", sync_batchnorm=False) -> keras.Model:
             x = apply_transition(x, config.dropout, wd, bn, name=f"transition{block}")
         x = apply_dense_block(x, layers_per_block, config.growth_rate, config.dropout, wd, bn, f"block{block + 1}")
         if variant != "densenet":
-            heads.append(apply_aux_head(x, 2 ** (block + 1), config.head_filters, wd, bn, name=f"aux{block + 1}"))
+            heads.append(apply_aux_head(x, 2 ** (block + 1), config.head_filters, wd, bn, name=f"aux{block + 1}",
+                                        channels=mask_channels(config)))
 
     x = _batch_norm(bn, "final_bn")(x)
     x = layers.Activation("relu", name="final_relu")(x)

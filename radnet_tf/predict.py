@@ -35,6 +35,7 @@ from radnet_tf.contract import (
     MASKS,
     MIN_RUN_APPLIED,
     SLICE_PROBABILITIES,
+    SUBTYPE_MASKS,
     SUBTYPE_PROBABILITIES,
     SUBTYPES,
 )
@@ -96,6 +97,8 @@ def predict_series(series, saved, meta):
                 "ct_score": round(float(out[CT_SUBTYPE_SCORES][j]), 4),
                 "threshold": thresholds[j],
                 "slices": [int(i) for i in np.flatnonzero(out[SUBTYPE_PROBABILITIES][:, j] >= thresholds[j])],
+                "volume_ml": round(float((out[SUBTYPE_MASKS][..., j] >= 0.5).sum() * spacing * spacing * slice_mm / 1000.0), 2)
+                if slice_mm and SUBTYPE_MASKS in out else None,
             }
             for j, name in enumerate(SUBTYPES)
         }

@@ -185,4 +185,8 @@ def test_subtype_model_adds_outputs_and_keeps_the_old_ones(tmp_path):
     with tf.compat.v1.Session(graph=tf.Graph()) as sess:  # as TF Serving loads it
         sig = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path)).signature_def["predict_hu"]
         assert set(sig.outputs) == {"slice_probabilities", "masks", "ct_positive", "ct_score", "longest_positive_run",
-                                    "min_run_applied", "subtype_probabilities", "ct_subtypes", "ct_subtype_scores"}
+                                    "min_run_applied", "subtype_probabilities", "ct_subtypes", "ct_subtype_scores",
+                                    "subtype_masks"}
+    heads = [ref[f"mask_{i}"].numpy()[0] for i in (1, 2, 3)]
+    np.testing.assert_allclose(out["masks"].numpy(), sum(h[..., 0] for h in heads) / 3, atol=1e-5)
+    np.testing.assert_allclose(out["subtype_masks"].numpy(), sum(h[..., 1:] for h in heads) / 3, atol=1e-5)

@@ -326,3 +326,15 @@ def test_subtype_targets_come_from_the_records(tiny_records):
             assert (y["subtype_probability"].numpy()[i, s:] == -1).all()
     x, y = next(iter(data.train_dataset(files, cfg, 2)))
     assert y["subtype_probability"].shape == (2, cfg.crop_slices, 5)
+
+
+def test_class_mask_targets_one_hot_or_unknown_blood():
+    """Aux-head class targets: one-hot where the record has classes; blood without a class
+    is -1 (unknown), background 0."""
+    mask = tf.constant([[[1, 1], [0, 1]]], tf.uint8)  # [S=1, 2, 2]
+    classes = tf.constant([[[2, 5], [0, 0]]], tf.uint8)  # the last blood pixel has no class
+    got = data.class_mask_targets({"mask": mask, "mask_classes": classes}).numpy()[0]
+    np.testing.assert_array_equal(got[0, 0], [0, 1, 0, 0, 0])  # IPH
+    np.testing.assert_array_equal(got[0, 1], [0, 0, 0, 0, 1])  # SDH
+    np.testing.assert_array_equal(got[1, 0], [0, 0, 0, 0, 0])  # background
+    np.testing.assert_array_equal(got[1, 1], [-1, -1, -1, -1, -1])  # blood, class unknown
