@@ -150,6 +150,9 @@ class CTSeries:
         `fix_12bit_intercept`).
       series_choice: one dict per axial CT series considered (series_key, description,
         kernel, thickness_mm, slices, decision: "chosen" or the reason it was not).
+      shear_px: float64 [S, 2], the in-plane (row, col) shift applied to each slice by the
+        tilt correction, in pixels (zeros when not corrected): source pixel (r, c) of slice
+        i is at (r + shear_px[i, 0], c + shear_px[i, 1]) of `hu[i]`.
     """
 
     hu: np.ndarray
@@ -169,6 +172,7 @@ class CTSeries:
     warnings: list = dataclasses.field(default_factory=list)
     corrected_files: list = dataclasses.field(default_factory=list)
     series_choice: list = dataclasses.field(default_factory=list)
+    shear_px: np.ndarray | None = None
 
     @property
     def num_slices(self) -> int:
@@ -373,16 +377,20 @@ def _shift_axis(image, shift, axis, fill):
     return low
 
 
+def shear_shifts(positions, orientation, pixel_spacing):
+    """float64 [S, 2]: the in-plane (row, col) shift, in pixels, that puts each slice's
+    origin on the line through the first one along the slice normal."""
+    row_dir, col_dir = orientation[:3], orientation[3:]
+    d = np.asarray(positions, np.float64) - np.asarray(positions[0], np.float64)
+    return np.stack([d @ col_dir / pixel_spacing[0], d @ row_dir / pixel_spacing[1]], axis=1)
+
+
 def _shear_to_normal(hu, positions, orientation, pixel_spacing):
     """Shifts each slice in-plane so all slice origins lie on one line along the normal
     (bilinear, air outside; as scipy.ndimage.shift(order=1) but ~6x faster: two separable
     NumPy passes per slice)."""
-    row_dir, col_dir = orientation[:3], orientation[3:]
     out = np.empty_like(hu)
-    for i in range(hu.shape[0]):
-        d = positions[i] - positions[0]
-        shift_rows = float(np.dot(d, col_dir)) / pixel_spacing[0]
-        shift_cols = float(np.dot(d, row_dir)) / pixel_spacing[1]
+    for i, (shift_rows, shift_cols) in enumerate(shear_shifts(positions, orientation, pixel_spacing)):
         moved = _shift_axis(hu[i].astype(np.float32), shift_rows, 0, AIR_HU)
         moved = _shift_axis(moved, shift_cols, 1, AIR_HU)
         out[i] = np.rint(moved)
@@ -571,6 +579,7 @@ def read_series(
     hu = np.stack(slices)
 
     tilt_deg, corrected, gaps, irregular, spacing = 0.0, False, [], False, float("nan")
+    shear = np.zeros((len(members), 2))
     if len(members) > 1:
         step = ipp[-1] - ipp[0]
         cos = abs(float(np.dot(step, normal))) / float(np.linalg.norm(step))
@@ -585,6 +594,7 @@ def read_series(
                     "(read with tilt='correct' to shear them onto an orthogonal grid)"
                 )
             hu = _shear_to_normal(hu, ipp, orientation, pixel_spacing)
+            shear = shear_shifts(ipp, orientation, pixel_spacing)
             corrected = True
     else:
         spacing = float(first.get("SliceThickness", float("nan")) or float("nan"))
@@ -609,4 +619,5 @@ def read_series(
         warnings=warnings,
         corrected_files=fixed_names,
         series_choice=series_choice,
+        shear_px=shear,
     )

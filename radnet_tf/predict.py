@@ -105,6 +105,37 @@ def predict_series(series, saved, meta):
     return result, out, model_s
 
 
+def write_seg(path, dicom_dir, series, out, meta):
+    """Writes the DICOM SEG for `predict --seg`; returns {"path", "segments"} or a reason."""
+    import pydicom
+
+    from radnet_tf import preprocess
+    from radnet_tf.dicom_seg import write_segmentation
+
+    root = Path(dicom_dir)
+    files = [root] if root.is_file() else [p for p in sorted(root.rglob("*")) if p.is_file()]
+    wanted, source_files = set(series.sop_instance_uids), {}
+    for f in files:
+        try:
+            uid = str(pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+        except Exception:  # not DICOM: the reader skipped it too
+            continue
+        if uid in wanted:
+            source_files[uid] = f
+    if SUBTYPE_MASKS in out:
+        masks, names = out[SUBTYPE_MASKS] >= 0.5, list(SUBTYPES)
+    else:
+        masks, names = (out[MASKS] >= 0.5)[..., None], ["Hemorrhage"]
+    pcfg = preprocess.PreprocessConfig(
+        window_center=meta["window_center"], window_width=meta["window_width"], extra_windows=(),
+        out_spacing=meta["out_spacing_mm"], fov_mm=meta["fov_mm"], out_size=meta["input_size"],
+    )
+    segments = write_segmentation(path, series, source_files, masks, names, pcfg, meta)
+    if not segments:
+        return {"path": None, "segments": [], "note": "no mask voxel: no segmentation written"}
+    return {"path": str(path), "segments": segments}
+
+
 def rule_text(min_run, threshold, num_slices) -> str:
     """The CT rule as applied to a study of `num_slices` slices, in words."""
     from radnet_tf.decision import applied_min_run
@@ -157,6 +188,8 @@ def main(argv=None):
     parser.add_argument("dicom_dir", help="folder of one study, or a single DICOM file")
     parser.add_argument("--model", required=True, help="SavedModel dir (a version, or its parent: latest)")
     parser.add_argument("--out", help="folder for overview.png and prediction.json")
+    parser.add_argument("--seg", metavar="OUT.dcm", help="also write a DICOM Segmentation of the masks (highdicom): "
+                        "one segment per subtype present (subtype models) or one 'Hemorrhage' segment")
     parser.add_argument("--tilt", choices=["correct", "reject"], default="correct")
     parser.add_argument("--min-slices", type=int, default=1, help="fewest slices accepted (default 1)")
     args = parser.parse_args(argv)
@@ -194,6 +227,10 @@ def main(argv=None):
         folder.mkdir(parents=True, exist_ok=True)
         overview_png(folder / "overview.png", out, meta, out[SLICE_PROBABILITIES], meta["slice_threshold"])
         timings["write_s"] = time.perf_counter() - t0
+    if args.seg:
+        t0 = time.perf_counter()
+        result["segmentation"] = write_seg(args.seg, args.dicom_dir, series, out, meta)
+        timings["seg_s"] = time.perf_counter() - t0
     result["timings"] = {k: round(v, 3) for k, v in timings.items()}
     text = json.dumps(result, indent=2)
     if args.out:

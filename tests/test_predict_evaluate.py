@@ -184,3 +184,20 @@ def test_evaluate_a_subtype_savedmodel_with_reads_per_finding(tiny_records, tmp_
     assert set(table.finding) == {"ICH", "IPH", "IVH", "SAH", "SDH", "EDH"}
     assert (table.groupby("finding").rater.apply(list) == [["R1", "R2", "R3", "model"]] * 6).all()
     assert (tmp_path / "eval" / "readers_by_finding.png").exists()
+
+
+def test_predict_writes_a_dicom_seg_when_asked(saved, tiny_cohort, tmp_path):
+    pytest.importorskip("highdicom")
+    import highdicom as hd
+
+    study = tiny_cohort / "dicom" / "synth-0001"
+    result = predict.main([str(study), "--model", str(saved), "--seg", str(tmp_path / "seg.dcm")])
+    seg_info = result["segmentation"]
+    masks_present = any(v > 0 for v in [result["hemorrhage_volume_ml"] or 0])
+    if masks_present:
+        assert seg_info["segments"] == ["Hemorrhage"] and (tmp_path / "seg.dcm").exists()
+        seg = hd.seg.segread(tmp_path / "seg.dcm")
+        assert int(seg.NumberOfFrames) == len(result["slice_probabilities"])
+    else:  # the tiny model drew no mask voxel: nothing to segment, and it says so
+        assert seg_info == {"path": None, "segments": [], "note": "no mask voxel: no segmentation written"}
+        assert not (tmp_path / "seg.dcm").exists()

@@ -1,0 +1,123 @@
+"""Model-grid masks -> a DICOM Segmentation of the source series (for PACS), with highdicom.
+
+    write_segmentation(path, series, source_files, masks, names, pcfg, meta)
+
+Geometry: a model-grid mask [S, N, N] is mapped back to every source pixel of every slice:
+the FOV crop and in-plane resampling are undone with the preprocessing's own geometry
+(same head centre, scale and translation as `preprocess.resample_to_fov`, nearest model
+pixel), and for a tilt-corrected series each slice's shear is undone too, so frame k of a
+segment lies on source image k's pixels. One segment per label that has any voxel; a
+segmentation without any segment is not written.
+
+Identifiers: the SEG carries what the standard SEG references take from the source series
+(patient and study attributes, the referenced SOP instances) and nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from radnet_tf import atomic
+from radnet_tf.errors import UserError
+
+TYPE2_COPIED = ("StudyID", "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+                "StudyDate", "StudyTime", "ReferringPhysicianName")
+HEMORRHAGE = ("50960005", "SCT", "Hemorrhage")
+CATEGORY = ("49755003", "SCT", "Morphologically Altered Structure")
+
+
+def to_source_grid(masks, series, pcfg, center):
+    """bool [S, N, N] masks on the model grid -> bool [S, H, W] on the source pixels.
+
+    Args:
+      masks: bool/0-1 array [S, N, N]. series: the `dicom_io.CTSeries` the model saw.
+      pcfg: the export's `PreprocessConfig`. center: (row, col) head centre in source pixels
+        (`preprocess.head_center_np(series.hu)`, as the model's preprocessing computed it).
+    """
+    masks = np.asarray(masks, bool)
+    s, h, w = series.hu.shape
+    n = pcfg.out_size
+    scale = np.asarray(series.pixel_spacing, np.float64) / pcfg.out_spacing
+    translation = n / 2.0 - scale * (np.asarray(center, np.float64) + 0.5)
+    rows, cols = np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64)
+    shifts = series.shear_px if series.tilt_corrected else np.zeros((s, 2))
+    out = np.zeros((s, h, w), bool)
+    for i in range(s):
+        # source pixel (r, c) sits at (r + dr, c + dc) of the sheared slice the model saw
+        r = np.rint(scale[0] * (rows + shifts[i, 0] + 0.5) + translation[0] - 0.5).astype(int)
+        c = np.rint(scale[1] * (cols + shifts[i, 1] + 0.5) + translation[1] - 0.5).astype(int)
+        ok_r, ok_c = (r >= 0) & (r < n), (c >= 0) & (c < n)
+        out[i][np.ix_(ok_r, ok_c)] = masks[i][np.ix_(r[ok_r], c[ok_c])]
+    return out
+
+
+def write_segmentation(path, series, source_files, masks, names, pcfg, meta):
+    """Writes a binary DICOM SEG (atomically) with one segment per non-empty label.
+
+    Args:
+      path: output .dcm. series: `CTSeries`. source_files: {SOPInstanceUID: file path} of
+        the series. masks: bool [S, N, N, L] model-grid masks. names: L segment labels.
+      pcfg: the export's PreprocessConfig. meta: the export's metadata (model, version).
+    Returns:
+      the segment labels written ([] when no label has a voxel: nothing is written).
+    """
+    try:
+        import highdicom as hd
+        import pydicom
+        from pydicom.sr.coding import Code
+        from pydicom.uid import generate_uid
+    except ImportError:
+        raise UserError("DICOM SEG output needs highdicom: pip install 'radnet-tf[dicom-seg]'") from None
+    from radnet_tf import __version__
+    from radnet_tf.preprocess import head_center_np
+
+    masks = np.asarray(masks, bool)
+    present = [j for j in range(masks.shape[-1]) if masks[..., j].any()]
+    if not present:
+        return []
+    center = head_center_np(series.hu)
+    frames = np.stack([to_source_grid(masks[..., j], series, pcfg, center) for j in present], axis=-1)
+    missing = [uid for uid in series.sop_instance_uids if uid not in source_files]
+    if missing:
+        raise UserError(f"{len(missing)} source image(s) of the series not found for the segmentation")
+    sources = [pydicom.dcmread(source_files[uid]) for uid in series.sop_instance_uids]
+    for ds in sources:  # type-2 attributes the SEG copies: present, empty when the source lacks them
+        for keyword in TYPE2_COPIED:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=f"radnet-tf {meta.get('model', 'radnet')}",
+        family=Code("123110", "DCM", "Artificial Intelligence"),
+        version=f"{__version__} (export {meta.get('version', '?')})",
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=k + 1,
+            segment_label=str(names[j]),
+            segmented_property_category=Code(*CATEGORY),
+            segmented_property_type=Code(*HEMORRHAGE),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for k, j in enumerate(present)
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=frames.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=9901,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="radnet-tf",
+        manufacturer_model_name=str(meta.get("model", "radnet")),
+        software_versions=__version__,
+        device_serial_number="radnet-tf",
+        omit_empty_frames=False,
+    )
+    with atomic.atomic_path(Path(path)) as tmp:
+        seg.save_as(tmp)
+    return [str(names[j]) for j in present]

@@ -1,0 +1,77 @@
+"""DICOM SEG output: geometry back to the source pixels, and a round trip through highdicom."""
+
+import numpy as np
+import pydicom
+import pytest
+
+from conftest import tiny_config, write_tiny_series
+from radnet_tf import preprocess
+from radnet_tf.dicom_io import read_series
+
+hd = pytest.importorskip("highdicom")
+
+
+def _disc(shape, center, radius):
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    return (rr - center[0]) ** 2 + (cc - center[1]) ** 2 <= radius**2
+
+
+@pytest.mark.parametrize("tilted", [False, True])
+def test_model_grid_mask_maps_back_onto_the_source_pixels(tmp_path, tilted):
+    from radnet_tf.dicom_seg import to_source_grid
+
+    write_tiny_series(tmp_path, num_slices=4)
+    if tilted:  # the slice origins drift along the column direction: a gantry tilt
+        for f in tmp_path.iterdir():
+            ds = pydicom.dcmread(f)
+            z = float(ds.ImagePositionPatient[2])
+            ds.ImagePositionPatient = [float(ds.ImagePositionPatient[0]), float(ds.ImagePositionPatient[1]) + 2.0 * z, z]
+            ds.save_as(f)
+    series = read_series(tmp_path)
+    assert series.tilt_corrected == tilted
+    pcfg = tiny_config(input_size=64, out_spacing=4.0).preprocess_config()
+    center = preprocess.head_center_np(series.hu)
+    source = np.stack([_disc(series.hu.shape[1:], (30 + i, 28), 7) for i in range(4)])
+    # what the model sees: the source mask moved like the HU (shear), then resampled
+    seen = source.astype(np.float32)
+    if tilted:
+        from radnet_tf.dicom_io import _shift_axis
+
+        seen = np.stack([_shift_axis(_shift_axis(m, dr, 0, 0.0), dc, 1, 0.0) for m, (dr, dc) in zip(seen, series.shear_px)])
+    model_grid = preprocess.resample_mask(seen >= 0.5, series.pixel_spacing, center, pcfg).numpy().astype(bool)
+    back = to_source_grid(model_grid, series, pcfg, center)
+    for i in range(4):
+        iou = (back[i] & source[i]).sum() / (back[i] | source[i]).sum()
+        assert iou > 0.8, (i, iou)
+
+
+def test_segmentation_round_trip(tmp_path):
+    from radnet_tf.dicom_seg import to_source_grid, write_segmentation
+
+    folder = tmp_path / "study"
+    write_tiny_series(folder, num_slices=3)
+    series = read_series(folder)
+    files = {str(pydicom.dcmread(f).SOPInstanceUID): f for f in folder.iterdir()}
+    pcfg = tiny_config().preprocess_config()
+    masks = np.zeros((3, 32, 32, 5), bool)
+    masks[1, 10:20, 12:22, 1] = True  # IPH on slice 1
+    masks[0:2, 14:18, 14:18, 4] = True  # SDH on slices 0-1; no EDH, IVH, SAH: no segment
+    names = ["EDH", "IPH", "IVH", "SAH", "SDH"]
+    written = write_segmentation(tmp_path / "seg.dcm", series, files, masks, names, pcfg, {"model": "radnet", "version": 1})
+    assert written == ["IPH", "SDH"]
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    assert [d.segment_label for d in seg.SegmentSequence] == ["IPH", "SDH"]
+    assert int(seg.NumberOfFrames) == 3 * 2
+    referenced = {s.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == set(series.sop_instance_uids)
+    center = preprocess.head_center_np(series.hu)
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=series.sop_instance_uids, segment_numbers=[1, 2])
+    for k, j in enumerate((1, 4)):
+        np.testing.assert_array_equal(pixels[..., k].astype(bool), to_source_grid(masks[..., j], series, pcfg, center))
+    raw = pydicom.dcmread(tmp_path / "seg.dcm")
+    source = pydicom.dcmread(next(iter(files.values())))
+    assert raw.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and raw.Modality == "SEG"
+    assert raw.PatientID == source.PatientID and raw.StudyInstanceUID == source.StudyInstanceUID  # the standard references
+    assert raw.Manufacturer == "radnet-tf"
+    assert write_segmentation(tmp_path / "none.dcm", series, files, np.zeros_like(masks), names, pcfg, {}) == []
+    assert not (tmp_path / "none.dcm").exists()
