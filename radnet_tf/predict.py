@@ -42,6 +42,9 @@ from radnet_tf.contract import (
 from radnet_tf.errors import UserError
 
 
+SUBTYPE_COLOURS = ("tab:orange", "tab:red", "tab:purple", "tab:green", "tab:cyan")  # EDH, IPH, IVH, SAH, SDH
+
+
 def load_saved_model(path):
     import tensorflow as tf
 
@@ -161,7 +164,11 @@ def overview_png(path, out, meta, probs, threshold, max_slices=48):
     for k, i in enumerate(idx):
         ax = fig.add_subplot(grid[k // cols, k % cols])
         ax.imshow(slices[i], cmap="gray", vmin=0, vmax=1)
-        if out[MASKS][i].max() >= 0.5:
+        if SUBTYPE_MASKS in out:  # one colour per subtype
+            for j, colour in enumerate(SUBTYPE_COLOURS):
+                if out[SUBTYPE_MASKS][i, ..., j].max() >= 0.5:
+                    ax.contour(out[SUBTYPE_MASKS][i, ..., j], levels=[0.5], colors=colour, linewidths=0.8)
+        elif out[MASKS][i].max() >= 0.5:
             ax.contour(out[MASKS][i], levels=[0.5], colors="red", linewidths=0.8)
         ax.set_title(f"{i}: p={probs[i]:.2f}", fontsize=8, color="red" if probs[i] >= threshold else "black")
         ax.axis("off")
@@ -177,6 +184,11 @@ def overview_png(path, out, meta, probs, threshold, max_slices=48):
         f"(positive if >= {applied_min_run(s, meta['ct_min_run'])})",
         fontsize=9,
     )
+    if SUBTYPE_MASKS in out:
+        from matplotlib.lines import Line2D
+
+        fig.legend([Line2D([0], [0], color=c) for c in SUBTYPE_COLOURS], list(SUBTYPES), loc="upper right",
+                   ncol=len(SUBTYPES), fontsize=8, frameon=False)
     fig.tight_layout()
     save_figure(fig, path)
 

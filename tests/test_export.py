@@ -190,3 +190,19 @@ def test_subtype_model_adds_outputs_and_keeps_the_old_ones(tmp_path):
     heads = [ref[f"mask_{i}"].numpy()[0] for i in (1, 2, 3)]
     np.testing.assert_allclose(out["masks"].numpy(), sum(h[..., 0] for h in heads) / 3, atol=1e-5)
     np.testing.assert_allclose(out["subtype_masks"].numpy(), sum(h[..., 1:] for h in heads) / 3, atol=1e-5)
+
+
+def test_predict_on_a_subtype_export_reports_every_subtype_and_draws_them(tmp_path, tiny_cohort):
+    from radnet_tf import predict
+    from radnet_tf.export import export_model
+    from radnet_tf.model import build_model
+    from conftest import tiny_config
+
+    cfg = tiny_config(targets="subtypes")
+    path = export_model(build_model(cfg), cfg, tmp_path / "sm", warmup=False)
+    result = predict.main([str(tiny_cohort / "dicom" / "synth-0001"), "--model", str(path), "--out", str(tmp_path / "o")])
+    assert list(result["subtypes"]) == ["EDH", "IPH", "IVH", "SAH", "SDH"]
+    for name, entry in result["subtypes"].items():
+        assert set(entry) == {"ct_positive", "ct_score", "threshold", "slices", "volume_ml"}
+        assert entry["threshold"] == 0.5 and entry["volume_ml"] >= 0
+    assert (tmp_path / "o" / "overview.png").stat().st_size > 1000
