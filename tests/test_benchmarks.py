@@ -83,3 +83,16 @@ def test_cpu_datasets_tiny():
     assert rows["rsna_header_index"]["files"] == 65 and rows["rsna_header_index"]["unparsable_files_found"] == 1
     _finite(rows["rsna_header_index"], ["index_1_worker_files_per_s", "projected_752k_files_2_workers_min"])
     _finite(rows["convert_per_core_tiny"], ["ratio_vs_bare_decode"])
+
+
+@pytest.mark.slow
+def test_real_ct_gates_run_on_an_export(shared, tmp_path):
+    from radnet_tf.export import export_model
+    from radnet_tf.model import build_model
+    from conftest import tiny_config
+
+    cfg = tiny_config()
+    path = export_model(build_model(cfg), cfg, tmp_path / "sm", warmup=False)
+    rows = _run("real_ct_gates.py", "--model", path, "--shared", shared)
+    assert [r.get("gate") for r in rows[:4]] == [1, 1, 2, 2] and rows[-1]["cases"] == 4
+    assert all(isinstance(r["passes"], bool) for r in rows[:4])

@@ -1,0 +1,85 @@
+"""The real-CT gates of the built-in model (issue "A head phantom real CT cannot tell apart").
+
+    python benchmarks/real_ct_gates.py --model saved_models/radnet [--shared ../shared/data]
+
+Gate 1, real normal-looking series (../shared ge-head-tilt, CQ500-CT-0): the CT verdict
+must be negative and at most 10% of the slices positive.
+Gate 2, real ICH slices (CQ500-CT-1/CT000000.dcm, CQ500-CT-310/693_UNCR.dcm, every reader:
+ICH): the slice probability must reach the model's threshold, and the strongest point of
+the predicted mask, mapped back to the source pixels, must fall inside a BHX box of that
+slice (bhx_boxes.csv, pixel coordinates of the original slice).
+Prints one JSON line per case and a summary line; exits 0 whatever the outcome (it
+measures, it does not gate CI).
+"""
+
+import argparse
+import ast
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+NORMAL = ("ge-head-tilt", "cq500/CQ500-CT-0")
+ICH = ("cq500/CQ500-CT-1/CT000000.dcm", "cq500/CQ500-CT-310/693_UNCR.dcm")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="saved_models/radnet")
+    parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import pandas as pd
+
+    from radnet_tf import preprocess
+    from radnet_tf.contract import MASKS
+    from radnet_tf.dicom_io import read_series
+    from radnet_tf.dicom_seg import to_source_grid
+    from radnet_tf.predict import load_saved_model, predict_series
+
+    shared = Path(args.shared)
+    saved, meta, path = load_saved_model(args.model)
+    threshold = meta["slice_threshold"]
+    pcfg = preprocess.PreprocessConfig(window_center=meta["window_center"], window_width=meta["window_width"],
+                                       extra_windows=(), out_spacing=meta["out_spacing_mm"], fov_mm=meta["fov_mm"],
+                                       out_size=meta["input_size"])
+    passed = []
+    for name in NORMAL:
+        series = read_series(shared / name)
+        result, _, _ = predict_series(series, saved, meta)
+        fraction = float(np.mean(np.asarray(result["slice_probabilities"]) >= threshold))
+        ok = (not result["ct_positive"]) and fraction <= 0.10
+        passed.append(ok)
+        print(json.dumps({"gate": 1, "series": name, "slices": series.num_slices, "ct_positive": result["ct_positive"],
+                          "positive_slice_fraction": round(fraction, 3), "passes": ok}), flush=True)
+    boxes = pd.read_csv(shared / "cq500" / "bhx_boxes.csv")
+    for name in ICH:
+        series = read_series(shared / name, min_slices=1)
+        result, out, _ = predict_series(series, saved, meta)
+        prob = float(result["slice_probabilities"][0])
+        center = preprocess.head_center_np(series.hu)
+        # strongest point of the fused mask, on the source pixels (nearest model pixel)
+        fused = out[MASKS]
+        best = np.unravel_index(int(np.argmax(fused)), fused.shape)
+        marker = np.zeros(fused.shape, bool)
+        marker[best] = True
+        source = to_source_grid(marker, series, pcfg, center)[0]
+        ys, xs = np.nonzero(source)
+        y, x = (float(ys.mean()), float(xs.mean())) if ys.size else (float("nan"), float("nan"))
+        slice_boxes = [ast.literal_eval(b) for b in boxes.box[boxes.SOPInstanceUID == series.sop_instance_uids[0]]]
+        inside = any(b["x"] <= x <= b["x"] + b["width"] and b["y"] <= y <= b["y"] + b["height"] for b in slice_boxes)
+        ok = prob >= threshold and inside
+        passed.append(ok)
+        print(json.dumps({"gate": 2, "slice": name, "probability": round(prob, 4), "threshold": round(threshold, 4),
+                          "mask_peak_xy": [round(x, 1), round(y, 1)], "mask_peak_value": round(float(fused.max()), 3),
+                          "boxes": len(slice_boxes), "peak_inside_a_box": inside, "passes": ok}), flush=True)
+    print(json.dumps({"model": str(path), "trained_on": meta.get("trained_on"), "gates_passed": int(sum(passed)),
+                      "cases": len(passed)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
