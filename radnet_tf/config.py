@@ -66,6 +66,7 @@ class Config:
     # ---- loss
     slice_loss_weight: float = 1.0  # the "any" label (RSNA's metric weighs it 2, each subtype 1)
     subtype_loss_weight: float = 1.0  # the five subtype labels (targets: subtypes)
+    subtype_label_weights: list = dataclasses.field(default_factory=list)  # 5 weights within the subtype loss; [] = equal
     mask_loss_weights: list = dataclasses.field(default_factory=lambda: [0.5, 0.5, 0.5])
     mask_loss: str = "bce"  # auxiliary mask loss: bce | dice_bce (BCE + soft Dice, per study)
     # ---- recipe (paper: SGD momentum 0.9, 60 epochs, lr / 10 at 1/3 and 2/3)
@@ -137,6 +138,9 @@ class Config:
         for name in ("out_spacing", "fov_mm", "learning_rate"):
             if not number(getattr(self, name)) or getattr(self, name) <= 0:
                 fail("must be a number > 0", name)
+        if not (isinstance(self.subtype_label_weights, list) and len(self.subtype_label_weights) in (0, 5)
+                and all(number(v) and v >= 0 for v in self.subtype_label_weights)):
+            fail("must be [] or 5 weights >= 0 (EDH, IPH, IVH, SAH, SDH)", "subtype_label_weights")
         if not (isinstance(self.subtype_thresholds, list) and len(self.subtype_thresholds) in (0, 5)
                 and all(number(v) and 0 < v < 1 for v in self.subtype_thresholds)):
             fail("must be [] or 5 thresholds in (0, 1) (EDH, IPH, IVH, SAH, SDH)", "subtype_thresholds")

@@ -19,22 +19,30 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
     """Binary cross-entropy over elements whose target is >= 0.
 
     y_true: float [B, ...] in {0, 1} or -1 (ignore). y_pred: probabilities, same shape.
-    Returns per-study loss [B]: mean BCE over that study's valid elements (0 if none).
+    label_weights: optional weights of the last axis (e.g. one per subtype): each valid
+      element counts with its label's weight.
+    Returns per-study loss [B]: weighted mean BCE over that study's valid elements (0 if none).
     """
 
-    def __init__(self, name="masked_bce", **kwargs):
+    def __init__(self, name="masked_bce", label_weights=None, **kwargs):
         super().__init__(name=name, **kwargs)
+        self.label_weights = None if label_weights is None else [float(w) for w in label_weights]
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, "float32")
         y_pred = ops.clip(ops.cast(y_pred, "float32"), 1e-7, 1.0 - 1e-7)
         valid = ops.cast(y_true >= 0, "float32")
+        if self.label_weights is not None:
+            valid = valid * ops.convert_to_tensor(self.label_weights, "float32")
         target = ops.clip(y_true, 0.0, 1.0)
         bce = -(target * ops.log(y_pred) + (1.0 - target) * ops.log(1.0 - y_pred))
         axes = tuple(range(1, len(y_true.shape)))
         total = ops.sum(bce * valid, axis=axes)
         count = ops.sum(valid, axis=axes)
-        return total / ops.maximum(count, 1.0)
+        return total / ops.maximum(count, 1e-7)
+
+    def get_config(self):
+        return {**super().get_config(), "label_weights": self.label_weights}
 
 
 @keras.saving.register_keras_serializable(package="radnet_tf")
@@ -109,7 +117,8 @@ def compile_losses(config, output_names):
             losses[name] = MaskedBinaryCrossentropy(name=f"{name}_bce")
             weights[name] = float(config.slice_loss_weight)
         elif name == OUTPUT_SUBTYPES:  # per label and slice; -1 (unknown) ignored per column
-            losses[name] = MaskedBinaryCrossentropy(name=f"{name}_bce")
+            weights_per_label = list(getattr(config, "subtype_label_weights", []) or []) or None
+            losses[name] = MaskedBinaryCrossentropy(name=f"{name}_bce", label_weights=weights_per_label)
             weights[name] = float(getattr(config, "subtype_loss_weight", 1.0))
         else:
             if getattr(config, "mask_loss", "bce") == "dice_bce":

@@ -145,11 +145,12 @@ def rsna_log_loss(preds: StudyPredictions, eps=1e-7) -> float:
     return total / weight if weight else float("nan")
 
 
-def subtype_tables(preds: StudyPredictions, thresholds, min_run):
+def subtype_tables(preds: StudyPredictions, thresholds, min_run, n_boot=200):
     """Per-subtype metrics and the subtype confusion table for a subtype model.
 
     Returns:
-      (metrics DataFrame: one row per subtype with slice and CT ROC AUC / PR AUC, CT
+      (metrics DataFrame: one row per subtype with slice and CT ROC AUC / PR AUC (the CT
+      ROC AUC with a bootstrap 95% CI over studies, `ct_roc_auc_lo` / `_hi`), CT
       sensitivity and specificity at its threshold, positives, studies; confusion
       DataFrame [5 x 5]: studies with true subtype (row) called as subtype (column)).
     """
@@ -157,6 +158,7 @@ def subtype_tables(preds: StudyPredictions, thresholds, min_run):
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     from radnet_tf.decision import ct_decision_labels_np
+    from radnet_tf.metrics import bootstrap_ci
 
     decisions = [ct_decision_labels_np(p, thresholds, min_run) for p in preds.subtype_probs]
     called = np.array([d["ct_positive"] for d in decisions], bool).reshape(-1, len(SUBTYPES))
@@ -170,6 +172,14 @@ def subtype_tables(preds: StudyPredictions, thresholds, min_run):
         y, s, c = truth[known, j], scores[known, j], called[known, j]
         ks = slice_y[:, j] >= 0
         both = len(set(y)) == 2
+        ci = (np.nan, np.nan)
+        if both and n_boot:
+            frame = pd.DataFrame({"label": y, "score": s})
+
+            def auc(t):
+                return {"auc": roc_auc_score(t.label, t.score) if t.label.nunique() == 2 else np.nan}
+
+            ci = bootstrap_ci(frame, auc, n_boot=n_boot)["auc"]
         slice_both = len(set(slice_y[ks, j])) == 2
         rows.append({
             "subtype": name,
@@ -179,6 +189,8 @@ def subtype_tables(preds: StudyPredictions, thresholds, min_run):
             "slice_roc_auc": roc_auc_score(slice_y[ks, j], slice_p[ks, j]) if slice_both else np.nan,
             "slice_pr_auc": average_precision_score(slice_y[ks, j], slice_p[ks, j]) if slice_both else np.nan,
             "ct_roc_auc": roc_auc_score(y, s) if both else np.nan,
+            "ct_roc_auc_lo": ci[0],
+            "ct_roc_auc_hi": ci[1],
             "ct_pr_auc": average_precision_score(y, s) if both else np.nan,
             "ct_sensitivity": float(c[y == 1].mean()) if (y == 1).any() else np.nan,
             "ct_specificity": float((~c[y == 0]).mean()) if (y == 0).any() else np.nan,

@@ -106,3 +106,20 @@ def test_sync_batchnorm_is_a_build_option():
 def test_bad_variant_echoes_value():
     with pytest.raises(ValueError, match="variant='resnet'"):
         build_model(Config(variant="resnet"))
+
+
+def test_multi_label_loss_ignores_unknown_labels_per_column_and_weighs_labels():
+    from radnet_tf.losses import MaskedBinaryCrossentropy
+
+    y_true = np.array([[[1, 0, -1], [-1, 1, 0]]], np.float32)  # one study, 2 slices, 3 labels
+    y_pred = np.array([[[0.8, 0.3, 0.9], [0.1, 0.6, 0.2]]], np.float32)
+    known = [(1, 0.8), (0, 0.3), (1, 0.6), (0, 0.2)]  # the -1 entries drop out, per column
+    bce = [-np.log(p) if t else -np.log(1 - p) for t, p in known]
+    got = MaskedBinaryCrossentropy(reduction=None)(y_true, y_pred).numpy()
+    np.testing.assert_allclose(got, [np.mean(bce)], rtol=1e-5)
+    weights = [2.0, 1.0, 0.5]  # per label: column 0 twice, column 2 half
+    w = [2.0, 1.0, 1.0, 0.5]
+    weighted = MaskedBinaryCrossentropy(reduction=None, label_weights=weights)(y_true, y_pred).numpy()
+    np.testing.assert_allclose(weighted, [np.dot(w, bce) / sum(w)], rtol=1e-5)
+    all_unknown = MaskedBinaryCrossentropy(reduction=None)(-np.ones_like(y_true), y_pred).numpy()
+    np.testing.assert_array_equal(all_unknown, [0.0])

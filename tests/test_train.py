@@ -292,6 +292,8 @@ def test_subtype_evaluation_tables_and_calibration(tiny_records, tmp_path):
     assert saved["subtype_thresholds"] == cfg.subtype_thresholds
     table = pd.read_csv(tmp_path / "val_subtypes.csv")
     assert list(table.subtype) == ["EDH", "IPH", "IVH", "SAH", "SDH"]
+    rated = table.dropna(subset=["ct_roc_auc_lo"])
+    assert ((rated.ct_roc_auc_lo <= rated.ct_roc_auc + 1e-9) & (rated.ct_roc_auc <= rated.ct_roc_auc_hi + 1e-9)).all()
     confusion = pd.read_csv(tmp_path / "val_subtype_confusion.csv", index_col=0)
     assert confusion.shape == (5, 5) and list(confusion.columns) == ["EDH", "IPH", "IVH", "SAH", "SDH"]
     assert 0 < summary["rsna_log_loss"] < 5
