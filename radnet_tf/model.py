@@ -88,15 +88,8 @@ class EndMask(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="radnet_tf")
-class SqueezeLast(layers.Layer):
+class SqueezeLast(EndMask):
     """[..., 1] -> [...]; ends the LSTM's padding mask (losses use -1 labels instead)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.supports_masking = True
-
-    def compute_mask(self, inputs, mask=None):
-        return None
 
     def call(self, x):
         return ops.squeeze(x, axis=-1)
