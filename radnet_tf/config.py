@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import yaml

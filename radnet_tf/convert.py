@@ -441,8 +441,6 @@ def _init_worker():
 
 def _convert_shard(args):
     """Worker: converts the studies of one shard and writes it atomically."""
-    import pandas as pd
-
     shard_path, tasks, pcfg = args
     part_path = f"{shard_path}.manifest.csv"
     if os.path.exists(shard_path) and os.path.exists(part_path):

@@ -2,14 +2,12 @@
 RSNA-2019 ships, converted, must give the same records; every planted defect is counted."""
 
 import json
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_config
 from radnet_tf import records, synth
 from radnet_tf.synth_layouts import PLANTED, write_layout
 
