@@ -101,6 +101,15 @@ def configure_logging(verbose: bool = False):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def progress(iterable, enabled, total=None, desc="", unit="it"):
+    """`iterable` with a tqdm progress bar when `enabled`, else unchanged."""
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit)
+
+
 def add_verbose(parser):
     """Adds the shared `--verbose` flag to an argparse parser; returns the parser."""
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's log lines")

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from radnet_tf import atomic, preprocess, records
+from radnet_tf.cli import progress as show_progress
 from radnet_tf.dicom_io import read_series
 from radnet_tf.errors import UserError
 from radnet_tf.nifti import NiftiStudyTask
@@ -573,18 +574,10 @@ def run_local(tasks, skipped_rows, out, shards, workers, pcfg, progress=True, so
     ]
     atomic.clean_stale(out)  # leftovers of a killed run
     if workers <= 1:
-        parts = [_convert_shard(job) for job in _progress(jobs, progress)]
+        parts = [_convert_shard(job) for job in show_progress(jobs, progress, len(jobs), "shards", "shard")]
     else:
         ctx = mp.get_context("spawn")  # TF is not fork-safe
         with ctx.Pool(workers, initializer=_init_worker) as pool:
-            parts = list(_progress(pool.imap_unordered(_convert_shard, jobs), progress, total=len(jobs)))
+            parts = list(show_progress(pool.imap_unordered(_convert_shard, jobs), progress, len(jobs), "shards", "shard"))
     frames = [pd.read_csv(p, dtype={"study_id": str}) for p in sorted(parts)]
     return write_manifest(out, frames, pcfg, skipped_rows, manifest_extra)
-
-
-def _progress(iterable, enabled, total=None):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc="shards", unit="shard")

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from radnet_tf import atomic
+from radnet_tf.cli import progress as show_progress
 from radnet_tf.contract import SUBTYPES
 from radnet_tf.errors import UserError
 
@@ -143,22 +144,14 @@ def index_headers(root, out_dir, workers=1, progress=False):
 
             with mp.get_context("spawn").Pool(workers) as pool:
                 done = pool.imap_unordered(_index_part, todo)
-                for _ in _maybe_progress(done, progress, len(todo)):
+                for _ in show_progress(done, progress, len(todo), "index", "part"):
                     pass
         else:
-            for job in _maybe_progress(todo, progress, len(todo)):
+            for job in show_progress(todo, progress, len(todo), "index", "part"):
                 _index_part(job)
     frames = [pd.read_csv(job[2], dtype={"file": str, "image_id": str, "study_uid": str, "series_uid": str, "sop_uid": str})
               for job in jobs]
     return pd.concat(frames, ignore_index=True)
-
-
-def _maybe_progress(iterable, enabled, total):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc="index", unit="part")
 
 
 def load_labels(labels_csv):

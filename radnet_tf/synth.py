@@ -44,6 +44,7 @@ import numpy as np
 
 from radnet_tf import atomic
 from radnet_tf.cli import add_verbose, cli_main, say
+from radnet_tf.cli import progress as show_progress
 from radnet_tf.contract import SUBTYPES
 from radnet_tf.errors import UserError
 
@@ -512,10 +513,7 @@ def generate_cohort(out, num_studies, seed=0, cfg: SynthConfig = SynthConfig(), 
         results = pool.imap(_write_study, jobs, chunksize=2)
     else:
         pool, results = None, map(_write_study, jobs)
-    if progress:
-        from tqdm import tqdm
-
-        results = tqdm(results, total=num_studies, desc="synth", unit="study")
+    results = show_progress(results, progress, num_studies, "synth", "study")
     try:
         study_rows, slice_rows = [], []
         for row, rows in results:
