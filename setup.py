@@ -19,7 +19,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["radnet_tf", "radnet_tf.*", "pipelines", "serving"]),
-    package_data={"": ["*.yaml"]},
+    package_data={"": ["*.yaml"], "radnet_tf": ["data/*"]},
     install_requires=[
         "tensorflow==2.21.*",
         "keras==3.15.*",
@@ -37,6 +37,9 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.66",
         "tensorboard==2.21.*",
+        # The phantom's brain: the ICBM152 templates inside nilearn's wheel (read with nibabel).
+        "nilearn>=0.10",
+        "nibabel>=5",
     ],
     extras_require={
         "beam": ["apache-beam[tfrecord]>=2.60"],

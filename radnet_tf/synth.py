@@ -42,16 +42,17 @@ from pathlib import Path
 
 import numpy as np
 
-from radnet_tf import atomic
+from radnet_tf import atomic, synth_lesions, synth_scanner
+from radnet_tf import synth_anatomy as anatomy
 from radnet_tf.cli import add_verbose, cli_main, say
 from radnet_tf.cli import progress as show_progress
 from radnet_tf.contract import SUBTYPES
 from radnet_tf.errors import UserError
 
-TYPES = ("EDH", "SDH", "IPH", "IVH", "SAH")
 # Bumped whenever the same seed would give different studies (caches key on it).
 # 3: InstanceNumber no longer in z order; slice_labels.csv carries per-slice subtypes.
-GENERATOR_VERSION = 3
+# 4: the anatomical whole-head phantom (atlas, scanner, lesions on anatomy).
+GENERATOR_VERSION = 4
 AIR = -1000.0
 
 
@@ -62,22 +63,29 @@ class SynthConfig:
     Attributes:
       matrix: in-plane matrix size (square), pixels.
       num_slices: slices per study.
-      pixel_spacing_range: (min, max) in-plane spacing, mm (drawn per study).
-      slice_thickness_range: (min, max) slice thickness = spacing, mm (drawn per study).
+      pixel_spacing_range: (min, max) in-plane spacing, mm (drawn per study; with
+        `matrix` it sets the field of view).
+      slice_thickness_range: (min, max) slice thickness = spacing, mm (drawn per study,
+        log-uniform: thin and thick series equally often).
       positive_fraction: fraction of studies with hemorrhage.
-      noise_hu_range: (min, max) standard deviation of voxel noise, HU.
-      calcification_prob: probability that a study has calcifications (hard negatives).
+      noise_hu_range: (min, max) voxel noise at 5 mm slices, HU (thinner slices are
+        noisier by sqrt(5 / thickness)).
       min_lesion_area_mm2: mask area that makes a slice positive.
+      anatomy_mm: the in-plane step at which anatomy is sampled before linear
+        interpolation to the pixel grid (an integer fraction of it), mm.
+      subslice_mm: the largest step between the planes averaged into one slice (partial
+        volume across the slice thickness), mm.
     """
 
     matrix: int = 512
     num_slices: int = 32
     pixel_spacing_range: tuple = (0.4, 0.5)
-    slice_thickness_range: tuple = (1.0, 2.0)
+    slice_thickness_range: tuple = (0.6, 5.0)
     positive_fraction: float = 0.5
-    noise_hu_range: tuple = (3.0, 6.0)
-    calcification_prob: float = 0.5
+    noise_hu_range: tuple = (2.5, 5.0)
     min_lesion_area_mm2: float = 5.0
+    anatomy_mm: float = 1.25
+    subslice_mm: float = 2.0
 
 
 @dataclasses.dataclass
@@ -94,7 +102,7 @@ class Phantom:
       slice_subtypes: int64 [S, 5], 1 where a lesion of that type (contract.SUBTYPES
         order) covers at least `min_lesion_area_mm2` of the slice.
       class_mask: uint8 [S, H, W], 0 background, 1..5 the lesion's type (SUBTYPES order
-        + 1; where lesions overlap, the one drawn last).
+        + 1; where lesions overlap, the denser share).
     """
 
     hu: np.ndarray
@@ -108,162 +116,117 @@ class Phantom:
     class_mask: np.ndarray
 
 
-class _Head:
-    """Geometry of one head: maps voxel coordinates to anatomical fields."""
-
-    def __init__(self, rng, spacing, matrix):
-        self.a = rng.uniform(66, 78)  # lateral semi-axis, mm
-        self.b = rng.uniform(84, 98)  # antero-posterior
-        self.c = rng.uniform(90, 105)  # cranio-caudal
-        self.dx, self.dy = rng.uniform(-12, 12, size=2)
-        self.theta = np.deg2rad(rng.uniform(-15, 15))
-        self.scalp = rng.uniform(3.5, 6.0)
-        self.skull0 = rng.uniform(5.0, 7.5)
-        self.skull1 = rng.uniform(0.5, 2.0)
-        self.skull_phase = rng.uniform(0, 2 * np.pi)
-        self.n_sulci = int(rng.integers(26, 40))
-        self.sulci_phase = rng.uniform(0, 2 * np.pi)
-        self.vent_scale = rng.uniform(0.7, 1.4)
-        coords = (np.arange(matrix, dtype=np.float32) - (matrix - 1) / 2) * spacing
-        x, y = np.meshgrid(coords - self.dx, coords - self.dy)  # x right, y posterior
-        ct, st = np.float32(np.cos(self.theta)), np.float32(np.sin(self.theta))
-        # z-independent fields, computed once per study, on the head's bounding box only.
-        u = ct * x + st * y
-        v = -st * x + ct * y
-        inside = (u / self.a) ** 2 + (v / self.b) ** 2 <= 1.0
-        rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
-        self.box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-        self.u, self.v = u[self.box], v[self.box]
-        self.q = (self.u / self.a) ** 2 + (self.v / self.b) ** 2
-        self.ruv2 = self.u * self.u + self.v * self.v
-        self.phi = np.arctan2(self.v, self.u)
-        self.skull = self.skull0 + self.skull1 * np.cos(2 * self.phi + self.skull_phase)
-        self.diploe_mid = self.scalp + self.skull / 2  # depth of the diploe's centre
-        self.diploe_half = self.skull / 4
-        # Central region (ventricles, basal ganglia: |u|, |v| < 45 mm) as a sub-box of the
-        # head box, so their ellipsoids are evaluated on ~1/4 of the pixels.
-        central = (np.abs(self.u) < 45.0) & (np.abs(self.v) < 45.0)
-        rows, cols = np.flatnonzero(central.any(axis=1)), np.flatnonzero(central.any(axis=0))
-        self.cbox = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-        self.uc, self.vc = self.u[self.cbox], self.v[self.cbox]
-        self.sulcus_arg = self.n_sulci / 2 * self.phi + self.sulci_phase
-        self.sin3, self.cos3 = np.sin(3 * self.phi), np.cos(3 * self.phi)
-
-    def fields(self, z):
-        """Depth below the skin and below the inner skull table at height z, mm [H, W]."""
-        rho = np.sqrt(self.q + np.float32((z / self.c) ** 2))
-        r = np.sqrt(self.ruv2 + np.float32(z * z))
-        depth = r / np.maximum(rho, 1e-6) - r
-        inner = depth - self.scalp - self.skull
-        return depth, inner
+# Atlas point at the patient-space origin of a pose (between the ventricles), mm.
+_HEAD_CENTRE = np.array([0.0, -18.0, 12.0], np.float32)
+# Atlas levels that bound the slab centres: low posterior fossa and just under the vertex.
+_LOWEST, _HIGHEST = np.array([0.0, -35.0, -55.0], np.float32), np.array([0.0, -18.0, 78.0], np.float32)
+_VENTRICLE_CENTRE = np.array([0.0, -10.0, 15.0], np.float32)
 
 
-_OUTSIDE = np.float32(2.0)
+def _rotation(yaw, roll, pitch):
+    cz, sz, cy, sy, cx, sx = np.cos(yaw), np.sin(yaw), np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch)
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    return rz @ ry @ rx
 
 
-def _ellipsoid(u, v, z, center, radii):
-    """Normalised ellipsoid radius (< 1 inside); Python-float constants keep float32 maps.
+class _Pose:
+    """Where one head sits and how it differs from the atlas.
 
-    A slice that misses the ellipsoid gets the scalar 2.0 (outside everywhere; it
-    broadcasts in the callers' comparisons and masks) and no per-pixel work.
+    patient = A (atlas - HEAD_CENTRE) + t, then (patient -> atlas only) a smooth warp
+    (three sinusoids, <= 2.5 mm) and a ventricle inflation (age / hydrocephalus).
     """
-    (cu, cv, cz), (ru, rv, rz) = map(float, center), map(float, radii)
-    zterm = float(((z - cz) / rz) ** 2)
-    if zterm >= 1.0:
-        return _OUTSIDE
-    return ((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2 + zterm
+
+    def __init__(self, rng):
+        deg = np.deg2rad
+        rot = _rotation(deg(rng.uniform(-10, 10)), deg(rng.uniform(-8, 8)), deg(rng.uniform(-25, 12)))
+        scale = rng.uniform(0.9, 1.08) * (1 + rng.uniform(-0.04, 0.04, size=3))
+        self.a = (rot @ np.diag(scale)).astype(np.float32)
+        self.a_inv = np.linalg.inv(self.a).astype(np.float32)
+        self.t = np.array([rng.uniform(-15, 15), rng.uniform(-20, 12), 0.0], np.float32)
+        waves = rng.normal(size=(3, 3))
+        self.wave = (waves / np.linalg.norm(waves, axis=1, keepdims=True)
+                     * (2 * np.pi / rng.uniform(40, 90, size=(3, 1)))).astype(np.float32)
+        self.wave_phase = rng.uniform(0, 2 * np.pi, size=3).astype(np.float32)
+        self.wave_amp = rng.uniform(0, 2.5, size=3).astype(np.float32)
+        self.inflate = float(rng.uniform(0, 0.25))
+        self.atrophy = float(rng.uniform(0, 0.3))
+        self.radius = float(96.0 * scale[1])  # centre to occiput scalp, mm
+
+    def to_patient(self, mm):
+        """float32 [N, 3] atlas mm -> [N, 3] patient RAS mm (without the warp)."""
+        return (mm - _HEAD_CENTRE) @ self.a.T + self.t
+
+    def to_atlas(self, p):
+        """float32 [3, N] patient RAS mm -> [3, N] atlas mm (with the warp)."""
+        m = self.a_inv @ (p - self.t[:, None]) + _HEAD_CENTRE[:, None]
+        m += self.wave_amp[:, None] * np.sin(self.wave @ m + self.wave_phase[:, None])
+        if self.inflate > 0:
+            d = m - _VENTRICLE_CENTRE[:, None]
+            r2 = np.einsum("ij,ij->j", d, d)
+            m -= d * (self.inflate * np.exp(r2 * np.float32(-0.5 / 30.0**2)))
+        return m
 
 
-def _misses(z, cz, rz):
-    """Whether the slice at height z misses a body centred at cz with z-radius rz."""
-    return abs(float(z) - float(cz)) >= float(rz)
+@dataclasses.dataclass(frozen=True)
+class _Tissue:
+    """Per-study attenuation of the normal tissues, HU."""
+
+    gm: float
+    wm: float
+    csf: float
+    dense: float
+    bone_gain: float
+
+    @classmethod
+    def draw(cls, rng):
+        gm = rng.uniform(33, 42)
+        return cls(gm=gm, wm=gm - rng.uniform(5, 11), csf=rng.uniform(0, 10), dense=rng.uniform(48, 75),
+                   bone_gain=rng.uniform(0.85, 1.2))
 
 
-def _in_central(head, sub_mask):
-    """Embeds a mask computed on the central sub-box into a head-box mask."""
-    if np.ndim(sub_mask) == 0:
-        return np.bool_(sub_mask)
-    full = np.zeros(head.u.shape, bool)
-    full[head.cbox] = sub_mask
-    return full
+_CH = {name: i for i, name in enumerate(anatomy.CHANNELS)}
+_BRAIN_CHANNELS = [_CH[c] for c in ("gm", "wm", "dense", "vent")]
 
 
-def _ventricles(head, u, v, z):
-    """Ventricle mask on the central sub-box (u, v = head.uc, head.vc)."""
-    s = head.vent_scale
-    lat = np.minimum(
-        _ellipsoid(u, v, z, (-10 * s, -2, 10), (6 * s, 26, 16)),
-        _ellipsoid(u, v, z, (10 * s, -2, 10), (6 * s, 26, 16)),
-    )
-    third = _ellipsoid(u, v, z, (0, 8, 0), (1.5 * s, 10, 8))
-    return np.minimum(lat, third) < 1.0
+def _normal_hu(ch, tissue, pose, scanner):
+    """HU of normal anatomy from sampled atlas channels, float32 [N]."""
+    frame, icv = ch[:, _CH["frame"]], ch[:, _CH["icv"]]
+    gm, wm = ch[:, _CH["gm"]], ch[:, _CH["wm"]]
+    if pose.atrophy > 0:  # wider sulci: partial-volume brain loses tissue to CSF
+        b = gm + wm
+        keep = np.clip((b - pose.atrophy) / (1 - pose.atrophy), 0, 1) / np.maximum(b, 1e-3)
+        gm, wm = gm * keep, wm * keep
+    csf = np.clip(icv - gm - wm, 0, 1)
+    dense = ch[:, _CH["dense"]]
+    brain = gm * tissue.gm + wm * tissue.wm + csf * tissue.csf
+    brain = brain * (1 - dense) + dense * tissue.dense * icv
+    brain += scanner.cupping_hu * icv * np.exp(-ch[:, _CH["depth"]] / 3.0)
+    bone = frame > 200
+    frame = np.where(bone, 200 + (frame - 200) * tissue.bone_gain, frame)
+    return (frame + brain).astype(np.float32)
 
 
-def _surface_point(rng, head, z_range):
-    """A point on the inner skull: (u, v, z) and its outward angle."""
-    phi = rng.uniform(-np.pi, np.pi)
-    z = rng.uniform(*z_range)
-    scale = np.sqrt(max(1e-3, 1 - (z / head.c) ** 2))
-    skull = head.skull0 + head.skull1 * np.cos(2 * phi + head.skull_phase)
-    # Radius of the ellipse at angle phi, less scalp and skull.
-    rad = scale / np.sqrt((np.cos(phi) / head.a) ** 2 + (np.sin(phi) / head.b) ** 2)
-    rad -= head.scalp + skull
-    return (float(rad * np.cos(phi)), float(rad * np.sin(phi)), float(z))
+def _box(pose, spacing, matrix, factor, scanner, atlas):
+    """Pixel box (rows, cols) holding the head and the holder, aligned to `factor`."""
+    lo, hi = atlas.head_extent()
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])], np.float32)
+    p = pose.to_patient(corners)
+    reach = pose.radius + (scanner.holder[0] - pose.radius + scanner.holder[1] if scanner.holder else 0) + 2
+    xs = np.concatenate([p[:, 0], [pose.t[0] - reach, pose.t[0] + reach]])
+    ys = np.concatenate([p[:, 1], [pose.t[1] - reach]])
+    half = (matrix - 1) / 2
+    # pixel column c sits at patient x = -(c - half) * spacing; row r at y = -(r - half) * spacing.
+    cols = np.sort(half - xs / spacing)
+    rows = np.sort(half - ys / spacing)
 
+    def span(v):
+        a = max(0, int(np.floor(v[0])) // factor * factor)
+        b = min(matrix, -(-int(np.ceil(v[-1]) + 1) // factor) * factor)
+        return slice(a, max(b, a + factor))
 
-def _lesion_sampler(rng, head, z_range):
-    """Returns (type, f(u, v, z, inner, sulci, vent) -> bool mask) for one random lesion."""
-    kind = TYPES[int(rng.integers(len(TYPES)))]
-    size = float(np.exp(rng.uniform(np.log(2.5), np.log(30.0))))  # characteristic mm
-    zmid = 0.5 * (z_range[0] + z_range[1])
-    zspan = 0.5 * (z_range[1] - z_range[0])
-    if kind in ("EDH", "SDH"):
-        q = _surface_point(rng, head, (zmid - zspan, zmid + zspan))
-        if kind == "EDH":
-            length, thick, power = 1.5 * size + 6, min(0.5 * size + 2, 18), 2
-        else:
-            length, thick, power = 2.5 * size + 15, min(0.2 * size + 2, 10), 4
-
-        def f(u, v, z, inner, sulci, vent):
-            if _misses(z, q[2], length):
-                return np.False_
-            d2 = _ellipsoid(u, v, z, q, (length,) * 3)  # squared normalised distance
-            return (inner >= 0) & (d2 < 1) & (inner < thick * (1 - d2 ** (power // 2)))
-
-    elif kind == "IPH":
-        center = np.array([rng.uniform(-35, 35), rng.uniform(-45, 45), rng.uniform(zmid - zspan, zmid + zspan)])
-        radii = size * rng.uniform(0.5, 1.0, size=3)
-        k, phase, amp = int(rng.integers(2, 5)), rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.25)
-
-        def f(u, v, z, inner, sulci, vent):
-            if _misses(z, center[2], radii[2] * (1 + amp)):
-                return np.False_
-            ang = np.arctan2(v - float(center[1]), u - float(center[0]))
-            e = _ellipsoid(u, v, z, center, radii) * (1 + amp * np.sin(k * ang + phase))
-            return (e < 1.0) & (inner > 2)
-
-    elif kind == "IVH":
-        s = head.vent_scale
-        side = rng.choice([-1, 1])
-        center = np.array([side * 9 * s, rng.uniform(-20, 20), rng.uniform(6, 18)])
-        radius = 0.6 * size + 4
-
-        def f(u, v, z, inner, sulci, vent):
-            if _misses(z, center[2], radius):
-                return np.False_
-            return vent & (_ellipsoid(u, v, z, center, (radius,) * 3) < 1.0)
-
-    else:  # SAH
-        q = _surface_point(rng, head, (zmid - zspan, zmid + zspan))
-        radius = 1.5 * size + 10
-
-        def f(u, v, z, inner, sulci, vent):
-            if _misses(z, q[2], radius):
-                return np.False_
-            near = _ellipsoid(u, v, z, q, (radius,) * 3) < 1.0
-            return near & (inner >= 0) & (sulci | (inner < 1.5))
-
-    return kind, f
+    return span(rows), span(cols)
 
 
 def make_phantom(rng: np.random.Generator, cfg: SynthConfig = SynthConfig(), positive=None) -> Phantom:
@@ -287,86 +250,98 @@ def make_phantom(rng: np.random.Generator, cfg: SynthConfig = SynthConfig(), pos
 
 
 def _draw(rng, cfg, positive):
+    atlas = anatomy.atlas()
     spacing = float(rng.uniform(*cfg.pixel_spacing_range))
-    thickness = float(np.round(rng.uniform(*cfg.slice_thickness_range), 2))
-    head = _Head(rng, spacing, cfg.matrix)
-    slab = cfg.num_slices * thickness
-    z0 = rng.uniform(-10.0, 30.0) - slab / 2  # slab around the ventricles
-    z_positions = z0 + thickness * np.arange(cfg.num_slices)
-    z_range = (z_positions[0], z_positions[-1])
-    lesions = [_lesion_sampler(rng, head, z_range) for _ in range(int(rng.integers(1, 4)) if positive else 0)]
-    blood_hu = [rng.uniform(50, 90) for _ in lesions]
-    calcs = []
-    if rng.uniform() < cfg.calcification_prob:
-        calcs.append(((0.0, 22.0, rng.uniform(-2, 6)), rng.uniform(1.5, 3.0), rng.uniform(150, 500)))
-        for side in (-1, 1):
-            if rng.uniform() < 0.6:
-                c = (side * 10 * head.vent_scale, 14.0, rng.uniform(8, 16))
-                calcs.append((c, rng.uniform(1.0, 2.5), rng.uniform(120, 400)))
-    noise = rng.uniform(*cfg.noise_hu_range)
+    lo_t, hi_t = cfg.slice_thickness_range
+    thickness = float(np.round(np.exp(rng.uniform(np.log(lo_t), np.log(hi_t))), 2))
+    pose = _Pose(rng)
+    tissue = _Tissue.draw(rng)
+    scanner = synth_scanner.draw_scanner(rng, thickness, pose.radius, cfg.noise_hu_range)
+    # The slab: its centre anywhere from the low posterior fossa to under the vertex.
+    z_low, z_high = (float(pose.to_patient(v[None])[0, 2]) for v in (_LOWEST, _HIGHEST))
+    centre = rng.uniform(min(z_low, z_high), max(z_low, z_high))
+    z_positions = centre + thickness * (np.arange(cfg.num_slices) - (cfg.num_slices - 1) / 2)
+    z_range = (float(z_positions[0]), float(z_positions[-1]))
+    lesions = []
+    if positive:
+        for _ in range(int(rng.choice([1, 1, 1, 2, 2, 3]))):
+            for _attempt in range(4):
+                les = synth_lesions.draw_lesion(rng, atlas, pose.to_patient, z_range)
+                if les is not None:
+                    lesions.append(les)
+                    break
+    calcs = synth_lesions.draw_calcifications(rng)
+
+    factor = max(1, int(round(cfg.anatomy_mm / spacing)))
+    rows, cols = _box(pose, spacing, cfg.matrix, factor, scanner, atlas)
+    box_h, box_w = rows.stop - rows.start, cols.stop - cols.start
+    hw, ww = -(-box_h // factor), -(-box_w // factor)  # work grid (the last block may overhang)
+    half, step = (cfg.matrix - 1) / 2, spacing * factor
+    # Patient x of work columns / y of work rows (centres of factor x factor pixel blocks).
+    px = (-(cols.start + (factor - 1) / 2 - half) - np.arange(ww) * factor) * spacing
+    py = (-(rows.start + (factor - 1) / 2 - half) - np.arange(hw) * factor) * spacing
+    gx = np.broadcast_to(px[None, :], (hw, ww)).ravel().astype(np.float32)
+    gy = np.broadcast_to(py[:, None], (hw, ww)).ravel().astype(np.float32)
+    n_sub = max(1, int(np.ceil(thickness / cfg.subslice_mm - 1e-6)))
+    offsets = thickness * ((np.arange(n_sub) + 0.5) / n_sub - 0.5)
+
     shape = (cfg.num_slices, cfg.matrix, cfg.matrix)
-    hu = np.empty(shape, np.int16)
+    hu = np.full(shape, AIR, np.int16)
     mask = np.zeros(shape, np.uint8)
     class_mask = np.zeros(shape, np.uint8)
-    type_px = np.zeros((cfg.num_slices, len(SUBTYPES)), np.int64)  # lesion pixels per type
-    gm, wm, csf = rng.uniform(35, 40), rng.uniform(25, 30), rng.uniform(2, 12)
-    scalp_hu = rng.uniform(25, 45)
-    hardening = rng.uniform(0, 12)
+    type_px = np.zeros((cfg.num_slices, len(SUBTYPES)), np.int64)
     for k, z in enumerate(z_positions):
-        u, v = head.u, head.v
-        depth, inner = head.fields(z)
-        img = np.full(head.u.shape, AIR, np.float32)  # the head's bounding box
-        np.copyto(img, np.float32(scalp_hu), where=depth >= 0)
-        bone = (depth >= head.scalp) & (inner < 0)
-        mid = np.abs(depth - head.diploe_mid) < head.diploe_half  # diploe
-        np.copyto(img, np.float32(1300.0), where=bone)
-        np.copyto(img, np.float32(750.0), where=bone & mid)
-        brain = inner >= 0
-        np.copyto(img, np.float32(wm), where=brain)
-        cortex = brain & (inner < 4.5)
-        np.copyto(img, np.float32(gm), where=cortex)
-        # Deep grey matter (basal ganglia) beside the ventricles, and beam hardening that
-        # brightens the brain just under the skull (a classic SDH mimic).
-        uc, vc = head.uc, head.vc
-        deep = np.minimum(
-            _ellipsoid(uc, vc, z, (-20, 4, 0), (7, 12, 10)), _ellipsoid(uc, vc, z, (20, 4, 0), (7, 12, 10))
-        )
-        np.copyto(img, np.float32(gm - 2), where=brain & _in_central(head, deep < 1.0))
-        # (exp and sin are evaluated only where they matter: the first 15 mm of brain under
-        # the skull, where the term is > 0.1 HU, and the cortex.)
-        near = brain & (inner < 15.0)
-        shade = np.zeros(img.shape, np.float32)
-        np.exp(inner * np.float32(-1 / 3), out=shade, where=near)
-        img += np.float32(hardening) * shade
-        wobble = np.float32(0.6 * np.cos(z / 9.0)) * head.sin3 + np.float32(0.6 * np.sin(z / 9.0)) * head.cos3
-        wave = np.ones(img.shape, np.float32)
-        np.sin(head.sulcus_arg + wobble, out=wave, where=cortex)
-        sulci = cortex & (np.abs(wave) < 0.14)
-        np.copyto(img, np.float32(csf), where=sulci | (brain & (inner < 1.2)))
-        vent = brain & _in_central(head, _ventricles(head, uc, vc, z))
-        np.copyto(img, np.float32(csf), where=vent)
-        for center, radius, value in calcs:
-            if not _misses(z, center[2], radius):
-                np.copyto(img, np.float32(value), where=_ellipsoid(u, v, z, center, (radius,) * 3) < 1.0)
-        m = np.zeros(u.shape, bool)
-        classes = np.zeros(u.shape, np.uint8)
-        for (kind, f), value in zip(lesions, blood_hu):
-            les = f(u, v, z, inner, sulci, vent)
-            np.copyto(img, np.float32(value), where=les)
-            m |= les
-            type_px[k, SUBTYPES.index(kind)] += int(np.count_nonzero(les))
-            classes[les] = SUBTYPES.index(kind) + 1
-        # Noise on the head's bounding box only: the air around it is clipped away by any
-        # brain window, and drawing it cost a third of the phantom's time.
-        img += np.float32(noise) * rng.standard_normal(size=img.shape, dtype=np.float32)
-        hu[k] = AIR
-        hu[k][head.box] = np.clip(np.rint(img), -1024, 3071)
-        mask[k][head.box] = m
-        class_mask[k][head.box] = classes
+        img = np.zeros(hw * ww, np.float32)
+        brain = np.zeros(hw * ww, np.float32)
+        frac = np.zeros((len(lesions), hw * ww), np.float32)
+        for off in offsets:
+            p = np.stack([gx, gy, np.full_like(gx, z + off)])
+            m = pose.to_atlas(p)
+            ch = atlas.sample(m)
+            src = synth_lesions.displacement(lesions, m)
+            if src is not None:  # mass effect: the brain channels from displaced points
+                ch[:, _BRAIN_CHANNELS] = atlas.sample(src)[:, _BRAIN_CHANNELS]
+            sub = _normal_hu(ch, tissue, pose, scanner)
+            for centre_mm, radius, value in calcs:
+                d = m - centre_mm[:, None]
+                sub = np.where(np.einsum("ij,ij->j", d, d) < radius * radius, np.float32(value), sub)
+            for j, les in enumerate(lesions):
+                f = les.fraction(m, ch, gy)
+                oedema = les.oedema(m, ch)
+                if oedema is not None:
+                    sub -= np.float32(les.params["oedema_hu"]) * oedema * (1 - f)
+                if f.any():
+                    sub = sub * (1 - f) + f * les.hu(m)
+                    frac[j] += f
+            img += sub
+            brain += ch[:, _CH["icv"]]
+        img = (img / n_sub).reshape(hw, ww)
+        brain = (brain / n_sub).reshape(hw, ww)
+        frac /= n_sub
+        level = float(pose.to_atlas(np.array([[pose.t[0]], [pose.t[1]], [z]], np.float32))[2, 0])
+        if -50.0 < level < -5.0:  # skull base: petrous bones, clivus
+            synth_scanner.add_bone_artifacts(img, img > 1000, brain, step, rng, scanner)
+        synth_scanner.add_holder(img, px.astype(np.float32), py.astype(np.float32), pose.t, scanner)
+        img = synth_scanner.upsample(img, factor)[:box_h, :box_w]
+        img += synth_scanner.noise(rng, img.shape, scanner, factor)
+        hu[k][rows, cols] = np.clip(np.rint(img), -1024, 3071)
+        best, owner = np.zeros(img.shape, np.float32), np.zeros(img.shape, np.uint8)
+        for j, les in enumerate(lesions):
+            if not frac[j].any():
+                continue
+            f = frac[j].reshape(hw, ww)
+            f = synth_scanner.upsample(f, factor)[:box_h, :box_w]
+            on = f >= 0.4
+            type_px[k, SUBTYPES.index(les.kind)] += int(np.count_nonzero(on))
+            take = on & (f > best)
+            best[take] = f[take]
+            owner[take] = SUBTYPES.index(les.kind) + 1
+        mask[k][rows, cols] = owner > 0
+        class_mask[k][rows, cols] = owner
     min_px = cfg.min_lesion_area_mm2 / (spacing * spacing)
     slice_labels = (mask.reshape(cfg.num_slices, -1).sum(axis=1) >= min_px).astype(np.int64)
-    types = sorted({kind for kind, _ in lesions}) if slice_labels.any() else []
     slice_subtypes = (type_px >= min_px).astype(np.int64)
+    types = sorted(SUBTYPES[j] for j in np.flatnonzero(slice_subtypes.any(axis=0))) if slice_labels.any() else []
     return Phantom(hu, mask, slice_labels, spacing, thickness, z_positions, types, slice_subtypes, class_mask)
 
 

@@ -1,0 +1,255 @@
+"""A whole-head anatomical atlas for the phantom, built from two installed templates.
+
+- Brain: the ICBM152 2009a symmetric templates at 1 mm that ship inside nilearn's wheel
+  (grey and white matter probability maps; Fonov et al. 2009/2011, Collins et al. 1999;
+  copyright McGill University, see README). Read with nibabel from the installed package
+  (nilearn itself is not imported: it pulls in scikit-learn).
+- Skull, skull base, orbits, sinuses and scalp: Rorden et al.'s scct head-CT template
+  (2 mm, BSD-2, radnet_tf/data/scct.nii.gz with radnet_tf/data/SCCT-LICENSE; Rorden C,
+  Bonilha L, Fridriksson J, Bender B, Karnath HO (2012) NeuroImage 61(4):957-65).
+
+`atlas()` returns an `Atlas` on the ICBM 1 mm grid (RAS, mm; 197 x 233 x 189 voxels,
+origin (-98, -134, -72)): per-voxel channels the phantom samples after a per-study warp
+(`radnet_tf.synth`), and labels that say where each kind of lesion can sit. Built from the
+templates in ~7 s and cached (float16, ~120 MB) under `$RADNET_CACHE` (default
+~/.cache/radnet_tf), keyed by ATLAS_VERSION.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+
+# Bumped whenever the atlas channels change (the on-disk cache keys on it).
+ATLAS_VERSION = 2
+_DATA = Path(__file__).resolve().parent / "data"
+ICBM_FILES = {
+    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+}
+# Channel names of `Atlas.channels`, in order (last axis).
+CHANNELS = ("frame", "icv", "gm", "wm", "dense", "depth", "vent")
+# Integer labels of `Atlas.labels`: candidate places for each lesion type.
+LABEL_PARENCHYMA, LABEL_VENTRICLE, LABEL_CISTERN, LABEL_SULCUS, LABEL_SURFACE, LABEL_FALX = 1, 2, 3, 4, 5, 6
+
+
+@dataclasses.dataclass
+class Atlas:
+    """Channels on the 1 mm RAS grid (index i, j, k -> mm = origin + (i, j, k)).
+
+    Attributes:
+      channels: float32 [X, Y, Z, C] in CHANNELS order:
+        frame: HU outside the intracranial space (scalp, skull, face, sinuses, air);
+          0 inside it.
+        icv: intracranial fraction in [0, 1].
+        gm, wm: grey / white matter fraction in [0, 1] (CSF = icv - gm - wm).
+        dense: hyperdense dura (falx, tentorium) and dural venous sinuses (superior
+          sagittal, transverse), fraction in [0, 1].
+        depth: distance below the inner table of the skull, mm (0 outside the icv).
+        vent: ventricle fraction in [0, 1] (lateral, third, fourth).
+      labels: uint8 [X, Y, Z] LABEL_* (0 elsewhere).
+      origin: float64 [3] mm of voxel (0, 0, 0).
+    """
+
+    channels: np.ndarray
+    labels: np.ndarray
+    origin: np.ndarray
+
+    def __post_init__(self):
+        self._voxels = {}
+
+    def channel(self, name):
+        """float32 [X, Y, Z] view of one channel."""
+        return self.channels[..., CHANNELS.index(name)]
+
+    def head_extent(self):
+        """(lo, hi) float32 [3] atlas mm bounding the head (anything denser than -500 HU)."""
+        if "extent" not in self._voxels:
+            head = np.argwhere(self.channels[::2, ::2, ::2, CHANNELS.index("frame")] > -500) * 2
+            icv = np.argwhere(self.channels[::2, ::2, ::2, CHANNELS.index("icv")] > 0.5) * 2
+            both = np.concatenate([head, icv])
+            self._voxels["extent"] = (both.min(0) + self.origin - 2).astype(np.float32), (
+                both.max(0) + self.origin + 2).astype(np.float32)
+        return self._voxels["extent"]
+
+    def points(self, label):
+        """float32 [N, 3] mm (RAS) of the voxels with this label (cached)."""
+        if label not in self._voxels:
+            self._voxels[label] = (np.argwhere(self.labels == label) + self.origin).astype(np.float32)
+        return self._voxels[label]
+
+    def sample(self, mm):
+        """Trilinear samples of every channel at points given in mm.
+
+        Args:
+          mm: float32 [3, N] RAS mm; points outside the grid take the nearest edge.
+        Returns:
+          float32 [N, C] in CHANNELS order.
+        """
+        shape = self.labels.shape
+        ijk = mm - self.origin.astype(np.float32)[:, None]
+        flat = self.channels.reshape(-1, self.channels.shape[-1])
+        out = np.zeros((mm.shape[1], flat.shape[1]), np.float32)
+        base, frac = [], []
+        for axis in range(3):
+            c = np.clip(ijk[axis], 0, shape[axis] - 1.001)
+            f = np.floor(c)
+            base.append(f.astype(np.int64))
+            frac.append((c - f).astype(np.float32))
+        index = (base[0] * shape[1] + base[1]) * shape[2] + base[2]
+        strides = (shape[1] * shape[2], shape[2], 1)
+        for dx in (0, 1):
+            wx = frac[0] if dx else 1 - frac[0]
+            for dy in (0, 1):
+                wxy = wx * (frac[1] if dy else 1 - frac[1])
+                for dz in (0, 1):
+                    w = wxy * (frac[2] if dz else 1 - frac[2])
+                    out += np.take(flat, index + (dx * strides[0] + dy * strides[1] + dz), axis=0) * w[:, None]
+        return out
+
+
+def _icbm_dir():
+    import importlib.util
+
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        from radnet_tf.errors import UserError
+
+        raise UserError("the phantom needs the ICBM152 templates of the nilearn package: pip install nilearn")
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+
+
+def _scct_hu():
+    """scct template in HU on its own grid, and its affine."""
+    import nibabel as nib
+
+    img = nib.load(str(_DATA / "scct.nii.gz"))
+    value = np.asarray(img.get_fdata(), np.float32)
+    # Rorden's Clinical toolbox inverse transform (anatomy/scct/README.md).
+    c = value - 900.0
+    c = np.where((c > 0) & (c <= 2200), c / 11.0, np.where(c > 2200, c - 2200 + 200, c))
+    return c - 124.0, img.affine
+
+
+def _resample_to_icbm(vol, affine, shape, origin, order=1):
+    from scipy import ndimage
+
+    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    mm = ijk + origin.astype(np.float32)[:, None]
+    inv = np.linalg.inv(affine)
+    src = inv[:3, :3].astype(np.float32) @ mm + inv[:3, 3:].astype(np.float32)
+    out = ndimage.map_coordinates(vol, src, order=order, mode="nearest")
+    return out.reshape(shape).astype(np.float32)
+
+
+def build_atlas() -> Atlas:
+    """Builds the atlas from the templates (see the module docstring)."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    d = _icbm_dir()
+    gm_img = nib.load(str(d / ICBM_FILES["gm"]))
+    shape, origin = gm_img.shape, np.asarray(gm_img.affine[:3, 3], np.float64)
+    gm = np.asarray(gm_img.dataobj, np.float32) / 255.0
+    wm = np.asarray(nib.load(str(d / ICBM_FILES["wm"])).dataobj, np.float32) / 255.0
+    t1 = np.asarray(nib.load(str(d / ICBM_FILES["t1"])).dataobj, np.float32) / 255.0
+    hu, aff = _scct_hu()
+    frame = _resample_to_icbm(hu, aff, shape, origin)
+    X, Y, Z = np.meshgrid(*[np.arange(n, dtype=np.float32) + o for n, o in zip(shape, origin)], indexing="ij")
+
+    # Brain (tissue) and the intracranial space: the brain, its CSF, and the thin space
+    # between brain and skull. The template's blurred skull is thick; the icv is the
+    # non-bone space within 6 mm of the brain, cut at the foramen magnum.
+    tissue = np.clip(gm + wm, 0, 1)
+    brain = (t1 > 0.12) | (tissue > 0.3)
+    brain = ndimage.binary_fill_holes(ndimage.binary_closing(brain, iterations=2))
+    near = ndimage.distance_transform_edt(~brain) <= 6.0
+    soft = frame < 180.0
+    icv = near & soft & (Z > -68)
+    icv = ndimage.binary_opening(icv, iterations=1)
+    lab, n = ndimage.label(icv)
+    centre = lab[tuple(np.round(-origin + np.array([0, -15, 15])).astype(int))]
+    icv = lab == centre
+    icv = ndimage.binary_fill_holes(icv)
+    icv_f = ndimage.gaussian_filter(icv.astype(np.float32), 0.6)
+    depth = ndimage.distance_transform_edt(icv).astype(np.float32)
+    gm = np.minimum(gm, icv_f)
+    wm = np.minimum(wm, icv_f - gm)
+    csf = np.clip(icv_f - gm - wm, 0, 1)
+
+    # Skull: the template's bone is a blurred average (peak ~600 HU); real cortical bone
+    # is > 1000 HU with a darker diploe. Sharpen: HU above 250 maps to 700..1900.
+    bone = frame > 250.0
+    sharpened = np.where(bone, 700.0 + (frame - 250.0) * 3.0, frame)
+    frame = np.where(icv, 0.0, np.minimum(sharpened, 1900.0)).astype(np.float32)
+
+    # Ventricles: CSF deep in the brain (lateral, third, fourth), not the basal cisterns.
+    deep_csf = (csf > 0.5) & (depth > 14.0)
+    central = (np.abs(X) < 30) & (Y > -50) & (Y < 35) & (Z > -2) & (Z < 40)
+    fourth = (np.abs(X) < 9) & (Y > -58) & (Y < -35) & (Z > -45) & (Z < -18)
+    vent = deep_csf & (central | fourth)
+    vent = ndimage.binary_opening(vent, iterations=1)
+    vent_f = np.minimum(ndimage.gaussian_filter(vent.astype(np.float32), 0.5), csf)
+
+    # Falx: a midline sheet in the interhemispheric CSF above the corpus callosum.
+    falx = icv & (np.abs(X) < 1.0) & (csf > 0.3) & ~vent & (Z > 5)
+    # Tentorium: the CSF gap with brain both above and below, behind the brainstem.
+    above = ndimage.maximum_filter1d((tissue > 0.5).astype(np.uint8), 7, axis=2, origin=-3)
+    below = ndimage.maximum_filter1d((tissue > 0.5).astype(np.uint8), 7, axis=2, origin=3)
+    tent = icv & (csf > 0.35) & (Y < -40) & (Z > -35) & (Z < 12) & (above > 0) & (below > 0) & (np.abs(X) > 3)
+    dura = np.minimum(1.5 * ndimage.gaussian_filter((falx | tent).astype(np.float32), 0.5), icv_f)
+
+    # Venous sinuses: superior sagittal (midline, under the vault) and transverse (along
+    # the occipital inner table at tentorium level).
+    sss = icv & (np.abs(X) < 4) & (depth < 5) & (Z > 0) & (Y < 60)
+    transverse = icv & (depth < 5) & (Y < -70) & (Z > -25) & (Z < -5)
+    sinus = np.minimum(ndimage.gaussian_filter((sss | transverse).astype(np.float32), 0.7), icv_f)
+    dense = np.maximum(dura, sinus)
+
+    labels = np.zeros(shape, np.uint8)
+    labels[icv & (tissue > 0.8) & (depth > 4)] = LABEL_PARENCHYMA
+    cistern = (csf > 0.6) & ~vent & (depth > 12) & (Z < 5) & (Z > -40)
+    labels[cistern] = LABEL_CISTERN
+    labels[(csf > 0.5) & ~vent & ~cistern & (depth > 2) & (depth <= 12)] = LABEL_SULCUS
+    # Convexity (EDH, SDH): supratentorial and middle fossa; posterior fossa collections
+    # are rare and the narrow fossa makes the shapes below meaningless there.
+    labels[icv & (depth > 0.5) & (depth < 2.0) & (Z > -25)] = LABEL_SURFACE
+    labels[vent] = LABEL_VENTRICLE
+    labels[falx & (depth > 3)] = LABEL_FALX
+
+    channels = np.stack([frame, icv_f, gm, wm, dense, np.minimum(depth, 60.0), vent_f], axis=-1)
+    # float16 precision whether built or read from the cache: the same cohort either way.
+    channels = channels.astype(np.float16).astype(np.float32)
+    return Atlas(channels=channels, labels=labels, origin=origin)
+
+
+def _cache_path():
+    root = Path(os.environ.get("RADNET_CACHE", Path.home() / ".cache" / "radnet_tf"))
+    return root / f"atlas-v{ATLAS_VERSION}.npz"
+
+
+@functools.lru_cache(maxsize=1)
+def atlas() -> Atlas:
+    """The atlas, built once per process and cached on disk (see the module docstring)."""
+    path = _cache_path()
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                return Atlas(channels=z["channels"].astype(np.float32), labels=z["labels"], origin=z["origin"])
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache is rebuilt
+    result = build_atlas()
+    try:
+        from radnet_tf import atomic
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic.atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, channels=result.channels.astype(np.float16), labels=result.labels, origin=result.origin)
+    except OSError:
+        pass  # a read-only home: build per process
+    return result
