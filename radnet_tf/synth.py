@@ -1,19 +1,29 @@
-"""Synthetic head-CT cohort: a digital head phantom written as real DICOM series.
+"""Synthetic head-CT cohort: an anatomical digital head phantom written as real DICOM series.
 
 No labelled head-CT volumes can be downloaded here, so the built-in default trains on
-phantoms. Each study is an axial slab through an ellipsoidal head (random size, position
-and in-plane rotation) with scalp, a skull of varying thickness (> 700 HU), a CSF layer,
-grey-matter cortex with CSF sulci, white matter, lateral and third ventricles, optional
-calcifications (bright, not hemorrhage: hard negatives) and CT-like noise. About half the
-studies carry 1-3 hemorrhages of the five types, each with its typical shape and place:
+phantoms that are built to look like real head CT at the model's input:
 
-  EDH  epidural: biconvex lens against the inner skull
-  SDH  subdural: long thin crescent along the inner skull
-  IPH  intraparenchymal: irregular blob in the brain (large ones with an oedema rim)
-  IVH  intraventricular: blood filling part of a ventricle
-  SAH  subarachnoid: blood in the sulci and surface CSF of a region
+- Anatomy (radnet_tf.synth_anatomy): a whole-head atlas, skull base to vertex, from the
+  ICBM152 brain templates (grey/white matter, CSF, folded cortex and sulci, lateral, third
+  and fourth ventricles, basal cisterns, cerebellum, brainstem) inside the scct head-CT
+  template (skull, skull base, petrous bones, mastoid and paranasal air, orbits, scalp),
+  with hyperdense falx, tentorium and dural venous sinuses. Per study: pose (rotation
+  about all three axes, scaling, off-centre), a smooth warp, ventricle enlargement and
+  sulcal widening (age), tissue attenuations (grey 33-42 HU, white 5-11 HU darker, CSF
+  0-10 HU, dura and sinuses 48-75 HU, bone gain, scalp 30-60 HU).
+- Scanner (radnet_tf.synth_scanner): slice thickness 0.6-5 mm (log-uniform) with partial
+  volume across it, pixel spacing / field of view, noise with a correlated grain that
+  grows for thin slices, beam-hardening cupping under the skull, streaks and the dark
+  interpetrous band at the skull base, a head holder and its pad.
+- Bleeds (radnet_tf.synth_lesions) where each type sits: EDH lens under the convexity,
+  SDH crescent along the convexity or along the falx, SAH in cisterns, fissures and
+  sulci, IPH with an oedema rim, IVH in a ventricle (often layering posteriorly); 4-32 mm,
+  50-90 HU with texture and mixed density, mass effect (midline shift, compressed
+  ventricles) for large ones. Hard negatives: choroid plexus, pineal, basal ganglia and
+  falx calcifications, dense dura and sinuses, streaks, thick bone.
 
-Blood is 50-90 HU; sizes run from a few mm (1-2 slices) to several cm.
+Slabs are centred anywhere from the low posterior fossa to under the vertex, so cohorts
+hold skull-base slices; a slab longer than the head covers it whole.
 
 Output layout of `python -m radnet_tf.synth --out DIR --studies N --seed S`:
 
@@ -28,7 +38,7 @@ Output layout of `python -m radnet_tf.synth --out DIR --studies N --seed S`:
                                         EDH, IPH, IVH, SAH, SDH (0/1 per slice)
 
 `study_id` is the study folder relative to DIR/dicom. A slice is labelled positive when
-its mask covers at least `min_lesion_area_mm2` (default 5 mm^2). The DICOM headers carry
+its mask covers at least `min_lesion_area_mm2` (default 10 mm^2). The DICOM headers carry
 realistic but fake patient identifiers so de-identification can be tested.
 """
 
@@ -69,7 +79,8 @@ class SynthConfig:
         log-uniform: thin and thick series equally often).
       positive_fraction: fraction of studies with hemorrhage.
       noise_hu_range: (min, max) voxel noise at 5 mm slices, HU (thinner slices are
-        noisier by sqrt(5 / thickness)).
+        noisier by (5 / thickness) ** 0.25: scanners raise the dose and smooth the kernel
+        for thin slices, so the full sqrt is not seen).
       min_lesion_area_mm2: mask area that makes a slice positive.
       anatomy_mm: the in-plane step at which anatomy is sampled before linear
         interpolation to the pixel grid (an integer fraction of it), mm.
@@ -82,8 +93,8 @@ class SynthConfig:
     pixel_spacing_range: tuple = (0.4, 0.5)
     slice_thickness_range: tuple = (0.6, 5.0)
     positive_fraction: float = 0.5
-    noise_hu_range: tuple = (2.5, 5.0)
-    min_lesion_area_mm2: float = 5.0
+    noise_hu_range: tuple = (2.0, 5.0)
+    min_lesion_area_mm2: float = 10.0
     anatomy_mm: float = 1.25
     subslice_mm: float = 2.0
 
@@ -178,12 +189,13 @@ class _Tissue:
     csf: float
     dense: float
     bone_gain: float
+    soft: float
 
     @classmethod
     def draw(cls, rng):
         gm = rng.uniform(33, 42)
         return cls(gm=gm, wm=gm - rng.uniform(5, 11), csf=rng.uniform(0, 10), dense=rng.uniform(48, 75),
-                   bone_gain=rng.uniform(0.85, 1.2))
+                   bone_gain=rng.uniform(0.85, 1.2), soft=rng.uniform(30, 60))
 
 
 _CH = {name: i for i, name in enumerate(anatomy.CHANNELS)}
@@ -205,6 +217,10 @@ def _normal_hu(ch, tissue, pose, scanner):
     brain += scanner.cupping_hu * icv * np.exp(-ch[:, _CH["depth"]] / 3.0)
     bone = frame > 200
     frame = np.where(bone, 200 + (frame - 200) * tissue.bone_gain, frame)
+    # Scalp, muscle and globes are 30-60 HU; the averaged template blurs them toward fat
+    # and air. Fat (-100) and air keep the template's values.
+    soft = (frame > -60) & (frame <= 200) & (icv < 0.5)
+    frame = np.where(soft, tissue.soft + 0.3 * (frame - 40.0), frame)
     return (frame + brain).astype(np.float32)
 
 
@@ -257,9 +273,11 @@ def _draw(rng, cfg, positive):
     pose = _Pose(rng)
     tissue = _Tissue.draw(rng)
     scanner = synth_scanner.draw_scanner(rng, thickness, pose.radius, cfg.noise_hu_range)
-    # The slab: its centre anywhere from the low posterior fossa to under the vertex.
-    z_low, z_high = (float(pose.to_patient(v[None])[0, 2]) for v in (_LOWEST, _HIGHEST))
-    centre = rng.uniform(min(z_low, z_high), max(z_low, z_high))
+    # The slab: its centre anywhere from the low posterior fossa to under the vertex; a
+    # slab longer than that (a whole-head series) is centred on it.
+    z_low, z_high = sorted(float(pose.to_patient(v[None])[0, 2]) for v in (_LOWEST, _HIGHEST))
+    length = thickness * (cfg.num_slices - 1)
+    centre = (z_low + z_high) / 2 if length >= z_high - z_low else rng.uniform(z_low, z_high)
     z_positions = centre + thickness * (np.arange(cfg.num_slices) - (cfg.num_slices - 1) / 2)
     z_range = (float(z_positions[0]), float(z_positions[-1]))
     lesions = []

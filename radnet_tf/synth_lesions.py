@@ -87,7 +87,7 @@ class Lesion:
         vent = ch[:, _C["vent"]]
         if self.kind == "SAH":
             near = np.clip(1.5 - 1.5 * dist / p["radius"], 0, 1)
-            return np.clip(1.4 * (csf - vent), 0, 1) * near
+            return np.clip(1.4 * (csf - vent), 0, 1) * near * inside
         if self.kind == "IVH":
             f = np.clip(1.3 * vent, 0, 1) * (dist < p["radius"])
             if p["level"] is not None:
@@ -140,7 +140,7 @@ def draw_lesion(rng, atlas, to_patient, z_range, kind=None):
     kind = kind or SUBTYPES[int(rng.integers(len(SUBTYPES)))]
     places = _PLACES[kind]
     label = places[int(rng.integers(len(places)))]
-    size = float(np.exp(rng.uniform(np.log(3.0), np.log(30.0))))
+    size = float(np.exp(rng.uniform(np.log(4.0), np.log(32.0))))
     points = atlas.points(label)
     z = to_patient(points)[:, 2]
     ok = np.flatnonzero((z >= z_range[0] - 1.0) & (z <= z_range[1] + 1.0))
@@ -168,13 +168,13 @@ def draw_lesion(rng, atlas, to_patient, z_range, kind=None):
             push, reach = 0.8 * thickness, 0.9 * radius
     elif kind == "SAH":
         params.update(radius=size + 8)
-        blood = float(rng.uniform(45, 80))
+        blood = float(rng.uniform(50, 85))
     elif kind == "IVH":
         radius = 0.8 * size + 6
         layering = rng.uniform() < 0.6
         centre_y = float(to_patient(centre[None, :])[0, 1]) if layering else None
         params.update(radius=radius, level=None if centre_y is None else centre_y + float(rng.uniform(-3, 4)))
-        blood = float(rng.uniform(45, 80))
+        blood = float(rng.uniform(50, 85))
     else:  # IPH
         radii = (0.5 * size + 1.5) * rng.uniform(0.6, 1.0, size=3)
         params.update(radii=radii.astype(np.float32), wobble=float(rng.uniform(0, 0.3)), lobes=int(rng.integers(2, 5)),

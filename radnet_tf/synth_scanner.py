@@ -35,16 +35,16 @@ class Scanner:
 
 
 def draw_scanner(rng, thickness_mm, head_radius_mm, noise_range=(2.5, 5.0)):
-    """Draws a study's acquisition; thinner slices are noisier (sigma ~ 1 / sqrt(T)).
+    """Draws a study's acquisition; thinner slices are noisier (sigma ~ T ** -0.25).
 
     Args:
       noise_range: (min, max) noise at 5 mm slices, HU.
     """
-    noise = float(np.clip(rng.uniform(*noise_range) * np.sqrt(5.0 / thickness_mm), 2.0, 16.0))
+    noise = float(np.clip(rng.uniform(*noise_range) * (5.0 / thickness_mm) ** 0.25, 1.5, 16.0))
     holder = None
     if rng.uniform() < 0.85:
         gap = float(rng.uniform(2, 14))
-        holder = (head_radius_mm + gap, float(rng.uniform(2.5, 6.0)), float(np.deg2rad(rng.uniform(35, 75))),
+        holder = (head_radius_mm + gap, float(rng.uniform(2.5, 6.0)), float(np.deg2rad(rng.uniform(35, 110))),
                   float(rng.uniform(60, 300)), float(rng.uniform(-900, -600)), gap)
     return Scanner(noise_hu=noise, grain=float(rng.uniform(0.3, 0.9)), cupping_hu=float(rng.uniform(0, 10)),
                    streak_hu=float(rng.uniform(0, 25)), band_hu=float(rng.uniform(0, 30)), holder=holder)

@@ -96,3 +96,12 @@ def test_real_ct_gates_run_on_an_export(shared, tmp_path):
     rows = _run("real_ct_gates.py", "--model", path, "--shared", shared)
     assert [r.get("gate") for r in rows[:4]] == [1, 1, 2, 2] and rows[-1]["cases"] == 4
     assert all(isinstance(r["passes"], bool) for r in rows[:4])
+
+
+@pytest.mark.slow
+def test_phantom_vs_real_figure(shared, tmp_path):
+    out = tmp_path / "fig.png"
+    rows = _run("phantom_vs_real.py", "--shared", shared, "--out", out)
+    assert [r.get("series", "")[:5] for r in rows[:4]] == ["real:", "phant", "real:", "phant"]
+    assert all(0 < r["median_0_60"] < 60 for r in rows[:4])
+    assert rows[-1]["figure"] == str(out) and out.stat().st_size > 10_000

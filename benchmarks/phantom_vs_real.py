@@ -1,0 +1,107 @@
+"""The phantom beside real head CT, at the model's input (issue: a head phantom real CT cannot
+tell apart, gate 4).
+
+    python benchmarks/phantom_vs_real.py [--shared ../shared/data] [--out FIG.png] [--seed 0]
+
+For each real series (../shared: CQ500-CT-0, ge-head-tilt) one whole-head phantom is drawn
+with that series' slice thickness, pixel spacing and matrix. Both go through the built-in
+default's preprocessing (configs/default.yaml: 1.5 mm, 250 mm FOV, brain window) and are
+shown at three anatomical levels, taken at fixed fractions of each series' brain extent
+(skull base 15%, ventricles 50%, vertex 88%), with the HU histograms of the head (model
+grid, brain-window range). Prints one JSON line per series with histogram statistics.
+The shared series are only compared against, never used to set the phantom.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+REAL = ("cq500/CQ500-CT-0", "ge-head-tilt")
+LEVELS = (("skull base", 0.15), ("ventricles", 0.5), ("vertex", 0.88))
+
+
+def levels(hu_model):
+    """Slice indices at LEVELS of the brain's extent; hu_model float [S, N, N] HU."""
+    import numpy as np
+
+    brain = ((hu_model > 15) & (hu_model < 50)).reshape(len(hu_model), -1).sum(1)
+    present = np.flatnonzero(brain > 0.2 * brain.max())
+    lo, hi = present[0], present[-1]
+    return [int(round(lo + f * (hi - lo))) for _, f in LEVELS]
+
+
+def head_stats(hu_model):
+    import numpy as np
+
+    v = hu_model[(hu_model > -20) & (hu_model < 120)]
+    soft = v[(v >= 0) & (v < 60)]
+    return {"median_0_60": round(float(np.median(soft)), 1), "p10_p90_0_60": [round(float(x), 1) for x in np.percentile(soft, [10, 90])],
+            "fraction_60_90_of_-20_120": round(float(np.mean((v >= 60) & (v < 90))), 4)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--out", default="benchmarks/results/phantom_vs_real.png")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from radnet_tf import atomic, synth
+    from radnet_tf.config import load_config
+    from radnet_tf.dicom_io import read_series
+    from radnet_tf.preprocess import brain_window_np, head_center_np, resample_to_fov_np
+
+    pcfg = load_config().preprocess_config()
+    rows = []
+    for i, name in enumerate(REAL):
+        real = read_series(Path(args.shared) / name)
+        sp = float(real.pixel_spacing[0])
+        thickness = float(real.slice_spacing)
+        n = int(min(400, np.ceil(175.0 / thickness)))
+        cfg = synth.SynthConfig(matrix=int(real.hu.shape[-1]), num_slices=n, pixel_spacing_range=(sp, sp),
+                                slice_thickness_range=(thickness, thickness))
+        phantom = synth.make_phantom(np.random.default_rng([args.seed, i]), cfg, positive=False)
+        pair = []
+        for label, hu, spacing in ((f"real: {name}", real.hu, real.pixel_spacing),
+                                   (f"phantom, {thickness:.2f} mm", phantom.hu, (phantom.pixel_spacing,) * 2)):
+            model = resample_to_fov_np(hu.astype(np.float32), np.asarray(spacing, np.float32), head_center_np(hu), pcfg)
+            pair.append((label, model))
+            print(json.dumps({"series": label, "slices": len(hu), **head_stats(model)}), flush=True)
+        rows.append(pair)
+
+    fig, axes = plt.subplots(2 * len(rows), len(LEVELS) + 1, figsize=(4 * (len(LEVELS) + 1), 8 * len(rows)))
+    c, w = pcfg.window_center, pcfg.window_width
+    for r, pair in enumerate(rows):
+        for j, (label, model) in enumerate(pair):
+            ax_row = axes[2 * r + j]
+            for (level, _), k, ax in zip(LEVELS, levels(model), ax_row):
+                ax.imshow(brain_window_np(model[k], c, w), cmap="gray", vmin=0, vmax=1)
+                ax.set_title(f"{label}\n{level} (slice {k})", fontsize=9)
+                ax.axis("off")
+            hist_ax = ax_row[-1]
+            for lab, mod in pair:
+                v = mod[(mod > -20) & (mod < 120)]
+                hist_ax.hist(v, bins=np.arange(-20, 121, 2), density=True, histtype="step", label=lab.split(",")[0])
+            hist_ax.set_xlabel("HU (head, model grid)")
+            hist_ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=60, format="png")
+    print(json.dumps({"figure": str(out)}))
+
+
+if __name__ == "__main__":
+    main()

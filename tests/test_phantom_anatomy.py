@@ -1,0 +1,132 @@
+"""The anatomical phantom's parts: atlas, scanner, lesions (radnet_tf.synth_*)."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from radnet_tf import synth, synth_lesions, synth_scanner
+from radnet_tf import synth_anatomy as anatomy
+from radnet_tf.contract import SUBTYPES
+
+
+@pytest.fixture(scope="module")
+def atlas():
+    return anatomy.atlas()
+
+
+def channels_at(atlas, *points):
+    return [dict(zip(anatomy.CHANNELS, row)) for row in atlas.sample(np.array(points, np.float32).T)]
+
+
+def test_atlas_compartments(atlas):
+    wm, vent, falx, skull = channels_at(atlas, (25, -10, 25), (8, 0, 18), (0, -20, 78), (0, -20, 88))
+    assert wm["icv"] == 1 and wm["wm"] > 0.9 and wm["frame"] == 0  # deep white matter
+    assert vent["vent"] == 1 and vent["gm"] + vent["wm"] == 0  # body of a lateral ventricle
+    assert falx["dense"] > 0.9 and falx["depth"] < 8  # falx and superior sagittal sinus
+    assert skull["icv"] == 0 and skull["frame"] > 1000  # the vault
+    # Every lesion place exists, lateral + third + fourth ventricles hold 15-40 mL.
+    counts = {label: len(atlas.points(label)) for label in range(1, 7)}
+    assert min(counts.values()) > 1000 and 15_000 < counts[anatomy.LABEL_VENTRICLE] < 40_000
+    lo, hi = atlas.head_extent()
+    assert lo[2] < -60 and hi[2] > 95  # skull base to vertex
+
+
+def test_atlas_cache_equals_a_fresh_build(atlas):
+    """The on-disk cache (float16) and a fresh build give the same channels: a cohort does
+    not depend on whether the cache existed."""
+    fresh = anatomy.build_atlas()
+    np.testing.assert_array_equal(fresh.channels, atlas.channels)
+    np.testing.assert_array_equal(fresh.labels, atlas.labels)
+
+
+def test_sample_is_trilinear(atlas):
+    i, j, k = 100, 110, 90
+    mm = atlas.origin + np.array([i + 0.25, j, k + 0.5])
+    got = atlas.sample(mm.astype(np.float32)[:, None])[0]
+    c = atlas.channels
+    want = 0.75 * 0.5 * c[i, j, k] + 0.25 * 0.5 * c[i + 1, j, k] + 0.75 * 0.5 * c[i, j, k + 1] + 0.25 * 0.5 * c[i + 1, j, k + 1]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3])
+def test_upsample_matches_scipy_zoom(factor):
+    a = np.arange(35, dtype=np.float32).reshape(5, 7) ** 1.5
+    want = ndimage.zoom(a, factor, order=1, grid_mode=True, mode="nearest")
+    np.testing.assert_allclose(synth_scanner.upsample(a, factor), want, rtol=1e-6)
+
+
+def test_thin_slices_are_noisier():
+    thin = synth_scanner.draw_scanner(np.random.default_rng(0), 0.625, 95.0, noise_range=(3.0, 3.0))
+    thick = synth_scanner.draw_scanner(np.random.default_rng(0), 5.0, 95.0, noise_range=(3.0, 3.0))
+    assert thick.noise_hu == 3.0 and thin.noise_hu == pytest.approx(3.0 * 8.0 ** 0.25)
+
+
+@pytest.mark.parametrize("factor", [1, 3])
+def test_noise_has_the_asked_standard_deviation(factor):
+    scanner = synth_scanner.Scanner(noise_hu=10.0, grain=0.6, cupping_hu=0, streak_hu=0, band_hu=0, holder=None)
+    noise = synth_scanner.noise(np.random.default_rng(1), (600, 600), scanner, factor)
+    assert noise.std() == pytest.approx(10.0, rel=0.03)
+
+
+def test_holder_is_drawn_only_in_air():
+    img = np.full((100, 100), -1000.0, np.float32)
+    yy, xx = np.mgrid[:100, :100]
+    head = (yy - 50) ** 2 + (xx - 50) ** 2 < 30**2
+    img[head] = 30.0
+    scanner = synth_scanner.Scanner(3.0, 0.5, 0, 0, 0, holder=(35.0, 4.0, np.deg2rad(60), 200.0, -800.0, 5.0))
+    axis = -(np.arange(100, dtype=np.float32) - 49.5)  # patient x of columns, y of rows (1 mm)
+    synth_scanner.add_holder(img, axis, axis, (0.0, 0.0), scanner)
+    assert np.all(img[head] == 30.0)
+    shell = img == 200.0
+    assert shell.sum() > 50 and np.all(yy[shell] > 50)  # behind the head (rows grow posterior)
+    assert (img == -800.0).sum() > 50
+
+
+def test_mass_effect_displacement_is_exact():
+    les = synth_lesions.Lesion("SDH", np.array([50.0, 0, 0], np.float32), 20.0, 70.0, push=8.0, reach=40.0, params={})
+    m = np.zeros((3, 1), np.float32)
+    src = synth_lesions.displacement([les], m)
+    # The brain at the origin is sampled 8 exp(-0.5 (50/40)^2) mm toward the lesion: pushed away.
+    np.testing.assert_allclose(src[:, 0], [8 * np.exp(-0.5 * (50 / 40) ** 2), 0, 0], rtol=1e-4)
+    assert synth_lesions.displacement([], m) is None
+
+
+@pytest.mark.parametrize("kind", SUBTYPES)
+def test_each_bleed_sits_in_its_compartment(atlas, kind):
+    rng = np.random.default_rng([7, SUBTYPES.index(kind)])
+    pose = synth._Pose(rng)
+    found = 0
+    for _ in range(5):
+        les = synth_lesions.draw_lesion(rng, atlas, pose.to_patient, (-300.0, 300.0), kind=kind)
+        grid = np.mgrid[-40:41:2, -40:41:2, -40:41:2].reshape(3, -1).astype(np.float32)
+        m = grid + les.centre[:, None]
+        ch = atlas.sample(m)
+        f = les.fraction(m, ch, pose.to_patient(m.T)[:, 1])
+        on = f >= 0.5
+        if not on.any():
+            continue
+        found += 1
+        c = {name: ch[on, i] for i, name in enumerate(anatomy.CHANNELS)}
+        assert np.all(c["icv"] > 0.5)
+        assert 40 <= les.blood_hu <= 90
+        if kind == "EDH" or (kind == "SDH" and les.params["along"] == "convexity"):
+            assert np.all(c["depth"] < les.params["thickness"])  # under the inner table
+        elif kind == "IVH":
+            assert np.all(c["vent"] > 0.3)
+        elif kind == "SAH":
+            assert np.all(c["icv"] - c["gm"] - c["wm"] - c["vent"] > 0.3)  # CSF, not ventricles
+        elif kind == "IPH":
+            assert np.all(c["depth"] > 1.0)
+    assert found >= 3
+
+
+def test_phantom_spans_skull_base_to_vertex():
+    """Whole-head studies: slices from the posterior fossa (bone and air around a small
+    brain) to the vertex; a slab longer than the head is centred on it."""
+    cfg = synth.SynthConfig(matrix=96, num_slices=48, pixel_spacing_range=(2.6, 2.6), slice_thickness_range=(4.0, 4.0))
+    ph = synth.make_phantom(np.random.default_rng(3), cfg, positive=False)
+    brain = ((ph.hu > 15) & (ph.hu < 50)).reshape(48, -1).sum(1)
+    air_inside = [(s < -300).sum() - (ndimage.binary_fill_holes(s > -300) == 0).sum() for s in ph.hu]
+    top = int(np.argmax(brain))
+    assert brain[0] < brain[top] / 3 and brain[-1] < brain[top] / 3  # tapers at both ends
+    assert max(air_inside[: top]) > 20  # sinuses / mastoid air below the widest slice
