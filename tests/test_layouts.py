@@ -34,7 +34,8 @@ def converted(tmp_path_factory):
     (root / "tiny.yaml").write_text("input_size: 32\nout_spacing: 8.0\n")
     common = ["--config", str(root / "tiny.yaml"), "--workers", "1", "--shards", "2", "--no-progress"]
     main(["--dicom-root", str(root / "folders" / "dicom"), "--labels", str(root / "folders" / "labels.csv"),
-          "--slice-labels", str(root / "folders" / "slice_labels.csv"), "--out", str(root / "rec-folders"), *common])
+          "--slice-labels", str(root / "folders" / "slice_labels.csv"), "--masks", str(root / "folders" / "masks"),
+          "--out", str(root / "rec-folders"), *common])
     main(["--rsna-root", str(root / "rsna" / "stage_2_train"), "--rsna-labels", str(root / "rsna" / "stage_2_train.csv"),
           "--out", str(root / "rec-rsna"), *common])
     return root
@@ -226,6 +227,7 @@ def test_nifti_layout_gives_the_same_voxels_masks_and_labels(nifti_converted, va
         np.testing.assert_allclose(a["slice_positions"], b["slice_positions"], atol=1e-4)
         # NIfTI keeps the spacing as float32 (DICOM: 6 decimals): a few boundary pixels flip
         assert (a["mask"] != b["mask"]).mean() < 0.005
+        assert a["mask"].any() == bool(a["label"])  # masks compared, not two empty arrays
         assert a["label"] == b["label"]
         np.testing.assert_array_equal(a["slice_labels"], b["slice_labels"])
         if variant == "rec-nifti":  # the slice CSV: exact subtypes
