@@ -351,7 +351,7 @@ def test_missing_rescale_tags_read_as_identity_and_reported(tmp_path):
     from radnet_tf.dicom_io import read_series
 
     files = _series(tmp_path, num_slices=3)
-    stored = pydicom.dcmread(files[0]).pixel_array.astype(np.int32)
+    stored = np.stack([pydicom.dcmread(f).pixel_array.astype(np.int32) for f in files])
     _edit_all(files, RescaleSlope=None, RescaleIntercept=None)
     series = read_series(tmp_path)
     assert series.warnings == ["3 slice(s) without RescaleSlope/RescaleIntercept: read as slope 1, intercept 0"]
