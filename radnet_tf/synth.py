@@ -198,12 +198,45 @@ class _Tissue:
                    bone_gain=rng.uniform(0.85, 1.2), soft=rng.uniform(30, 60))
 
 
+class _BoneTexture:
+    """Per-study fine structure the averaged template lacks: trabecular/diploic density
+    and irregular partial-volume bone along the inner table
+    (the bony ridges and clinoid/petrous edges that reach into brain slices). A product of
+    three random plane waves (wavelengths 3-7 mm) in atlas space: a cellular pattern."""
+
+    def __init__(self, rng):
+        def waves():
+            k = rng.normal(size=(3, 3))
+            k *= (2 * np.pi / rng.uniform(3.0, 7.0, size=(3, 1))) / np.linalg.norm(k, axis=1, keepdims=True)
+            return k.astype(np.float32), rng.uniform(0, 2 * np.pi, size=3).astype(np.float32)
+
+        self.bone, self.edge = waves(), waves()
+        self.edge_hu_base = float(rng.uniform(100, 450))  # skull base
+        self.edge_hu_vault = float(rng.uniform(0, 200))
+
+    @staticmethod
+    def _cells(waves, m):
+        k, phase = waves
+        return np.prod(np.cos(k @ m + phase[:, None]), axis=0)
+
+    def apply(self, frame, brain, icv, depth, m):
+        bone = frame > 400
+        if bone.any():
+            frame = np.where(bone, frame * (0.8 + 0.4 * self._cells(self.bone, m)), frame)
+        rim = (icv > 0.5) & (depth < 2.5)
+        if rim.any():
+            c = self._cells(self.edge, m)
+            amp = np.where(m[2] < 0, self.edge_hu_base, self.edge_hu_vault).astype(np.float32)
+            brain = brain + rim * amp * np.clip((c - 0.45) / 0.55, 0, 1)
+        return frame, brain
+
+
 _CH = {name: i for i, name in enumerate(anatomy.CHANNELS)}
 _BRAIN_CHANNELS = [_CH[c] for c in ("gm", "wm", "dense", "vent")]
 
 
-def _normal_hu(ch, tissue, pose, scanner):
-    """HU of normal anatomy from sampled atlas channels, float32 [N]."""
+def _normal_hu(ch, tissue, pose, scanner, texture, m):
+    """HU of normal anatomy from atlas channels sampled at atlas points m [3, N], float32 [N]."""
     frame, icv = ch[:, _CH["frame"]], ch[:, _CH["icv"]]
     gm, wm = ch[:, _CH["gm"]], ch[:, _CH["wm"]]
     if pose.atrophy > 0:  # wider sulci: partial-volume brain loses tissue to CSF
@@ -221,6 +254,7 @@ def _normal_hu(ch, tissue, pose, scanner):
     # and air. Fat (-100) and air keep the template's values.
     soft = (frame > -60) & (frame <= 200) & (icv < 0.5)
     frame = np.where(soft, tissue.soft + 0.3 * (frame - 40.0), frame)
+    frame, brain = texture.apply(frame, brain, icv, ch[:, _CH["depth"]], m)
     return (frame + brain).astype(np.float32)
 
 
@@ -266,12 +300,15 @@ def make_phantom(rng: np.random.Generator, cfg: SynthConfig = SynthConfig(), pos
 
 
 def _draw(rng, cfg, positive):
+    from scipy import ndimage
+
     atlas = anatomy.atlas()
     spacing = float(rng.uniform(*cfg.pixel_spacing_range))
     lo_t, hi_t = cfg.slice_thickness_range
     thickness = float(np.round(np.exp(rng.uniform(np.log(lo_t), np.log(hi_t))), 2))
     pose = _Pose(rng)
     tissue = _Tissue.draw(rng)
+    texture = _BoneTexture(rng)
     scanner = synth_scanner.draw_scanner(rng, thickness, pose.radius, cfg.noise_hu_range)
     # The slab: its centre anywhere from the low posterior fossa to under the vertex; a
     # slab longer than that (a whole-head series) is centred on it.
@@ -319,7 +356,7 @@ def _draw(rng, cfg, positive):
             src = synth_lesions.displacement(lesions, m)
             if src is not None:  # mass effect: the brain channels from displaced points
                 ch[:, _BRAIN_CHANNELS] = atlas.sample(src)[:, _BRAIN_CHANNELS]
-            sub = _normal_hu(ch, tissue, pose, scanner)
+            sub = _normal_hu(ch, tissue, pose, scanner, texture, m)
             for centre_mm, radius, value in calcs:
                 d = m - centre_mm[:, None]
                 sub = np.where(np.einsum("ij,ij->j", d, d) < radius * radius, np.float32(value), sub)
@@ -336,6 +373,8 @@ def _draw(rng, cfg, positive):
         img = (img / n_sub).reshape(hw, ww)
         brain = (brain / n_sub).reshape(hw, ww)
         frac /= n_sub
+        # The scanner's in-plane resolution (kernel): a Gaussian point-spread function.
+        img = ndimage.gaussian_filter(img, scanner.psf_mm / step, mode="nearest")
         level = float(pose.to_atlas(np.array([[pose.t[0]], [pose.t[1]], [z]], np.float32))[2, 0])
         if -50.0 < level < -5.0:  # skull base: petrous bones, clivus
             synth_scanner.add_bone_artifacts(img, img > 1000, brain, step, rng, scanner)
