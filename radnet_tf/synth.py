@@ -16,11 +16,13 @@ phantoms that are built to look like real head CT at the model's input:
   grows for thin slices, beam-hardening cupping under the skull, streaks and the dark
   interpetrous band at the skull base, a head holder and its pad.
 - Bleeds (radnet_tf.synth_lesions) where each type sits: EDH lens under the convexity,
-  SDH crescent along the convexity or along the falx, SAH in cisterns, fissures and
-  sulci, IPH with an oedema rim, IVH in a ventricle (often layering posteriorly); 4-32 mm,
-  50-90 HU with texture and mixed density, mass effect (midline shift, compressed
-  ventricles) for large ones. Hard negatives: choroid plexus, pineal, basal ganglia and
-  falx calcifications, dense dura and sinuses, streaks, thick bone.
+  SDH crescent along the convexity (some chronic: hypodense; some subacute) or along the
+  falx, SAH in cisterns, fissures and sulci, IPH with an oedema rim, IVH in a ventricle
+  (often layering posteriorly); 4-32 mm, acute 50-90 HU with texture and mixed density,
+  mass effect (midline shift, compressed ventricles) for large ones. Hard negatives:
+  choroid plexus, pineal, basal ganglia and falx calcifications, dense dura and sinuses,
+  streaks, irregular partial-volume bone along the inner table, thick bone. The scanner's
+  in-plane point-spread function blurs it all (0.3-0.8 mm).
 
 Slabs are centred anywhere from the low posterior fossa to under the vertex, so cohorts
 hold skull-base slices; a slab longer than the head covers it whole.
@@ -190,12 +192,15 @@ class _Tissue:
     dense: float
     bone_gain: float
     soft: float
+    calibration: float
 
     @classmethod
     def draw(cls, rng):
         gm = rng.uniform(33, 42)
+        # calibration: the scanner's offset of every soft tissue and of blood alike (water
+        # calibration, beam hardening of a head's size: real brains read a few HU apart).
         return cls(gm=gm, wm=gm - rng.uniform(5, 11), csf=rng.uniform(0, 10), dense=rng.uniform(48, 75),
-                   bone_gain=rng.uniform(0.85, 1.2), soft=rng.uniform(30, 60))
+                   bone_gain=rng.uniform(0.85, 1.2), soft=rng.uniform(30, 60), calibration=rng.uniform(-6, 8))
 
 
 class _BoneTexture:
@@ -247,13 +252,13 @@ def _normal_hu(ch, tissue, pose, scanner, texture, m):
     dense = ch[:, _CH["dense"]]
     brain = gm * tissue.gm + wm * tissue.wm + csf * tissue.csf
     brain = brain * (1 - dense) + dense * tissue.dense * icv
-    brain += scanner.cupping_hu * icv * np.exp(-ch[:, _CH["depth"]] / 3.0)
+    brain += scanner.cupping_hu * icv * np.exp(-ch[:, _CH["depth"]] / 3.0) + tissue.calibration * icv
     bone = frame > 200
     frame = np.where(bone, 200 + (frame - 200) * tissue.bone_gain, frame)
     # Scalp, muscle and globes are 30-60 HU; the averaged template blurs them toward fat
     # and air. Fat (-100) and air keep the template's values.
     soft = (frame > -60) & (frame <= 200) & (icv < 0.5)
-    frame = np.where(soft, tissue.soft + 0.3 * (frame - 40.0), frame)
+    frame = np.where(soft, tissue.soft + 0.3 * (frame - 40.0) + tissue.calibration, frame)
     frame, brain = texture.apply(frame, brain, icv, ch[:, _CH["depth"]], m)
     return (frame + brain).astype(np.float32)
 
@@ -366,7 +371,7 @@ def _draw(rng, cfg, positive):
                 if oedema is not None:
                     sub -= np.float32(les.params["oedema_hu"]) * oedema * (1 - f)
                 if f.any():
-                    sub = sub * (1 - f) + f * les.hu(m)
+                    sub = sub * (1 - f) + f * (les.hu(m) + np.float32(tissue.calibration))
                     frac[j] += f
             img += sub
             brain += ch[:, _CH["icv"]]
