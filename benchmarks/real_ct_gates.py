@@ -1,6 +1,6 @@
 """The real-CT gates of the built-in model (issue "A head phantom real CT cannot tell apart").
 
-    python benchmarks/real_ct_gates.py --model saved_models/radnet [--shared ../shared/data]
+    python benchmarks/real_ct_gates.py --model saved_models/radnet [--shared ../shared/data] [--hu-offsets -10,-5,5]
 
 Gate 1, real normal-looking series (../shared ge-head-tilt, CQ500-CT-0): the CT verdict
 must be negative and at most 10% of the slices positive.
@@ -14,6 +14,7 @@ measures, it does not gate CI).
 
 import argparse
 import ast
+import dataclasses
 import json
 import os
 import sys
@@ -30,6 +31,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="saved_models/radnet")
     parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--hu-offsets", default="",
+                        help="also report gate 1's positive-slice fraction with every HU above -200 shifted by "
+                             "these offsets (comma-separated, e.g. -10,-5,5): how much the model leans on absolute "
+                             "brightness (scanners' calibration differs by a few HU)")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -56,6 +61,12 @@ def main(argv=None):
         passed.append(ok)
         print(json.dumps({"gate": 1, "series": name, "slices": series.num_slices, "ct_positive": result["ct_positive"],
                           "positive_slice_fraction": round(fraction, 3), "passes": ok}), flush=True)
+        for offset in [int(x) for x in args.hu_offsets.split(",") if x.strip()]:
+            shifted = dataclasses.replace(series, hu=np.where(series.hu > -200, series.hu.astype(np.int32) + offset,
+                                                              series.hu).astype(np.int16))
+            probs = np.asarray(predict_series(shifted, saved, meta)[0]["slice_probabilities"])
+            print(json.dumps({"probe": "hu_offset", "series": name, "offset_hu": offset,
+                              "positive_slice_fraction": round(float(np.mean(probs >= threshold)), 3)}), flush=True)
     boxes = pd.read_csv(shared / "cq500" / "bhx_boxes.csv")
     for name in ICH:
         series = read_series(shared / name, min_slices=1)

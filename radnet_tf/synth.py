@@ -16,13 +16,11 @@ phantoms that are built to look like real head CT at the model's input:
   grows for thin slices, beam-hardening cupping under the skull, streaks and the dark
   interpetrous band at the skull base, a head holder and its pad.
 - Bleeds (radnet_tf.synth_lesions) where each type sits: EDH lens under the convexity,
-  SDH crescent along the convexity (some chronic: hypodense; some subacute) or along the
-  falx, SAH in cisterns, fissures and sulci, IPH with an oedema rim, IVH in a ventricle
-  (often layering posteriorly); 4-32 mm, acute 50-90 HU with texture and mixed density,
-  mass effect (midline shift, compressed ventricles) for large ones. Hard negatives:
-  choroid plexus, pineal, basal ganglia and falx calcifications, dense dura and sinuses,
-  streaks, irregular partial-volume bone along the inner table, thick bone. The scanner's
-  in-plane point-spread function blurs it all (0.3-0.8 mm).
+  SDH crescent along the convexity or along the falx, SAH in cisterns, fissures and
+  sulci, IPH with an oedema rim, IVH in a ventricle (often layering posteriorly); 4-32 mm,
+  50-90 HU with texture and mixed density, mass effect (midline shift, compressed
+  ventricles) for large ones. Hard negatives: choroid plexus, pineal, basal ganglia and
+  falx calcifications, dense dura and sinuses, streaks, thick bone.
 
 Slabs are centred anywhere from the low posterior fossa to under the vertex, so cohorts
 hold skull-base slices; a slab longer than the head covers it whole.
@@ -192,56 +190,20 @@ class _Tissue:
     dense: float
     bone_gain: float
     soft: float
-    calibration: float
 
     @classmethod
     def draw(cls, rng):
         gm = rng.uniform(33, 42)
-        # calibration: the scanner's offset of every soft tissue and of blood alike (water
-        # calibration, beam hardening of a head's size: real brains read a few HU apart).
         return cls(gm=gm, wm=gm - rng.uniform(5, 11), csf=rng.uniform(0, 10), dense=rng.uniform(48, 75),
-                   bone_gain=rng.uniform(0.85, 1.2), soft=rng.uniform(30, 60), calibration=rng.uniform(-6, 8))
-
-
-class _BoneTexture:
-    """Per-study fine structure the averaged template lacks: trabecular/diploic density
-    and irregular partial-volume bone along the inner table
-    (the bony ridges and clinoid/petrous edges that reach into brain slices). A product of
-    three random plane waves (wavelengths 3-7 mm) in atlas space: a cellular pattern."""
-
-    def __init__(self, rng):
-        def waves():
-            k = rng.normal(size=(3, 3))
-            k *= (2 * np.pi / rng.uniform(3.0, 7.0, size=(3, 1))) / np.linalg.norm(k, axis=1, keepdims=True)
-            return k.astype(np.float32), rng.uniform(0, 2 * np.pi, size=3).astype(np.float32)
-
-        self.bone, self.edge = waves(), waves()
-        self.edge_hu_base = float(rng.uniform(100, 450))  # skull base
-        self.edge_hu_vault = float(rng.uniform(0, 200))
-
-    @staticmethod
-    def _cells(waves, m):
-        k, phase = waves
-        return np.prod(np.cos(k @ m + phase[:, None]), axis=0)
-
-    def apply(self, frame, brain, icv, depth, m):
-        bone = frame > 400
-        if bone.any():
-            frame = np.where(bone, frame * (0.8 + 0.4 * self._cells(self.bone, m)), frame)
-        rim = (icv > 0.5) & (depth < 2.5)
-        if rim.any():
-            c = self._cells(self.edge, m)
-            amp = np.where(m[2] < 0, self.edge_hu_base, self.edge_hu_vault).astype(np.float32)
-            brain = brain + rim * amp * np.clip((c - 0.45) / 0.55, 0, 1)
-        return frame, brain
+                   bone_gain=rng.uniform(0.85, 1.2), soft=rng.uniform(30, 60))
 
 
 _CH = {name: i for i, name in enumerate(anatomy.CHANNELS)}
 _BRAIN_CHANNELS = [_CH[c] for c in ("gm", "wm", "dense", "vent")]
 
 
-def _normal_hu(ch, tissue, pose, scanner, texture, m):
-    """HU of normal anatomy from atlas channels sampled at atlas points m [3, N], float32 [N]."""
+def _normal_hu(ch, tissue, pose, scanner):
+    """HU of normal anatomy from sampled atlas channels, float32 [N]."""
     frame, icv = ch[:, _CH["frame"]], ch[:, _CH["icv"]]
     gm, wm = ch[:, _CH["gm"]], ch[:, _CH["wm"]]
     if pose.atrophy > 0:  # wider sulci: partial-volume brain loses tissue to CSF
@@ -252,14 +214,13 @@ def _normal_hu(ch, tissue, pose, scanner, texture, m):
     dense = ch[:, _CH["dense"]]
     brain = gm * tissue.gm + wm * tissue.wm + csf * tissue.csf
     brain = brain * (1 - dense) + dense * tissue.dense * icv
-    brain += scanner.cupping_hu * icv * np.exp(-ch[:, _CH["depth"]] / 3.0) + tissue.calibration * icv
+    brain += scanner.cupping_hu * icv * np.exp(-ch[:, _CH["depth"]] / 3.0)
     bone = frame > 200
     frame = np.where(bone, 200 + (frame - 200) * tissue.bone_gain, frame)
     # Scalp, muscle and globes are 30-60 HU; the averaged template blurs them toward fat
     # and air. Fat (-100) and air keep the template's values.
     soft = (frame > -60) & (frame <= 200) & (icv < 0.5)
-    frame = np.where(soft, tissue.soft + 0.3 * (frame - 40.0) + tissue.calibration, frame)
-    frame, brain = texture.apply(frame, brain, icv, ch[:, _CH["depth"]], m)
+    frame = np.where(soft, tissue.soft + 0.3 * (frame - 40.0), frame)
     return (frame + brain).astype(np.float32)
 
 
@@ -305,15 +266,12 @@ def make_phantom(rng: np.random.Generator, cfg: SynthConfig = SynthConfig(), pos
 
 
 def _draw(rng, cfg, positive):
-    from scipy import ndimage
-
     atlas = anatomy.atlas()
     spacing = float(rng.uniform(*cfg.pixel_spacing_range))
     lo_t, hi_t = cfg.slice_thickness_range
     thickness = float(np.round(np.exp(rng.uniform(np.log(lo_t), np.log(hi_t))), 2))
     pose = _Pose(rng)
     tissue = _Tissue.draw(rng)
-    texture = _BoneTexture(rng)
     scanner = synth_scanner.draw_scanner(rng, thickness, pose.radius, cfg.noise_hu_range)
     # The slab: its centre anywhere from the low posterior fossa to under the vertex; a
     # slab longer than that (a whole-head series) is centred on it.
@@ -361,7 +319,7 @@ def _draw(rng, cfg, positive):
             src = synth_lesions.displacement(lesions, m)
             if src is not None:  # mass effect: the brain channels from displaced points
                 ch[:, _BRAIN_CHANNELS] = atlas.sample(src)[:, _BRAIN_CHANNELS]
-            sub = _normal_hu(ch, tissue, pose, scanner, texture, m)
+            sub = _normal_hu(ch, tissue, pose, scanner)
             for centre_mm, radius, value in calcs:
                 d = m - centre_mm[:, None]
                 sub = np.where(np.einsum("ij,ij->j", d, d) < radius * radius, np.float32(value), sub)
@@ -371,15 +329,13 @@ def _draw(rng, cfg, positive):
                 if oedema is not None:
                     sub -= np.float32(les.params["oedema_hu"]) * oedema * (1 - f)
                 if f.any():
-                    sub = sub * (1 - f) + f * (les.hu(m) + np.float32(tissue.calibration))
+                    sub = sub * (1 - f) + f * les.hu(m)
                     frac[j] += f
             img += sub
             brain += ch[:, _CH["icv"]]
         img = (img / n_sub).reshape(hw, ww)
         brain = (brain / n_sub).reshape(hw, ww)
         frac /= n_sub
-        # The scanner's in-plane resolution (kernel): a Gaussian point-spread function.
-        img = ndimage.gaussian_filter(img, scanner.psf_mm / step, mode="nearest")
         level = float(pose.to_atlas(np.array([[pose.t[0]], [pose.t[1]], [z]], np.float32))[2, 0])
         if -50.0 < level < -5.0:  # skull base: petrous bones, clivus
             synth_scanner.add_bone_artifacts(img, img > 1000, brain, step, rng, scanner)

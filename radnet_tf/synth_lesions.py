@@ -5,8 +5,7 @@ sampled there (`radnet_tf.synth_anatomy`), so a lesion follows the study's warp 
 where that kind of bleed sits in real heads:
 
   EDH  epidural: biconvex lens under the inner table of the convexity (thick, short)
-  SDH  subdural: long thin crescent along the convexity, or a layer along the falx;
-       20% of convexity SDH are chronic (8-28 HU, 5-20 mm thick), 10% subacute (30-48 HU)
+  SDH  subdural: long thin crescent along the convexity, or a layer along the falx
   SAH  subarachnoid: blood filling the CSF of basal cisterns, Sylvian fissures or sulci
   IPH  intraparenchymal: irregular mass in the parenchyma (deep or lobar), oedema rim
   IVH  intraventricular: blood in a ventricle, often layering posteriorly (fluid level)
@@ -167,13 +166,6 @@ def draw_lesion(rng, atlas, to_patient, z_range, kind=None):
             thickness = float(rng.uniform(2.0, min(4.0 + 0.4 * size, 16.0)))
             params.update(radius=radius, thickness=thickness, power=4.0, along="convexity")
             push, reach = 0.8 * thickness, 0.9 * radius
-            age = rng.uniform()
-            if age < 0.2:  # chronic: hypodense, thicker, with mass effect (the elderly)
-                blood = float(rng.uniform(8, 28))
-                params["thickness"] = thickness = float(rng.uniform(5.0, 20.0))
-                push = 0.8 * thickness
-            elif age < 0.3:  # subacute: near-isodense to grey matter
-                blood = float(rng.uniform(30, 48))
     elif kind == "SAH":
         params.update(radius=size + 8)
         blood = float(rng.uniform(50, 85))

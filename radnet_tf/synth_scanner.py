@@ -24,7 +24,6 @@ class Scanner:
       streak_hu: amplitude of streaks from dense bone, HU.
       band_hu: darkening of the interpetrous (Hounsfield) band, HU (>= 0).
       holder: None, or (radius mm, thickness mm, half-angle rad, HU, pad HU, pad gap mm).
-      psf_mm: in-plane point-spread function (Gaussian sigma), mm.
     """
 
     noise_hu: float
@@ -33,7 +32,6 @@ class Scanner:
     streak_hu: float
     band_hu: float
     holder: tuple | None
-    psf_mm: float = 0.0
 
 
 def draw_scanner(rng, thickness_mm, head_radius_mm, noise_range=(2.5, 5.0)):
@@ -49,8 +47,7 @@ def draw_scanner(rng, thickness_mm, head_radius_mm, noise_range=(2.5, 5.0)):
         holder = (head_radius_mm + gap, float(rng.uniform(2.5, 6.0)), float(np.deg2rad(rng.uniform(35, 110))),
                   float(rng.uniform(60, 300)), float(rng.uniform(-900, -600)), gap)
     return Scanner(noise_hu=noise, grain=float(rng.uniform(0.3, 0.9)), cupping_hu=float(rng.uniform(0, 10)),
-                   streak_hu=float(rng.uniform(0, 25)), band_hu=float(rng.uniform(0, 30)), holder=holder,
-                   psf_mm=float(rng.uniform(0.3, 0.8)))
+                   streak_hu=float(rng.uniform(0, 25)), band_hu=float(rng.uniform(0, 30)), holder=holder)
 
 
 def add_holder(img, px, py, centre, scanner):

@@ -93,9 +93,13 @@ def test_real_ct_gates_run_on_an_export(shared, tmp_path):
 
     cfg = tiny_config()
     path = export_model(build_model(cfg), cfg, tmp_path / "sm", warmup=False)
-    rows = _run("real_ct_gates.py", "--model", path, "--shared", shared)
-    assert [r.get("gate") for r in rows[:4]] == [1, 1, 2, 2] and rows[-1]["cases"] == 4
-    assert all(isinstance(r["passes"], bool) for r in rows[:4])
+    rows = _run("real_ct_gates.py", "--model", path, "--shared", shared, "--hu-offsets", "-5")
+    gates = [r for r in rows if "gate" in r]
+    assert [r["gate"] for r in gates] == [1, 1, 2, 2] and rows[-1]["cases"] == 4
+    assert all(isinstance(r["passes"], bool) for r in gates)
+    probes = [r for r in rows if r.get("probe") == "hu_offset"]
+    assert [(r["series"], r["offset_hu"]) for r in probes] == [("ge-head-tilt", -5), ("cq500/CQ500-CT-0", -5)]
+    assert all(0 <= r["positive_slice_fraction"] <= 1 for r in probes)
 
 
 @pytest.mark.slow

@@ -108,7 +108,7 @@ def test_each_bleed_sits_in_its_compartment(atlas, kind):
         found += 1
         c = {name: ch[on, i] for i, name in enumerate(anatomy.CHANNELS)}
         assert np.all(c["icv"] > 0.5)
-        assert (8 if kind == "SDH" else 45) <= les.blood_hu <= 90  # chronic SDH are hypodense
+        assert 50 <= les.blood_hu <= 90
         if kind == "EDH" or (kind == "SDH" and les.params["along"] == "convexity"):
             assert np.all(c["depth"] < les.params["thickness"])  # under the inner table
         elif kind == "IVH":
@@ -131,14 +131,3 @@ def test_phantom_spans_skull_base_to_vertex():
     assert head[-1] < head[widest] / 3  # the vertex tapers (or the slab passes it)
     assert max(air_inside[:widest]) > 20  # sinuses / mastoid air below the widest slice
 
-
-def test_bone_texture_touches_only_dense_bone_and_the_inner_table():
-    texture = synth._BoneTexture(np.random.default_rng(0))
-    m = np.array([[0, 10, 20, 30], [0, 0, 0, 0], [-20, -20, 30, 30]], np.float32)
-    frame = np.array([1000, 300, 0, 0], np.float32)
-    brain = np.array([0, 0, 35, 35], np.float32)
-    icv = np.array([0, 0, 1, 1], np.float32)
-    depth = np.array([0, 0, 1.0, 20.0], np.float32)
-    f, b = texture.apply(frame, brain, icv, depth, m)
-    assert 800 <= f[0] <= 1200 and f[1] == 300 and f[2] == 0  # only bone > 400 HU is modulated
-    assert b[3] == 35 and 35 <= b[2] <= 35 + texture.edge_hu_vault  # deep brain untouched
