@@ -229,7 +229,7 @@ def _box(pose, spacing, matrix, factor, scanner, atlas):
     lo, hi = atlas.head_extent()
     corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])], np.float32)
     p = pose.to_patient(corners)
-    reach = pose.radius + (scanner.holder[0] - pose.radius + scanner.holder[1] if scanner.holder else 0) + 2
+    reach = (scanner.holder[0] + scanner.holder[1] if scanner.holder else pose.radius) + 2  # holder's outer edge
     xs = np.concatenate([p[:, 0], [pose.t[0] - reach, pose.t[0] + reach]])
     ys = np.concatenate([p[:, 1], [pose.t[1] - reach]])
     half = (matrix - 1) / 2

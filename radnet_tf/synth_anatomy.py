@@ -61,27 +61,24 @@ class Atlas:
     origin: np.ndarray
 
     def __post_init__(self):
-        self._voxels = {}
-
-    def channel(self, name):
-        """float32 [X, Y, Z] view of one channel."""
-        return self.channels[..., CHANNELS.index(name)]
+        self._points = {}
+        self._extent = None
 
     def head_extent(self):
         """(lo, hi) float32 [3] atlas mm bounding the head (anything denser than -500 HU)."""
-        if "extent" not in self._voxels:
+        if self._extent is None:
             head = np.argwhere(self.channels[::2, ::2, ::2, CHANNELS.index("frame")] > -500) * 2
             icv = np.argwhere(self.channels[::2, ::2, ::2, CHANNELS.index("icv")] > 0.5) * 2
             both = np.concatenate([head, icv])
-            self._voxels["extent"] = (both.min(0) + self.origin - 2).astype(np.float32), (
-                both.max(0) + self.origin + 2).astype(np.float32)
-        return self._voxels["extent"]
+            lo, hi = both.min(0) + self.origin - 2, both.max(0) + self.origin + 2
+            self._extent = lo.astype(np.float32), hi.astype(np.float32)
+        return self._extent
 
     def points(self, label):
         """float32 [N, 3] mm (RAS) of the voxels with this label (cached)."""
-        if label not in self._voxels:
-            self._voxels[label] = (np.argwhere(self.labels == label) + self.origin).astype(np.float32)
-        return self._voxels[label]
+        if label not in self._points:
+            self._points[label] = (np.argwhere(self.labels == label) + self.origin).astype(np.float32)
+        return self._points[label]
 
     def sample(self, mm):
         """Trilinear samples of every channel at points given in mm.

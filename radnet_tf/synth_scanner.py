@@ -143,8 +143,8 @@ def _grain_std(factor):
     """Standard deviation of unit white noise after `upsample(., factor)` (its mean
     over the output phases of the squared interpolation weights, per axis)."""
     offs = [abs((j + 0.5) / factor - 0.5) for j in range(factor)]
-    per_axis = np.mean([(1 - o) ** 2 + o ** 2 for o in offs])
-    return float(np.sqrt(per_axis ** 2))
+    per_axis = np.mean([(1 - o) ** 2 + o ** 2 for o in offs])  # variance factor, one axis
+    return float(per_axis)  # separable: variance per_axis ** 2, std per_axis
 
 
 def noise(rng, shape, scanner, factor):
