@@ -62,8 +62,11 @@ from radnet_tf.errors import UserError
 # Bumped whenever the same seed would give different studies (caches key on it).
 # 3: InstanceNumber no longer in z order; slice_labels.csv carries per-slice subtypes.
 # 4: the anatomical whole-head phantom (atlas, scanner, lesions on anatomy).
-GENERATOR_VERSION = 4
+# 5: slabs reach down to the foramen magnum and neck; fat planes in the face and neck
+#    muscles; straight sinus and vein of Galen.
+GENERATOR_VERSION = 5
 AIR = -1000.0
+FAT_HU = -90.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +132,9 @@ class Phantom:
 
 # Atlas point at the patient-space origin of a pose (between the ventricles), mm.
 _HEAD_CENTRE = np.array([0.0, -18.0, 12.0], np.float32)
-# Atlas levels that bound the slab centres: low posterior fossa and just under the vertex.
-_LOWEST, _HIGHEST = np.array([0.0, -35.0, -55.0], np.float32), np.array([0.0, -18.0, 78.0], np.float32)
+# Atlas levels that bound the slab centres: the foramen magnum (real series start at the
+# first or second cervical vertebra) and just under the vertex.
+_LOWEST, _HIGHEST = np.array([0.0, -35.0, -68.0], np.float32), np.array([0.0, -18.0, 78.0], np.float32)
 _VENTRICLE_CENTRE = np.array([0.0, -10.0, 15.0], np.float32)
 
 
@@ -218,9 +222,11 @@ def _normal_hu(ch, tissue, pose, scanner):
     bone = frame > 200
     frame = np.where(bone, 200 + (frame - 200) * tissue.bone_gain, frame)
     # Scalp, muscle and globes are 30-60 HU; the averaged template blurs them toward fat
-    # and air. Fat (-100) and air keep the template's values.
+    # and air. Fat (-100) and air keep the template's values; the atlas's fascia channel
+    # cuts fat planes through the muscle.
     soft = (frame > -60) & (frame <= 200) & (icv < 0.5)
-    frame = np.where(soft, tissue.soft + 0.3 * (frame - 40.0), frame)
+    fat = ch[:, _CH["fascia"]]  # fat planes between the muscles
+    frame = np.where(soft, (tissue.soft + 0.3 * (frame - 40.0)) * (1 - fat) + FAT_HU * fat, frame)
     return (frame + brain).astype(np.float32)
 
 

@@ -8,8 +8,9 @@
   (2 mm, BSD-2, radnet_tf/data/scct.nii.gz with radnet_tf/data/SCCT-LICENSE; Rorden C,
   Bonilha L, Fridriksson J, Bender B, Karnath HO (2012) NeuroImage 61(4):957-65).
 
-`atlas()` returns an `Atlas` on the ICBM 1 mm grid (RAS, mm; 197 x 233 x 189 voxels,
-origin (-98, -134, -72)): per-voxel channels the phantom samples after a per-study warp
+`atlas()` returns an `Atlas` on the ICBM 1 mm grid extended 24 mm down to the second
+cervical vertebra (RAS, mm; 197 x 233 x 213 voxels, origin (-98, -134, -96); below the
+templates' last slice, z = -72, the scct neck level is continued): per-voxel channels the phantom samples after a per-study warp
 (`radnet_tf.synth`), and labels that say where each kind of lesion can sit. Built from the
 templates in ~7 s and cached (float16, ~120 MB) under `$RADNET_CACHE` (default
 ~/.cache/radnet_tf), keyed by ATLAS_VERSION.
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 # Bumped whenever the atlas channels change (the on-disk cache keys on it).
-ATLAS_VERSION = 2
+ATLAS_VERSION = 3
 _DATA = Path(__file__).resolve().parent / "data"
 ICBM_FILES = {
     "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
@@ -33,7 +34,11 @@ ICBM_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
 }
 # Channel names of `Atlas.channels`, in order (last axis).
-CHANNELS = ("frame", "icv", "gm", "wm", "dense", "depth", "vent")
+CHANNELS = ("frame", "icv", "gm", "wm", "dense", "depth", "vent", "fascia")
+# The grid continues this far (mm) below the ICBM templates' lowest slice (z = -72): the
+# neck and face levels at which real head CT series start.
+BELOW_MM = 24
+NECK_MM = -66.0
 # Integer labels of `Atlas.labels`: candidate places for each lesion type.
 LABEL_PARENCHYMA, LABEL_VENTRICLE, LABEL_CISTERN, LABEL_SULCUS, LABEL_SURFACE, LABEL_FALX = 1, 2, 3, 4, 5, 6
 
@@ -49,9 +54,11 @@ class Atlas:
         icv: intracranial fraction in [0, 1].
         gm, wm: grey / white matter fraction in [0, 1] (CSF = icv - gm - wm).
         dense: hyperdense dura (falx, tentorium) and dural venous sinuses (superior
-          sagittal, transverse), fraction in [0, 1].
+          sagittal, transverse, straight, with the vein of Galen), fraction in [0, 1].
         depth: distance below the inner table of the skull, mm (0 outside the icv).
         vent: ventricle fraction in [0, 1] (lateral, third, fourth).
+        fascia: fat-plane fraction in [0, 1] in the soft tissue outside the skull (the
+          fat between muscles of the face, jaw and neck); 0 elsewhere.
       labels: uint8 [X, Y, Z] LABEL_* (0 elsewhere).
       origin: float64 [3] mm of voxel (0, 0, 0).
     """
@@ -133,11 +140,15 @@ def _scct_hu():
     return c - 124.0, img.affine
 
 
-def _resample_to_icbm(vol, affine, shape, origin, order=1):
+def _resample_to_icbm(vol, affine, shape, origin, order=1, z_min=None):
+    """`vol` (on `affine`'s grid) resampled to the 1 mm grid; below `z_min` (mm) the
+    level z_min is repeated."""
     from scipy import ndimage
 
     ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
     mm = ijk + origin.astype(np.float32)[:, None]
+    if z_min is not None:
+        mm[2] = np.maximum(mm[2], np.float32(z_min))
     inv = np.linalg.inv(affine)
     src = inv[:3, :3].astype(np.float32) @ mm + inv[:3, 3:].astype(np.float32)
     out = ndimage.map_coordinates(vol, src, order=order, mode="nearest")
@@ -151,12 +162,19 @@ def build_atlas() -> Atlas:
 
     d = _icbm_dir()
     gm_img = nib.load(str(d / ICBM_FILES["gm"]))
-    shape, origin = gm_img.shape, np.asarray(gm_img.affine[:3, 3], np.float64)
-    gm = np.asarray(gm_img.dataobj, np.float32) / 255.0
-    wm = np.asarray(nib.load(str(d / ICBM_FILES["wm"])).dataobj, np.float32) / 255.0
-    t1 = np.asarray(nib.load(str(d / ICBM_FILES["t1"])).dataobj, np.float32) / 255.0
+
+    def icbm(name):  # padded below: no brain at the neck levels
+        v = np.asarray(nib.load(str(d / ICBM_FILES[name])).dataobj, np.float32) / 255.0
+        return np.pad(v, ((0, 0), (0, 0), (BELOW_MM, 0)))
+
+    origin = np.asarray(gm_img.affine[:3, 3], np.float64) - (0.0, 0.0, BELOW_MM)
+    gm, wm, t1 = icbm("gm"), icbm("wm"), icbm("t1")
+    shape = gm.shape
     hu, aff = _scct_hu()
-    frame = _resample_to_icbm(hu, aff, shape, origin)
+    # The template fades out over its last few mm (an average of heads scanned from
+    # different levels): below NECK_MM its level NECK_MM is continued (the first two
+    # cervical vertebrae, jaw and pharynx look alike at this scale).
+    frame = _resample_to_icbm(hu, aff, shape, origin, z_min=NECK_MM)
     X, Y, Z = np.meshgrid(*[np.arange(n, dtype=np.float32) + o for n, o in zip(shape, origin)], indexing="ij")
 
     # Brain (tissue) and the intracranial space: the brain, its CSF, and the thin space
@@ -181,8 +199,11 @@ def build_atlas() -> Atlas:
 
     # Skull: the template's bone is a blurred average (peak ~600 HU); real cortical bone
     # is > 1000 HU with a darker diploe. Sharpen: HU above 250 maps to 700..1900.
-    bone = frame > 250.0
-    sharpened = np.where(bone, 700.0 + (frame - 250.0) * 3.0, frame)
+    # Below the skull base the template's bone (vertebrae, jaw) is fainter still: there
+    # anything above 120 HU is bone.
+    floor = np.where(Z < -58.0, 120.0, 250.0).astype(np.float32)
+    bone = frame > floor
+    sharpened = np.where(bone, 700.0 + (frame - floor) * 3.0, frame)
     frame = np.where(icv, 0.0, np.minimum(sharpened, 1900.0)).astype(np.float32)
 
     # Ventricles: CSF deep in the brain (lateral, third, fourth), not the basal cisterns.
@@ -205,8 +226,22 @@ def build_atlas() -> Atlas:
     # the occipital inner table at tentorium level).
     sss = icv & (np.abs(X) < 4) & (depth < 5) & (Z > 0) & (Y < 60)
     transverse = icv & (depth < 5) & (Y < -70) & (Z > -25) & (Z < -5)
-    sinus = np.minimum(ndimage.gaussian_filter((sss | transverse).astype(np.float32), 0.7), icv_f)
+    # Straight sinus and vein of Galen: where falx meets tentorium, the midline CSF gap
+    # between the occipital lobes above and the cerebellum below, from behind the splenium.
+    straight = icv & (np.abs(X) < 2.5) & (csf > 0.3) & (Y < -38) & (Z > -30) & (Z < 15) & (above > 0) & (below > 0)
+    straight = ndimage.binary_dilation(straight, iterations=1) & icv
+    sinus = np.minimum(ndimage.gaussian_filter((sss | transverse | straight).astype(np.float32), 0.7), icv_f)
     dense = np.maximum(dura, sinus)
+
+    # Fat planes between the muscles of the face, jaw and neck (the averaged template blurs
+    # muscle and fat into one grey): thin sheets where a smooth random field (fixed seed,
+    # ~1 cm bundles) crosses zero, in extracranial soft tissue.
+    field = ndimage.gaussian_filter(np.random.default_rng(20260).standard_normal(shape, dtype=np.float32), 5.0)
+    field /= field.std()
+    soft_tissue = (frame > -60.0) & (frame < 200.0) & ~icv
+    below_orbits = np.clip((-35.0 - Z) / 15.0, 0, 1)
+    fascia = np.where(soft_tissue, np.exp(-((field / 0.15) ** 2)) * below_orbits, 0.0).astype(np.float32)
+    del field
 
     labels = np.zeros(shape, np.uint8)
     labels[icv & (tissue > 0.8) & (depth > 4)] = LABEL_PARENCHYMA
@@ -219,7 +254,7 @@ def build_atlas() -> Atlas:
     labels[vent] = LABEL_VENTRICLE
     labels[falx & (depth > 3)] = LABEL_FALX
 
-    channels = np.stack([frame, icv_f, gm, wm, dense, np.minimum(depth, 60.0), vent_f], axis=-1)
+    channels = np.stack([frame, icv_f, gm, wm, dense, np.minimum(depth, 60.0), vent_f, fascia], axis=-1)
     # float16 precision whether built or read from the cache: the same cohort either way.
     channels = channels.astype(np.float16).astype(np.float32)
     return Atlas(channels=channels, labels=labels, origin=origin)

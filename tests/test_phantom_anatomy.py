@@ -28,7 +28,32 @@ def test_atlas_compartments(atlas):
     counts = {label: len(atlas.points(label)) for label in range(1, 7)}
     assert min(counts.values()) > 1000 and 15_000 < counts[anatomy.LABEL_VENTRICLE] < 40_000
     lo, hi = atlas.head_extent()
-    assert lo[2] < -60 and hi[2] > 95  # skull base to vertex
+    assert lo[2] < -90 and hi[2] > 95  # second cervical vertebra to vertex
+
+
+def test_atlas_neck_levels(atlas):
+    """Below the foramen magnum (where real series start): no intracranial space, a
+    vertebra, and fat planes between the muscles; none of those planes in the scalp."""
+    k = int(round(-85 - atlas.origin[2]))
+    neck = atlas.channels[:, :, k]
+    c = {name: neck[..., i] for i, name in enumerate(anatomy.CHANNELS)}
+    assert c["icv"].max() == 0 and c["gm"].max() == 0
+    assert np.count_nonzero(c["frame"] > 700) > 100  # bone
+    soft = (c["frame"] > -60) & (c["frame"] < 200)
+    assert 0.05 < np.mean(c["fascia"][soft] > 0.5) < 0.3  # thin planes, most of it muscle
+    vault = atlas.channels[:, :, int(round(40 - atlas.origin[2])), anatomy.CHANNELS.index("fascia")]
+    assert vault.max() == 0
+
+
+def test_atlas_straight_sinus(atlas):
+    """A dense midline strip between the occipital lobes and the cerebellum."""
+    x, y, z = np.meshgrid(np.arange(-2, 3), np.arange(-90, -44), np.arange(-25, 11), indexing="ij")
+    pts = np.stack([x.ravel(), y.ravel(), z.ravel()]).astype(np.float32)
+    ch = atlas.sample(pts)
+    # away from the inner table, so neither the transverse sinuses nor the torcula count
+    dense = (ch[:, anatomy.CHANNELS.index("dense")] > 0.5) & (ch[:, anatomy.CHANNELS.index("depth")] > 8)
+    assert np.count_nonzero(dense) > 1000  # 189 before the straight sinus was drawn
+    assert np.ptp(pts[1, dense]) > 25  # runs front to back
 
 
 def test_atlas_cache_equals_a_fresh_build(atlas):
