@@ -81,6 +81,7 @@ class Config:
     rotation_deg: float = 15.0
     flip: bool = True
     intensity_jitter: float = 0.0
+    hu_shift: float = 0.0  # training windows' HU shifted by one uniform offset in [-hu_shift, hu_shift] before windowing
     seed: int = 0
     mixed_precision: bool = False
     xla: bool = False
@@ -143,7 +144,7 @@ class Config:
         if not (isinstance(self.subtype_thresholds, list) and len(self.subtype_thresholds) in (0, 5)
                 and all(number(v) and 0 < v < 1 for v in self.subtype_thresholds)):
             fail("must be [] or 5 thresholds in (0, 1) (EDH, IPH, IVH, SAH, SDH)", "subtype_thresholds")
-        for name in ("weight_decay", "slice_loss_weight", "subtype_loss_weight", "rotation_deg", "intensity_jitter"):
+        for name in ("weight_decay", "slice_loss_weight", "subtype_loss_weight", "rotation_deg", "intensity_jitter", "hu_shift"):
             if not number(getattr(self, name)) or getattr(self, name) < 0:
                 fail("must be a number >= 0", name)
         if self.input_size % 8 or self.input_size < 8:

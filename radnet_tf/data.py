@@ -227,7 +227,10 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_ba
 
     def to_example(study, element_seed):
         study = crop_window(study, cfg.crop_slices, element_seed)
-        image = preprocess.window_channels(study["image"], windows)
+        hu = tf.cast(study["image"], tf.float32)
+        if cfg.hu_shift:  # scanners' calibration differs by a few HU: one offset per window
+            hu += _uniform(element_seed, 6, -float(cfg.hu_shift), float(cfg.hu_shift))
+        image = preprocess.window_channels(hu, windows)
         y = _targets(study, with_masks, with_subtypes)
         mask = y.get(MASK_OUTPUTS[0], tf.zeros_like(image[..., :1]))
         image, mask = augment(image, mask, cfg.rotation_deg, cfg.flip, element_seed)

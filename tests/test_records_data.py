@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import os
 import subprocess
@@ -132,6 +133,24 @@ def test_training_stream_is_identical_for_the_same_seed(tiny_records):
         np.testing.assert_array_equal(ma, mb)
     other = data.train_dataset(files, cfg, batch_size=4, with_masks=True, seed=6)
     assert not all(np.array_equal(a[0], x.numpy()) for a, (x, _) in zip(runs[0], other.take(12)))
+
+
+def test_hu_shift_moves_each_training_window_by_one_offset(tiny_records):
+    """With hu_shift the windowed input differs from the unshifted one by a single
+    offset per window (in window units: offset / width), within the allowed range."""
+    files = data.list_shards(tiny_records)
+    base = tiny_config(val_fraction=0.01, rotation_deg=0.0, flip=False)
+    shifted = dataclasses.replace(base, hu_shift=8.0)
+    xa = [x.numpy() for x, _ in data.train_dataset(files, base, batch_size=2, with_masks=False, seed=3).take(6)]
+    xb = [x.numpy() for x, _ in data.train_dataset(files, shifted, batch_size=2, with_masks=False, seed=3).take(6)]
+    offsets = []
+    for a, b in zip(xa, xb):
+        for wa, wb in zip(a, b):  # one window each
+            inside = (wa > 0.15) & (wa < 0.85)  # not clipped by the window after a shift
+            d = (wb - wa)[inside] * base.window_width  # HU
+            assert np.ptp(d) < 1e-3
+            offsets.append(float(d.mean()))
+    assert all(abs(o) <= 8.0 for o in offsets) and np.std(offsets) > 1.0
 
 
 def test_extra_windows_add_channels_after_the_brain_window(tiny_records):
