@@ -1,6 +1,7 @@
 """The real-CT gates of the built-in model (issue "A head phantom real CT cannot tell apart").
 
-    python benchmarks/real_ct_gates.py --model saved_models/radnet [--shared ../shared/data] [--hu-offsets -10,-5,5]
+    python benchmarks/real_ct_gates.py --model saved_models/radnet [--shared ../shared/data] [--hu-offsets=-10,-5,5]
+        [--figure benchmarks/results/real_ct_gate1.png]
 
 Gate 1, real normal-looking series (../shared ge-head-tilt, CQ500-CT-0): the CT verdict
 must be negative and at most 10% of the slices positive.
@@ -9,7 +10,9 @@ ICH): the slice probability must reach the model's threshold, and the strongest 
 the predicted mask, mapped back to the source pixels, must fall inside a BHX box of that
 slice (bhx_boxes.csv, pixel coordinates of the original slice).
 Prints one JSON line per case and a summary line; exits 0 whatever the outcome (it
-measures, it does not gate CI).
+measures, it does not gate CI). --figure also draws, for each gate-1 series, up to six of
+its positive slices (evenly spread over the series) at the model's input with the
+predicted mask: where the model errs on a normal head.
 """
 
 import argparse
@@ -35,6 +38,7 @@ def main(argv=None):
                         help="also report gate 1's positive-slice fraction with every HU above -200 shifted by "
                              "these offsets (comma-separated, e.g. -10,-5,5): how much the model leans on absolute "
                              "brightness (scanners' calibration differs by a few HU)")
+    parser.add_argument("--figure", default="", help="PNG of the gate-1 series' positive slices with their masks")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -52,11 +56,14 @@ def main(argv=None):
     pcfg = preprocess.PreprocessConfig(window_center=meta["window_center"], window_width=meta["window_width"],
                                        extra_windows=(), out_spacing=meta["out_spacing_mm"], fov_mm=meta["fov_mm"],
                                        out_size=meta["input_size"])
-    passed = []
+    passed, shown = [], []
     for name in NORMAL:
         series = read_series(shared / name)
-        result, _, _ = predict_series(series, saved, meta)
-        fraction = float(np.mean(np.asarray(result["slice_probabilities"]) >= threshold))
+        result, out, _ = predict_series(series, saved, meta)
+        probs = np.asarray(result["slice_probabilities"])
+        fraction = float(np.mean(probs >= threshold))
+        if args.figure:
+            shown.append((name, series, probs, out[MASKS]))
         ok = (not result["ct_positive"]) and fraction <= 0.10
         passed.append(ok)
         print(json.dumps({"gate": 1, "series": name, "slices": series.num_slices, "ct_positive": result["ct_positive"],
@@ -90,6 +97,39 @@ def main(argv=None):
                           "boxes": len(slice_boxes), "peak_inside_a_box": inside, "passes": ok}), flush=True)
     print(json.dumps({"model": str(path), "trained_on": meta.get("trained_on"), "gates_passed": int(sum(passed)),
                       "cases": len(passed)}), flush=True)
+    if args.figure:
+        draw_positive_slices(shown, threshold, pcfg, Path(args.figure))
+
+
+def draw_positive_slices(shown, threshold, pcfg, out, per_series=6):
+    """shown: [(name, CTSeries, probs float [S], masks float [S, N, N])] -> PNG at `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from radnet_tf import atomic, preprocess
+
+    fig, axes = plt.subplots(len(shown), per_series, figsize=(3 * per_series, 3.3 * len(shown)), squeeze=False)
+    for row, (name, series, probs, masks) in zip(axes, shown):
+        model = preprocess.resample_to_fov_np(series.hu.astype(np.float32), np.asarray(series.pixel_spacing, np.float32),
+                                              preprocess.head_center_np(series.hu), pcfg)
+        positive = np.flatnonzero(probs >= threshold)
+        picks = positive[np.linspace(0, len(positive) - 1, min(per_series, len(positive))).astype(int)] if len(positive) else []
+        for ax in row:
+            ax.axis("off")
+        for ax, k in zip(row, picks):
+            ax.imshow(preprocess.brain_window_np(model[k], 40.0, 80.0), cmap="gray", vmin=0, vmax=1)
+            m = np.asarray(masks[k], np.float32)
+            ax.imshow(np.ma.masked_less(m, 0.2), cmap="autumn", alpha=0.45, vmin=0, vmax=1)
+            ax.set_title(f"{name.split('/')[-1]} slice {k + 1}/{len(probs)}, p {probs[k]:.2f}", fontsize=8)
+    fig.suptitle(f"positive slices (p >= {threshold:.2f}) of normal-looking series; red: predicted mask >= 0.2", fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=60, format="png")
+    print(json.dumps({"figure": str(out)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,10 @@ def test_real_ct_gates_run_on_an_export(shared, tmp_path):
 
     cfg = tiny_config()
     path = export_model(build_model(cfg), cfg, tmp_path / "sm", warmup=False)
-    rows = _run("real_ct_gates.py", "--model", path, "--shared", shared, "--hu-offsets", "-5")
+    figure = tmp_path / "gate1.png"
+    rows = _run("real_ct_gates.py", "--model", path, "--shared", shared, "--hu-offsets", "-5", "--figure", figure)
+    assert rows[-1] == {"figure": str(figure)} and figure.stat().st_size > 1000
+    rows = rows[:-1]
     gates = [r for r in rows if "gate" in r]
     assert [r["gate"] for r in gates] == [1, 1, 2, 2] and rows[-1]["cases"] == 4
     assert all(isinstance(r["passes"], bool) for r in gates)
