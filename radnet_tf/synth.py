@@ -64,7 +64,8 @@ from radnet_tf.errors import UserError
 # 4: the anatomical whole-head phantom (atlas, scanner, lesions on anatomy).
 # 5: slabs reach down to the foramen magnum and neck; fat planes in the face and neck
 #    muscles; straight sinus and vein of Galen.
-GENERATOR_VERSION = 5
+# 6: slab centres reach the top of the skull (vertex slices with little or no brain).
+GENERATOR_VERSION = 6
 AIR = -1000.0
 FAT_HU = -90.0
 
@@ -133,8 +134,8 @@ class Phantom:
 # Atlas point at the patient-space origin of a pose (between the ventricles), mm.
 _HEAD_CENTRE = np.array([0.0, -18.0, 12.0], np.float32)
 # Atlas levels that bound the slab centres: the foramen magnum (real series start at the
-# first or second cervical vertebra) and just under the vertex.
-_LOWEST, _HIGHEST = np.array([0.0, -35.0, -68.0], np.float32), np.array([0.0, -18.0, 78.0], np.float32)
+# first or second cervical vertebra) and the top of the skull (real series end above it).
+_LOWEST, _HIGHEST = np.array([0.0, -35.0, -68.0], np.float32), np.array([0.0, -18.0, 90.0], np.float32)
 _VENTRICLE_CENTRE = np.array([0.0, -10.0, 15.0], np.float32)
 
 
@@ -279,7 +280,7 @@ def _draw(rng, cfg, positive):
     pose = _Pose(rng)
     tissue = _Tissue.draw(rng)
     scanner = synth_scanner.draw_scanner(rng, thickness, pose.radius, cfg.noise_hu_range)
-    # The slab: its centre anywhere from the low posterior fossa to under the vertex; a
+    # The slab: its centre anywhere from the foramen magnum to the top of the skull; a
     # slab longer than that (a whole-head series) is centred on it.
     z_low, z_high = sorted(float(pose.to_patient(v[None])[0, 2]) for v in (_LOWEST, _HIGHEST))
     length = thickness * (cfg.num_slices - 1)
