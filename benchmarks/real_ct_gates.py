@@ -87,13 +87,15 @@ def main(argv=None):
         marker[best] = True
         source = to_source_grid(marker, series, pcfg, center)[0]
         ys, xs = np.nonzero(source)
-        y, x = (float(ys.mean()), float(xs.mean())) if ys.size else (float("nan"), float("nan"))
+        # None when the peak lies in the model's padding, outside the source slice
+        peak = [round(float(xs.mean()), 1), round(float(ys.mean()), 1)] if ys.size else None
         slice_boxes = [ast.literal_eval(b) for b in boxes.box[boxes.SOPInstanceUID == series.sop_instance_uids[0]]]
-        inside = any(b["x"] <= x <= b["x"] + b["width"] and b["y"] <= y <= b["y"] + b["height"] for b in slice_boxes)
+        inside = peak is not None and any(
+            b["x"] <= peak[0] <= b["x"] + b["width"] and b["y"] <= peak[1] <= b["y"] + b["height"] for b in slice_boxes)
         ok = prob >= threshold and inside
         passed.append(ok)
         print(json.dumps({"gate": 2, "slice": name, "probability": round(prob, 4), "threshold": round(threshold, 4),
-                          "mask_peak_xy": [round(x, 1), round(y, 1)], "mask_peak_value": round(float(fused.max()), 3),
+                          "mask_peak_xy": peak, "mask_peak_value": round(float(fused.max()), 3),
                           "boxes": len(slice_boxes), "peak_inside_a_box": inside, "passes": ok}), flush=True)
     print(json.dumps({"model": str(path), "trained_on": meta.get("trained_on"), "gates_passed": int(sum(passed)),
                       "cases": len(passed)}), flush=True)

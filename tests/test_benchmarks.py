@@ -100,6 +100,9 @@ def test_real_ct_gates_run_on_an_export(shared, tmp_path):
     gates = [r for r in rows if "gate" in r]
     assert [r["gate"] for r in gates] == [1, 1, 2, 2] and rows[-1]["cases"] == 4
     assert all(isinstance(r["passes"], bool) for r in gates)
+    for r in gates[2:]:  # a peak outside the source slice is null (strict JSON), never NaN
+        assert r["mask_peak_xy"] is None or all(math.isfinite(v) for v in r["mask_peak_xy"])
+        assert r["passes"] == (r["probability"] >= r["threshold"] and r["peak_inside_a_box"])
     probes = [r for r in rows if r.get("probe") == "hu_offset"]
     assert [(r["series"], r["offset_hu"]) for r in probes] == [("ge-head-tilt", -5), ("cq500/CQ500-CT-0", -5)]
     assert all(0 <= r["positive_slice_fraction"] <= 1 for r in probes)
