@@ -10,10 +10,10 @@
 
 `atlas()` returns an `Atlas` on the ICBM 1 mm grid extended 24 mm down to the second
 cervical vertebra (RAS, mm; 197 x 233 x 213 voxels, origin (-98, -134, -96); below the
-templates' last slice, z = -72, the scct neck level is continued): per-voxel channels the phantom samples after a per-study warp
-(`radnet_tf.synth`), and labels that say where each kind of lesion can sit. Built from the
-templates in ~7 s and cached (float16, ~120 MB) under `$RADNET_CACHE` (default
-~/.cache/radnet_tf), keyed by ATLAS_VERSION.
+templates' last slice, z = -72, the scct neck level is continued): per-voxel channels the
+phantom samples after a per-study warp (`radnet_tf.synth`), and labels that say where each
+kind of lesion can sit. Built from the templates in ~7 s and cached (float16, ~120 MB)
+under `$RADNET_CACHE` (default ~/.cache/radnet_tf), keyed by ATLAS_VERSION.
 """
 
 from __future__ import annotations

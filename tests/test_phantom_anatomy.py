@@ -56,6 +56,18 @@ def test_atlas_straight_sinus(atlas):
     assert np.ptp(pts[1, dense]) > 25  # runs front to back
 
 
+def test_slab_centres_reach_from_the_neck_to_the_top_of_the_skull(atlas):
+    """Real series run from the upper neck to above the vertex: the slab-centre bounds
+    lie below the intracranial space and above the brain, still within the skull."""
+    z = np.arange(atlas.channels.shape[2]) + atlas.origin[2]
+    ch = {name: atlas.channels[..., i] for i, name in enumerate(anatomy.CHANNELS)}
+    brain_top = z[((ch["gm"] + ch["wm"]) > 0.5).any((0, 1))].max()
+    icv_bottom = z[(ch["icv"] > 0.5).any((0, 1))].min()
+    bone_top = z[(ch["frame"] > 700).any((0, 1))].max()
+    assert synth._LOWEST[2] < icv_bottom + 10  # the foramen magnum region (or lower)
+    assert brain_top < synth._HIGHEST[2] <= bone_top  # vertex-cap slices: bone, little or no brain
+
+
 def test_atlas_cache_equals_a_fresh_build(atlas):
     """The on-disk cache (float16) and a fresh build give the same channels: a cohort does
     not depend on whether the cache existed."""
