@@ -122,7 +122,8 @@ def draw_positive_slices(shown, threshold, pcfg, out, per_series=6):
         for ax in row:
             ax.axis("off")
         for ax, k in zip(row, picks):
-            ax.imshow(preprocess.brain_window_np(model[k], 40.0, 80.0), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(preprocess.brain_window_np(model[k], pcfg.window_center, pcfg.window_width), cmap="gray",
+                      vmin=0, vmax=1)
             m = np.asarray(masks[k], np.float32)
             ax.imshow(np.ma.masked_less(m, 0.2), cmap="autumn", alpha=0.45, vmin=0, vmax=1)
             ax.set_title(f"{name.split('/')[-1]} slice {k + 1}/{len(probs)}, p {probs[k]:.2f}", fontsize=8)

@@ -3,14 +3,15 @@
 No labelled head-CT volumes can be downloaded here, so the built-in default trains on
 phantoms that are built to look like real head CT at the model's input:
 
-- Anatomy (radnet_tf.synth_anatomy): a whole-head atlas, skull base to vertex, from the
+- Anatomy (radnet_tf.synth_anatomy): a whole-head atlas, upper neck to vertex, from the
   ICBM152 brain templates (grey/white matter, CSF, folded cortex and sulci, lateral, third
   and fourth ventricles, basal cisterns, cerebellum, brainstem) inside the scct head-CT
-  template (skull, skull base, petrous bones, mastoid and paranasal air, orbits, scalp),
-  with hyperdense falx, tentorium and dural venous sinuses. Per study: pose (rotation
-  about all three axes, scaling, off-centre), a smooth warp, ventricle enlargement and
-  sulcal widening (age), tissue attenuations (grey 33-42 HU, white 5-11 HU darker, CSF
-  0-10 HU, dura and sinuses 48-75 HU, bone gain, scalp 30-60 HU).
+  template (skull, skull base, petrous bones, mastoid and paranasal air, orbits, scalp,
+  neck muscles with fat planes), with hyperdense falx, tentorium, dural venous sinuses,
+  straight sinus and vein of Galen. Per study: pose (rotation about all three axes,
+  scaling, off-centre), a smooth warp, ventricle enlargement and sulcal widening (age),
+  tissue attenuations (grey 33-42 HU, white 5-11 HU darker, CSF 0-10 HU, dura and
+  sinuses 48-75 HU, bone gain, scalp and muscle 30-60 HU, fat -90 HU).
 - Scanner (radnet_tf.synth_scanner): slice thickness 0.6-5 mm (log-uniform) with partial
   volume across it, pixel spacing / field of view, noise with a correlated grain that
   grows for thin slices, beam-hardening cupping under the skull, streaks and the dark
@@ -22,8 +23,9 @@ phantoms that are built to look like real head CT at the model's input:
   ventricles) for large ones. Hard negatives: choroid plexus, pineal, basal ganglia and
   falx calcifications, dense dura and sinuses, streaks, thick bone.
 
-Slabs are centred anywhere from the low posterior fossa to under the vertex, so cohorts
-hold skull-base slices; a slab longer than the head covers it whole.
+Slabs are centred anywhere from the foramen magnum to the top of the skull, so cohorts
+hold neck, skull-base and vertex-cap slices as real series do; a slab longer than the head
+covers it whole.
 
 Output layout of `python -m radnet_tf.synth --out DIR --studies N --seed S`:
 
