@@ -40,7 +40,10 @@ Output layout of `python -m radnet_tf.synth --out DIR --studies N --seed S`:
                                         EDH, IPH, IVH, SAH, SDH (0/1 per slice)
 
 `study_id` is the study folder relative to DIR/dicom. A slice is labelled positive when
-its mask covers at least `min_lesion_area_mm2` (default 10 mm^2). The DICOM headers carry
+its mask covers at least `min_lesion_area_mm2` (default 10 mm^2). Like a reader's labels,
+the mask holds only blood that can be seen: a bleed counts on a slice where it leaves at
+least that area `visible_hu` (8 HU) denser than it would be without it and than grey
+matter (blood diluted by CSF or by a thick slice until it looks like cortex does not). The DICOM headers carry
 realistic but fake patient identifiers so de-identification can be tested.
 """
 
@@ -67,7 +70,8 @@ from radnet_tf.errors import UserError
 # 5: slabs reach down to the foramen magnum and neck; fat planes in the face and neck
 #    muscles; straight sinus and vein of Galen.
 # 6: slab centres reach the top of the skull (vertex slices with little or no brain).
-GENERATOR_VERSION = 6
+# 7: only visible blood is labelled (SynthConfig.visible_hu).
+GENERATOR_VERSION = 7
 AIR = -1000.0
 FAT_HU = -90.0
 
@@ -88,6 +92,11 @@ class SynthConfig:
         noisier by (5 / thickness) ** 0.25: scanners raise the dose and smooth the kernel
         for thin slices, so the full sqrt is not seen).
       min_lesion_area_mm2: mask area that makes a slice positive.
+      visible_hu: a bleed is labelled on a slice only where a reader could see it: where
+        it raises the noise-free attenuation by at least this much and leaves the pixel at
+        least this much denser than the study's grey matter, over `min_lesion_area_mm2`
+        of the slice (blood diluted by CSF or by a thick slice's partial volume until it
+        looks like cortex is not labelled), HU; 0 labels every pixel that is >= 40% blood.
       anatomy_mm: the in-plane step at which anatomy is sampled before linear
         interpolation to the pixel grid (an integer fraction of it), mm.
       subslice_mm: the largest step between the planes averaged into one slice (partial
@@ -101,6 +110,7 @@ class SynthConfig:
     positive_fraction: float = 0.5
     noise_hu_range: tuple = (2.0, 5.0)
     min_lesion_area_mm2: float = 10.0
+    visible_hu: float = 8.0
     anatomy_mm: float = 1.25
     subslice_mm: float = 2.0
 
@@ -312,6 +322,7 @@ def _draw(rng, cfg, positive):
     n_sub = max(1, int(np.ceil(thickness / cfg.subslice_mm - 1e-6)))
     offsets = thickness * ((np.arange(n_sub) + 0.5) / n_sub - 0.5)
 
+    min_px = cfg.min_lesion_area_mm2 / (spacing * spacing)
     shape = (cfg.num_slices, cfg.matrix, cfg.matrix)
     hu = np.full(shape, AIR, np.int16)
     mask = np.zeros(shape, np.uint8)
@@ -321,6 +332,7 @@ def _draw(rng, cfg, positive):
         img = np.zeros(hw * ww, np.float32)
         brain = np.zeros(hw * ww, np.float32)
         frac = np.zeros((len(lesions), hw * ww), np.float32)
+        raise_hu = np.zeros((len(lesions), hw * ww), np.float32)  # attenuation each bleed adds
         for off in offsets:
             p = np.stack([gx, gy, np.full_like(gx, z + off)])
             m = pose.to_atlas(p)
@@ -338,18 +350,22 @@ def _draw(rng, cfg, positive):
                 if oedema is not None:
                     sub -= np.float32(les.params["oedema_hu"]) * oedema * (1 - f)
                 if f.any():
+                    before = sub
                     sub = sub * (1 - f) + f * les.hu(m)
                     frac[j] += f
+                    raise_hu[j] += sub - before
             img += sub
             brain += ch[:, _CH["icv"]]
         img = (img / n_sub).reshape(hw, ww)
         brain = (brain / n_sub).reshape(hw, ww)
         frac /= n_sub
+        raise_hu /= n_sub
         level = float(pose.to_atlas(np.array([[pose.t[0]], [pose.t[1]], [z]], np.float32))[2, 0])
         if -50.0 < level < -5.0:  # skull base: petrous bones, clivus
             synth_scanner.add_bone_artifacts(img, img > 1000, brain, step, rng, scanner)
         synth_scanner.add_holder(img, px.astype(np.float32), py.astype(np.float32), pose.t, scanner)
         img = synth_scanner.upsample(img, factor)[:box_h, :box_w]
+        clean = img.copy()
         img += synth_scanner.noise(rng, img.shape, scanner, factor)
         hu[k][rows, cols] = np.clip(np.rint(img), -1024, 3071)
         best, owner = np.zeros(img.shape, np.float32), np.zeros(img.shape, np.uint8)
@@ -359,13 +375,17 @@ def _draw(rng, cfg, positive):
             f = frac[j].reshape(hw, ww)
             f = synth_scanner.upsample(f, factor)[:box_h, :box_w]
             on = f >= 0.4
+            if cfg.visible_hu > 0:
+                seen = synth_scanner.upsample(raise_hu[j].reshape(hw, ww), factor)[:box_h, :box_w] >= cfg.visible_hu
+                seen &= clean >= tissue.gm + cfg.visible_hu
+                if np.count_nonzero(on & seen) < min_px:
+                    continue  # on this slice the bleed cannot be told from brain
             type_px[k, SUBTYPES.index(les.kind)] += int(np.count_nonzero(on))
             take = on & (f > best)
             best[take] = f[take]
             owner[take] = SUBTYPES.index(les.kind) + 1
         mask[k][rows, cols] = owner > 0
         class_mask[k][rows, cols] = owner
-    min_px = cfg.min_lesion_area_mm2 / (spacing * spacing)
     slice_labels = (mask.reshape(cfg.num_slices, -1).sum(axis=1) >= min_px).astype(np.int64)
     slice_subtypes = (type_px >= min_px).astype(np.int64)
     types = sorted(SUBTYPES[j] for j in np.flatnonzero(slice_subtypes.any(axis=0))) if slice_labels.any() else []

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pydicom
@@ -29,6 +31,23 @@ def test_anatomy_and_lesion_intensities():
     # Slice label = mask area >= min_lesion_area_mm2
     area = ph.mask.reshape(8, -1).sum(1) * ph.pixel_spacing**2
     np.testing.assert_array_equal(ph.slice_labels, (area >= SMALL.min_lesion_area_mm2).astype(int))
+
+
+def test_only_visible_blood_is_labelled():
+    # Seed [7, 8]: a basal SAH diluted in CSF; on its first slices it is no denser than
+    # cortex, so a reader would not mark it there (with every >= 40% blood pixel labelled,
+    # slices 1-3 were positive too).
+    every = dataclasses.replace(SMALL, visible_hu=0.0)
+    for i in (1, 8, 27):
+        a = synth.make_phantom(np.random.default_rng([7, i]), every, positive=True)
+        b = synth.make_phantom(np.random.default_rng([7, i]), SMALL, positive=True)
+        np.testing.assert_array_equal(a.hu, b.hu)  # the same images
+        assert not (b.mask & ~a.mask).any()  # labels only lose invisible blood
+        assert not (b.slice_labels & ~a.slice_labels).any()
+    np.testing.assert_array_equal(a.slice_labels, [0, 0, 0, 1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(b.slice_labels, [0, 0, 0, 0, 0, 1, 1, 1])
+    ph = synth.make_phantom(np.random.default_rng([7, 8]), SMALL, positive=True)
+    np.testing.assert_array_equal(ph.slice_labels, [0, 0, 0, 0, 1, 1, 1, 1])
 
 
 def test_negative_study_has_no_blood():
