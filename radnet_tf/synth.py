@@ -11,7 +11,7 @@ phantoms that are built to look like real head CT at the model's input:
   straight sinus and vein of Galen. Per study: pose (rotation about all three axes,
   scaling, off-centre), a smooth warp, ventricle enlargement and sulcal widening (age),
   tissue attenuations (grey 33-42 HU, white 5-11 HU darker, CSF 0-10 HU, dura and
-  sinuses 48-75 HU, bone gain, scalp and muscle 30-60 HU, fat -90 HU).
+  sinuses 48-75 HU, bone gain, scalp and muscle 35-70 HU, fat -90 HU).
 - Scanner (radnet_tf.synth_scanner): slice thickness 0.6-5 mm (log-uniform) with partial
   volume across it, pixel spacing / field of view, noise with a correlated grain that
   grows for thin slices, beam-hardening cupping under the skull, streaks and the dark
@@ -71,7 +71,8 @@ from radnet_tf.errors import UserError
 #    muscles; straight sinus and vein of Galen.
 # 6: slab centres reach the top of the skull (vertex slices with little or no brain).
 # 7: only visible blood is labelled (SynthConfig.visible_hu).
-GENERATOR_VERSION = 7
+# 8: partial volume from planes <= 1 mm apart (was 2 mm); muscle 35-70 HU (was 30-60).
+GENERATOR_VERSION = 8
 AIR = -1000.0
 FAT_HU = -90.0
 
@@ -112,7 +113,7 @@ class SynthConfig:
     min_lesion_area_mm2: float = 10.0
     visible_hu: float = 8.0
     anatomy_mm: float = 1.25
-    subslice_mm: float = 2.0
+    subslice_mm: float = 1.0
 
 
 @dataclasses.dataclass
@@ -212,7 +213,7 @@ class _Tissue:
     def draw(cls, rng):
         gm = rng.uniform(33, 42)
         return cls(gm=gm, wm=gm - rng.uniform(5, 11), csf=rng.uniform(0, 10), dense=rng.uniform(48, 75),
-                   bone_gain=rng.uniform(0.85, 1.2), soft=rng.uniform(30, 60))
+                   bone_gain=rng.uniform(0.85, 1.2), soft=rng.uniform(35, 70))
 
 
 _CH = {name: i for i, name in enumerate(anatomy.CHANNELS)}
@@ -234,7 +235,7 @@ def _normal_hu(ch, tissue, pose, scanner):
     brain += scanner.cupping_hu * icv * np.exp(-ch[:, _CH["depth"]] / 3.0)
     bone = frame > 200
     frame = np.where(bone, 200 + (frame - 200) * tissue.bone_gain, frame)
-    # Scalp, muscle and globes are 30-60 HU; the averaged template blurs them toward fat
+    # Scalp, muscle and globes are 35-70 HU; the averaged template blurs them toward fat
     # and air. Fat (-100) and air keep the template's values; the atlas's fascia channel
     # cuts fat planes through the muscle.
     soft = (frame > -60) & (frame <= 200) & (icv < 0.5)
