@@ -4,12 +4,13 @@ held-out studies and on the real-CT gates: a recipe's spread, not one run's luck
     python benchmarks/seed_runs.py --seeds 0,1,2 --out benchmarks/results/seed_runs.jsonl
         [--config configs/default.yaml] [--shared ../shared/data] [--tag NAME] [key=value ...]
 
-Single CPU runs of the built-in default differ by ~0.03 in held-out CT accuracy and by
-~10 points in a real series' positive-slice fraction (BENCHMARKS.md), so a change is
-judged over seeds. Each seed is one `python -m radnet_tf.train --quiet` process (the
-records are made once, by the first, and reused: the same cohort and split for all) with
-`seed=S` and the overrides, writing `<work_dir>/model_<tag>_seedS` and
-`<export-root>/<tag>_seedS` (default `saved_models/`); then `benchmarks/real_ct_gates.py` scores its export (skipped
+Single CPU runs of the built-in default differ by up to ~0.2 in held-out CT accuracy and
+by tens of points in a real series' positive-slice fraction (BENCHMARKS.md), so a change
+is judged over seeds. Each seed is one `python -m radnet_tf.train --quiet` process with
+`seed=S` and the overrides: the records are made once, by the first, and reused (the same
+cohort for all; the seed draws the initial weights, the batches and the 70:30 study
+split). It writes `<work_dir>/model_<tag>_seedS` and `<export-root>/<tag>_seedS`
+(default `saved_models/`); `benchmarks/real_ct_gates.py` then scores the export (skipped
 when the shared data are absent). One JSON line per seed is appended to --out:
 
   {"tag", "seed", "overrides", "wall_s", "ct_accuracy", "ct_recall", "ct_specificity",

@@ -43,8 +43,9 @@ Output layout of `python -m radnet_tf.synth --out DIR --studies N --seed S`:
 its mask covers at least `min_lesion_area_mm2` (default 10 mm^2). Like a reader's labels,
 the mask holds only blood that can be seen: a bleed counts on a slice where it leaves at
 least that area `visible_hu` (8 HU) denser than it would be without it and than grey
-matter (blood diluted by CSF or by a thick slice until it looks like cortex does not). The DICOM headers carry
-realistic but fake patient identifiers so de-identification can be tested.
+matter (blood diluted by CSF or by a thick slice until it looks like cortex does not).
+The DICOM headers carry realistic but fake patient identifiers so de-identification can
+be tested.
 """
 
 from __future__ import annotations
