@@ -93,6 +93,9 @@ class Config:
     slice_threshold: float = 0.5
     subtype_thresholds: list = dataclasses.field(default_factory=list)  # 5 per-subtype thresholds; [] = slice_threshold
     calibrate_threshold: bool = False  # after training, set slice_threshold from the training studies
+    # calibrate for series of this many slices (the CT rule fires more often on longer
+    # ones; decision.choose_threshold's `scale`); 0 = for studies like the training studies
+    calibration_series_slices: int = 0
     # ---- end of run
     export: bool = True
     export_dir: str = "saved_models/radnet"
@@ -163,6 +166,10 @@ class Config:
         for name, text in open_unit.items():
             if not number(getattr(self, name)) or not 0 < getattr(self, name) < 1:
                 fail(f"must be in {text}", name)
+        n = self.calibration_series_slices
+        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
+            fail("must be an integer >= 0 (0: calibrate for series as long as the training studies)",
+                 "calibration_series_slices")
         for name in ("positive_fraction",):
             if not number(getattr(self, name)) or not 0 <= getattr(self, name) <= 1:
                 fail("must be in [0, 1]", name)

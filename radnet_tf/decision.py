@@ -91,7 +91,16 @@ def ct_decision(probs, threshold, min_run):
     }
 
 
-def choose_threshold(scores, labels, lo=0.05, hi=0.95) -> float:
+def series_scale(series_slices, study_slices, min_run) -> float:
+    """How many studies of `study_slices` slices one series of `series_slices` holds, as
+    counted by the CT rule: its windows of K consecutive slices over theirs,
+    (N - K + 1) / (S - K + 1), at least 1 (float). 100-slice series judged by a rule
+    calibrated on 16-slice studies, K = 3: 98 / 14 = 7."""
+    k = int(min_run)
+    return max(1.0, (float(series_slices) - k + 1) / max(1.0, float(study_slices) - k + 1))
+
+
+def choose_threshold(scores, labels, lo=0.05, hi=0.95, scale=1.0) -> float:
     """Threshold t on CT scores that maximises balanced accuracy of `score >= t`.
 
     `ct_score >= t` is exactly the CT rule run with slice threshold t (module docstring),
@@ -100,8 +109,19 @@ def choose_threshold(scores, labels, lo=0.05, hi=0.95) -> float:
     to the candidate closest to 0.5. Use it on studies that are not then evaluated on
     (the trainer uses the training studies).
 
+    `scale` > 1 chooses t for series `scale` times as long as these studies
+    (`series_scale`): the rule has `scale` times as many windows of K slices in which to
+    fire, so a series is modelled as `scale` independent stretches like these studies. With
+    f(t) and r(t) the fractions of negative and positive studies at or above t, a negative
+    series is called positive with probability 1 - (1 - f)^scale and a positive one (one
+    stretch with the bleed, the rest normal) with 1 - (1 - r)(1 - f)^(scale - 1); t
+    maximises the mean of the two. `scale` = 1 is plain balanced accuracy on these
+    studies. A threshold chosen on short studies and applied to whole heads of many more
+    slices would otherwise call most normal heads positive.
+
     Args:
       scores: float [N] CT scores. labels: int [N] 0/1 (both classes present).
+      lo, hi: float, the range t is clipped to. scale: float >= 1.
     Returns:
       float threshold.
     """
@@ -109,12 +129,16 @@ def choose_threshold(scores, labels, lo=0.05, hi=0.95) -> float:
     labels = np.asarray(labels, np.int64)
     if labels.min() == labels.max():
         raise ValueError("choose_threshold needs positive and negative studies")
+    if not scale >= 1:
+        raise ValueError(f"scale must be >= 1. Received: {scale}")
     distinct = np.unique(scores)
     candidates = np.unique(np.clip(np.concatenate([(distinct[1:] + distinct[:-1]) / 2, [0.5]]), lo, hi))
     pred = scores[None, :] >= candidates[:, None]
-    tpr = (pred & (labels == 1)).sum(1) / (labels == 1).sum()
-    tnr = (~pred & (labels == 0)).sum(1) / (labels == 0).sum()
-    balanced = (tpr + tnr) / 2
+    r = (pred & (labels == 1)).sum(1) / (labels == 1).sum()
+    f = (pred & (labels == 0)).sum(1) / (labels == 0).sum()
+    tpr = 1 - (1 - r) * (1 - f) ** (scale - 1)
+    tnr = (1 - f) ** scale
+    balanced = np.round((tpr + tnr) / 2, 12)  # equal values stay equal under the powers
     best = np.flatnonzero(balanced == balanced.max())
     return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
 

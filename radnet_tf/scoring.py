@@ -109,10 +109,11 @@ def score_studies(preds: StudyPredictions, threshold, min_run) -> dict:
     }
 
 
-def calibrate_subtype_thresholds(preds: StudyPredictions, min_run, fallback):
+def calibrate_subtype_thresholds(preds: StudyPredictions, min_run, fallback, scale=1.0):
     """Per-subtype slice thresholds maximising CT-level balanced accuracy on these studies
-    (`decision.choose_threshold` per label); `fallback` for a subtype without both positive
-    and negative studies. Returns (5 floats, list of subtypes that used the fallback)."""
+    (`decision.choose_threshold` per label, for series `scale` times as long); `fallback`
+    for a subtype without both positive and negative studies. Returns (5 floats, list of
+    subtypes that used the fallback)."""
     from radnet_tf.decision import choose_threshold, ct_score_np
 
     thresholds, fell_back = [], []
@@ -123,7 +124,7 @@ def calibrate_subtype_thresholds(preds: StudyPredictions, min_run, fallback):
             thresholds.append(float(fallback))
             fell_back.append(name)
         else:
-            thresholds.append(choose_threshold([s for s, _ in pairs], [y for _, y in pairs]))
+            thresholds.append(choose_threshold([s for s, _ in pairs], [y for _, y in pairs], scale=scale))
     return thresholds, fell_back
 
 

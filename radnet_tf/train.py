@@ -149,20 +149,32 @@ def evaluate_model(model, files, cfg, out_dir):
 def calibrate_threshold(model, files, cfg):
     """Slice threshold for the CT rule, chosen on the training studies (whole studies, no
     augmentation) to maximise CT-level balanced accuracy; the held-out studies are not
-    used, so their metrics stay honest. Returns the threshold (float)."""
-    from radnet_tf.decision import choose_threshold, ct_score_np
+    used, so their metrics stay honest. With `cfg.calibration_series_slices` = N > 0 the
+    threshold is chosen for series of N slices rather than for studies as long as the
+    training studies (median length S): each such series counts as
+    `decision.series_scale(N, S, K)` training studies (`decision.choose_threshold`).
+    Returns the threshold (float)."""
+    import numpy as np
+
+    from radnet_tf.decision import choose_threshold, ct_score_np, series_scale
     from radnet_tf.scoring import keras_slice_fn, predict_studies
 
     preds = predict_studies(keras_slice_fn(model, cfg), files, cfg, split="train")
     known = [(ct_score_np(p, cfg.ct_min_run), y) for p, y in zip(preds.probs, preds.labels) if y in (0, 1)]
     if len({y for _, y in known}) < 2:
         raise UserError("calibrate_threshold needs positive and negative training studies")
-    threshold = choose_threshold([s for s, _ in known], [y for _, y in known])
-    say(f"slice threshold from {len(known)} training studies: {threshold:.3f}")
+    scale, target = 1.0, ""
+    if cfg.calibration_series_slices:
+        study_slices = float(np.median([len(p) for p in preds.probs]))
+        scale = series_scale(cfg.calibration_series_slices, study_slices, cfg.ct_min_run)
+        target = (f" for {cfg.calibration_series_slices}-slice series ({scale:.2f} x the training studies' "
+                  f"{study_slices:g} slices)")
+    threshold = choose_threshold([s for s, _ in known], [y for _, y in known], scale=scale)
+    say(f"slice threshold from {len(known)} training studies{target}: {threshold:.3f}")
     if preds.subtype_probs:  # one threshold per subtype, the same way
         from radnet_tf.scoring import calibrate_subtype_thresholds
 
-        cfg.subtype_thresholds, fell_back = calibrate_subtype_thresholds(preds, cfg.ct_min_run, threshold)
+        cfg.subtype_thresholds, fell_back = calibrate_subtype_thresholds(preds, cfg.ct_min_run, threshold, scale)
         say("subtype thresholds: " + ", ".join(f"{n} {t:.3f}" for n, t in zip(SUBTYPES, cfg.subtype_thresholds))
             + (f" ({', '.join(fell_back)}: no positive or no negative training study, the 'any' threshold)" if fell_back else ""))
     return threshold

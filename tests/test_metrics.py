@@ -55,3 +55,40 @@ def test_choose_threshold_separates_and_prefers_half_on_ties():
     assert 0.05 <= choose_threshold([0.9, 0.1], [0, 1]) <= 0.95
     with pytest.raises(ValueError):
         choose_threshold([0.1, 0.2], [1, 1])
+
+
+# CT scores of five negative and three positive studies: at 0.5 every positive and one
+# negative (0.6) are called positive; at 0.65 two positives and no negative.
+NEG, POS = [0.1, 0.2, 0.3, 0.4, 0.6], [0.5, 0.7, 0.9]
+
+
+def test_choose_threshold_for_longer_series_trades_recall_for_specificity():
+    from radnet_tf.decision import choose_threshold, series_scale
+
+    scores, labels = NEG + POS, [0] * 5 + [1] * 3
+    # as long as the studies: balanced accuracy 0.9 at 0.45 and at 0.5 (tie -> 0.5)
+    assert choose_threshold(scores, labels) == pytest.approx(0.5)
+    assert choose_threshold(scores, labels, scale=1.0) == pytest.approx(0.5)
+    # twice as long: at 0.5 a normal series is cleared with probability 0.8^2 = 0.64
+    # ((1 + 0.64) / 2 = 0.82); at 0.65 with 1 (recall 2/3: (2/3 + 1) / 2 = 0.833)
+    assert choose_threshold(scores, labels, scale=2.0) == pytest.approx(0.65)
+    with pytest.raises(ValueError):
+        choose_threshold(scores, labels, scale=0.5)
+    assert series_scale(100, 16, 3) == 7.0  # 98 windows of 3 slices against 14
+    assert series_scale(30, 16, 3) == 2.0
+    assert series_scale(10, 16, 3) == 1.0  # never below the studies themselves
+    assert series_scale(2, 1, 3) == 1.0
+
+
+def test_calibrate_threshold_for_a_series_length(monkeypatch):
+    import radnet_tf.scoring as scoring
+    from radnet_tf.config import Config
+    from radnet_tf.train import calibrate_threshold
+
+    probs = [np.full(16, s, np.float32) for s in NEG + POS]  # 16-slice studies, CT score = s
+    preds = scoring.StudyPredictions([f"s{i}" for i in range(8)], [0] * 5 + [1] * 3, probs, [None] * 8)
+    monkeypatch.setattr(scoring, "keras_slice_fn", lambda model, cfg: None)
+    monkeypatch.setattr(scoring, "predict_studies", lambda fn, files, cfg, split: preds)
+    assert calibrate_threshold(None, [], Config()) == pytest.approx(0.5)
+    # 30-slice series: 28 windows of K = 3 against the studies' 14
+    assert calibrate_threshold(None, [], Config(calibration_series_slices=30)) == pytest.approx(0.65)
