@@ -100,6 +100,15 @@ def series_scale(series_slices, study_slices, min_run) -> float:
     return max(1.0, (float(series_slices) - k + 1) / max(1.0, float(study_slices) - k + 1))
 
 
+def series_rates(recall, false_positive_rate, scale):
+    """Sensitivity and specificity of the CT rule on series `scale` times as long as the
+    studies whose rates are given (each series modelled as `scale` independent stretches
+    like them, a positive one holding its bleed in one): (1 - (1 - r)(1 - f)^(scale - 1),
+    (1 - f)^scale). Floats or float arrays (broadcast)."""
+    r, f = np.asarray(recall, np.float64), np.asarray(false_positive_rate, np.float64)
+    return 1 - (1 - r) * (1 - f) ** (scale - 1), (1 - f) ** scale
+
+
 def choose_threshold(scores, labels, lo=0.05, hi=0.95, scale=1.0) -> float:
     """Threshold t on CT scores that maximises balanced accuracy of `score >= t`.
 
@@ -114,8 +123,8 @@ def choose_threshold(scores, labels, lo=0.05, hi=0.95, scale=1.0) -> float:
     fire, so a series is modelled as `scale` independent stretches like these studies. With
     f(t) and r(t) the fractions of negative and positive studies at or above t, a negative
     series is called positive with probability 1 - (1 - f)^scale and a positive one (one
-    stretch with the bleed, the rest normal) with 1 - (1 - r)(1 - f)^(scale - 1); t
-    maximises the mean of the two. `scale` = 1 is plain balanced accuracy on these
+    stretch with the bleed, the rest normal) with 1 - (1 - r)(1 - f)^(scale - 1)
+    (`series_rates`); t maximises the mean of sensitivity and specificity. `scale` = 1 is plain balanced accuracy on these
     studies. A threshold chosen on short studies and applied to whole heads of many more
     slices would otherwise call most normal heads positive.
 
@@ -136,8 +145,7 @@ def choose_threshold(scores, labels, lo=0.05, hi=0.95, scale=1.0) -> float:
     pred = scores[None, :] >= candidates[:, None]
     r = (pred & (labels == 1)).sum(1) / (labels == 1).sum()
     f = (pred & (labels == 0)).sum(1) / (labels == 0).sum()
-    tpr = 1 - (1 - r) * (1 - f) ** (scale - 1)
-    tnr = (1 - f) ** scale
+    tpr, tnr = series_rates(r, f, scale)
     balanced = np.round((tpr + tnr) / 2, 12)  # equal values stay equal under the powers
     best = np.flatnonzero(balanced == balanced.max())
     return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])

@@ -131,6 +131,8 @@ def evaluate_model(model, files, cfg, out_dir):
 
     preds = predict_studies(keras_slice_fn(model, cfg), files, cfg)
     scored = score_studies(preds, cfg.slice_threshold, cfg.ct_min_run)
+    if cfg.calibration_series_slices:
+        scored["series_model"] = series_model_metrics(scored["studies"], cfg)
     table = pd.DataFrame([{"level": "slice", **scored["slice_metrics"]}, {"level": "ct", **scored["ct_metrics"]}])
     out = Path(out_dir)
     if preds.subtype_probs:
@@ -144,6 +146,25 @@ def evaluate_model(model, files, cfg, out_dir):
     atomic.write_csv(scored["slices"], out / "val_slices.csv")
     atomic.write_csv(table, out / "val_metrics.csv")
     return scored
+
+
+def series_model_metrics(studies, cfg) -> dict:
+    """Held-out CT sensitivity and specificity at the threshold, modelled for series of
+    `cfg.calibration_series_slices` slices (`decision.series_rates`) from the held-out
+    studies (a `metrics.study_table` frame). Returns dict: series_slices, scale,
+    sensitivity, specificity, balanced_accuracy (floats; NaN where a class is absent)."""
+    import numpy as np
+
+    from radnet_tf.decision import series_rates, series_scale
+
+    known = studies[studies.label.isin([0, 1])]
+    scale = series_scale(cfg.calibration_series_slices, float(np.median(known.num_slices)), cfg.ct_min_run)
+    pos, neg = known[known.label == 1].ct_positive, known[known.label == 0].ct_positive
+    r = float(pos.mean()) if len(pos) else float("nan")
+    f = float(neg.mean()) if len(neg) else float("nan")
+    sens, spec = (float(v) for v in series_rates(r, f, scale))
+    return {"series_slices": cfg.calibration_series_slices, "scale": scale, "sensitivity": sens,
+            "specificity": spec, "balanced_accuracy": (sens + spec) / 2}
 
 
 def calibrate_threshold(model, files, cfg):
@@ -317,6 +338,8 @@ def train(cfg, progress=True):
         scored = evaluate_model(model, files, cfg, model_dir)
         summary["ct_metrics"] = {k: scored["ct_metrics"][k] for k in ("accuracy", "recall", "precision", "f1")}
         summary["slice_metrics"] = {k: scored["slice_metrics"][k] for k in ("accuracy", "recall", "precision", "f1")}
+        if "series_model" in scored:
+            summary["series_model"] = scored["series_model"]
         summary["short_studies_note"] = short_study_note(scored["short_studies"], len(scored["studies"]), cfg.ct_min_run)
         if "subtype_metrics" in scored:
             summary["subtype_ct_auc"] = dict(zip(scored["subtype_metrics"].subtype, scored["subtype_metrics"].ct_roc_auc))
@@ -359,6 +382,10 @@ def print_summary(summary):
     if "ct_metrics" in summary:
         m = summary["ct_metrics"]
         say("held-out CT level: " + ", ".join(f"{k} {m[k]:.3f}" for k in ("accuracy", "recall", "precision", "f1")))
+    if "series_model" in summary:
+        m = summary["series_model"]
+        say(f"as {m['series_slices']}-slice series (modelled, x{m['scale']:.2f}): "
+            + ", ".join(f"{k.replace('_', ' ')} {m[k]:.3f}" for k in ("sensitivity", "specificity", "balanced_accuracy")))
     phases = {k: v for k, v in summary["seconds"].items() if k != "total"}
     say(
         f"wall time : {summary['seconds']['total']:.0f} s ("

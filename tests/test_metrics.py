@@ -92,3 +92,17 @@ def test_calibrate_threshold_for_a_series_length(monkeypatch):
     assert calibrate_threshold(None, [], Config()) == pytest.approx(0.5)
     # 30-slice series: 28 windows of K = 3 against the studies' 14
     assert calibrate_threshold(None, [], Config(calibration_series_slices=30)) == pytest.approx(0.65)
+
+
+def test_series_model_metrics_from_held_out_studies():
+    from radnet_tf.config import Config
+    from radnet_tf.train import series_model_metrics
+
+    # 16-slice studies; recall 1/2 and false-positive rate 1/4 at the threshold
+    studies = pd.DataFrame({"label": [1, 1, 0, 0, 0, 0, -1], "num_slices": [16] * 7,
+                            "ct_positive": [True, False, True, False, False, False, True]})
+    m = series_model_metrics(studies, Config(calibration_series_slices=30))  # scale 28 / 14 = 2
+    assert m["scale"] == 2.0
+    assert m["sensitivity"] == pytest.approx(1 - 0.5 * 0.75)  # 0.625
+    assert m["specificity"] == pytest.approx(0.75 ** 2)  # 0.5625
+    assert m["balanced_accuracy"] == pytest.approx((0.625 + 0.5625) / 2)
