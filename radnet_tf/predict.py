@@ -86,7 +86,7 @@ def predict_series(series, saved, meta):
         "ct_score": round(float(out[CT_SCORE]), 4),
         "longest_positive_run": int(out[LONGEST_POSITIVE_RUN]),
         "min_run_applied": int(out.get(MIN_RUN_APPLIED, check["min_run_applied"])),
-        "rule": rule_text(meta["ct_min_run"], meta["slice_threshold"], len(probs)),
+        "rule": rule_text(meta["ct_min_run"], meta["slice_threshold"], len(probs), calibrated_for(meta)),
         SLICE_PROBABILITIES: [round(float(p), 4) for p in probs],
         "hemorrhage_volume_ml": round(volume_ml, 2) if slice_mm else None,
         "series": series.summary(),
@@ -139,14 +139,24 @@ def write_seg(path, dicom_dir, series, out, meta):
     return {"path": str(path), "segments": segments}
 
 
-def rule_text(min_run, threshold, num_slices) -> str:
-    """The CT rule as applied to a study of `num_slices` slices, in words."""
+def calibrated_for(meta):
+    """The series length (slices) the export's threshold was calibrated for, or None (the
+    training studies' own length, or an export from before `calibration_series_slices`)."""
+    n = (meta.get("config") or {}).get("calibration_series_slices") or 0
+    return int(n) or None
+
+
+def rule_text(min_run, threshold, num_slices, calibrated_slices=None) -> str:
+    """The CT rule as applied to a study of `num_slices` slices, in words (with the series
+    length the threshold was calibrated for, when it was)."""
     from radnet_tf.decision import applied_min_run
 
     k = applied_min_run(num_slices, min_run)
     text = f">= {k} consecutive slices with probability >= {threshold}"
     if k < min_run:
         text += f" (the model's K = {min_run}, shortened to the study's {num_slices} slice(s))"
+    if calibrated_slices:
+        text += f"; threshold calibrated for {calibrated_slices}-slice series, this one has {num_slices}"
     return text
 
 

@@ -39,6 +39,15 @@ def test_predict_on_a_single_dicom_file_applies_the_rule_with_k_1(saved, tiny_co
     assert result["hemorrhage_volume_ml"] is not None  # slice thickness stands in for the spacing
 
 
+def test_rule_text_names_the_series_length_the_threshold_was_calibrated_for():
+    assert predict.calibrated_for({"config": {"calibration_series_slices": 100}}) == 100
+    assert predict.calibrated_for({"config": {"calibration_series_slices": 0}}) is None
+    assert predict.calibrated_for({}) is None  # an export from before the option
+    assert predict.rule_text(3, 0.5, 28, 100) == (">= 3 consecutive slices with probability >= 0.5; "
+                                                  "threshold calibrated for 100-slice series, this one has 28")
+    assert predict.rule_text(3, 0.5, 28) == ">= 3 consecutive slices with probability >= 0.5"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("series", ["ge-head-tilt", "cq500/CQ500-CT-0", "cq500/CQ500-CT-1", "cq500/CQ500-CT-310"])
 def test_predict_runs_on_every_shared_series(saved, shared, series, tmp_path):
