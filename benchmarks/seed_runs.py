@@ -14,7 +14,9 @@ split). It writes `<work_dir>/model_<tag>_seedS` and `<export-root>/<tag>_seedS`
 when the shared data are absent). One JSON line per seed is appended to --out:
 
   {"tag", "seed", "overrides", "wall_s", "ct_accuracy", "ct_recall", "ct_specificity",
-   "ct_auc", "slice_auc", "threshold", "gates": [per-case lines of real_ct_gates.py]}
+   "ct_auc", "slice_auc", "threshold", "gates": [per-case lines of real_ct_gates.py],
+   "series_model": {series_slices, scale, sensitivity, specificity, balanced_accuracy}
+   (only when the recipe calibrates for a series length: `calibration_series_slices`)}
 
 and a table of every seed and the mean / min / max is printed at the end. A failed
 training run stops the script with its exit status.
@@ -44,9 +46,19 @@ def held_out_metrics(model_dir: Path) -> dict:
         v = float(v) if v not in ("", None) else math.nan
         return None if math.isnan(v) else v
 
-    return {"ct_accuracy": number(ct["accuracy"]), "ct_recall": number(ct["recall"]),
-            "ct_specificity": number(ct["specificity"]), "ct_auc": number(ct["roc_auc"]),
-            "slice_auc": number(sl["roc_auc"]), "threshold": number(info["slice_threshold"])}
+    out = {"ct_accuracy": number(ct["accuracy"]), "ct_recall": number(ct["recall"]),
+           "ct_specificity": number(ct["specificity"]), "ct_auc": number(ct["roc_auc"]),
+           "slice_auc": number(sl["roc_auc"]), "threshold": number(info["slice_threshold"])}
+    if info.get("calibration_series_slices"):  # the trainer's "as N-slice series" line
+        import pandas as pd
+
+        sys.path.insert(0, str(ROOT))
+        from radnet_tf.config import config_from_dict
+        from radnet_tf.train import series_model_metrics
+
+        m = series_model_metrics(pd.read_csv(model_dir / "val_studies.csv"), config_from_dict(info))
+        out["series_model"] = {k: (number(v) if k != "series_slices" else v) for k, v in m.items()}
+    return out
 
 
 def gate_lines(export_dir: Path, shared: Path) -> list:
@@ -62,6 +74,9 @@ def summary(rows: list) -> str:
     """A plain-text table: one row per seed, then mean / min / max of every number."""
     series = sorted({g.get("series") or g.get("slice") for r in rows for g in r["gates"] if "gate" in g})
     cols = ["ct_accuracy", "ct_recall", "ct_specificity", "ct_auc", "slice_auc"]
+    if any("series_model" in r for r in rows):  # balanced accuracy as N-slice series
+        rows = [dict(r, series_bacc=(r.get("series_model") or {}).get("balanced_accuracy")) for r in rows]
+        cols.append("series_bacc")
 
     def gate_value(r, name):
         for g in r["gates"]:

@@ -9,6 +9,7 @@ import math
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from conftest import REPO, TINY_MODEL
@@ -123,7 +124,8 @@ def test_seed_runs_two_seeds_on_the_same_records(tiny_records, tmp_path):
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "seed_runs.py"), "--seeds", "3,4", "--out", str(out), "--tag", "t",
          "--shared", str(tmp_path / "absent"), "--export-root", str(tmp_path / "sm"), f"data={tiny_records}",
-         f"work_dir={tmp_path / 'work'}", "extra_windows=[]", "epochs=1", "steps_per_epoch=2", *TINY_OVERRIDES],
+         f"work_dir={tmp_path / 'work'}", "extra_windows=[]", "epochs=1", "steps_per_epoch=2",
+         "calibration_series_slices=30", *TINY_OVERRIDES],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -132,6 +134,14 @@ def test_seed_runs_two_seeds_on_the_same_records(tiny_records, tmp_path):
         assert (tmp_path / "work" / f"model_t_seed{r['seed']}" / "val_metrics.csv").is_file()
         assert any((tmp_path / "sm" / f"t_seed{r['seed']}").iterdir())  # an export per seed
         assert 0 <= r["threshold"] <= 1 and 0 <= r["ct_accuracy"] <= 1
+        # the "as 30-slice series" figures, from the held-out rates and the studies' length
+        studies = pd.read_csv(tmp_path / "work" / f"model_t_seed{r['seed']}" / "val_studies.csv")
+        scale = max(1.0, 28 / (studies.num_slices.median() - 2))
+        recall, fpr = studies[studies.label == 1].ct_positive.mean(), studies[studies.label == 0].ct_positive.mean()
+        m = r["series_model"]
+        assert m["series_slices"] == 30 and m["scale"] == pytest.approx(scale)
+        assert m["sensitivity"] == pytest.approx(1 - (1 - recall) * (1 - fpr) ** (scale - 1))
+        assert m["specificity"] == pytest.approx((1 - fpr) ** scale)
     table = proc.stdout.split("seed\tct_accuracy", 1)[1].splitlines()
     assert [line.split("\t")[0] for line in table[1:6]] == ["3", "4", "mean", "min", "max"]
     accs = sorted(r["ct_accuracy"] for r in rows)
