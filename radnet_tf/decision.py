@@ -124,9 +124,10 @@ def choose_threshold(scores, labels, lo=0.05, hi=0.95, scale=1.0) -> float:
     f(t) and r(t) the fractions of negative and positive studies at or above t, a negative
     series is called positive with probability 1 - (1 - f)^scale and a positive one (one
     stretch with the bleed, the rest normal) with 1 - (1 - r)(1 - f)^(scale - 1)
-    (`series_rates`); t maximises the mean of sensitivity and specificity. `scale` = 1 is plain balanced accuracy on these
-    studies. A threshold chosen on short studies and applied to whole heads of many more
-    slices would otherwise call most normal heads positive.
+    (`series_rates`); t maximises the mean of sensitivity and specificity. `scale` = 1 is
+    plain balanced accuracy on these studies. A threshold chosen on short studies and
+    applied to whole heads of many more slices would otherwise call most normal heads
+    positive.
 
     Args:
       scores: float [N] CT scores. labels: int [N] 0/1 (both classes present).

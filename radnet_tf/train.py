@@ -373,7 +373,8 @@ def print_summary(summary):
     if "export" in summary:
         say(f"SavedModel: {summary['export']}")
     if "slice_threshold" in summary:
-        say(f"threshold : {summary['slice_threshold']:.3f} (slice probability, from the training studies)")
+        target = (f", for {summary['series_model']['series_slices']}-slice series" if "series_model" in summary else "")
+        say(f"threshold : {summary['slice_threshold']:.3f} (slice probability, from the training studies{target})")
     if "subtype_ct_auc" in summary:
         say("held-out CT ROC AUC per subtype: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["subtype_ct_auc"].items())
             + f"; RSNA weighted log loss (slices) {summary['rsna_log_loss']:.4f}")

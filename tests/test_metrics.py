@@ -106,3 +106,18 @@ def test_series_model_metrics_from_held_out_studies():
     assert m["sensitivity"] == pytest.approx(1 - 0.5 * 0.75)  # 0.625
     assert m["specificity"] == pytest.approx(0.75 ** 2)  # 0.5625
     assert m["balanced_accuracy"] == pytest.approx((0.625 + 0.5625) / 2)
+
+
+def test_print_summary_names_the_calibration_length(capsys):
+    from radnet_tf.train import print_summary
+
+    summary = {"model_dir": "m", "model_file": "final.keras", "records": "r", "slice_threshold": 0.5,
+               "ct_metrics": {"accuracy": 0.75, "recall": 0.5, "precision": 1.0, "f1": 2 / 3},
+               "series_model": {"series_slices": 30, "scale": 2.0, "sensitivity": 0.625, "specificity": 0.5625,
+                                "balanced_accuracy": 0.59375},
+               "seconds": {"training": 1.0, "total": 2.0}}
+    print_summary(summary)
+    out = capsys.readouterr().out
+    assert "[radnet] threshold : 0.500 (slice probability, from the training studies, for 30-slice series)\n" in out
+    assert ("[radnet] as 30-slice series (modelled, x2.00): sensitivity 0.625, specificity 0.562, "
+            "balanced accuracy 0.594\n") in out
