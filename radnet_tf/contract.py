@@ -34,6 +34,9 @@ CT_SUBTYPES = "ct_subtypes"  # bool [5]
 CT_SUBTYPE_SCORES = "ct_subtype_scores"  # float32 [5]
 SUBTYPE_MASKS = "subtype_masks"  # float32 [S, N, N, 5], mean of the aux heads' class channels
 SERVING_OUTPUTS = (SLICE_PROBABILITIES, MASKS, CT_POSITIVE, CT_SCORE, LONGEST_POSITIVE_RUN, MIN_RUN_APPLIED)
+# A mask pixel counts as hemorrhage at or above this value: predict's volume and DICOM
+# Segmentation, and the held-out mask metrics (metrics.mask_metrics).
+MASK_THRESHOLD = 0.5
 
 SUBTYPES = ("EDH", "IPH", "IVH", "SAH", "SDH")
 

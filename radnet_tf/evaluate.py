@@ -12,7 +12,9 @@ the continuous CT score. --threshold / --min-run replace the model's own operati
 to explore others. Outputs in DIR/<model name>/:
   slices.csv, studies.csv, summary.csv (slice and CT level: accuracy, recall, precision,
   F1, specificity, ROC AUC, PR AUC, confusion counts, bootstrap 95% CIs as `<metric>_lo`
-  and `<metric>_hi` columns), and PNGs:
+  and `<metric>_hi` columns; where the records hold reference masks, a "mask" row: Dice,
+  per-study Dice, pixel recall and precision of the served mask at MASK_THRESHOLD, and
+  the share of negative studies given any mask), and PNGs:
   roc_pr.png, confusion.png, reliability.png, training_curves.png (model dirs),
   study_strips.png. Parquet copies are written when pyarrow is installed.
 Operating point: the slice threshold giving >= --target-sensitivity at CT level, chosen on
@@ -32,9 +34,10 @@ import pandas as pd
 
 from radnet_tf import atomic
 from radnet_tf.cli import add_verbose, cli_main, say
-from radnet_tf.contract import OUTPUT_SLICE, OUTPUT_SUBTYPES, SLICE_PROBABILITIES, SUBTYPE_PROBABILITIES, SUBTYPES
+from radnet_tf.contract import (MASK_THRESHOLD, MASKS, OUTPUT_SLICE, OUTPUT_SUBTYPES, SLICE_PROBABILITIES,
+                                SUBTYPE_PROBABILITIES, SUBTYPES)
 from radnet_tf.errors import UserError
-from radnet_tf.metrics import binary_metrics, bootstrap_ci, ct_metrics, study_table
+from radnet_tf.metrics import binary_metrics, bootstrap_ci, ct_metrics, mask_metrics, study_table
 
 PAPER_METRICS = ("accuracy", "recall", "precision", "f1")
 
@@ -77,27 +80,32 @@ class Predictor:
             if meta.get("subtype_thresholds"):
                 self.cfg.subtype_thresholds = list(meta["subtype_thresholds"])
             fn = tf.saved_model.load(str(p)).signatures["serving_default"]
+            names = [(OUTPUT_SLICE, SLICE_PROBABILITIES), (MASKS, MASKS)]
             if SUBTYPE_PROBABILITIES in fn.structured_outputs:
-                self.slice_fn = lambda x: {k: fn(slices=x[0])[v].numpy() for k, v in
-                                           ((OUTPUT_SLICE, SLICE_PROBABILITIES), (OUTPUT_SUBTYPES, SUBTYPE_PROBABILITIES))}
-            else:
-                self.slice_fn = lambda x: fn(slices=x[0])[SLICE_PROBABILITIES].numpy()
+                names.append((OUTPUT_SUBTYPES, SUBTYPE_PROBABILITIES))
+
+            def slice_fn(x):
+                out = fn(slices=x[0])
+                return {k: out[v].numpy() for k, v in names}
+
+            self.slice_fn = slice_fn
             self.name = f"{meta['model']}-v{meta['version']}"
         else:
             from radnet_tf.export import load_trained
             from radnet_tf.scoring import keras_slice_fn
 
             model, self.cfg = load_trained(p)
-            self.slice_fn = keras_slice_fn(model, self.cfg)
+            self.slice_fn = keras_slice_fn(model, self.cfg, masks=True)
             self.name = p.name if p.name not in ("model", "") else self.cfg.variant
             if (p / "history.csv").exists():
                 self.history = pd.read_csv(p / "history.csv")
 
-    def predict(self, files, split):
-        """`radnet_tf.scoring.StudyPredictions` of one split of the records."""
+    def predict(self, files, split, with_masks=False):
+        """`radnet_tf.scoring.StudyPredictions` of one split of the records (with
+        `with_masks`, also the fused masks' overlap with the records' reference masks)."""
         from radnet_tf.scoring import predict_studies
 
-        return predict_studies(self.slice_fn, files, self.cfg, split)
+        return predict_studies(self.slice_fn, files, self.cfg, split, with_masks=with_masks)
 
 
 def threshold_for_sensitivity(studies: pd.DataFrame, target: float) -> float:
@@ -127,7 +135,7 @@ def evaluate_one(pred: Predictor, files, split, out: Path, target, val_files=Non
     from radnet_tf.scoring import score_studies
 
     cfg = pred.cfg
-    preds = pred.predict(files, split)
+    preds = pred.predict(files, split, with_masks=True)
     scored = score_studies(preds, cfg.slice_threshold, cfg.ct_min_run)
     studies, slices = scored["studies"], scored["slices"]
     known = slices[slices.label >= 0]
@@ -146,6 +154,9 @@ def evaluate_one(pred: Predictor, files, split, out: Path, target, val_files=Non
     rows.append({"level": "ct@target", "threshold": t, "min_run": cfg.ct_min_run, "threshold_basis": note, **ct_metrics(at)})
     ece = expected_calibration_error(known.label, known.probability)
     rows[0]["ece"] = ece
+    masks = mask_metrics(preds.mask_overlaps, preds.labels)
+    if masks["n"]:  # studies with a reference mask: the masks predict and --seg deliver
+        rows.append({"level": "mask", "threshold": MASK_THRESHOLD, "min_run": np.nan, **masks})
     summary = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_table(slices, out / "slices.csv")
@@ -385,6 +396,10 @@ def main(argv=None):
             f"{pred.name}: CT " + ", ".join(f"{k} {ct[k]:.3f}" for k in PAPER_METRICS)
             + f" (n={int(ct['n'])}, threshold {pred.cfg.slice_threshold:.3f}, K={pred.cfg.ct_min_run})"
         )
+        if (summary.level == "mask").any():
+            m = summary[summary.level == "mask"].iloc[0]
+            say(f"{pred.name}: mask (>= {MASK_THRESHOLD}) Dice {m['dice']:.3f}, positive studies' mean "
+                f"{m['study_dice']:.3f} (n={int(m['n'])} studies with a reference mask)")
     if len(summaries) > 1:
         t1 = ablation_table(summaries)
         _atomic_table(t1, out / "table1.csv")

@@ -54,6 +54,41 @@ def slice_table(study_keys, slice_probs, slice_labels) -> pd.DataFrame:
     )
 
 
+def mask_overlap(predicted, truth, threshold) -> np.ndarray:
+    """Pixel counts of one study's masks: int64 [3] = (predicted and true, predicted, true),
+    a predicted pixel being one >= `threshold` (float [S, N, N] each; truth 1/0)."""
+    p, t = np.asarray(predicted) >= threshold, np.asarray(truth) > 0.5
+    return np.array([np.count_nonzero(p & t), np.count_nonzero(p), np.count_nonzero(t)], np.int64)
+
+
+def mask_metrics(overlaps, labels) -> dict:
+    """Held-out segmentation quality from per-study `mask_overlap` counts.
+
+    Args:
+      overlaps: list of int [3] arrays (or None: a study without a reference mask).
+      labels: study labels (1/0), same order.
+    Returns:
+      dict: n (studies with a reference mask), dice (2|P and T| / (|P| + |T|) over every
+      pixel of those studies), study_dice (mean Dice of the positive studies), recall
+      (|P and T| / |T|), precision (|P and T| / |P|; NaN when nothing is predicted),
+      negative_studies_with_mask (fraction of negative studies with any predicted pixel).
+    """
+    known = [(np.asarray(o), int(y)) for o, y in zip(overlaps, labels) if o is not None]
+    if not known:
+        return {"n": 0}
+    inter, pred, true = np.sum([o for o, _ in known], axis=0).astype(float)
+    pos = [o for o, y in known if y == 1 and o[2] > 0]
+    neg = [o for o, y in known if y == 0]
+    return {
+        "n": len(known),
+        "dice": 2 * inter / (pred + true) if pred + true else float("nan"),
+        "study_dice": float(np.mean([2 * o[0] / (o[1] + o[2]) for o in pos])) if pos else float("nan"),
+        "recall": inter / true if true else float("nan"),
+        "precision": inter / pred if pred else float("nan"),
+        "negative_studies_with_mask": float(np.mean([o[1] > 0 for o in neg])) if neg else float("nan"),
+    }
+
+
 def bootstrap_ci(table: pd.DataFrame, fn, n_boot=1000, seed=0, alpha=0.05) -> dict:
     """Percentile CIs of `fn(resampled_table) -> dict of floats`, resampling studies."""
     rng = np.random.default_rng(seed)

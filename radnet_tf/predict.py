@@ -32,6 +32,7 @@ from radnet_tf.contract import (
     CT_SUBTYPE_SCORES,
     CT_SUBTYPES,
     LONGEST_POSITIVE_RUN,
+    MASK_THRESHOLD,
     MASKS,
     MIN_RUN_APPLIED,
     SLICE_PROBABILITIES,
@@ -79,7 +80,7 @@ def predict_series(series, saved, meta):
     spacing = meta["out_spacing_mm"]
     slice_mm = series.slice_spacing if np.isfinite(series.slice_spacing) else series.slice_thickness
     slice_mm = float(slice_mm) if np.isfinite(slice_mm) else 0.0
-    volume_ml = float((out[MASKS] >= 0.5).sum() * spacing * spacing * slice_mm / 1000.0)
+    volume_ml = float((out[MASKS] >= MASK_THRESHOLD).sum() * spacing * spacing * slice_mm / 1000.0)
     result = {
         "study_key": series.study_key,
         "ct_positive": bool(out[CT_POSITIVE]),
@@ -100,7 +101,7 @@ def predict_series(series, saved, meta):
                 "ct_score": round(float(out[CT_SUBTYPE_SCORES][j]), 4),
                 "threshold": thresholds[j],
                 "slices": [int(i) for i in np.flatnonzero(out[SUBTYPE_PROBABILITIES][:, j] >= thresholds[j])],
-                "volume_ml": round(float((out[SUBTYPE_MASKS][..., j] >= 0.5).sum() * spacing * spacing * slice_mm / 1000.0), 2)
+                "volume_ml": round(float((out[SUBTYPE_MASKS][..., j] >= MASK_THRESHOLD).sum() * spacing * spacing * slice_mm / 1000.0), 2)
                 if slice_mm and SUBTYPE_MASKS in out else None,
             }
             for j, name in enumerate(SUBTYPES)
@@ -126,9 +127,9 @@ def write_seg(path, dicom_dir, series, out, meta):
         if uid in wanted:
             source_files[uid] = f
     if SUBTYPE_MASKS in out:
-        masks, names = out[SUBTYPE_MASKS] >= 0.5, list(SUBTYPES)
+        masks, names = out[SUBTYPE_MASKS] >= MASK_THRESHOLD, list(SUBTYPES)
     else:
-        masks, names = (out[MASKS] >= 0.5)[..., None], ["Hemorrhage"]
+        masks, names = (out[MASKS] >= MASK_THRESHOLD)[..., None], ["Hemorrhage"]
     pcfg = preprocess.PreprocessConfig(
         window_center=meta["window_center"], window_width=meta["window_width"], extra_windows=(),
         out_spacing=meta["out_spacing_mm"], fov_mm=meta["fov_mm"], out_size=meta["input_size"],
@@ -176,10 +177,10 @@ def overview_png(path, out, meta, probs, threshold, max_slices=48):
         ax.imshow(slices[i], cmap="gray", vmin=0, vmax=1)
         if SUBTYPE_MASKS in out:  # one colour per subtype
             for j, colour in enumerate(SUBTYPE_COLOURS):
-                if out[SUBTYPE_MASKS][i, ..., j].max() >= 0.5:
-                    ax.contour(out[SUBTYPE_MASKS][i, ..., j], levels=[0.5], colors=colour, linewidths=0.8)
-        elif out[MASKS][i].max() >= 0.5:
-            ax.contour(out[MASKS][i], levels=[0.5], colors="red", linewidths=0.8)
+                if out[SUBTYPE_MASKS][i, ..., j].max() >= MASK_THRESHOLD:
+                    ax.contour(out[SUBTYPE_MASKS][i, ..., j], levels=[MASK_THRESHOLD], colors=colour, linewidths=0.8)
+        elif out[MASKS][i].max() >= MASK_THRESHOLD:
+            ax.contour(out[MASKS][i], levels=[MASK_THRESHOLD], colors="red", linewidths=0.8)
         ax.set_title(f"{i}: p={probs[i]:.2f}", fontsize=8, color="red" if probs[i] >= threshold else "black")
         ax.axis("off")
     ax = fig.add_subplot(grid[rows, :])

@@ -6,7 +6,9 @@ its threshold calibration and `radnet_tf.evaluate` all use.
     scored = score_studies(preds, threshold, min_run)
 
 A slice function maps one padded study float32 [1, S, N, N, C] to its slice probabilities
-float [S]. The CT rule is `radnet_tf.decision` (through `metrics.study_table`).
+float [S], or to a dict of them (OUTPUT_SLICE) with subtype probabilities (OUTPUT_SUBTYPES,
+[S, 5]) and/or the fused mask (MASKS, [S, N, N]: the mean of the auxiliary heads, as the
+export serves it). The CT rule is `radnet_tf.decision` (through `metrics.study_table`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import dataclasses
 
 import numpy as np
 
-from radnet_tf.contract import IGNORE_LABEL, OUTPUT_SLICE, OUTPUT_SUBTYPES, SUBTYPES
+from radnet_tf.contract import (IGNORE_LABEL, MASK_OUTPUTS, MASK_THRESHOLD, MASKS, OUTPUT_SLICE, OUTPUT_SUBTYPES,
+                                SUBTYPES)
 from radnet_tf.errors import UserError
 
 
@@ -30,6 +33,9 @@ class StudyPredictions:
       subtype_probs: list of float32 arrays [S, 5] (models with targets: subtypes; else []).
       subtype_labels: list of int arrays [5]: each study's label per subtype (1/0/-1),
         from the whole-study reads when the records have them, else any slice positive.
+      mask_overlaps: list of int [3] arrays (`metrics.mask_overlap` of the fused mask at
+        MASK_THRESHOLD; None for a study without a reference mask), when predicted with
+        masks; else [].
     """
 
     keys: list
@@ -39,41 +45,57 @@ class StudyPredictions:
     subtype_probs: list = dataclasses.field(default_factory=list)
     subtype_labels: list = dataclasses.field(default_factory=list)
     slice_subtype_labels: list = dataclasses.field(default_factory=list)
+    mask_overlaps: list = dataclasses.field(default_factory=list)
 
 
-def keras_slice_fn(model, cfg):
+def keras_slice_fn(model, cfg, masks=False):
     """A traced slice function for a Keras model: float32 [1, S, N, N, C] -> numpy [S], or
-    a dict {OUTPUT_SLICE: [S], OUTPUT_SUBTYPES: [S, 5]} for subtype models (one graph for
-    every study length instead of an eager call per study)."""
+    a dict {OUTPUT_SLICE: [S], OUTPUT_SUBTYPES: [S, 5]} for subtype models, plus MASKS
+    ([S, N, N], the mean of the auxiliary heads' hemorrhage channel) with `masks` for a
+    model that has the heads (one graph for every study length instead of an eager call
+    per study)."""
     import tensorflow as tf
 
     n = cfg.input_size
     names = [k for k in (OUTPUT_SLICE, OUTPUT_SUBTYPES) if k in model.output_names]
+    heads = [k for k in MASK_OUTPUTS if k in model.output_names] if masks else []
 
     def run(x):
         out = model(x, training=False)
-        return {k: out[k][0] for k in names}
+        result = {k: out[k][0] for k in names}
+        if heads:
+            result[MASKS] = tf.add_n([out[k][0, ..., 0] for k in heads]) / len(heads)
+        return result
 
     fn = tf.function(run, input_signature=[tf.TensorSpec([1, None, n, n, cfg.input_channels], tf.float32)])
-    if names == [OUTPUT_SLICE]:
+    if names == [OUTPUT_SLICE] and not heads:
         return lambda x: fn(x)[OUTPUT_SLICE].numpy()
     return lambda x: {k: v.numpy() for k, v in fn(x).items()}
 
 
-def predict_studies(slice_fn, files, cfg, split="validation") -> StudyPredictions:
+def predict_studies(slice_fn, files, cfg, split="validation", with_masks=False) -> StudyPredictions:
     """Runs `slice_fn` over every whole study of `split` ("validation", "train", "all").
+
+    With `with_masks` (a slice function that returns MASKS), also compares each study's
+    fused mask with its reference mask (`StudyPredictions.mask_overlaps`).
 
     Raises:
       UserError: the split holds no study.
     """
     from radnet_tf import data
+    from radnet_tf.metrics import mask_overlap
 
     out = StudyPredictions([], [], [], [])
-    for x, y, meta in data.eval_dataset(files, cfg, 1, with_masks=False, split=split, with_keys=True):
+    for x, y, meta in data.eval_dataset(files, cfg, 1, with_masks=with_masks, split=split, with_keys=True):
         s = int(x.shape[1])
         result = slice_fn(x)
+        if with_masks:
+            truth = y[MASK_OUTPUTS[0]].numpy()[0, :s, ..., 0]
+            known = truth.size and truth.min() >= 0  # -1: the records hold no mask for this study
+            out.mask_overlaps.append(mask_overlap(result[MASKS][:s], truth, MASK_THRESHOLD) if known else None)
         if isinstance(result, dict):
-            out.subtype_probs.append(np.asarray(result[OUTPUT_SUBTYPES])[:s])
+            if OUTPUT_SUBTYPES in result:
+                out.subtype_probs.append(np.asarray(result[OUTPUT_SUBTYPES])[:s])
             result = result[OUTPUT_SLICE]
         out.probs.append(np.asarray(result)[:s])
         out.keys.append(meta["study_key"].numpy()[0].decode())

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from radnet_tf import atomic
 from radnet_tf.cli import add_verbose, cli_main, say
-from radnet_tf.contract import SUBTYPES
+from radnet_tf.contract import MASK_THRESHOLD, SUBTYPES
 from radnet_tf.errors import UserError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
@@ -129,11 +129,20 @@ def evaluate_model(model, files, cfg, out_dir):
 
     from radnet_tf.scoring import keras_slice_fn, predict_studies, rsna_log_loss, score_studies, subtype_tables
 
-    preds = predict_studies(keras_slice_fn(model, cfg), files, cfg)
+    from radnet_tf.contract import MASK_OUTPUTS
+    from radnet_tf.metrics import mask_metrics
+
+    with_masks = any(name in model.output_names for name in MASK_OUTPUTS)
+    preds = predict_studies(keras_slice_fn(model, cfg, masks=with_masks), files, cfg, with_masks=with_masks)
     scored = score_studies(preds, cfg.slice_threshold, cfg.ct_min_run)
     if cfg.calibration_series_slices:
         scored["series_model"] = series_model_metrics(scored["studies"], cfg)
-    table = pd.DataFrame([{"level": "slice", **scored["slice_metrics"]}, {"level": "ct", **scored["ct_metrics"]}])
+    rows = [{"level": "slice", **scored["slice_metrics"]}, {"level": "ct", **scored["ct_metrics"]}]
+    masks = mask_metrics(preds.mask_overlaps, preds.labels)
+    if masks["n"]:  # held-out studies with a reference mask (the phantom, NIfTI masks)
+        scored["mask_metrics"] = masks
+        rows.append({"level": "mask", **masks})
+    table = pd.DataFrame(rows)
     out = Path(out_dir)
     if preds.subtype_probs:
         per_label, confusion = subtype_tables(preds, cfg.resolved_subtype_thresholds, cfg.ct_min_run)
@@ -338,8 +347,9 @@ def train(cfg, progress=True):
         scored = evaluate_model(model, files, cfg, model_dir)
         summary["ct_metrics"] = {k: scored["ct_metrics"][k] for k in ("accuracy", "recall", "precision", "f1")}
         summary["slice_metrics"] = {k: scored["slice_metrics"][k] for k in ("accuracy", "recall", "precision", "f1")}
-        if "series_model" in scored:
-            summary["series_model"] = scored["series_model"]
+        for key in ("series_model", "mask_metrics"):
+            if key in scored:
+                summary[key] = scored[key]
         summary["short_studies_note"] = short_study_note(scored["short_studies"], len(scored["studies"]), cfg.ct_min_run)
         if "subtype_metrics" in scored:
             summary["subtype_ct_auc"] = dict(zip(scored["subtype_metrics"].subtype, scored["subtype_metrics"].ct_roc_auc))
@@ -383,6 +393,11 @@ def print_summary(summary):
     if "ct_metrics" in summary:
         m = summary["ct_metrics"]
         say("held-out CT level: " + ", ".join(f"{k} {m[k]:.3f}" for k in ("accuracy", "recall", "precision", "f1")))
+    if "mask_metrics" in summary:
+        m = summary["mask_metrics"]
+        say(f"held-out masks (>= {MASK_THRESHOLD}): Dice {m['dice']:.3f} (positive studies' mean {m['study_dice']:.3f}), "
+            f"recall {m['recall']:.3f}, precision {m['precision']:.3f}; "
+            f"negative studies with a mask {100 * m['negative_studies_with_mask']:.1f}%")
     if "series_model" in summary:
         m = summary["series_model"]
         say(f"as {m['series_slices']}-slice series (modelled, x{m['scale']:.2f}): "

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from radnet_tf.metrics import binary_metrics, bootstrap_ci, ct_metrics, study_table
+from radnet_tf.metrics import binary_metrics, bootstrap_ci, ct_metrics, mask_metrics, mask_overlap, study_table
 
 
 def test_binary_metrics_against_hand_counts():
@@ -121,3 +121,52 @@ def test_print_summary_names_the_calibration_length(capsys):
     assert "[radnet] threshold : 0.500 (slice probability, from the training studies, for 30-slice series)\n" in out
     assert ("[radnet] as 30-slice series (modelled, x2.00): sensitivity 0.625, specificity 0.562, "
             "balanced accuracy 0.594\n") in out
+
+
+def test_mask_overlap_and_metrics_against_hand_counts():
+    truth = np.zeros((2, 4, 4))
+    truth[0, :2, :2] = 1  # 4 true pixels
+    pred = np.zeros((2, 4, 4))
+    pred[0, :2, :1] = 0.9  # 2 of them found
+    pred[0, 3, 3] = 0.5  # a false pixel at exactly the threshold counts
+    pred[1, 0, 0] = 0.49  # below it does not
+    assert mask_overlap(pred, truth, 0.5).tolist() == [2, 3, 4]
+    negative = mask_overlap(np.full((1, 4, 4), 0.7), np.zeros((1, 4, 4)), 0.5)  # 16 false pixels
+    m = mask_metrics([mask_overlap(pred, truth, 0.5), negative, None, np.zeros(3, int)], [1, 0, 1, 0])
+    assert m["n"] == 3  # the study without a reference mask is left out
+    assert m["dice"] == pytest.approx(2 * 2 / (19 + 4))
+    assert m["study_dice"] == pytest.approx(2 * 2 / (3 + 4))
+    assert m["recall"] == pytest.approx(0.5)
+    assert m["precision"] == pytest.approx(2 / 19)
+    assert m["negative_studies_with_mask"] == pytest.approx(0.5)
+    assert mask_metrics([None], [1]) == {"n": 0}
+    empty = mask_metrics([np.array([0, 0, 5])], [1])  # nothing predicted
+    assert empty["dice"] == 0.0 and np.isnan(empty["precision"]) and np.isnan(empty["negative_studies_with_mask"])
+
+
+def test_predict_studies_scores_the_served_mask_against_the_records(tiny_records):
+    """A slice function whose mask is the reference mask scores Dice 1; an empty one 0."""
+    from conftest import tiny_config
+
+    from radnet_tf import data, scoring
+    from radnet_tf.contract import MASK_OUTPUTS, MASKS
+
+    cfg = tiny_config(val_fraction=0.4)
+    files = data.list_shards(str(tiny_records))
+    truth = {}
+    for x, y, meta in data.eval_dataset(files, cfg, 1, with_masks=True, split="all", with_keys=True):
+        truth[x.numpy().tobytes()] = y[MASK_OUTPUTS[0]].numpy()[0, ..., 0]
+
+    def perfect(x):
+        return {"slice_probability": np.zeros(x.shape[1]), MASKS: truth[x.numpy().tobytes()]}
+
+    def empty(x):
+        return {"slice_probability": np.zeros(x.shape[1]), MASKS: np.zeros(x.shape[1:4])}
+
+    good = scoring.predict_studies(perfect, files, cfg, "all", with_masks=True)
+    assert len(good.mask_overlaps) == len(good.keys) == len(truth)
+    m = mask_metrics(good.mask_overlaps, good.labels)
+    assert m["n"] == len(truth) and m["dice"] == 1.0 and m["negative_studies_with_mask"] == 0.0
+    bad = mask_metrics(scoring.predict_studies(empty, files, cfg, "all", with_masks=True).mask_overlaps, good.labels)
+    assert bad["dice"] == 0.0 and bad["recall"] == 0.0
+    assert scoring.predict_studies(perfect, files, cfg, "all").mask_overlaps == []  # not asked for

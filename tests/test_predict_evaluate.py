@@ -71,9 +71,11 @@ def test_evaluate_tables_and_figures(trained_tiny, saved, tiny_records, tmp_path
                    "--bootstrap", "30", "--out", str(tmp_path)])
     folders = sorted(p.parent for p in tmp_path.glob("*/summary.csv"))
     assert [f.name for f in folders] == sorted([model_dir.name, "radnet-v1"])
+    masks = {}
     for folder in folders:
         summary = pd.read_csv(folder / "summary.csv")
-        assert list(summary.level) == ["slice", "ct", "ct@target"]
+        assert list(summary.level) == ["slice", "ct", "ct@target", "mask"]  # the phantom has reference masks
+        masks[folder.name] = summary.set_index("level").loc["mask", ["n", "dice", "recall"]].to_numpy(float)
         studies = pd.read_csv(folder / "studies.csv")
         assert len(studies) == 10
         ct = summary.set_index("level").loc["ct"]
@@ -85,6 +87,9 @@ def test_evaluate_tables_and_figures(trained_tiny, saved, tiny_records, tmp_path
         for png in ("confusion.png", "study_strips.png"):
             assert (folder / png).exists()
     assert (tmp_path / model_dir.name / "training_curves.png").exists()
+    # the Keras model and its export serve the same masks
+    np.testing.assert_allclose(masks[model_dir.name], masks["radnet-v1"], atol=1e-6)
+    assert masks["radnet-v1"][0] == 10
     table1 = pd.read_csv(tmp_path / "table1.csv")
     assert list(table1.metric) == ["accuracy", "recall", "precision", "f1"] and table1.shape[1] == 3
 
@@ -100,7 +105,9 @@ def test_evaluate_threshold_and_min_run_override_the_models(saved, tiny_records,
     slices = pd.read_csv(tmp_path / "radnet-v1" / "slices.csv")
     expected = slices.groupby("study_key").probability.max() >= 0.001  # K = 1: any slice
     assert studies.set_index("study_key").ct_positive.to_dict() == expected.to_dict()
-    assert "threshold 0.001, K=1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "threshold 0.001, K=1" in out
+    assert "radnet-v1: mask (>= 0.5) Dice " in out and "(n=10 studies with a reference mask)" in out
 
 
 def test_evaluate_on_one_slice_studies_says_the_rule_was_shortened(saved, tmp_path, capsys):

@@ -29,7 +29,10 @@ def test_smoke_training_writes_checkpoint_log_and_metrics(trained_tiny):
     # validated every epoch: the model is the best epoch on held-out studies
     assert info["model_file"] == summary["model_file"] == "best.keras"
     metrics = pd.read_csv(model_dir / "val_metrics.csv")
-    assert list(metrics.level) == ["slice", "ct"]
+    assert list(metrics.level) == ["slice", "ct", "mask"]  # the phantom's records hold reference masks
+    mask_row = metrics.set_index("level").loc["mask"]
+    assert mask_row["n"] == summary["mask_metrics"]["n"] > 0
+    assert 0.0 <= mask_row["dice"] <= 1.0 and mask_row["dice"] == pytest.approx(summary["mask_metrics"]["dice"])
     studies = pd.read_csv(model_dir / "val_studies.csv")
     assert set(studies.columns) >= {"study_key", "label", "ct_positive", "ct_score", "longest_positive_run"}
     assert summary["ct_metrics"]["accuracy"] == pytest.approx(metrics.set_index("level").loc["ct", "accuracy"])
