@@ -14,7 +14,8 @@ split). It writes `<work_dir>/model_<tag>_seedS` and `<export-root>/<tag>_seedS`
 when the shared data are absent). One JSON line per seed is appended to --out:
 
   {"tag", "seed", "overrides", "wall_s", "ct_accuracy", "ct_recall", "ct_specificity",
-   "ct_auc", "slice_auc", "threshold", "gates": [per-case lines of real_ct_gates.py],
+   "ct_auc", "slice_auc", "threshold", "mask_dice" (when the records hold masks),
+   "gates": [per-case lines of real_ct_gates.py],
    "series_model": {series_slices, scale, sensitivity, specificity, balanced_accuracy}
    (only when the recipe calibrates for a series length: `calibration_series_slices`)}
 
@@ -49,6 +50,8 @@ def held_out_metrics(model_dir: Path) -> dict:
     out = {"ct_accuracy": number(ct["accuracy"]), "ct_recall": number(ct["recall"]),
            "ct_specificity": number(ct["specificity"]), "ct_auc": number(ct["roc_auc"]),
            "slice_auc": number(sl["roc_auc"]), "threshold": number(info["slice_threshold"])}
+    if "mask" in rows:  # held-out Dice of the served mask (records with reference masks)
+        out["mask_dice"] = number(rows["mask"]["dice"])
     if info.get("calibration_series_slices"):  # the trainer's "as N-slice series" line
         import pandas as pd
 

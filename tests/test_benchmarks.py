@@ -134,6 +134,8 @@ def test_seed_runs_two_seeds_on_the_same_records(tiny_records, tmp_path):
         assert (tmp_path / "work" / f"model_t_seed{r['seed']}" / "val_metrics.csv").is_file()
         assert any((tmp_path / "sm" / f"t_seed{r['seed']}").iterdir())  # an export per seed
         assert 0 <= r["threshold"] <= 1 and 0 <= r["ct_accuracy"] <= 1
+        metrics = pd.read_csv(tmp_path / "work" / f"model_t_seed{r['seed']}" / "val_metrics.csv").set_index("level")
+        assert r["mask_dice"] == pytest.approx(metrics.loc["mask", "dice"])  # the phantom's records hold masks
         # the "as 30-slice series" figures, from the held-out rates and the studies' length
         studies = pd.read_csv(tmp_path / "work" / f"model_t_seed{r['seed']}" / "val_studies.csv")
         scale = max(1.0, 28 / (studies.num_slices.median() - 2))
@@ -146,3 +148,16 @@ def test_seed_runs_two_seeds_on_the_same_records(tiny_records, tmp_path):
     assert [line.split("\t")[0] for line in table[1:6]] == ["3", "4", "mean", "min", "max"]
     accs = sorted(r["ct_accuracy"] for r in rows)
     assert table[4].split("\t")[1] == f"{accs[0]:.3f}" and table[5].split("\t")[1] == f"{accs[1]:.3f}"
+
+
+@pytest.mark.slow
+def test_series_length_thresholds_tiny(trained_tiny, tiny_records, tmp_path):
+    from radnet_tf.export import export_model
+
+    cfg, _, model, model_dir = trained_tiny
+    export = export_model(model, cfg, tmp_path / "sm", warmup=False)
+    rows = _run("series_length_thresholds.py", "--run", f"{model_dir}:{export}", "--records", tiny_records,
+                "--shared", tmp_path / "absent")
+    assert len(rows) == 1 and rows[0]["run"] == str(export)
+    assert rows[0]["training_study_slices"] == 6  # the tiny cohort's studies
+    assert 0.05 <= rows[0]["threshold_100"] <= 0.95
