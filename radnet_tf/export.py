@@ -28,8 +28,9 @@ without Python-side checks) answers INVALID_ARGUMENT with a message naming the e
 shape for: wrong rank, wrong slice size or channel count, zero slices, more than
 MAX_SLICES slices, NaN/Inf, non-positive or non-finite spacing.
 `assets.extra/tf_serving_warmup_requests` holds warm-up requests and
-`assets/radnet_metadata.json` the window, geometry, K, threshold, versions, config digest
-and `trained_on` (what the model was trained on).
+`assets/radnet_metadata.json` the window, geometry, K, threshold, versions, config digest,
+`trained_on` (what the model was trained on) and `held_out` (what its held-out studies
+measured, mask Dice included, when exported from a model dir the trainer evaluated).
 """
 
 from __future__ import annotations
@@ -254,11 +255,13 @@ def next_version(export_dir) -> int:
     return max(versions, default=0) + 1
 
 
-def export_model(model, cfg, export_dir, version=None, threshold=None, min_run=None, warmup=True, trained_on=None):
+def export_model(model, cfg, export_dir, version=None, threshold=None, min_run=None, warmup=True, trained_on=None,
+                 held_out=None):
     """Exports `model` to `export_dir/<version>` atomically; returns that path.
 
     `trained_on` (str) goes into the metadata: what the model learned from (e.g. the
-    synthetic phantom and its generator version, or the user's records)."""
+    synthetic phantom and its generator version, or the user's records); `held_out`
+    (dict from `held_out_from`, or None) what its held-out studies measured."""
     import keras
     import tensorflow as tf
 
@@ -295,6 +298,7 @@ def export_model(model, cfg, export_dir, version=None, threshold=None, min_run=N
             "labels": ["any", *SUBTYPES] if cfg.targets == "subtypes" else ["any"],
             "subtype_thresholds": cfg.resolved_subtype_thresholds if cfg.targets == "subtypes" else None,
             "trained_on": trained_on or "unknown",
+            "held_out": held_out,
             "masks": "mean of the three auxiliary-head probabilities" if cfg.variant != "densenet" else "none (zeros)",
             "config_digest": cfg.digest(),
             "config": cfg.to_dict(),
@@ -317,6 +321,35 @@ def trained_on_from(cfg) -> str:
     return f"records: {cfg.data}"
 
 
+def held_out_from(model_dir):
+    """The held-out figures the trainer wrote into `model_dir/val_metrics.csv`, for the
+    export's metadata: dict with studies, threshold (the slice threshold they were measured
+    at), ct_accuracy, ct_recall, ct_specificity, ct_roc_auc, slice_roc_auc and, when the
+    records held reference masks, mask_dice (floats; None where undefined); None when the
+    model dir has no held-out evaluation."""
+    import math
+
+    import pandas as pd
+
+    path = Path(model_dir) / "val_metrics.csv"
+    if not path.is_file():
+        return None
+    rows = pd.read_csv(path).set_index("level")
+
+    def number(level, column):
+        v = rows.loc[level, column] if level in rows.index and column in rows.columns else math.nan
+        return None if pd.isna(v) else float(v)
+
+    config = json.loads((Path(model_dir) / "config.json").read_text()) if (Path(model_dir) / "config.json").is_file() else {}
+    out = {"studies": int(rows.loc["ct", "n"]), "threshold": config.get("slice_threshold"),
+           "ct_accuracy": number("ct", "accuracy"), "ct_recall": number("ct", "recall"),
+           "ct_specificity": number("ct", "specificity"), "ct_roc_auc": number("ct", "roc_auc"),
+           "slice_roc_auc": number("slice", "roc_auc")}
+    if "mask" in rows.index:
+        out["mask_dice"] = number("mask", "dice")
+    return out
+
+
 def read_metadata(saved_model_dir) -> dict:
     """The export's metadata (window, geometry, K, threshold, versions)."""
     path = Path(saved_model_dir) / "assets" / METADATA_FILE
@@ -336,8 +369,9 @@ def main(argv=None):
     parser.add_argument("--min-run", type=int, default=None, help="K consecutive slices (default: config)")
     args = parser.parse_args(argv)
     model, cfg = load_trained(args.model)
+    held_out = held_out_from(args.model) if Path(args.model).is_dir() else None
     path = export_model(model, cfg, args.out or cfg.export_dir, args.version, args.threshold, args.min_run,
-                        trained_on=trained_on_from(cfg))
+                        trained_on=trained_on_from(cfg), held_out=held_out)
     say(f"exported {cfg.variant} to {path}")
 
 

@@ -11,7 +11,9 @@ K = the slice count, and the JSON's `rule` says so. A model trained on the synth
 phantom prints a one-line warning when applied to real DICOM.
 
 Hemorrhage volume: mask voxels (fused mask >= 0.5 on the model grid) x out_spacing^2 x
-slice spacing, in mL. No patient identifier is printed or written: the study is named by
+slice spacing, in mL. The JSON's `model.held_out` repeats what the export's held-out
+studies measured; when their mask Dice is below UNRELIABLE_MASK_DICE (0.1) a one-line
+warning says the volume and segmentation are not reliable. No patient identifier is printed or written: the study is named by
 its pseudonymous key.
 """
 
@@ -44,6 +46,8 @@ from radnet_tf.errors import UserError
 
 
 SUBTYPE_COLOURS = ("tab:orange", "tab:red", "tab:purple", "tab:green", "tab:cyan")  # EDH, IPH, IVH, SAH, SDH
+# Below this held-out mask Dice, predict warns that its volume and segmentation are not reliable.
+UNRELIABLE_MASK_DICE = 0.1
 
 
 def load_saved_model(path):
@@ -91,7 +95,8 @@ def predict_series(series, saved, meta):
         SLICE_PROBABILITIES: [round(float(p), 4) for p in probs],
         "hemorrhage_volume_ml": round(volume_ml, 2) if slice_mm else None,
         "series": series.summary(),
-        "model": {"name": meta["model"], "version": meta["version"], "trained_on": meta.get("trained_on", "unknown")},
+        "model": {"name": meta["model"], "version": meta["version"], "trained_on": meta.get("trained_on", "unknown"),
+                  "held_out": meta.get("held_out")},
     }
     if SUBTYPE_PROBABILITIES in out:  # a model trained with targets: subtypes
         thresholds = meta.get("subtype_thresholds") or [meta["slice_threshold"]] * len(SUBTYPES)
@@ -231,6 +236,10 @@ def main(argv=None):
     timings["read_s"] = time.perf_counter() - t0
     if str(meta.get("trained_on", "")).startswith("synthetic phantom"):
         say("warning: this model was trained on the synthetic phantom only; its calls on real CT are not validated", err=True)
+    dice = (meta.get("held_out") or {}).get("mask_dice")
+    if dice is not None and dice < UNRELIABLE_MASK_DICE:
+        say(f"warning: this model's masks scored Dice {dice:.3f} on its held-out studies; the hemorrhage volume and "
+            "segmentation are not reliable", err=True)
     result, out, model_s = predict_series(series, saved, meta)
     timings["model_s"] = model_s  # includes in-graph preprocessing
     if args.out:

@@ -426,10 +426,11 @@ def main(argv=None):
     cfg = load_config(path, overrides)
     summary, model = train(cfg, progress=not args.quiet)
     if cfg.export and summary["is_chief"]:
-        from radnet_tf.export import export_model, trained_on_from
+        from radnet_tf.export import export_model, held_out_from, trained_on_from
 
         t0 = time.perf_counter()
-        summary["export"] = str(export_model(model, cfg, cfg.export_dir, trained_on=trained_on_from(cfg)))
+        summary["export"] = str(export_model(model, cfg, cfg.export_dir, trained_on=trained_on_from(cfg),
+                                             held_out=held_out_from(cfg.model_dir)))
         summary["seconds"]["export"] = round(time.perf_counter() - t0, 1)
         summary["seconds"]["total"] = round(summary["seconds"]["total"] + summary["seconds"]["export"], 1)
     print_summary(summary)

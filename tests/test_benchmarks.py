@@ -136,6 +136,10 @@ def test_seed_runs_two_seeds_on_the_same_records(tiny_records, tmp_path):
         assert 0 <= r["threshold"] <= 1 and 0 <= r["ct_accuracy"] <= 1
         metrics = pd.read_csv(tmp_path / "work" / f"model_t_seed{r['seed']}" / "val_metrics.csv").set_index("level")
         assert r["mask_dice"] == pytest.approx(metrics.loc["mask", "dice"])  # the phantom's records hold masks
+        # the trainer's export carries the same held-out figures
+        meta = json.loads(next((tmp_path / "sm" / f"t_seed{r['seed']}").glob("*/assets/radnet_metadata.json")).read_text())
+        assert meta["held_out"]["mask_dice"] == pytest.approx(r["mask_dice"])
+        assert meta["held_out"]["ct_accuracy"] == pytest.approx(r["ct_accuracy"])
         # the "as 30-slice series" figures, from the held-out rates and the studies' length
         studies = pd.read_csv(tmp_path / "work" / f"model_t_seed{r['seed']}" / "val_studies.csv")
         scale = max(1.0, 28 / (studies.num_slices.median() - 2))

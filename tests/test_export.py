@@ -37,10 +37,32 @@ def test_versioned_atomic_layout_and_metadata(exported):
     meta = read_metadata(path)
     assert meta["ct_min_run"] == 3 and meta["slice_threshold"] == 0.5 and meta["window_center"] == 40.0
     assert meta["config_digest"] == cfg.digest()
-    assert meta["trained_on"] == "unknown"  # export_model was not told
+    assert meta["trained_on"] == "unknown" and meta["held_out"] is None  # export_model was not told
     assert next_version(path.parent) == 2
     second = export_model(model, cfg, path.parent, warmup=False)
     assert second.name == "2"
+
+
+def test_export_cli_records_the_held_out_figures_and_predict_warns_on_empty_masks(trained_tiny, tiny_cohort, tmp_path,
+                                                                                 capsys):
+    import pandas as pd
+
+    from radnet_tf import export, predict
+
+    _, _, _, model_dir = trained_tiny
+    export.main([str(model_dir), "--out", str(tmp_path / "sm")])
+    meta = export.read_metadata(tmp_path / "sm" / "1")
+    rows = pd.read_csv(model_dir / "val_metrics.csv").set_index("level")
+    held = meta["held_out"]
+    assert held["studies"] == rows.loc["ct", "n"] and held["threshold"] == meta["slice_threshold"]
+    assert held["ct_accuracy"] == pytest.approx(rows.loc["ct", "accuracy"])
+    assert held["mask_dice"] == pytest.approx(rows.loc["mask", "dice"])
+    capsys.readouterr()
+    result = predict.main([str(tiny_cohort / "dicom" / "synth-0001"), "--model", str(tmp_path / "sm")])
+    assert result["model"]["held_out"] == held
+    err = capsys.readouterr().err
+    warned = f"warning: this model's masks scored Dice {held['mask_dice']:.3f} on its held-out studies" in err
+    assert warned == (held["mask_dice"] < predict.UNRELIABLE_MASK_DICE)
 
 
 @pytest.mark.parametrize("slices", [1, 2, 17])
