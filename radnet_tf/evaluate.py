@@ -80,7 +80,9 @@ class Predictor:
             if meta.get("subtype_thresholds"):
                 self.cfg.subtype_thresholds = list(meta["subtype_thresholds"])
             fn = tf.saved_model.load(str(p)).signatures["serving_default"]
-            names = [(OUTPUT_SLICE, SLICE_PROBABILITIES), (MASKS, MASKS)]
+            names = [(OUTPUT_SLICE, SLICE_PROBABILITIES)]
+            if not str(meta.get("masks", "")).startswith("none"):  # a densenet export serves zeros
+                names.append((MASKS, MASKS))
             if SUBTYPE_PROBABILITIES in fn.structured_outputs:
                 names.append((OUTPUT_SUBTYPES, SUBTYPE_PROBABILITIES))
 

@@ -13,8 +13,8 @@ phantom prints a one-line warning when applied to real DICOM.
 Hemorrhage volume: mask voxels (fused mask >= 0.5 on the model grid) x out_spacing^2 x
 slice spacing, in mL. The JSON's `model.held_out` repeats what the export's held-out
 studies measured; when their mask Dice is below UNRELIABLE_MASK_DICE (0.1) a one-line
-warning says the volume and segmentation are not reliable. No patient identifier is printed or written: the study is named by
-its pseudonymous key.
+warning says the volume and segmentation are not reliable. No patient identifier is
+printed or written: the study is named by its pseudonymous key.
 """
 
 from __future__ import annotations

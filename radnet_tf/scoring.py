@@ -76,8 +76,8 @@ def keras_slice_fn(model, cfg, masks=False):
 def predict_studies(slice_fn, files, cfg, split="validation", with_masks=False) -> StudyPredictions:
     """Runs `slice_fn` over every whole study of `split` ("validation", "train", "all").
 
-    With `with_masks` (a slice function that returns MASKS), also compares each study's
-    fused mask with its reference mask (`StudyPredictions.mask_overlaps`).
+    With `with_masks`, also compares each study's fused mask (the slice function's MASKS)
+    with its reference mask (`StudyPredictions.mask_overlaps`; None where either is absent).
 
     Raises:
       UserError: the split holds no study.
@@ -89,9 +89,9 @@ def predict_studies(slice_fn, files, cfg, split="validation", with_masks=False) 
     for x, y, meta in data.eval_dataset(files, cfg, 1, with_masks=with_masks, split=split, with_keys=True):
         s = int(x.shape[1])
         result = slice_fn(x)
-        if with_masks:
+        if with_masks:  # a model without aux heads serves no mask: nothing to compare
             truth = y[MASK_OUTPUTS[0]].numpy()[0, :s, ..., 0]
-            known = truth.size and truth.min() >= 0  # -1: the records hold no mask for this study
+            known = truth.size and truth.min() >= 0 and isinstance(result, dict) and MASKS in result  # -1: no mask
             out.mask_overlaps.append(mask_overlap(result[MASKS][:s], truth, MASK_THRESHOLD) if known else None)
         if isinstance(result, dict):
             if OUTPUT_SUBTYPES in result:

@@ -170,3 +170,6 @@ def test_predict_studies_scores_the_served_mask_against_the_records(tiny_records
     bad = mask_metrics(scoring.predict_studies(empty, files, cfg, "all", with_masks=True).mask_overlaps, good.labels)
     assert bad["dice"] == 0.0 and bad["recall"] == 0.0
     assert scoring.predict_studies(perfect, files, cfg, "all").mask_overlaps == []  # not asked for
+    # a model without aux heads (densenet) serves no mask: nothing is compared
+    no_heads = scoring.predict_studies(lambda x: np.zeros(x.shape[1]), files, cfg, "all", with_masks=True)
+    assert no_heads.mask_overlaps == [None] * len(truth) and mask_metrics(no_heads.mask_overlaps, no_heads.labels) == {"n": 0}
