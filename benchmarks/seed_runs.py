@@ -24,7 +24,6 @@ training run stops the script with its exit status.
 """
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -37,30 +36,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def held_out_metrics(model_dir: Path) -> dict:
-    """CT and slice rows of `val_metrics.csv` (written by the trainer's final evaluation)."""
-    with open(model_dir / "val_metrics.csv", newline="") as f:
-        rows = {r["level"]: r for r in csv.DictReader(f)}
-    ct, sl = rows["ct"], rows["slice"]
+    """The trainer's held-out figures for one seed (`radnet_tf.export.held_out_from`, the
+    same the export's metadata carries; undefined metrics are null, not NaN), plus the
+    "as N-slice series" figures when the recipe calibrates for a series length."""
+    sys.path.insert(0, str(ROOT))
+    from radnet_tf.export import held_out_from
+
+    held = held_out_from(model_dir)
+    out = {"ct_accuracy": held["ct_accuracy"], "ct_recall": held["ct_recall"],
+           "ct_specificity": held["ct_specificity"], "ct_auc": held["ct_roc_auc"],
+           "slice_auc": held["slice_roc_auc"], "threshold": held["threshold"]}
+    if "mask_dice" in held:  # held-out Dice of the served mask (records with reference masks)
+        out["mask_dice"] = held["mask_dice"]
     info = json.loads((model_dir / "config.json").read_text())
-
-    def number(v):  # strict JSON: an undefined metric (one class held out) is null, not NaN
-        v = float(v) if v not in ("", None) else math.nan
-        return None if math.isnan(v) else v
-
-    out = {"ct_accuracy": number(ct["accuracy"]), "ct_recall": number(ct["recall"]),
-           "ct_specificity": number(ct["specificity"]), "ct_auc": number(ct["roc_auc"]),
-           "slice_auc": number(sl["roc_auc"]), "threshold": number(info["slice_threshold"])}
-    if "mask" in rows:  # held-out Dice of the served mask (records with reference masks)
-        out["mask_dice"] = number(rows["mask"]["dice"])
     if info.get("calibration_series_slices"):  # the trainer's "as N-slice series" line
         import pandas as pd
 
-        sys.path.insert(0, str(ROOT))
         from radnet_tf.config import config_from_dict
         from radnet_tf.train import series_model_metrics
 
         m = series_model_metrics(pd.read_csv(model_dir / "val_studies.csv"), config_from_dict(info))
-        out["series_model"] = {k: (number(v) if k != "series_slices" else v) for k, v in m.items()}
+        out["series_model"] = {k: (None if k != "series_slices" and math.isnan(v) else v) for k, v in m.items()}
     return out
 
 

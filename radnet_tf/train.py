@@ -31,7 +31,7 @@ from pathlib import Path
 
 from radnet_tf import atomic
 from radnet_tf.cli import add_verbose, cli_main, say
-from radnet_tf.contract import MASK_THRESHOLD, SUBTYPES
+from radnet_tf.contract import MASK_OUTPUTS, MASK_THRESHOLD, SUBTYPES
 from radnet_tf.errors import UserError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
@@ -129,7 +129,6 @@ def evaluate_model(model, files, cfg, out_dir):
 
     from radnet_tf.scoring import keras_slice_fn, predict_studies, rsna_log_loss, score_studies, subtype_tables
 
-    from radnet_tf.contract import MASK_OUTPUTS
     from radnet_tf.metrics import mask_metrics
 
     with_masks = any(name in model.output_names for name in MASK_OUTPUTS)
