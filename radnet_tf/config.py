@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from radnet_tf.cli import say
-from radnet_tf.contract import OUTPUT_SLICE
+from radnet_tf.contract import MASK_THRESHOLD, OUTPUT_SLICE
 from radnet_tf.errors import UserError
 
 VARIANTS = ("densenet", "densenet_a", "radnet")
@@ -96,6 +96,11 @@ class Config:
     # calibrate for series of this many slices (the CT rule fires more often on longer
     # ones; decision.choose_threshold's `scale`); 0 = for studies like the training studies
     calibration_series_slices: int = 0
+    # ---- served mask (predict's volume and DICOM SEG, the held-out mask metrics): a pixel is
+    # hemorrhage when the fused aux-head mask >= mask_threshold on a slice whose probability
+    # >= its slice threshold (decision.lesion_mask_np)
+    mask_threshold: float = MASK_THRESHOLD
+    calibrate_mask_threshold: bool = False  # after training, set mask_threshold from the training studies
     # ---- end of run
     export: bool = True
     export_dir: str = "saved_models/radnet"
@@ -162,7 +167,8 @@ class Config:
             fail("needs 3 numbers >= 0 (one per auxiliary head)", "mask_loss_weights")
         if not (isinstance(self.lr_drop_epochs, list) and all(number(v) and 0 < v < 1 for v in self.lr_drop_epochs)):
             fail("must be a list of fractions of the run in (0, 1), e.g. [0.33, 0.67]", "lr_drop_epochs")
-        open_unit = {"val_fraction": "(0, 1)", "slice_threshold": "(0, 1)", "bn_momentum": "(0, 1)"}
+        open_unit = {"val_fraction": "(0, 1)", "slice_threshold": "(0, 1)", "bn_momentum": "(0, 1)",
+                     "mask_threshold": "(0, 1)"}
         for name, text in open_unit.items():
             if not number(getattr(self, name)) or not 0 < getattr(self, name) < 1:
                 fail(f"must be in {text}", name)

@@ -6,6 +6,8 @@ Model outputs (Keras model, dict keys):
 
 Serving outputs (SavedModel signatures, one study per request):
   SERVING_OUTPUTS  slice_probabilities float32 [S], masks float32 [S, N, N],
+                   lesion_mask bool [S, N, N] (masks >= the mask threshold on slices at or
+                   above the slice threshold: radnet_tf.decision.lesion_mask),
                    ct_positive bool [], ct_score float32 [], longest_positive_run int32 [],
                    min_run_applied int32 [] (the rule's K after shortening to S)
 
@@ -25,6 +27,7 @@ MASK_OUTPUTS = ("mask_1", "mask_2", "mask_3")
 
 SLICE_PROBABILITIES = "slice_probabilities"
 MASKS = "masks"
+LESION_MASK = "lesion_mask"  # bool [S, N, N]
 CT_POSITIVE = "ct_positive"
 CT_SCORE = "ct_score"
 LONGEST_POSITIVE_RUN = "longest_positive_run"
@@ -33,9 +36,11 @@ SUBTYPE_PROBABILITIES = "subtype_probabilities"  # [S, 5]   (subtype models only
 CT_SUBTYPES = "ct_subtypes"  # bool [5]
 CT_SUBTYPE_SCORES = "ct_subtype_scores"  # float32 [5]
 SUBTYPE_MASKS = "subtype_masks"  # float32 [S, N, N, 5], mean of the aux heads' class channels
-SERVING_OUTPUTS = (SLICE_PROBABILITIES, MASKS, CT_POSITIVE, CT_SCORE, LONGEST_POSITIVE_RUN, MIN_RUN_APPLIED)
-# A mask pixel counts as hemorrhage at or above this value: predict's volume and DICOM
-# Segmentation, and the held-out mask metrics (metrics.mask_metrics).
+SUBTYPE_LESION_MASKS = "subtype_lesion_masks"  # bool [S, N, N, 5], each gated by its subtype's slice verdict
+SERVING_OUTPUTS = (SLICE_PROBABILITIES, MASKS, LESION_MASK, CT_POSITIVE, CT_SCORE, LONGEST_POSITIVE_RUN, MIN_RUN_APPLIED)
+# The default mask threshold (Config.mask_threshold; exports from before it was exported):
+# a mask pixel on a positive slice counts as hemorrhage at or above it. Trained models
+# usually carry a calibrated one (Config.calibrate_mask_threshold).
 MASK_THRESHOLD = 0.5
 
 SUBTYPES = ("EDH", "IPH", "IVH", "SAH", "SDH")

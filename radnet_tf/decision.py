@@ -15,9 +15,17 @@ Studies shorter than K (a single slice, a 2-D image data set): the rule is appli
 K' = min(K, S) (`applied_min_run`), so a one-slice study is positive when its slice is, and
 every caller reports K' beside the verdict (`min_run_applied`). K and t have no defaults
 here: they come from `Config` (ct_min_run, slice_threshold) or an export's metadata.
+
+The served lesion mask follows the same slice verdict (`lesion_mask`): mask pixels at or
+above `mask_threshold` on slices at or above the slice threshold; `choose_mask_threshold`
+picks `mask_threshold` on training studies.
 """
 
 import numpy as np
+
+# Candidates for the calibrated mask threshold (`choose_mask_threshold`): 0.01-0.04, then
+# 0.05, 0.10, ..., 0.95 (a short run's aux heads can stay below 0.1 on blood).
+MASK_THRESHOLD_CANDIDATES = (0.01, 0.02, 0.03, 0.04) + tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 
 def applied_min_run(num_slices, min_run):
@@ -178,3 +186,57 @@ def ct_decision_labels(probs, thresholds, min_run):
     probs = tf.convert_to_tensor(probs, tf.float32)
     per_label = [ct_decision(probs[:, j], float(t), min_run) for j, t in enumerate(thresholds)]
     return {key: tf.stack([d[key] for d in per_label]) for key in ("ct_positive", "ct_score", "longest_positive_run")}
+
+
+def lesion_mask_np(masks, probs, mask_threshold, slice_threshold):
+    """The served lesion mask (NumPy): a pixel is hemorrhage when its mask probability is
+    >= `mask_threshold` and its slice's probability is >= `slice_threshold` (the same
+    threshold the CT rule uses for that slice). The auxiliary heads answer "where" on a
+    slice the classifier calls positive; on the other slices they give no mask.
+
+    Args:
+      masks: float [S, N, N] with probs float [S] and one slice_threshold, or float
+        [S, N, N, L] with probs float [S, L] and L slice thresholds (one per label).
+      mask_threshold: float.
+    Returns:
+      bool array, the shape of `masks`.
+    """
+    masks, probs = np.asarray(masks), np.asarray(probs)
+
+    def cut(x, value):  # compare in the array's own float type, as the served graph does
+        return x >= np.asarray(value, x.dtype if x.dtype.kind == "f" else np.float64)
+
+    on = cut(probs, slice_threshold)
+    on = on[:, None, None, :] if masks.ndim == 4 else on.reshape(-1, 1, 1)
+    return cut(masks, mask_threshold) & on
+
+
+def lesion_mask(masks, probs, mask_threshold, slice_threshold):
+    """TF version of `lesion_mask_np` (core ops only, servable); same arguments, bool tensor."""
+    import tensorflow as tf
+
+    masks = tf.convert_to_tensor(masks, tf.float32)
+    on = tf.convert_to_tensor(probs, tf.float32) >= tf.constant(slice_threshold, tf.float32)
+    on = on[:, None, None, :] if masks.shape.rank == 4 else on[:, None, None]
+    return tf.logical_and(masks >= float(mask_threshold), on)
+
+
+def choose_mask_threshold(counts, thresholds, fallback) -> float:
+    """Mask threshold maximising pixel Dice, 2|P and T| / (|P| + |T|), on these studies.
+
+    Args:
+      counts: int [T, 3] pixel counts (predicted and true, predicted, true) pooled over the
+        studies, one row per candidate in `thresholds` (float [T]), taken after the slice
+        gate of `lesion_mask_np` (metrics.gate_mask_counts).
+      fallback: float, returned when no candidate finds a true pixel (Dice 0 throughout).
+    Returns:
+      float threshold; ties go to the candidate closest to 0.5.
+    """
+    counts = np.asarray(counts, np.float64)
+    thresholds = np.asarray(thresholds, np.float64)
+    denom = counts[:, 1] + counts[:, 2]
+    dice = np.round(np.divide(2 * counts[:, 0], denom, out=np.zeros(len(thresholds)), where=denom > 0), 12)
+    if dice.max() <= 0:
+        return float(fallback)
+    best = np.flatnonzero(dice == dice.max())
+    return float(thresholds[best[np.argmin(np.abs(thresholds[best] - 0.5))]])

@@ -2,19 +2,20 @@
 
     python -m radnet_tf.evaluate --model runs/default/model [--model OTHER ...] \
         --data RECORDS [--split validation|train|all] [--val-data RECORDS] \
-        [--threshold T] [--min-run K] [--target-sensitivity 0.95] \
+        [--threshold T] [--min-run K] [--mask-threshold M] [--target-sensitivity 0.95] \
         [--readers reads.csv --manifest manifest.csv] --out DIR
 
 Per model (a model dir: the model its run_info.json names; or a SavedModel version dir):
 slice probabilities -> CT verdict with the one rule in `radnet_tf.decision` (>= K
 consecutive slices at the slice threshold; K = the slice count for shorter studies) and
-the continuous CT score. --threshold / --min-run replace the model's own operating point
-to explore others. Outputs in DIR/<model name>/:
+the continuous CT score. --threshold / --min-run / --mask-threshold replace the model's own
+operating point to explore others. Outputs in DIR/<model name>/:
   slices.csv, studies.csv, summary.csv (slice and CT level: accuracy, recall, precision,
   F1, specificity, ROC AUC, PR AUC, confusion counts, bootstrap 95% CIs as `<metric>_lo`
   and `<metric>_hi` columns; where the records hold reference masks, a "mask" row: Dice,
-  per-study Dice, pixel recall and precision of the served mask at MASK_THRESHOLD, and
-  the share of negative studies given any mask), and PNGs:
+  per-study Dice, pixel recall and precision of the served lesion mask -- the fused mask
+  at the model's mask threshold on slices at or above its slice threshold,
+  `decision.lesion_mask_np` -- and the share of negative studies given any mask), and PNGs:
   roc_pr.png, confusion.png, reliability.png, training_curves.png (model dirs),
   study_strips.png. Parquet copies are written when pyarrow is installed.
 Operating point: the slice threshold giving >= --target-sensitivity at CT level, chosen on
@@ -37,7 +38,7 @@ from radnet_tf.cli import add_verbose, cli_main, say
 from radnet_tf.contract import (MASK_THRESHOLD, MASKS, OUTPUT_SLICE, OUTPUT_SUBTYPES, SLICE_PROBABILITIES,
                                 SUBTYPE_PROBABILITIES, SUBTYPES)
 from radnet_tf.errors import UserError
-from radnet_tf.metrics import binary_metrics, bootstrap_ci, ct_metrics, mask_metrics, study_table
+from radnet_tf.metrics import binary_metrics, bootstrap_ci, ct_metrics, study_table
 
 PAPER_METRICS = ("accuracy", "recall", "precision", "f1")
 
@@ -77,6 +78,7 @@ class Predictor:
             meta = read_metadata(p)
             self.cfg = config_from_dict(meta["config"])
             self.cfg.slice_threshold, self.cfg.ct_min_run = meta["slice_threshold"], meta["ct_min_run"]
+            self.cfg.mask_threshold = meta.get("mask_threshold", MASK_THRESHOLD)  # exports before it: 0.5
             if meta.get("subtype_thresholds"):
                 self.cfg.subtype_thresholds = list(meta["subtype_thresholds"])
             fn = tf.saved_model.load(str(p)).signatures["serving_default"]
@@ -134,7 +136,7 @@ def expected_calibration_error(labels, probs, bins=10) -> float:
 def evaluate_one(pred: Predictor, files, split, out: Path, target, val_files=None, n_boot=500):
     """Tables and figures for one model at `pred.cfg`'s threshold and K; returns
     (summary frame, studies frame, number of studies shorter than K)."""
-    from radnet_tf.scoring import score_studies
+    from radnet_tf.scoring import mask_scores, score_studies
 
     cfg = pred.cfg
     preds = pred.predict(files, split, with_masks=True)
@@ -156,9 +158,9 @@ def evaluate_one(pred: Predictor, files, split, out: Path, target, val_files=Non
     rows.append({"level": "ct@target", "threshold": t, "min_run": cfg.ct_min_run, "threshold_basis": note, **ct_metrics(at)})
     ece = expected_calibration_error(known.label, known.probability)
     rows[0]["ece"] = ece
-    masks = mask_metrics(preds.mask_overlaps, preds.labels)
-    if masks["n"]:  # studies with a reference mask: the masks predict and --seg deliver
-        rows.append({"level": "mask", "threshold": MASK_THRESHOLD, "min_run": np.nan, **masks})
+    masks = mask_scores(preds, cfg.slice_threshold) if preds.mask_counts else {"n": 0}
+    if masks["n"]:  # studies with a reference mask: the lesion masks predict and --seg deliver
+        rows.append({"level": "mask", "threshold": cfg.mask_threshold, "min_run": np.nan, **masks})
     summary = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_table(slices, out / "slices.csv")
@@ -359,6 +361,7 @@ def main(argv=None):
     parser.add_argument("--val-data", help="records to choose the operating point on (validation split)")
     parser.add_argument("--threshold", type=float, help="slice threshold of the CT rule (default: the model's)")
     parser.add_argument("--min-run", type=int, help="K consecutive slices of the CT rule (default: the model's)")
+    parser.add_argument("--mask-threshold", type=float, help="mask threshold of the lesion mask (default: the model's)")
     parser.add_argument("--target-sensitivity", type=float, default=0.95)
     parser.add_argument("--readers", help="reader calls CSV (CQ500 reads.csv format)")
     parser.add_argument("--manifest", help="records manifest.csv (study_id -> study_key), with --readers")
@@ -369,8 +372,10 @@ def main(argv=None):
 
     if not 0 < args.target_sensitivity <= 1:
         raise UserError(f"--target-sensitivity must be in (0, 1]. Received: {args.target_sensitivity}")
-    if args.threshold is not None and not 0 < args.threshold < 1:
-        raise UserError(f"--threshold must be in (0, 1). Received: {args.threshold}")
+    for name in ("threshold", "mask_threshold"):
+        value = getattr(args, name)
+        if value is not None and not 0 < value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be in (0, 1). Received: {value}")
     if args.min_run is not None and args.min_run < 1:
         raise UserError(f"--min-run must be >= 1. Received: {args.min_run}")
     if args.bootstrap < 1:
@@ -387,6 +392,8 @@ def main(argv=None):
             pred.cfg.slice_threshold = args.threshold
         if args.min_run is not None:
             pred.cfg.ct_min_run = args.min_run
+        if args.mask_threshold is not None:
+            pred.cfg.mask_threshold = args.mask_threshold
         summary, studies, short = evaluate_one(pred, files, args.split, out / pred.name, args.target_sensitivity, val_files, args.bootstrap)
         summaries[pred.name] = summary
         last_studies = studies
@@ -400,7 +407,7 @@ def main(argv=None):
         )
         if (summary.level == "mask").any():
             m = summary[summary.level == "mask"].iloc[0]
-            say(f"{pred.name}: mask (>= {MASK_THRESHOLD}) Dice {m['dice']:.3f}, positive studies' mean "
+            say(f"{pred.name}: mask (>= {m['threshold']:.2f} on positive slices) Dice {m['dice']:.3f}, positive studies' mean "
                 f"{m['study_dice']:.3f} (n={int(m['n'])} studies with a reference mask)")
     if len(summaries) > 1:
         t1 = ablation_table(summaries)

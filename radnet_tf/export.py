@@ -1,7 +1,7 @@
 """`python -m radnet_tf.export`: a trained model -> SavedModel for TensorFlow Serving.
 
     python -m radnet_tf.export MODEL_DIR_OR_KERAS [--out saved_models/radnet] [--version N]
-        [--threshold 0.5] [--min-run 3]
+        [--threshold 0.5] [--min-run 3] [--mask-threshold 0.5]
 
 Layout: `OUT/<version>/` (TF Serving's versioned layout; next free version by default),
 written to a temporary directory and renamed when complete.
@@ -14,13 +14,16 @@ Signatures (inputs -> outputs, one study per request):
                    preprocessing code (radnet_tf.preprocess)
   outputs (both):  slice_probabilities float32 [S]; masks float32 [S, N, N] (mean of the
                    three auxiliary heads' probabilities, on the model grid; zeros for the
-                   `densenet` variant); ct_positive bool []; ct_score float32 [];
+                   `densenet` variant); lesion_mask bool [S, N, N] (masks >= the mask
+                   threshold on slices whose probability >= the slice threshold:
+                   radnet_tf.decision.lesion_mask); ct_positive bool []; ct_score float32 [];
                    longest_positive_run int32 []; min_run_applied int32 [] (rule:
                    radnet_tf.decision, threshold and K fixed at export; K' = min(K, S));
                    models trained with `targets: subtypes` add subtype_probabilities
                    float32 [S, 5], ct_subtypes bool [5], ct_subtype_scores float32 [5]
                    (EDH, IPH, IVH, SAH, SDH; the rule per subtype at its threshold) and
-                   subtype_masks float32 [S, N, N, 5] (the aux heads' class channels)
+                   subtype_masks float32 [S, N, N, 5] (the aux heads' class channels),
+                   subtype_lesion_masks bool [S, N, N, 5] (each gated by its subtype)
 
 Only core TF ops are in the graph (the LSTM is rebuilt with use_cudnn=False). The inputs
 are declared with unknown rank and checked in-graph, so a server (which feeds tensors
@@ -28,7 +31,7 @@ without Python-side checks) answers INVALID_ARGUMENT with a message naming the e
 shape for: wrong rank, wrong slice size or channel count, zero slices, more than
 MAX_SLICES slices, NaN/Inf, non-positive or non-finite spacing.
 `assets.extra/tf_serving_warmup_requests` holds warm-up requests and
-`assets/radnet_metadata.json` the window, geometry, K, threshold, versions, config digest,
+`assets/radnet_metadata.json` the window, geometry, K, slice and mask thresholds, versions, config digest,
 `trained_on` (what the model was trained on) and `held_out` (what its held-out studies
 measured, mask Dice included, when exported from a model dir the trainer evaluated).
 """
@@ -47,6 +50,7 @@ from radnet_tf.contract import (
     CT_SCORE,
     CT_SUBTYPE_SCORES,
     CT_SUBTYPES,
+    LESION_MASK,
     LONGEST_POSITIVE_RUN,
     MASK_OUTPUTS,
     MASKS,
@@ -54,6 +58,7 @@ from radnet_tf.contract import (
     OUTPUT_SLICE,
     OUTPUT_SUBTYPES,
     SLICE_PROBABILITIES,
+    SUBTYPE_LESION_MASKS,
     SUBTYPE_MASKS,
     SUBTYPE_PROBABILITIES,
     SUBTYPES,
@@ -121,7 +126,7 @@ def servable_copy(model, cfg):
     return clone
 
 
-def make_archive(model, cfg, threshold, min_run):
+def make_archive(model, cfg, threshold, min_run, mask_threshold=None):
     """keras.export.ExportArchive with the serving signatures (see module docstring).
 
     ExportArchive (rather than a bare tf.Module) tracks Keras 3 variables so that the TF1
@@ -131,7 +136,9 @@ def make_archive(model, cfg, threshold, min_run):
     import tensorflow as tf
 
     from radnet_tf import preprocess
-    from radnet_tf.decision import ct_decision, ct_decision_labels
+    from radnet_tf.decision import ct_decision, ct_decision_labels, lesion_mask
+
+    mask_threshold = cfg.mask_threshold if mask_threshold is None else float(mask_threshold)
 
     n, c = cfg.input_size, cfg.input_channels
     pcfg = cfg.preprocess_config()
@@ -176,6 +183,7 @@ def make_archive(model, cfg, threshold, min_run):
         result = {
             SLICE_PROBABILITIES: probs,
             MASKS: masks,
+            LESION_MASK: lesion_mask(masks, probs, mask_threshold, threshold),
             CT_POSITIVE: decision["ct_positive"],
             CT_SCORE: decision["ct_score"],
             LONGEST_POSITIVE_RUN: decision["longest_positive_run"],
@@ -190,6 +198,8 @@ def make_archive(model, cfg, threshold, min_run):
             n_slices = tf.shape(slices)[0]
             result[SUBTYPE_MASKS] = (tf.add_n(class_heads) / len(class_heads) if class_heads
                                      else tf.zeros(tf.stack([n_slices, n, n, len(SUBTYPES)])))
+            result[SUBTYPE_LESION_MASKS] = lesion_mask(result[SUBTYPE_MASKS], subtypes, mask_threshold,
+                                                       cfg.resolved_subtype_thresholds)
         return result
 
     def serve_hu(hu, pixel_spacing):
@@ -256,7 +266,7 @@ def next_version(export_dir) -> int:
 
 
 def export_model(model, cfg, export_dir, version=None, threshold=None, min_run=None, warmup=True, trained_on=None,
-                 held_out=None):
+                 held_out=None, mask_threshold=None):
     """Exports `model` to `export_dir/<version>` atomically; returns that path.
 
     `trained_on` (str) goes into the metadata: what the model learned from (e.g. the
@@ -269,15 +279,17 @@ def export_model(model, cfg, export_dir, version=None, threshold=None, min_run=N
 
     threshold = cfg.slice_threshold if threshold is None else float(threshold)
     min_run = cfg.ct_min_run if min_run is None else int(min_run)
-    if not 0 < threshold < 1 or min_run < 1:
-        raise UserError(f"threshold must be in (0, 1) and min_run >= 1. Received: {threshold}, {min_run}")
+    mask_threshold = cfg.mask_threshold if mask_threshold is None else float(mask_threshold)
+    if not 0 < threshold < 1 or min_run < 1 or not 0 < mask_threshold < 1:
+        raise UserError("threshold and mask threshold must be in (0, 1) and min_run >= 1. "
+                        f"Received: {threshold}, {mask_threshold}, {min_run}")
     root = Path(export_dir)
     root.mkdir(parents=True, exist_ok=True)
     version = next_version(root) if version is None else int(version)
     final = root / str(version)
     if final.exists():
         raise UserError(f"{final} exists; choose another --version")
-    archive = make_archive(servable_copy(model, cfg), cfg, threshold, min_run)
+    archive = make_archive(servable_copy(model, cfg), cfg, threshold, min_run, mask_threshold)
     with atomic.atomic_path(final) as tmp:
         archive.write_out(str(tmp), verbose=False)
         metadata = {
@@ -294,12 +306,14 @@ def export_model(model, cfg, export_dir, version=None, threshold=None, min_run=N
             "input_size": cfg.input_size,
             "ct_min_run": min_run,
             "slice_threshold": threshold,
+            "mask_threshold": mask_threshold,
             "short_study_rule": "studies with fewer than ct_min_run slices use K = their slice count",
             "labels": ["any", *SUBTYPES] if cfg.targets == "subtypes" else ["any"],
             "subtype_thresholds": cfg.resolved_subtype_thresholds if cfg.targets == "subtypes" else None,
             "trained_on": trained_on or "unknown",
             "held_out": held_out,
             "masks": "mean of the three auxiliary-head probabilities" if cfg.variant != "densenet" else "none (zeros)",
+            "lesion_mask": "masks >= mask_threshold on slices with probability >= slice_threshold",
             "config_digest": cfg.digest(),
             "config": cfg.to_dict(),
         }
@@ -325,7 +339,8 @@ def held_out_from(model_dir):
     """The held-out figures the trainer wrote into `model_dir/val_metrics.csv`, for the
     export's metadata: dict with studies, threshold (the slice threshold they were measured
     at), ct_accuracy, ct_recall, ct_specificity, ct_roc_auc, slice_roc_auc and, when the
-    records held reference masks, mask_dice (floats; None where undefined); None when the
+    records held reference masks, mask_dice and the mask_threshold it was measured at
+    (floats; None where undefined); None when the
     model dir has no held-out evaluation."""
     import math
 
@@ -347,6 +362,7 @@ def held_out_from(model_dir):
            "slice_roc_auc": number("slice", "roc_auc")}
     if "mask" in rows.index:
         out["mask_dice"] = number("mask", "dice")
+        out["mask_threshold"] = number("mask", "threshold")  # None: a model dir from before it was recorded
     return out
 
 
@@ -367,11 +383,12 @@ def main(argv=None):
     parser.add_argument("--version", type=int, default=None, help="version number (default: next free)")
     parser.add_argument("--threshold", type=float, default=None, help="slice threshold (default: config)")
     parser.add_argument("--min-run", type=int, default=None, help="K consecutive slices (default: config)")
+    parser.add_argument("--mask-threshold", type=float, default=None, help="lesion-mask threshold (default: config)")
     args = parser.parse_args(argv)
     model, cfg = load_trained(args.model)
     held_out = held_out_from(args.model) if Path(args.model).is_dir() else None
     path = export_model(model, cfg, args.out or cfg.export_dir, args.version, args.threshold, args.min_run,
-                        trained_on=trained_on_from(cfg), held_out=held_out)
+                        trained_on=trained_on_from(cfg), held_out=held_out, mask_threshold=args.mask_threshold)
     say(f"exported {cfg.variant} to {path}")
 
 

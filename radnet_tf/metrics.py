@@ -54,18 +54,45 @@ def slice_table(study_keys, slice_probs, slice_labels) -> pd.DataFrame:
     )
 
 
-def mask_overlap(predicted, truth, threshold) -> np.ndarray:
-    """Pixel counts of one study's masks: int64 [3] = (predicted and true, predicted, true),
-    a predicted pixel being one >= `threshold` (float [S, N, N] each; truth 1/0)."""
-    p, t = np.asarray(predicted) >= threshold, np.asarray(truth) > 0.5
-    return np.array([np.count_nonzero(p & t), np.count_nonzero(p), np.count_nonzero(t)], np.int64)
+def mask_counts(predicted, truth, thresholds) -> np.ndarray:
+    """Per-slice pixel counts of one study's masks at each threshold.
+
+    Args:
+      predicted: float [S, N, N] mask probabilities. truth: [S, N, N] reference mask (1/0).
+      thresholds: T floats; a predicted pixel is one >= the threshold.
+    Returns:
+      int64 [S, T, 3]: (predicted and true, predicted, true) per slice and threshold.
+    """
+    predicted, t = np.asarray(predicted), np.asarray(truth) > 0.5
+    true = np.count_nonzero(t, axis=(1, 2))
+    out = np.zeros((len(t), len(thresholds), 3), np.int64)
+    for j, threshold in enumerate(thresholds):
+        p = predicted >= threshold
+        out[:, j] = np.stack([np.count_nonzero(p & t, axis=(1, 2)), np.count_nonzero(p, axis=(1, 2)), true], -1)
+    return out
+
+
+def gate_mask_counts(counts, probs, slice_threshold) -> np.ndarray:
+    """`mask_counts` under the served lesion mask's slice gate (decision.lesion_mask_np):
+    predicted pixels count only on slices with probability >= `slice_threshold`.
+
+    Args:
+      counts: int [S, ..., 3]. probs: float [S] slice probabilities.
+    Returns:
+      int64 array like `counts`, the first two columns zeroed on the other slices.
+    """
+    counts = np.array(counts, np.int64)
+    on = (np.asarray(probs) >= slice_threshold).reshape((-1,) + (1,) * (counts.ndim - 1))
+    counts[..., :2] *= on
+    return counts
 
 
 def mask_metrics(overlaps, labels) -> dict:
-    """Held-out segmentation quality from per-study `mask_overlap` counts.
+    """Held-out segmentation quality from per-study pixel counts.
 
     Args:
-      overlaps: list of int [3] arrays (or None: a study without a reference mask).
+      overlaps: list of int [3] arrays, (predicted and true, predicted, true) summed over a
+        study's slices (`mask_counts`, gated or not), or None: no reference mask.
       labels: study labels (1/0), same order.
     Returns:
       dict: n (studies with a reference mask), dice (2|P and T| / (|P| + |T|) over every

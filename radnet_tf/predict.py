@@ -10,8 +10,11 @@ A single DICOM file (or a one-slice series) works: the CT rule is then applied w
 K = the slice count, and the JSON's `rule` says so. A model trained on the synthetic
 phantom prints a one-line warning when applied to real DICOM.
 
-Hemorrhage volume: mask voxels (fused mask >= 0.5 on the model grid) x out_spacing^2 x
-slice spacing, in mL. The JSON's `model.held_out` repeats what the export's held-out
+Lesion mask (the volume, the overview's contours and the DICOM SEG): the fused mask at or
+above the export's mask threshold, on slices whose probability is at or above the slice
+threshold (`radnet_tf.decision.lesion_mask_np`; exports from before the mask threshold
+use 0.5). Hemorrhage volume: lesion-mask voxels on the model grid x out_spacing^2 x slice
+spacing, in mL. The JSON's `model.held_out` repeats what the export's held-out
 studies measured; when their mask Dice is below UNRELIABLE_MASK_DICE (0.1) a one-line
 warning says the volume and segmentation are not reliable. No patient identifier is
 printed or written: the study is named by its pseudonymous key.
@@ -33,11 +36,13 @@ from radnet_tf.contract import (
     CT_SCORE,
     CT_SUBTYPE_SCORES,
     CT_SUBTYPES,
+    LESION_MASK,
     LONGEST_POSITIVE_RUN,
     MASK_THRESHOLD,
     MASKS,
     MIN_RUN_APPLIED,
     SLICE_PROBABILITIES,
+    SUBTYPE_LESION_MASKS,
     SUBTYPE_MASKS,
     SUBTYPE_PROBABILITIES,
     SUBTYPES,
@@ -81,10 +86,11 @@ def predict_series(series, saved, meta):
     check = ct_decision_np(probs, meta["slice_threshold"], meta["ct_min_run"])
     if check["ct_positive"] != bool(out[CT_POSITIVE]):  # one rule, two implementations
         raise RuntimeError(f"CT rule disagrees between the export and radnet_tf.decision: {check}")
+    lesion_masks(out, meta)
     spacing = meta["out_spacing_mm"]
     slice_mm = series.slice_spacing if np.isfinite(series.slice_spacing) else series.slice_thickness
     slice_mm = float(slice_mm) if np.isfinite(slice_mm) else 0.0
-    volume_ml = float((out[MASKS] >= MASK_THRESHOLD).sum() * spacing * spacing * slice_mm / 1000.0)
+    volume_ml = float(out[LESION_MASK].sum() * spacing * spacing * slice_mm / 1000.0)
     result = {
         "study_key": series.study_key,
         "ct_positive": bool(out[CT_POSITIVE]),
@@ -92,6 +98,7 @@ def predict_series(series, saved, meta):
         "longest_positive_run": int(out[LONGEST_POSITIVE_RUN]),
         "min_run_applied": int(out.get(MIN_RUN_APPLIED, check["min_run_applied"])),
         "rule": rule_text(meta["ct_min_run"], meta["slice_threshold"], len(probs), calibrated_for(meta)),
+        "mask_rule": f"mask >= {mask_threshold_of(meta):g} on slices with probability >= {meta['slice_threshold']}",
         SLICE_PROBABILITIES: [round(float(p), 4) for p in probs],
         "hemorrhage_volume_ml": round(volume_ml, 2) if slice_mm else None,
         "series": series.summary(),
@@ -106,12 +113,39 @@ def predict_series(series, saved, meta):
                 "ct_score": round(float(out[CT_SUBTYPE_SCORES][j]), 4),
                 "threshold": thresholds[j],
                 "slices": [int(i) for i in np.flatnonzero(out[SUBTYPE_PROBABILITIES][:, j] >= thresholds[j])],
-                "volume_ml": round(float((out[SUBTYPE_MASKS][..., j] >= MASK_THRESHOLD).sum() * spacing * spacing * slice_mm / 1000.0), 2)
-                if slice_mm and SUBTYPE_MASKS in out else None,
+                "volume_ml": round(float(out[SUBTYPE_LESION_MASKS][..., j].sum() * spacing * spacing * slice_mm / 1000.0), 2)
+                if slice_mm and SUBTYPE_LESION_MASKS in out else None,
             }
             for j, name in enumerate(SUBTYPES)
         }
     return result, out, model_s
+
+
+def mask_threshold_of(meta) -> float:
+    """The export's mask threshold (MASK_THRESHOLD for exports from before it was recorded)."""
+    return float(meta.get("mask_threshold", MASK_THRESHOLD))
+
+
+def lesion_masks(out, meta):
+    """Adds LESION_MASK (and SUBTYPE_LESION_MASKS for subtype models) to the served outputs
+    `out` with `radnet_tf.decision.lesion_mask_np` at the export's thresholds; where the
+    export serves them too, the two must agree (one rule, two implementations).
+
+    Raises:
+      RuntimeError: the export's lesion mask disagrees with radnet_tf.decision.
+    """
+    from radnet_tf.decision import lesion_mask_np
+
+    m = mask_threshold_of(meta)
+    computed = {LESION_MASK: lesion_mask_np(out[MASKS], out[SLICE_PROBABILITIES], m, meta["slice_threshold"])}
+    if SUBTYPE_MASKS in out:
+        thresholds = meta.get("subtype_thresholds") or [meta["slice_threshold"]] * len(SUBTYPES)
+        computed[SUBTYPE_LESION_MASKS] = lesion_mask_np(out[SUBTYPE_MASKS], out[SUBTYPE_PROBABILITIES], m, thresholds)
+    for name, mask in computed.items():
+        if name in out and not np.array_equal(out[name], mask):
+            raise RuntimeError(f"{name} disagrees between the export and radnet_tf.decision "
+                               f"({int(np.count_nonzero(out[name] != mask))} pixels)")
+        out[name] = mask
 
 
 def write_seg(path, dicom_dir, series, out, meta):
@@ -131,10 +165,10 @@ def write_seg(path, dicom_dir, series, out, meta):
             continue
         if uid in wanted:
             source_files[uid] = f
-    if SUBTYPE_MASKS in out:
-        masks, names = out[SUBTYPE_MASKS] >= MASK_THRESHOLD, list(SUBTYPES)
+    if SUBTYPE_LESION_MASKS in out:
+        masks, names = out[SUBTYPE_LESION_MASKS], list(SUBTYPES)
     else:
-        masks, names = (out[MASKS] >= MASK_THRESHOLD)[..., None], ["Hemorrhage"]
+        masks, names = out[LESION_MASK][..., None], ["Hemorrhage"]
     pcfg = preprocess.PreprocessConfig(
         window_center=meta["window_center"], window_width=meta["window_width"], extra_windows=(),
         out_spacing=meta["out_spacing_mm"], fov_mm=meta["fov_mm"], out_size=meta["input_size"],
@@ -180,12 +214,13 @@ def overview_png(path, out, meta, probs, threshold, max_slices=48):
     for k, i in enumerate(idx):
         ax = fig.add_subplot(grid[k // cols, k % cols])
         ax.imshow(slices[i], cmap="gray", vmin=0, vmax=1)
-        if SUBTYPE_MASKS in out:  # one colour per subtype
+        if SUBTYPE_LESION_MASKS in out:  # one colour per subtype
             for j, colour in enumerate(SUBTYPE_COLOURS):
-                if out[SUBTYPE_MASKS][i, ..., j].max() >= MASK_THRESHOLD:
-                    ax.contour(out[SUBTYPE_MASKS][i, ..., j], levels=[MASK_THRESHOLD], colors=colour, linewidths=0.8)
-        elif out[MASKS][i].max() >= MASK_THRESHOLD:
-            ax.contour(out[MASKS][i], levels=[MASK_THRESHOLD], colors="red", linewidths=0.8)
+                if out[SUBTYPE_LESION_MASKS][i, ..., j].any():
+                    ax.contour(out[SUBTYPE_LESION_MASKS][i, ..., j].astype(np.float32), levels=[0.5], colors=colour,
+                               linewidths=0.8)
+        elif out[LESION_MASK][i].any():
+            ax.contour(out[LESION_MASK][i].astype(np.float32), levels=[0.5], colors="red", linewidths=0.8)
         ax.set_title(f"{i}: p={probs[i]:.2f}", fontsize=8, color="red" if probs[i] >= threshold else "black")
         ax.axis("off")
     ax = fig.add_subplot(grid[rows, :])

@@ -17,7 +17,7 @@ import dataclasses
 
 import numpy as np
 
-from radnet_tf.contract import (IGNORE_LABEL, MASK_OUTPUTS, MASK_THRESHOLD, MASKS, OUTPUT_SLICE, OUTPUT_SUBTYPES,
+from radnet_tf.contract import (IGNORE_LABEL, MASK_OUTPUTS, MASKS, OUTPUT_SLICE, OUTPUT_SUBTYPES,
                                 SUBTYPES)
 from radnet_tf.errors import UserError
 
@@ -33,9 +33,10 @@ class StudyPredictions:
       subtype_probs: list of float32 arrays [S, 5] (models with targets: subtypes; else []).
       subtype_labels: list of int arrays [5]: each study's label per subtype (1/0/-1),
         from the whole-study reads when the records have them, else any slice positive.
-      mask_overlaps: list of int [3] arrays (`metrics.mask_overlap` of the fused mask at
-        MASK_THRESHOLD; None for a study without a reference mask), when predicted with
-        masks; else [].
+      mask_counts: list of int64 [S, T, 3] arrays (`metrics.mask_counts` of the fused mask
+        at each of the T `mask_thresholds`, before the slice gate; None for a study without
+        a reference mask), when predicted with masks; else [].
+      mask_thresholds: the T mask thresholds of `mask_counts` (floats).
     """
 
     keys: list
@@ -45,7 +46,8 @@ class StudyPredictions:
     subtype_probs: list = dataclasses.field(default_factory=list)
     subtype_labels: list = dataclasses.field(default_factory=list)
     slice_subtype_labels: list = dataclasses.field(default_factory=list)
-    mask_overlaps: list = dataclasses.field(default_factory=list)
+    mask_counts: list = dataclasses.field(default_factory=list)
+    mask_thresholds: tuple = ()
 
 
 def keras_slice_fn(model, cfg, masks=False):
@@ -73,26 +75,30 @@ def keras_slice_fn(model, cfg, masks=False):
     return lambda x: {k: v.numpy() for k, v in fn(x).items()}
 
 
-def predict_studies(slice_fn, files, cfg, split="validation", with_masks=False) -> StudyPredictions:
+def predict_studies(slice_fn, files, cfg, split="validation", with_masks=False, mask_thresholds=None) -> StudyPredictions:
     """Runs `slice_fn` over every whole study of `split` ("validation", "train", "all").
 
     With `with_masks`, also compares each study's fused mask (the slice function's MASKS)
-    with its reference mask (`StudyPredictions.mask_overlaps`; None where either is absent).
+    with its reference mask, per slice, at each of `mask_thresholds` (default: just
+    `cfg.mask_threshold`): `StudyPredictions.mask_counts` (None where either is absent);
+    `mask_scores` applies the slice gate and sums them.
 
     Raises:
       UserError: the split holds no study.
     """
     from radnet_tf import data
-    from radnet_tf.metrics import mask_overlap
+    from radnet_tf.metrics import mask_counts
 
     out = StudyPredictions([], [], [], [])
+    if with_masks:
+        out.mask_thresholds = tuple(float(t) for t in (mask_thresholds or (cfg.mask_threshold,)))
     for x, y, meta in data.eval_dataset(files, cfg, 1, with_masks=with_masks, split=split, with_keys=True):
         s = int(x.shape[1])
         result = slice_fn(x)
         if with_masks:  # a model without aux heads serves no mask: nothing to compare
             truth = y[MASK_OUTPUTS[0]].numpy()[0, :s, ..., 0]
             known = truth.size and truth.min() >= 0 and isinstance(result, dict) and MASKS in result  # -1: no mask
-            out.mask_overlaps.append(mask_overlap(result[MASKS][:s], truth, MASK_THRESHOLD) if known else None)
+            out.mask_counts.append(mask_counts(result[MASKS][:s], truth, out.mask_thresholds) if known else None)
         if isinstance(result, dict):
             if OUTPUT_SUBTYPES in result:
                 out.subtype_probs.append(np.asarray(result[OUTPUT_SUBTYPES])[:s])
@@ -129,6 +135,32 @@ def score_studies(preds: StudyPredictions, threshold, min_run) -> dict:
         "ct_metrics": ct_metrics(studies),
         "short_studies": int((studies.num_slices < min_run).sum()),
     }
+
+
+def mask_scores(preds: StudyPredictions, slice_threshold, mask_threshold=None) -> dict:
+    """Held-out quality of the served lesion mask (`decision.lesion_mask_np`: the fused mask
+    at `mask_threshold`, default the first of `preds.mask_thresholds`, on slices at or above
+    `slice_threshold`): `metrics.mask_metrics` of the predictions' mask counts."""
+    from radnet_tf.metrics import gate_mask_counts, mask_metrics
+
+    j = 0 if mask_threshold is None else preds.mask_thresholds.index(float(mask_threshold))
+    sums = [None if c is None else gate_mask_counts(c[:, j], p, slice_threshold).sum(0)
+            for c, p in zip(preds.mask_counts, preds.probs)]
+    return mask_metrics(sums, preds.labels)
+
+
+def calibrate_mask_threshold(preds: StudyPredictions, slice_threshold, fallback) -> float:
+    """The mask threshold, among `preds.mask_thresholds`, with the highest pixel Dice of the
+    gated lesion mask over these studies (`decision.choose_mask_threshold`); `fallback`
+    when there is no reference mask or no candidate finds a true pixel."""
+    from radnet_tf.decision import choose_mask_threshold
+    from radnet_tf.metrics import gate_mask_counts
+
+    gated = [gate_mask_counts(c, p, slice_threshold).sum(0) for c, p in zip(preds.mask_counts, preds.probs)
+             if c is not None]
+    if not gated:
+        return float(fallback)
+    return choose_mask_threshold(np.sum(gated, axis=0), preds.mask_thresholds, fallback)
 
 
 def calibrate_subtype_thresholds(preds: StudyPredictions, min_run, fallback, scale=1.0):

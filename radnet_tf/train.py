@@ -11,7 +11,7 @@ the global batch is `batch_size` x replicas; model and optimizer are built in th
 scope.
 
 Model dir contents:
-  config.json    the fully resolved config (with the calibrated slice_threshold)
+  config.json    the fully resolved config (with the calibrated slice and mask thresholds)
   run_info.json  versions, strategy, data manifest digest and `model_file`: the file that
                  IS the model (every loader follows it)
   final.keras    the model after the last epoch
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from radnet_tf import atomic
 from radnet_tf.cli import add_verbose, cli_main, say
-from radnet_tf.contract import MASK_OUTPUTS, MASK_THRESHOLD, SUBTYPES
+from radnet_tf.contract import MASK_OUTPUTS, SUBTYPES
 from radnet_tf.errors import UserError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
@@ -127,9 +127,8 @@ def evaluate_model(model, files, cfg, out_dir):
     """
     import pandas as pd
 
-    from radnet_tf.scoring import keras_slice_fn, predict_studies, rsna_log_loss, score_studies, subtype_tables
-
-    from radnet_tf.metrics import mask_metrics
+    from radnet_tf.scoring import (keras_slice_fn, mask_scores, predict_studies, rsna_log_loss, score_studies,
+                                   subtype_tables)
 
     with_masks = any(name in model.output_names for name in MASK_OUTPUTS)
     preds = predict_studies(keras_slice_fn(model, cfg, masks=with_masks), files, cfg, with_masks=with_masks)
@@ -137,10 +136,10 @@ def evaluate_model(model, files, cfg, out_dir):
     if cfg.calibration_series_slices:
         scored["series_model"] = series_model_metrics(scored["studies"], cfg)
     rows = [{"level": "slice", **scored["slice_metrics"]}, {"level": "ct", **scored["ct_metrics"]}]
-    masks = mask_metrics(preds.mask_overlaps, preds.labels)
+    masks = mask_scores(preds, cfg.slice_threshold) if with_masks else {"n": 0}
     if masks["n"]:  # held-out studies with a reference mask (the phantom, NIfTI masks)
-        scored["mask_metrics"] = masks
-        rows.append({"level": "mask", **masks})
+        scored["mask_metrics"] = {"threshold": cfg.mask_threshold, **masks}
+        rows.append({"level": "mask", **scored["mask_metrics"]})
     table = pd.DataFrame(rows)
     out = Path(out_dir)
     if preds.subtype_probs:
@@ -175,38 +174,61 @@ def series_model_metrics(studies, cfg) -> dict:
             "specificity": spec, "balanced_accuracy": (sens + spec) / 2}
 
 
-def calibrate_threshold(model, files, cfg):
-    """Slice threshold for the CT rule, chosen on the training studies (whole studies, no
-    augmentation) to maximise CT-level balanced accuracy; the held-out studies are not
-    used, so their metrics stay honest. With `cfg.calibration_series_slices` = N > 0 the
-    threshold is chosen for series of N slices rather than for studies as long as the
-    training studies (median length S): each such series counts as
-    `decision.series_scale(N, S, K)` training studies (`decision.choose_threshold`).
-    Returns the threshold (float)."""
+def calibrate_thresholds(model, files, cfg) -> dict:
+    """The decision thresholds, chosen on the training studies (whole studies, no
+    augmentation) in one prediction pass; the held-out studies are not used, so their
+    metrics stay honest. Sets them on `cfg` and returns {name: value} of those set.
+
+    * `cfg.calibrate_threshold`: the CT rule's slice threshold, maximising CT-level
+      balanced accuracy. With `cfg.calibration_series_slices` = N > 0 it is chosen for
+      series of N slices rather than for studies as long as the training studies (median
+      length S): each such series counts as `decision.series_scale(N, S, K)` training
+      studies (`decision.choose_threshold`). Subtype models get one threshold per subtype.
+    * `cfg.calibrate_mask_threshold` (models with auxiliary heads): the mask threshold
+      maximising the pixel Dice of the served lesion mask, gated by the slice threshold
+      (`decision.lesion_mask_np`, `decision.choose_mask_threshold`) over
+      `decision.MASK_THRESHOLD_CANDIDATES`.
+    """
     import numpy as np
 
-    from radnet_tf.decision import choose_threshold, ct_score_np, series_scale
-    from radnet_tf.scoring import keras_slice_fn, predict_studies
+    from radnet_tf.decision import MASK_THRESHOLD_CANDIDATES, choose_threshold, ct_score_np, series_scale
+    from radnet_tf.scoring import calibrate_mask_threshold, keras_slice_fn, predict_studies
 
-    preds = predict_studies(keras_slice_fn(model, cfg), files, cfg, split="train")
-    known = [(ct_score_np(p, cfg.ct_min_run), y) for p, y in zip(preds.probs, preds.labels) if y in (0, 1)]
-    if len({y for _, y in known}) < 2:
-        raise UserError("calibrate_threshold needs positive and negative training studies")
-    scale, target = 1.0, ""
-    if cfg.calibration_series_slices:
-        study_slices = float(np.median([len(p) for p in preds.probs]))
-        scale = series_scale(cfg.calibration_series_slices, study_slices, cfg.ct_min_run)
-        target = (f" for {cfg.calibration_series_slices}-slice series ({scale:.2f} x the training studies' "
-                  f"{study_slices:g} slices)")
-    threshold = choose_threshold([s for s, _ in known], [y for _, y in known], scale=scale)
-    say(f"slice threshold from {len(known)} training studies{target}: {threshold:.3f}")
-    if preds.subtype_probs:  # one threshold per subtype, the same way
-        from radnet_tf.scoring import calibrate_subtype_thresholds
+    with_masks = cfg.calibrate_mask_threshold and any(name in model.output_names for name in MASK_OUTPUTS)
+    preds = predict_studies(keras_slice_fn(model, cfg, masks=with_masks), files, cfg, split="train",
+                            with_masks=with_masks, mask_thresholds=MASK_THRESHOLD_CANDIDATES)
+    chosen = {}
+    if cfg.calibrate_threshold:
+        known = [(ct_score_np(p, cfg.ct_min_run), y) for p, y in zip(preds.probs, preds.labels) if y in (0, 1)]
+        if len({y for _, y in known}) < 2:
+            raise UserError("calibrate_threshold needs positive and negative training studies")
+        scale, target = 1.0, ""
+        if cfg.calibration_series_slices:
+            study_slices = float(np.median([len(p) for p in preds.probs]))
+            scale = series_scale(cfg.calibration_series_slices, study_slices, cfg.ct_min_run)
+            target = (f" for {cfg.calibration_series_slices}-slice series ({scale:.2f} x the training studies' "
+                      f"{study_slices:g} slices)")
+        cfg.slice_threshold = chosen["slice_threshold"] = choose_threshold(
+            [s for s, _ in known], [y for _, y in known], scale=scale)
+        say(f"slice threshold from {len(known)} training studies{target}: {cfg.slice_threshold:.3f}")
+        if preds.subtype_probs:  # one threshold per subtype, the same way
+            from radnet_tf.scoring import calibrate_subtype_thresholds
 
-        cfg.subtype_thresholds, fell_back = calibrate_subtype_thresholds(preds, cfg.ct_min_run, threshold, scale)
-        say("subtype thresholds: " + ", ".join(f"{n} {t:.3f}" for n, t in zip(SUBTYPES, cfg.subtype_thresholds))
-            + (f" ({', '.join(fell_back)}: no positive or no negative training study, the 'any' threshold)" if fell_back else ""))
-    return threshold
+            cfg.subtype_thresholds, fell_back = calibrate_subtype_thresholds(preds, cfg.ct_min_run,
+                                                                             cfg.slice_threshold, scale)
+            chosen["subtype_thresholds"] = cfg.subtype_thresholds
+            say("subtype thresholds: " + ", ".join(f"{n} {t:.3f}" for n, t in zip(SUBTYPES, cfg.subtype_thresholds))
+                + (f" ({', '.join(fell_back)}: no positive or no negative training study, the 'any' threshold)"
+                   if fell_back else ""))
+    if cfg.calibrate_mask_threshold and not with_masks:
+        say("mask threshold: not calibrated (the model has no auxiliary heads)")
+    elif cfg.calibrate_mask_threshold:
+        masked = sum(c is not None for c in preds.mask_counts)
+        cfg.mask_threshold = chosen["mask_threshold"] = calibrate_mask_threshold(preds, cfg.slice_threshold,
+                                                                                 cfg.mask_threshold)
+        say(f"mask threshold from {masked} training studies with a reference mask (slices at or above "
+            f"{cfg.slice_threshold:.3f}): {cfg.mask_threshold:.2f}")
+    return chosen
 
 
 def validation_epochs(epochs, every):
@@ -335,10 +357,9 @@ def train(cfg, progress=True):
     run_info["model_file"] = model_file
     _write_json(model_dir / RUN_INFO, run_info)
     summary = {"model_dir": str(model_dir), "records": records_path, "model_file": model_file}
-    if cfg.calibrate_threshold:
+    if cfg.calibrate_threshold or cfg.calibrate_mask_threshold:
         t0 = time.perf_counter()
-        cfg.slice_threshold = calibrate_threshold(model, files, cfg)
-        summary["slice_threshold"] = cfg.slice_threshold
+        summary.update(calibrate_thresholds(model, files, cfg))
         _write_json(model_dir / "config.json", cfg.to_dict())
         seconds["calibration"] = time.perf_counter() - t0
     if n_val:
@@ -394,7 +415,7 @@ def print_summary(summary):
         say("held-out CT level: " + ", ".join(f"{k} {m[k]:.3f}" for k in ("accuracy", "recall", "precision", "f1")))
     if "mask_metrics" in summary:
         m = summary["mask_metrics"]
-        say(f"held-out masks (>= {MASK_THRESHOLD}): Dice {m['dice']:.3f} (positive studies' mean {m['study_dice']:.3f}), "
+        say(f"held-out masks (>= {m['threshold']:.2f} on positive slices): Dice {m['dice']:.3f} (positive studies' mean {m['study_dice']:.3f}), "
             f"recall {m['recall']:.3f}, precision {m['precision']:.3f}; "
             f"negative studies with a mask {100 * m['negative_studies_with_mask']:.1f}%")
     if "series_model" in summary:

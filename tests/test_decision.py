@@ -71,3 +71,24 @@ def test_rule_per_label_numpy_and_tf_agree_with_the_single_label_rule():
     tf_got = ct_decision_labels(probs, [0.75, 0.55], 3)
     assert np.asarray(tf_got["ct_positive"]).tolist() == [False, True]
     np.testing.assert_allclose(np.asarray(tf_got["ct_score"]), [0.7, 0.6], atol=1e-6)
+
+
+def test_lesion_mask_gates_pixels_by_their_slice_numpy_and_tf():
+    from radnet_tf.decision import lesion_mask, lesion_mask_np
+
+    masks = np.zeros((3, 2, 2), np.float32)
+    masks[0] = [[0.3, 0.1], [0.2, 0.29]]  # slice 0 positive: all but 0.1 reach the cut 0.2
+    masks[1] = 0.9  # slice 1 below its slice threshold: gated out
+    masks[2, 0, 0] = 0.2  # slice 2 positive, one pixel exactly at the cut
+    probs = np.array([0.7, 0.69, 0.7], np.float32)
+    got = lesion_mask_np(masks, probs, 0.2, 0.7)
+    assert got.tolist() == [[[True, False], [True, True]], [[False, False], [False, False]],
+                            [[True, False], [False, False]]]
+    np.testing.assert_array_equal(np.asarray(lesion_mask(masks, probs, 0.2, 0.7)), got)
+    # per label: masks [S, N, N, L], probs [S, L], one slice threshold per label
+    per_label = np.stack([masks, masks], -1)
+    two = np.stack([probs, np.array([0.9, 0.9, 0.1], np.float32)], -1)
+    both = lesion_mask_np(per_label, two, 0.2, [0.7, 0.5])
+    assert both[..., 0].tolist() == got.tolist()
+    assert both[1, ..., 1].all() and not both[2, ..., 1].any()
+    np.testing.assert_array_equal(np.asarray(lesion_mask(per_label, two, 0.2, [0.7, 0.5])), both)

@@ -83,6 +83,33 @@ def test_saved_model_matches_keras(exported, slices):
     assert int(out["min_run_applied"]) == min(3, slices) == rule["min_run_applied"]
 
 
+def test_served_lesion_mask_is_the_gated_rule_at_the_exported_thresholds(trained_tiny, tmp_path):
+    """lesion_mask = masks >= mask threshold on slices >= slice threshold, in the graph, as
+    decision.lesion_mask_np computes it; thresholds picked so that every part of the rule
+    matters (a slice gated out though its mask passes, pixels below the mask threshold)."""
+    from radnet_tf.decision import lesion_mask_np
+    from radnet_tf.export import export_model, read_metadata
+
+    cfg, _, model, _ = trained_tiny
+    x = np.random.default_rng(3).uniform(size=(6, 32, 32, 1)).astype(np.float32)
+    ref = model(x[None])
+    probs = ref["slice_probability"].numpy()[0]
+    fused = (ref["mask_1"] + ref["mask_2"] + ref["mask_3"]).numpy()[0, ..., 0] / 3
+    slice_t = float(np.sort(probs)[3] - 1e-4)  # 3 of 6 slices pass
+    mask_t = float(np.quantile(fused, 0.6))
+    path = export_model(model, cfg, tmp_path, threshold=slice_t, mask_threshold=mask_t, warmup=False)
+    assert read_metadata(path)["mask_threshold"] == mask_t
+    out = tf.saved_model.load(str(path)).signatures["serving_default"](slices=tf.constant(x))
+    served = out["lesion_mask"].numpy()
+    assert served.dtype == bool and served.shape == (6, 32, 32)
+    np.testing.assert_array_equal(served, lesion_mask_np(out["masks"].numpy(), out["slice_probabilities"].numpy(),
+                                                         mask_t, slice_t))
+    below = out["slice_probabilities"].numpy() < slice_t
+    assert not served[below].any() and (out["masks"].numpy()[below] >= mask_t).any()  # gated out
+    above = served[~below]
+    assert above.any() and not above.all()  # the mask threshold cuts within positive slices
+
+
 def test_raw_hu_signature_runs_training_preprocessing(exported):
     from radnet_tf import preprocess
 
@@ -182,7 +209,7 @@ def test_multi_window_export_takes_channels_and_windows_hu_in_graph(tmp_path):
 def test_subtype_model_adds_outputs_and_keeps_the_old_ones(tmp_path):
     """targets: subtypes adds subtype outputs to both signatures; the five existing outputs
     keep their names, dtypes and values, so a client written for an `any` export works."""
-    from radnet_tf.decision import ct_decision_labels_np, ct_decision_np
+    from radnet_tf.decision import ct_decision_labels_np, ct_decision_np, lesion_mask_np
     from radnet_tf.export import export_model, read_metadata
     from radnet_tf.model import build_model
     from conftest import tiny_config
@@ -206,12 +233,14 @@ def test_subtype_model_adds_outputs_and_keeps_the_old_ones(tmp_path):
     assert bool(out["ct_positive"]) == any_rule["ct_positive"] and out["slice_probabilities"].shape == (5,)
     with tf.compat.v1.Session(graph=tf.Graph()) as sess:  # as TF Serving loads it
         sig = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path)).signature_def["predict_hu"]
-        assert set(sig.outputs) == {"slice_probabilities", "masks", "ct_positive", "ct_score", "longest_positive_run",
-                                    "min_run_applied", "subtype_probabilities", "ct_subtypes", "ct_subtype_scores",
-                                    "subtype_masks"}
+        assert set(sig.outputs) == {"slice_probabilities", "masks", "lesion_mask", "ct_positive", "ct_score",
+                                    "longest_positive_run", "min_run_applied", "subtype_probabilities", "ct_subtypes",
+                                    "ct_subtype_scores", "subtype_masks", "subtype_lesion_masks"}
     heads = [ref[f"mask_{i}"].numpy()[0] for i in (1, 2, 3)]
     np.testing.assert_allclose(out["masks"].numpy(), sum(h[..., 0] for h in heads) / 3, atol=1e-5)
     np.testing.assert_allclose(out["subtype_masks"].numpy(), sum(h[..., 1:] for h in heads) / 3, atol=1e-5)
+    expected = lesion_mask_np(out["subtype_masks"].numpy(), sub, cfg.mask_threshold, [0.5, 0.4, 0.3, 0.6, 0.45])
+    np.testing.assert_array_equal(out["subtype_lesion_masks"].numpy(), expected)
 
 
 def test_predict_on_a_subtype_export_reports_every_subtype_and_draws_them(tmp_path, tiny_cohort):

@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from radnet_tf.metrics import binary_metrics, bootstrap_ci, ct_metrics, mask_metrics, mask_overlap, study_table
+from radnet_tf.metrics import (binary_metrics, bootstrap_ci, ct_metrics, gate_mask_counts, mask_counts, mask_metrics,
+                               study_table)
 
 
 def test_binary_metrics_against_hand_counts():
@@ -83,15 +84,19 @@ def test_choose_threshold_for_longer_series_trades_recall_for_specificity():
 def test_calibrate_threshold_for_a_series_length(monkeypatch):
     import radnet_tf.scoring as scoring
     from radnet_tf.config import Config
-    from radnet_tf.train import calibrate_threshold
+    from radnet_tf.train import calibrate_thresholds
+
+    def calibrate_threshold(model, files, cfg):
+        return calibrate_thresholds(model, files, cfg)["slice_threshold"]
 
     probs = [np.full(16, s, np.float32) for s in NEG + POS]  # 16-slice studies, CT score = s
     preds = scoring.StudyPredictions([f"s{i}" for i in range(8)], [0] * 5 + [1] * 3, probs, [None] * 8)
-    monkeypatch.setattr(scoring, "keras_slice_fn", lambda model, cfg: None)
-    monkeypatch.setattr(scoring, "predict_studies", lambda fn, files, cfg, split: preds)
-    assert calibrate_threshold(None, [], Config()) == pytest.approx(0.5)
+    monkeypatch.setattr(scoring, "keras_slice_fn", lambda model, cfg, masks: None)
+    monkeypatch.setattr(scoring, "predict_studies", lambda fn, files, cfg, split, **kw: preds)
+    assert calibrate_threshold(None, [], Config(calibrate_threshold=True)) == pytest.approx(0.5)
     # 30-slice series: 28 windows of K = 3 against the studies' 14
-    assert calibrate_threshold(None, [], Config(calibration_series_slices=30)) == pytest.approx(0.65)
+    assert calibrate_threshold(None, [], Config(calibrate_threshold=True, calibration_series_slices=30)) == pytest.approx(0.65)
+    assert calibrate_thresholds(None, [], Config()) == {}  # nothing asked for, nothing set
 
 
 def test_series_model_metrics_from_held_out_studies():
@@ -123,16 +128,24 @@ def test_print_summary_names_the_calibration_length(capsys):
             "balanced accuracy 0.594\n") in out
 
 
-def test_mask_overlap_and_metrics_against_hand_counts():
+def test_mask_counts_gate_and_metrics_against_hand_counts():
     truth = np.zeros((2, 4, 4))
     truth[0, :2, :2] = 1  # 4 true pixels
     pred = np.zeros((2, 4, 4))
     pred[0, :2, :1] = 0.9  # 2 of them found
     pred[0, 3, 3] = 0.5  # a false pixel at exactly the threshold counts
     pred[1, 0, 0] = 0.49  # below it does not
-    assert mask_overlap(pred, truth, 0.5).tolist() == [2, 3, 4]
-    negative = mask_overlap(np.full((1, 4, 4), 0.7), np.zeros((1, 4, 4)), 0.5)  # 16 false pixels
-    m = mask_metrics([mask_overlap(pred, truth, 0.5), negative, None, np.zeros(3, int)], [1, 0, 1, 0])
+    counts = mask_counts(pred, truth, [0.5, 0.3, 0.95])
+    assert counts.shape == (2, 3, 3) and counts.dtype == np.int64
+    assert counts[:, 0].tolist() == [[2, 3, 4], [0, 0, 0]]
+    assert counts[:, 1].tolist() == [[2, 3, 4], [0, 1, 0]]  # 0.49 >= 0.3 on slice 1
+    assert counts[:, 2].tolist() == [[0, 0, 4], [0, 0, 0]]
+    # the slice gate: predicted pixels count only on slices at or above the slice threshold
+    gated = gate_mask_counts(counts, [0.7, 0.2], 0.7)
+    assert gated[:, 1].tolist() == [[2, 3, 4], [0, 0, 0]] and counts[1, 1].tolist() == [0, 1, 0]  # input kept
+    assert gate_mask_counts(counts, [0.69, 0.2], 0.7)[:, 0].tolist() == [[0, 0, 4], [0, 0, 0]]  # truth stays
+    negative = mask_counts(np.full((1, 4, 4), 0.7), np.zeros((1, 4, 4)), [0.5])[:, 0].sum(0)  # 16 false pixels
+    m = mask_metrics([counts[:, 0].sum(0), negative, None, np.zeros(3, int)], [1, 0, 1, 0])
     assert m["n"] == 3  # the study without a reference mask is left out
     assert m["dice"] == pytest.approx(2 * 2 / (19 + 4))
     assert m["study_dice"] == pytest.approx(2 * 2 / (3 + 4))
@@ -142,6 +155,38 @@ def test_mask_overlap_and_metrics_against_hand_counts():
     assert mask_metrics([None], [1]) == {"n": 0}
     empty = mask_metrics([np.array([0, 0, 5])], [1])  # nothing predicted
     assert empty["dice"] == 0.0 and np.isnan(empty["precision"]) and np.isnan(empty["negative_studies_with_mask"])
+
+
+def test_mask_threshold_calibration_on_gated_counts():
+    from radnet_tf import scoring
+    from radnet_tf.decision import choose_mask_threshold
+
+    # pooled counts at thresholds 0.1, 0.3, 0.5: Dice 2*4/(10+5)=0.533, 2*4/(4+5)=0.889, 2*1/(1+5)=0.333
+    counts = np.array([[4, 10, 5], [4, 4, 5], [1, 1, 5]])
+    assert choose_mask_threshold(counts, [0.1, 0.3, 0.5], fallback=0.5) == pytest.approx(0.3)
+    assert choose_mask_threshold([[2, 2, 4], [2, 2, 4]], [0.2, 0.6], 0.9) == pytest.approx(0.6)  # tie: nearer 0.5
+    assert choose_mask_threshold([[0, 3, 4], [0, 0, 4]], [0.2, 0.6], 0.45) == pytest.approx(0.45)  # never right
+    # two studies: the low threshold finds the bleed (slice 0) but also paints slice 1 of
+    # the negative study; the gate at slice threshold 0.6 removes that slice
+    truth = np.zeros((2, 4, 4))
+    truth[0, 0, :] = 1
+    lesion = np.zeros((2, 4, 4))
+    lesion[0, 0, :] = 0.2
+    lesion[0, 1, 0] = 0.6
+    normal = np.zeros((2, 4, 4))
+    normal[1] = 0.25
+    preds = scoring.StudyPredictions(["a", "b"], [1, 0], [np.array([0.9, 0.1]), np.array([0.3, 0.5])], [None] * 2)
+    preds.mask_thresholds = (0.1, 0.5)
+    preds.mask_counts = [mask_counts(lesion, truth, preds.mask_thresholds), mask_counts(normal, np.zeros((2, 4, 4)), (0.1, 0.5))]
+    # ungated (slice threshold 0): 0.1 -> 2*4/(5+16+4) = 0.32, 0.5 -> 0; gated at 0.6 -> 2*4/(5+4) = 0.889
+    assert scoring.mask_scores(preds, 0.0, 0.1)["dice"] == pytest.approx(8 / 25)
+    assert scoring.mask_scores(preds, 0.6, 0.1)["dice"] == pytest.approx(8 / 9)
+    assert scoring.mask_scores(preds, 0.6, 0.1)["negative_studies_with_mask"] == 0.0
+    assert scoring.mask_scores(preds, 0.6) == scoring.mask_scores(preds, 0.6, 0.1)  # default: the first threshold
+    assert scoring.mask_scores(preds, 0.6, 0.5)["dice"] == 0.0  # only the false 0.6 pixel is left
+    assert scoring.calibrate_mask_threshold(preds, 0.6, fallback=0.5) == pytest.approx(0.1)
+    preds.mask_counts = [None, None]
+    assert scoring.calibrate_mask_threshold(preds, 0.6, fallback=0.4) == pytest.approx(0.4)
 
 
 def test_predict_studies_scores_the_served_mask_against_the_records(tiny_records):
@@ -164,12 +209,17 @@ def test_predict_studies_scores_the_served_mask_against_the_records(tiny_records
         return {"slice_probability": np.zeros(x.shape[1]), MASKS: np.zeros(x.shape[1:4])}
 
     good = scoring.predict_studies(perfect, files, cfg, "all", with_masks=True)
-    assert len(good.mask_overlaps) == len(good.keys) == len(truth)
-    m = mask_metrics(good.mask_overlaps, good.labels)
+    assert len(good.mask_counts) == len(good.keys) == len(truth) and good.mask_thresholds == (cfg.mask_threshold,)
+    assert [c.shape for c in good.mask_counts] == [(len(t), 1, 3) for t in truth.values()]
+    m = scoring.mask_scores(good, 0.0)  # slice probabilities 0: gate at 0 keeps every slice
     assert m["n"] == len(truth) and m["dice"] == 1.0 and m["negative_studies_with_mask"] == 0.0
-    bad = mask_metrics(scoring.predict_studies(empty, files, cfg, "all", with_masks=True).mask_overlaps, good.labels)
+    gated = scoring.mask_scores(good, 0.5)  # ...at 0.5 none: nothing predicted
+    assert gated["dice"] == 0.0 and gated["recall"] == 0.0
+    bad = scoring.mask_scores(scoring.predict_studies(empty, files, cfg, "all", with_masks=True), 0.0)
     assert bad["dice"] == 0.0 and bad["recall"] == 0.0
-    assert scoring.predict_studies(perfect, files, cfg, "all").mask_overlaps == []  # not asked for
+    assert scoring.predict_studies(perfect, files, cfg, "all").mask_counts == []  # not asked for
+    grid = scoring.predict_studies(perfect, files, cfg, "all", with_masks=True, mask_thresholds=(0.2, 0.9))
+    assert grid.mask_thresholds == (0.2, 0.9) and scoring.mask_scores(grid, 0.0, 0.9)["dice"] == 1.0
     # a model without aux heads (densenet) serves no mask: nothing is compared
     no_heads = scoring.predict_studies(lambda x: np.zeros(x.shape[1]), files, cfg, "all", with_masks=True)
-    assert no_heads.mask_overlaps == [None] * len(truth) and mask_metrics(no_heads.mask_overlaps, no_heads.labels) == {"n": 0}
+    assert no_heads.mask_counts == [None] * len(truth) and scoring.mask_scores(no_heads, 0.5) == {"n": 0}

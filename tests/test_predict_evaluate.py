@@ -101,16 +101,20 @@ def test_evaluate_threshold_and_min_run_override_the_models(saved, tiny_records,
     from radnet_tf import evaluate
 
     evaluate.main(["--model", str(saved), "--data", str(tiny_records), "--split", "all", "--bootstrap", "5",
-                   "--threshold", "0.001", "--min-run", "1", "--out", str(tmp_path)])
+                   "--threshold", "0.001", "--min-run", "1", "--mask-threshold", "0.3", "--out", str(tmp_path)])
     summary = pd.read_csv(tmp_path / "radnet-v1" / "summary.csv").set_index("level")
     assert summary.loc["ct", "threshold"] == 0.001 and summary.loc["ct", "min_run"] == 1
+    assert summary.loc["mask", "threshold"] == 0.3
     studies = pd.read_csv(tmp_path / "radnet-v1" / "studies.csv")
     slices = pd.read_csv(tmp_path / "radnet-v1" / "slices.csv")
     expected = slices.groupby("study_key").probability.max() >= 0.001  # K = 1: any slice
     assert studies.set_index("study_key").ct_positive.to_dict() == expected.to_dict()
     out = capsys.readouterr().out
     assert "threshold 0.001, K=1" in out
-    assert "radnet-v1: mask (>= 0.5) Dice " in out and "(n=10 studies with a reference mask)" in out
+    assert "radnet-v1: mask (>= 0.30 on positive slices) Dice " in out and "(n=10 studies with a reference mask)" in out
+    with pytest.raises(SystemExit):
+        evaluate.main(["--model", str(saved), "--data", str(tiny_records), "--mask-threshold", "1", "--out", str(tmp_path)])
+    assert "--mask-threshold must be in (0, 1). Received: 1.0" in capsys.readouterr().err
 
 
 def test_evaluate_on_one_slice_studies_says_the_rule_was_shortened(saved, tmp_path, capsys):
@@ -205,18 +209,50 @@ def test_evaluate_a_subtype_savedmodel_with_reads_per_finding(tiny_records, tmp_
     assert (tmp_path / "eval" / "readers_by_finding.png").exists()
 
 
-def test_predict_writes_a_dicom_seg_when_asked(saved, tiny_cohort, tmp_path):
+def test_predict_writes_a_dicom_seg_when_asked(trained_tiny, tiny_cohort, tmp_path):
+    """--seg writes the lesion mask as a DICOM SEG; with no lesion voxel it writes nothing
+    and says so. Thresholds fixed at export make each case certain."""
     pytest.importorskip("highdicom")
     import highdicom as hd
 
+    from radnet_tf.export import export_model
+
+    cfg, _, model, _ = trained_tiny
     study = tiny_cohort / "dicom" / "synth-0001"
-    result = predict.main([str(study), "--model", str(saved), "--seg", str(tmp_path / "seg.dcm")])
-    seg_info = result["segmentation"]
-    masks_present = any(v > 0 for v in [result["hemorrhage_volume_ml"] or 0])
-    if masks_present:
-        assert seg_info["segments"] == ["Hemorrhage"] and (tmp_path / "seg.dcm").exists()
-        seg = hd.seg.segread(tmp_path / "seg.dcm")
-        assert int(seg.NumberOfFrames) == len(result["slice_probabilities"])
-    else:  # the tiny model drew no mask voxel: nothing to segment, and it says so
-        assert seg_info == {"path": None, "segments": [], "note": "no mask voxel: no segmentation written"}
-        assert not (tmp_path / "seg.dcm").exists()
+    everything = export_model(model, cfg, tmp_path / "all", threshold=1e-6, mask_threshold=1e-6, warmup=False)
+    result = predict.main([str(study), "--model", str(everything), "--seg", str(tmp_path / "seg.dcm")])
+    assert result["segmentation"]["segments"] == ["Hemorrhage"] and result["hemorrhage_volume_ml"] > 0
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    assert int(seg.NumberOfFrames) == len(result["slice_probabilities"])
+    nothing = export_model(model, cfg, tmp_path / "none", threshold=1 - 1e-6, mask_threshold=1e-6, warmup=False)
+    result = predict.main([str(study), "--model", str(nothing), "--seg", str(tmp_path / "none.dcm")])
+    # every mask pixel passes 1e-6, but no slice reaches its threshold: the gate leaves no voxel
+    assert result["segmentation"] == {"path": None, "segments": [], "note": "no mask voxel: no segmentation written"}
+    assert result["hemorrhage_volume_ml"] == 0 and not (tmp_path / "none.dcm").exists()
+
+
+def test_predict_volume_is_the_gated_lesion_mask_and_checks_the_export(trained_tiny, tiny_cohort, tmp_path):
+    from radnet_tf.contract import LESION_MASK, MASKS, SLICE_PROBABILITIES
+    from radnet_tf.decision import lesion_mask_np
+    from radnet_tf.dicom_io import read_series
+    from radnet_tf.export import export_model
+
+    cfg, _, model, _ = trained_tiny
+    series = read_series(tiny_cohort / "dicom" / "synth-0001")
+    saved_model, meta, _ = predict.load_saved_model(export_model(model, cfg, tmp_path / "a", warmup=False))
+    _, raw, _ = predict.predict_series(series, saved_model, meta)
+    probs, masks = raw[SLICE_PROBABILITIES], raw[MASKS]
+    slice_t = float(np.sort(probs)[len(probs) // 2] - 1e-6)  # half the slices pass
+    mask_t = float(np.quantile(masks, 0.5))
+    saved_model, meta, _ = predict.load_saved_model(export_model(model, cfg, tmp_path / "b", threshold=slice_t,
+                                                                 mask_threshold=mask_t, warmup=False))
+    result, out, _ = predict.predict_series(series, saved_model, meta)
+    lesion = lesion_mask_np(out[MASKS], out[SLICE_PROBABILITIES], mask_t, slice_t)
+    assert lesion.any() and (masks[probs < slice_t] >= mask_t).any()  # the gate removes pixels that pass
+    np.testing.assert_array_equal(out[LESION_MASK], lesion)
+    voxel_ml = meta["out_spacing_mm"] ** 2 * series.slice_spacing / 1000.0
+    assert result["hemorrhage_volume_ml"] == pytest.approx(round(lesion.sum() * voxel_ml, 2))
+    assert result["mask_rule"] == f"mask >= {mask_t:g} on slices with probability >= {slice_t}"
+    meta["mask_threshold"] = mask_t / 2  # metadata that does not match the graph: refused, not served
+    with pytest.raises(RuntimeError, match="lesion_mask disagrees between the export and radnet_tf.decision"):
+        predict.predict_series(series, saved_model, meta)

@@ -82,13 +82,25 @@ def test_same_seed_same_metrics(tiny_records, tmp_path):
     runs = []
     for name in ("a", "b"):
         cfg = tiny_config(data=str(tiny_records), model_dir=str(tmp_path / name), val_fraction=0.4, epochs=1,
-                          calibrate_threshold=True)
-        summary, _ = train(cfg, progress=False)
-        runs.append((summary["history"], summary["slice_threshold"], summary["ct_metrics"]))
-        # the calibrated threshold is the one written into the resolved config (and exported)
-        saved = json.loads((tmp_path / name / "config.json").read_text())["slice_threshold"]
-        assert saved == summary["slice_threshold"] and 0.05 <= saved <= 0.95
+                          calibrate_threshold=True, calibrate_mask_threshold=True)
+        summary, model = train(cfg, progress=False)
+        runs.append((summary["history"], summary["slice_threshold"], summary["mask_threshold"], summary["ct_metrics"]))
+        # the calibrated thresholds are the ones written into the resolved config (and exported)
+        saved = json.loads((tmp_path / name / "config.json").read_text())
+        assert saved["slice_threshold"] == summary["slice_threshold"] and 0.05 <= saved["slice_threshold"] <= 0.95
+        assert saved["mask_threshold"] == summary["mask_threshold"] == summary["mask_metrics"]["threshold"]
+        mask_row = pd.read_csv(tmp_path / name / "val_metrics.csv").set_index("level").loc["mask"]
+        assert mask_row["threshold"] == saved["mask_threshold"]
     assert runs[0] == runs[1]
+    # the mask threshold is the candidate with the best gated Dice on the training studies
+    from radnet_tf import data, scoring
+    from radnet_tf.decision import MASK_THRESHOLD_CANDIDATES
+
+    preds = scoring.predict_studies(scoring.keras_slice_fn(model, cfg, masks=True), data.list_shards(str(tiny_records)),
+                                    cfg, "train", with_masks=True, mask_thresholds=MASK_THRESHOLD_CANDIDATES)
+    dice = [scoring.mask_scores(preds, cfg.slice_threshold, t)["dice"] for t in MASK_THRESHOLD_CANDIDATES]
+    assert max(dice) > 0 and cfg.mask_threshold in MASK_THRESHOLD_CANDIDATES
+    assert scoring.mask_scores(preds, cfg.slice_threshold, cfg.mask_threshold)["dice"] == pytest.approx(max(dice))
 
 
 def test_val_every_zero_trains_without_validation_and_evaluates_at_the_end(tiny_records, tmp_path):
