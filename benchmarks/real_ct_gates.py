@@ -8,11 +8,13 @@ must be negative and at most 10% of the slices positive.
 Gate 2, real ICH slices (CQ500-CT-1/CT000000.dcm, CQ500-CT-310/693_UNCR.dcm, every reader:
 ICH): the slice probability must reach the model's threshold, and the strongest point of
 the predicted mask, mapped back to the source pixels, must fall inside a BHX box of that
-slice (bhx_boxes.csv, pixel coordinates of the original slice).
+slice (bhx_boxes.csv, pixel coordinates of the original slice). Also reported, outside
+the gates: the served lesion mask's volume on the normal series and, on the ICH slices,
+its pixels and the share of them inside a box.
 Prints one JSON line per case and a summary line; exits 0 whatever the outcome (it
 measures, it does not gate CI). --figure also draws, for each gate-1 series, up to six of
 its positive slices (evenly spread over the series) at the model's input with the
-predicted mask: where the model errs on a normal head.
+served lesion mask: where the model errs on a normal head.
 """
 
 import argparse
@@ -45,7 +47,7 @@ def main(argv=None):
     import pandas as pd
 
     from radnet_tf import preprocess
-    from radnet_tf.contract import MASKS
+    from radnet_tf.contract import LESION_MASK, MASKS
     from radnet_tf.dicom_io import read_series
     from radnet_tf.dicom_seg import to_source_grid
     from radnet_tf.predict import load_saved_model, predict_series
@@ -63,11 +65,12 @@ def main(argv=None):
         probs = np.asarray(result["slice_probabilities"])
         fraction = float(np.mean(probs >= threshold))
         if args.figure:
-            shown.append((name, series, probs, out[MASKS]))
+            shown.append((name, series, probs, out[LESION_MASK]))
         ok = (not result["ct_positive"]) and fraction <= 0.10
         passed.append(ok)
         print(json.dumps({"gate": 1, "series": name, "slices": series.num_slices, "ct_positive": result["ct_positive"],
-                          "positive_slice_fraction": round(fraction, 3), "passes": ok}), flush=True)
+                          "positive_slice_fraction": round(fraction, 3),
+                          "lesion_volume_ml": result["hemorrhage_volume_ml"], "passes": ok}), flush=True)
         for offset in [int(x) for x in args.hu_offsets.split(",") if x.strip()]:
             shifted = dataclasses.replace(series, hu=np.where(series.hu > -200, series.hu.astype(np.int32) + offset,
                                                               series.hu).astype(np.int16))
@@ -94,9 +97,18 @@ def main(argv=None):
             b["x"] <= peak[0] <= b["x"] + b["width"] and b["y"] <= peak[1] <= b["y"] + b["height"] for b in slice_boxes)
         ok = prob >= threshold and inside
         passed.append(ok)
+        # the served lesion mask (what predict's volume and --seg deliver) on the source pixels:
+        # how much of it lies inside a reader's box (measured, not part of the gate)
+        lesion = to_source_grid(out[LESION_MASK], series, pcfg, center)[0]
+        in_box = np.zeros(lesion.shape, bool)
+        for b in slice_boxes:
+            in_box[int(b["y"]):int(np.ceil(b["y"] + b["height"])) + 1, int(b["x"]):int(np.ceil(b["x"] + b["width"])) + 1] = True
         print(json.dumps({"gate": 2, "slice": name, "probability": round(prob, 4), "threshold": round(threshold, 4),
                           "mask_peak_xy": peak, "mask_peak_value": round(float(fused.max()), 3),
-                          "boxes": len(slice_boxes), "peak_inside_a_box": inside, "passes": ok}), flush=True)
+                          "boxes": len(slice_boxes), "peak_inside_a_box": inside,
+                          "lesion_pixels": int(lesion.sum()),
+                          "lesion_inside_boxes": round(float((lesion & in_box).sum() / lesion.sum()), 3) if lesion.any() else None,
+                          "passes": ok}), flush=True)
     print(json.dumps({"model": str(path), "trained_on": meta.get("trained_on"), "gates_passed": int(sum(passed)),
                       "cases": len(passed)}), flush=True)
     if args.figure:
@@ -104,7 +116,7 @@ def main(argv=None):
 
 
 def draw_positive_slices(shown, threshold, pcfg, out, per_series=6):
-    """shown: [(name, CTSeries, probs float [S], masks float [S, N, N])] -> PNG at `out`."""
+    """shown: [(name, CTSeries, probs float [S], lesion masks bool [S, N, N])] -> PNG at `out`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,9 +137,9 @@ def draw_positive_slices(shown, threshold, pcfg, out, per_series=6):
             ax.imshow(preprocess.brain_window_np(model[k], pcfg.window_center, pcfg.window_width), cmap="gray",
                       vmin=0, vmax=1)
             m = np.asarray(masks[k], np.float32)
-            ax.imshow(np.ma.masked_less(m, 0.2), cmap="autumn", alpha=0.45, vmin=0, vmax=1)
+            ax.imshow(np.ma.masked_less(m, 0.5), cmap="autumn", alpha=0.45, vmin=0, vmax=1)
             ax.set_title(f"{name.split('/')[-1]} slice {k + 1}/{len(probs)}, p {probs[k]:.2f}", fontsize=8)
-    fig.suptitle(f"positive slices (p >= {threshold:.2f}) of normal-looking series; red: predicted mask >= 0.2", fontsize=9)
+    fig.suptitle(f"positive slices (p >= {threshold:.2f}) of normal-looking series; red: the served lesion mask", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_path(out) as tmp:

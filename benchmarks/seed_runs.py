@@ -14,7 +14,7 @@ split). It writes `<work_dir>/model_<tag>_seedS` and `<export-root>/<tag>_seedS`
 when the shared data are absent). One JSON line per seed is appended to --out:
 
   {"tag", "seed", "overrides", "wall_s", "ct_accuracy", "ct_recall", "ct_specificity",
-   "ct_auc", "slice_auc", "threshold", "mask_dice" (when the records hold masks),
+   "ct_auc", "slice_auc", "threshold", "mask_dice" and "mask_threshold" (when the records hold masks),
    "gates": [per-case lines of real_ct_gates.py],
    "series_model": {series_slices, scale, sensitivity, specificity, balanced_accuracy}
    (only when the recipe calibrates for a series length: `calibration_series_slices`)}
@@ -46,8 +46,8 @@ def held_out_metrics(model_dir: Path) -> dict:
     out = {"ct_accuracy": held["ct_accuracy"], "ct_recall": held["ct_recall"],
            "ct_specificity": held["ct_specificity"], "ct_auc": held["ct_roc_auc"],
            "slice_auc": held["slice_roc_auc"], "threshold": held["threshold"]}
-    if "mask_dice" in held:  # held-out Dice of the served mask (records with reference masks)
-        out["mask_dice"] = held["mask_dice"]
+    if "mask_dice" in held:  # held-out Dice of the served lesion mask (records with reference masks)
+        out["mask_dice"], out["mask_threshold"] = held["mask_dice"], held.get("mask_threshold")
     info = json.loads((model_dir / "config.json").read_text())
     if info.get("calibration_series_slices"):  # the trainer's "as N-slice series" line
         import pandas as pd

@@ -165,3 +165,26 @@ def test_series_length_thresholds_tiny(trained_tiny, tiny_records, tmp_path):
     assert len(rows) == 1 and rows[0]["run"] == str(export)
     assert rows[0]["training_study_slices"] == 6  # the tiny cohort's studies
     assert 0.05 <= rows[0]["threshold_100"] <= 0.95
+
+
+@pytest.mark.slow
+def test_lesion_mask_thresholds_tiny(trained_tiny, tiny_records):
+    """One line per run: the threshold calibrated on the training split, and the held-out
+    'after' figures are those of scoring at that threshold behind the run's slice gate."""
+    from radnet_tf import data, scoring
+    from radnet_tf.decision import MASK_THRESHOLD_CANDIDATES
+    from radnet_tf.export import load_trained
+
+    cfg, _, _, model_dir = trained_tiny
+    rows = _run("lesion_mask_thresholds.py", "--run", model_dir, "--records", tiny_records)
+    assert len(rows) == 1 and rows[0]["run"] == str(model_dir)
+    r = rows[0]
+    assert r["mask_threshold"] in MASK_THRESHOLD_CANDIDATES + (0.5,) and r["slice_threshold"] == round(cfg.slice_threshold, 4)
+    model, cfg = load_trained(model_dir)
+    held = scoring.predict_studies(scoring.keras_slice_fn(model, cfg, masks=True), data.list_shards(str(tiny_records)),
+                                   cfg, "validation", with_masks=True, mask_thresholds=(r["mask_threshold"], 0.5))
+    after = scoring.mask_scores(held, cfg.slice_threshold, r["mask_threshold"])
+    before = scoring.mask_scores(held, 0.0, 0.5)
+    assert r["after"]["dice"] == pytest.approx(after["dice"], abs=1e-4)
+    assert r["before"]["dice"] == pytest.approx(before["dice"], abs=1e-4)
+    assert r["held_out_best"]["dice"] >= r["after"]["dice"]
