@@ -11,6 +11,11 @@ segmentation without any segment is not written.
 
 Identifiers: the SEG carries what the standard SEG references take from the source series
 (patient and study attributes, the referenced SOP instances) and nothing else.
+
+Frame of reference: a SEG of CT needs the source's Frame of Reference UID (type 1 in CT
+images, but some de-identified exports drop it, e.g. CQ500). A series without one gets one
+derived from its Series Instance UID (`frame_of_reference_for`: the same series always gets
+the same UID), set on the in-memory copies only, and a note says so.
 """
 
 from __future__ import annotations
@@ -53,6 +58,18 @@ def to_source_grid(masks, series, pcfg, center):
     return out
 
 
+def frame_of_reference_for(sources) -> tuple:
+    """(Frame of Reference UID for the SEG, whether it was derived): the sources' own when
+    any has one, else a UID derived from their Series Instance UID (deterministic)."""
+    from pydicom.uid import generate_uid
+
+    own = [str(ds.FrameOfReferenceUID) for ds in sources if getattr(ds, "FrameOfReferenceUID", "")]
+    if own:
+        return own[0], False
+    series_uid = str(getattr(sources[0], "SeriesInstanceUID", "")) if sources else ""
+    return generate_uid(entropy_srcs=["radnet-tf frame of reference", series_uid]), True
+
+
 def write_segmentation(path, series, source_files, masks, names, pcfg, meta):
     """Writes a binary DICOM SEG (atomically) with one segment per non-empty label.
 
@@ -87,6 +104,14 @@ def write_segmentation(path, series, source_files, masks, names, pcfg, meta):
         for keyword in TYPE2_COPIED:
             if keyword not in ds:
                 setattr(ds, keyword, "")
+    frame_uid, derived = frame_of_reference_for(sources)
+    if derived:
+        from radnet_tf.cli import say
+
+        say("note: the source series has no Frame of Reference UID; the segmentation uses one derived from its "
+            "Series Instance UID", err=True)
+    for ds in sources:
+        ds.FrameOfReferenceUID = frame_uid
     algorithm = hd.AlgorithmIdentificationSequence(
         name=f"radnet-tf {meta.get('model', 'radnet')}",
         family=Code("123110", "DCM", "Artificial Intelligence"),

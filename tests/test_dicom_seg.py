@@ -75,3 +75,35 @@ def test_segmentation_round_trip(tmp_path):
     assert raw.Manufacturer == "radnet-tf"
     assert write_segmentation(tmp_path / "none.dcm", series, files, np.zeros_like(masks), names, pcfg, {}) == []
     assert not (tmp_path / "none.dcm").exists()
+
+
+def test_a_series_without_frame_of_reference_gets_a_derived_one(tmp_path, capsys):
+    """De-identified exports (CQ500) drop the Frame of Reference UID a CT SEG needs: the SEG
+    is still written, with a UID derived from the series (the same on every write), and a
+    note says so; the source files are not touched."""
+    from radnet_tf.dicom_seg import write_segmentation
+
+    folder = tmp_path / "study"
+    write_tiny_series(folder, num_slices=3)
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        del ds.FrameOfReferenceUID
+        ds.save_as(f)
+    series = read_series(folder)
+    files = {str(pydicom.dcmread(f).SOPInstanceUID): f for f in folder.iterdir()}
+    masks = np.zeros((3, 32, 32, 1), bool)
+    masks[1, 10:20, 12:22, 0] = True
+    pcfg = tiny_config().preprocess_config()
+    uids = []
+    for name in ("a.dcm", "b.dcm"):
+        assert write_segmentation(tmp_path / name, series, files, masks, ["Hemorrhage"], pcfg, {}) == ["Hemorrhage"]
+        uids.append(str(pydicom.dcmread(tmp_path / name).FrameOfReferenceUID))
+    assert uids[0] == uids[1] and uids[0].startswith("1.2.826.0.1.3680043.8.498.")  # pydicom's derived-UID root
+    assert "no Frame of Reference UID" in capsys.readouterr().err
+    assert all("FrameOfReferenceUID" not in pydicom.dcmread(f) for f in folder.iterdir())
+    other = tmp_path / "other"  # a series with its own UID keeps it
+    write_tiny_series(other, num_slices=3)
+    own = str(pydicom.dcmread(next(other.iterdir())).FrameOfReferenceUID)
+    files = {str(pydicom.dcmread(f).SOPInstanceUID): f for f in other.iterdir()}
+    write_segmentation(tmp_path / "c.dcm", read_series(other), files, masks, ["Hemorrhage"], pcfg, {})
+    assert str(pydicom.dcmread(tmp_path / "c.dcm").FrameOfReferenceUID) == own
