@@ -21,7 +21,8 @@ import json
 import numpy as np
 
 from radnet_tf.cli import add_verbose, cli_main
-from radnet_tf.contract import CT_POSITIVE, CT_SCORE, LONGEST_POSITIVE_RUN, MIN_RUN_APPLIED, SLICE_PROBABILITIES
+from radnet_tf.contract import (CT_POSITIVE, CT_SCORE, LESION_MASK, LONGEST_POSITIVE_RUN, MIN_RUN_APPLIED,
+                                SLICE_PROBABILITIES)
 from radnet_tf.errors import UserError
 
 SIGNATURE = "predict_hu"
@@ -79,7 +80,8 @@ def grpc_request(hu, pixel_spacing, model="radnet", signature=SIGNATURE, version
 
 
 def parse_outputs(outputs: dict) -> dict:
-    """Server outputs (REST 'outputs' dict or numpy arrays) -> verdict dict."""
+    """Server outputs (REST 'outputs' dict or numpy arrays) -> verdict dict (with the lesion
+    mask's pixel count on the model grid and the slices it marks, when the export serves it)."""
     probs = np.asarray(outputs[SLICE_PROBABILITIES], np.float32)
     result = {
         CT_POSITIVE: bool(np.asarray(outputs[CT_POSITIVE])),
@@ -89,6 +91,10 @@ def parse_outputs(outputs: dict) -> dict:
     }
     if MIN_RUN_APPLIED in outputs:  # exports before 0.2 lack it
         result[MIN_RUN_APPLIED] = int(np.asarray(outputs[MIN_RUN_APPLIED]))
+    if LESION_MASK in outputs:  # exports before the lesion mask lack it
+        lesion = np.asarray(outputs[LESION_MASK], bool)
+        result["lesion_mask_pixels"] = int(lesion.sum())  # on the model grid
+        result["lesion_slices"] = [int(i) for i in np.flatnonzero(lesion.reshape(len(lesion), -1).any(axis=1))]
     return result
 
 

@@ -181,6 +181,11 @@ def test_client_requests_match_serving_formats_and_run_end_to_end(exported):
     direct = tf.saved_model.load(str(path)).signatures["predict_hu"](hu=tf.constant(hu), pixel_spacing=tf.constant([3.4, 3.4]))
     np.testing.assert_allclose(verdict["slice_probabilities"], direct["slice_probabilities"].numpy(), atol=1e-4)
     assert verdict["ct_positive"] == bool(direct["ct_positive"])
+    lesion = direct["lesion_mask"].numpy()
+    assert verdict["lesion_mask_pixels"] == int(lesion.sum())
+    assert verdict["lesion_slices"] == [i for i in range(3) if lesion[i].any()]
+    rest_like = {k: np.asarray(v).tolist() for k, v in outputs.items()}  # REST returns nested lists of bools
+    assert parse_outputs(rest_like)["lesion_mask_pixels"] == verdict["lesion_mask_pixels"]
 
 
 def test_multi_window_export_takes_channels_and_windows_hu_in_graph(tmp_path):
