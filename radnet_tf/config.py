@@ -98,8 +98,10 @@ class Config:
     calibration_series_slices: int = 0
     # ---- served mask (predict's volume and DICOM SEG, the held-out mask metrics): a pixel is
     # hemorrhage when the fused aux-head mask >= mask_threshold on a slice whose probability
-    # >= its slice threshold (decision.lesion_mask_np)
+    # >= its slice threshold, then (mask_opening) opened in-plane with a 3 x 3 square to drop
+    # specks (decision.lesion_mask_np)
     mask_threshold: float = MASK_THRESHOLD
+    mask_opening: bool = True
     calibrate_mask_threshold: bool = False  # after training, set mask_threshold from the training studies
     # ---- end of run
     export: bool = True

@@ -17,8 +17,8 @@ every caller reports K' beside the verdict (`min_run_applied`). K and t have no 
 here: they come from `Config` (ct_min_run, slice_threshold) or an export's metadata.
 
 The served lesion mask follows the same slice verdict (`lesion_mask`): mask pixels at or
-above `mask_threshold` on slices at or above the slice threshold; `choose_mask_threshold`
-picks `mask_threshold` on training studies.
+above `mask_threshold` on slices at or above the slice threshold, optionally opened
+in-plane (3 x 3); `choose_mask_threshold` picks `mask_threshold` on training studies.
 """
 
 import numpy as np
@@ -188,16 +188,56 @@ def ct_decision_labels(probs, thresholds, min_run):
     return {key: tf.stack([d[key] for d in per_label]) for key in ("ct_positive", "ct_score", "longest_positive_run")}
 
 
-def lesion_mask_np(masks, probs, mask_threshold, slice_threshold):
+def open_np(mask):
+    """In-plane morphological opening with a 3 x 3 square (NumPy): erosion, then dilation,
+    each slice (and label) on its own; pixels outside the image are ignored, as in
+    `open_tf`. Removes specks and lines thinner than 3 pixels; keeps anything a 3 x 3
+    square fits in.
+
+    Args:
+      mask: bool [S, N, N] or [S, N, N, L].
+    Returns:
+      bool array, same shape.
+    """
+    mask = np.asarray(mask, bool)
+    pad = [(0, 0), (1, 1), (1, 1)] + [(0, 0)] * (mask.ndim - 3)
+    n, m = mask.shape[1], mask.shape[2]
+
+    def window(x, fill, reduce):
+        padded = np.pad(x, pad, constant_values=fill)
+        out = padded[:, 1:n + 1, 1:m + 1].copy()
+        for dy in range(3):
+            for dx in range(3):
+                out = reduce(out, padded[:, dy:dy + n, dx:dx + m])
+        return out
+
+    return window(window(mask, True, np.logical_and), False, np.logical_or)
+
+
+def open_tf(mask):
+    """TF version of `open_np` (core ops: max pooling with SAME padding); bool tensor."""
+    import tensorflow as tf
+
+    x = tf.cast(mask, tf.float32)
+    rank3 = x.shape.rank == 3
+    if rank3:
+        x = x[..., None]
+    eroded = -tf.nn.max_pool2d(-x, 3, 1, "SAME")
+    opened = tf.nn.max_pool2d(eroded, 3, 1, "SAME")
+    return (opened[..., 0] if rank3 else opened) > 0.5
+
+
+def lesion_mask_np(masks, probs, mask_threshold, slice_threshold, opening=False):
     """The served lesion mask (NumPy): a pixel is hemorrhage when its mask probability is
     >= `mask_threshold` and its slice's probability is >= `slice_threshold` (the same
-    threshold the CT rule uses for that slice). The auxiliary heads answer "where" on a
-    slice the classifier calls positive; on the other slices they give no mask.
+    threshold the CT rule uses for that slice); with `opening`, the cut mask is then opened
+    in-plane (`open_np`: specks thinner than 3 pixels dropped). The auxiliary heads answer
+    "where" on a slice the classifier calls positive; on the other slices they give no mask.
 
     Args:
       masks: float [S, N, N] with probs float [S] and one slice_threshold, or float
         [S, N, N, L] with probs float [S, L] and L slice thresholds (one per label).
-      mask_threshold: float.
+      mask_threshold: float. opening: bool.
     Returns:
       bool array, the shape of `masks`.
     """
@@ -208,17 +248,19 @@ def lesion_mask_np(masks, probs, mask_threshold, slice_threshold):
 
     on = cut(probs, slice_threshold)
     on = on[:, None, None, :] if masks.ndim == 4 else on.reshape(-1, 1, 1)
-    return cut(masks, mask_threshold) & on
+    cut_mask = cut(masks, mask_threshold)
+    return (open_np(cut_mask) if opening else cut_mask) & on
 
 
-def lesion_mask(masks, probs, mask_threshold, slice_threshold):
+def lesion_mask(masks, probs, mask_threshold, slice_threshold, opening=False):
     """TF version of `lesion_mask_np` (core ops only, servable); same arguments, bool tensor."""
     import tensorflow as tf
 
     masks = tf.convert_to_tensor(masks, tf.float32)
     on = tf.convert_to_tensor(probs, tf.float32) >= tf.constant(slice_threshold, tf.float32)
     on = on[:, None, None, :] if masks.shape.rank == 4 else on[:, None, None]
-    return tf.logical_and(masks >= float(mask_threshold), on)
+    cut_mask = masks >= float(mask_threshold)
+    return tf.logical_and(open_tf(cut_mask) if opening else cut_mask, on)
 
 
 def choose_mask_threshold(counts, thresholds, fallback) -> float:

@@ -79,6 +79,7 @@ class Predictor:
             self.cfg = config_from_dict(meta["config"])
             self.cfg.slice_threshold, self.cfg.ct_min_run = meta["slice_threshold"], meta["ct_min_run"]
             self.cfg.mask_threshold = meta.get("mask_threshold", MASK_THRESHOLD)  # exports before it: 0.5
+            self.cfg.mask_opening = bool(meta.get("mask_opening", False))
             if meta.get("subtype_thresholds"):
                 self.cfg.subtype_thresholds = list(meta["subtype_thresholds"])
             fn = tf.saved_model.load(str(p)).signatures["serving_default"]

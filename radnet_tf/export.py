@@ -15,8 +15,8 @@ Signatures (inputs -> outputs, one study per request):
   outputs (both):  slice_probabilities float32 [S]; masks float32 [S, N, N] (mean of the
                    three auxiliary heads' probabilities, on the model grid; zeros for the
                    `densenet` variant); lesion_mask bool [S, N, N] (masks >= the mask
-                   threshold on slices whose probability >= the slice threshold:
-                   radnet_tf.decision.lesion_mask); ct_positive bool []; ct_score float32 [];
+                   threshold on slices whose probability >= the slice threshold, opened
+                   in-plane with mask_opening: radnet_tf.decision.lesion_mask); ct_positive bool []; ct_score float32 [];
                    longest_positive_run int32 []; min_run_applied int32 [] (rule:
                    radnet_tf.decision, threshold and K fixed at export; K' = min(K, S));
                    models trained with `targets: subtypes` add subtype_probabilities
@@ -183,7 +183,7 @@ def make_archive(model, cfg, threshold, min_run, mask_threshold=None):
         result = {
             SLICE_PROBABILITIES: probs,
             MASKS: masks,
-            LESION_MASK: lesion_mask(masks, probs, mask_threshold, threshold),
+            LESION_MASK: lesion_mask(masks, probs, mask_threshold, threshold, cfg.mask_opening),
             CT_POSITIVE: decision["ct_positive"],
             CT_SCORE: decision["ct_score"],
             LONGEST_POSITIVE_RUN: decision["longest_positive_run"],
@@ -199,7 +199,7 @@ def make_archive(model, cfg, threshold, min_run, mask_threshold=None):
             result[SUBTYPE_MASKS] = (tf.add_n(class_heads) / len(class_heads) if class_heads
                                      else tf.zeros(tf.stack([n_slices, n, n, len(SUBTYPES)])))
             result[SUBTYPE_LESION_MASKS] = lesion_mask(result[SUBTYPE_MASKS], subtypes, mask_threshold,
-                                                       cfg.resolved_subtype_thresholds)
+                                                       cfg.resolved_subtype_thresholds, cfg.mask_opening)
         return result
 
     def serve_hu(hu, pixel_spacing):
@@ -307,13 +307,15 @@ def export_model(model, cfg, export_dir, version=None, threshold=None, min_run=N
             "ct_min_run": min_run,
             "slice_threshold": threshold,
             "mask_threshold": mask_threshold,
+            "mask_opening": bool(cfg.mask_opening),
             "short_study_rule": "studies with fewer than ct_min_run slices use K = their slice count",
             "labels": ["any", *SUBTYPES] if cfg.targets == "subtypes" else ["any"],
             "subtype_thresholds": cfg.resolved_subtype_thresholds if cfg.targets == "subtypes" else None,
             "trained_on": trained_on or "unknown",
             "held_out": held_out,
             "masks": "mean of the three auxiliary-head probabilities" if cfg.variant != "densenet" else "none (zeros)",
-            "lesion_mask": "masks >= mask_threshold on slices with probability >= slice_threshold",
+            "lesion_mask": "masks >= mask_threshold on slices with probability >= slice_threshold"
+                           + (", opened in-plane (3 x 3)" if cfg.mask_opening else ""),
             "config_digest": cfg.digest(),
             "config": cfg.to_dict(),
         }

@@ -54,12 +54,13 @@ def slice_table(study_keys, slice_probs, slice_labels) -> pd.DataFrame:
     )
 
 
-def mask_counts(predicted, truth, thresholds) -> np.ndarray:
+def mask_counts(predicted, truth, thresholds, opening=False) -> np.ndarray:
     """Per-slice pixel counts of one study's masks at each threshold.
 
     Args:
       predicted: float [S, N, N] mask probabilities. truth: [S, N, N] reference mask (1/0).
-      thresholds: T floats; a predicted pixel is one >= the threshold.
+      thresholds: T floats; a predicted pixel is one >= the threshold (and, with `opening`,
+        still set after the lesion mask's in-plane opening, `decision.open_np`).
     Returns:
       int64 [S, T, 3]: (predicted and true, predicted, true) per slice and threshold.
     """
@@ -68,6 +69,10 @@ def mask_counts(predicted, truth, thresholds) -> np.ndarray:
     out = np.zeros((len(t), len(thresholds), 3), np.int64)
     for j, threshold in enumerate(thresholds):
         p = predicted >= threshold
+        if opening:
+            from radnet_tf.decision import open_np
+
+            p = open_np(p)
         out[:, j] = np.stack([np.count_nonzero(p & t, axis=(1, 2)), np.count_nonzero(p, axis=(1, 2)), true], -1)
     return out
 

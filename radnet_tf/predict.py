@@ -12,8 +12,8 @@ phantom prints a one-line warning when applied to real DICOM.
 
 Lesion mask (the volume, the overview's contours and the DICOM SEG): the fused mask at or
 above the export's mask threshold, on slices whose probability is at or above the slice
-threshold (`radnet_tf.decision.lesion_mask_np`; exports from before the mask threshold
-use 0.5). Hemorrhage volume: lesion-mask voxels on the model grid x out_spacing^2 x slice
+threshold, opened in-plane when the export says `mask_opening` (`radnet_tf.decision.lesion_mask_np`;
+exports from before the mask threshold use 0.5 and no opening). Hemorrhage volume: lesion-mask voxels on the model grid x out_spacing^2 x slice
 spacing, in mL. The JSON's `model.held_out` repeats what the export's held-out
 studies measured; when their mask Dice is below UNRELIABLE_MASK_DICE (0.1) a one-line
 warning says the volume and segmentation are not reliable. No patient identifier is
@@ -98,7 +98,8 @@ def predict_series(series, saved, meta):
         "longest_positive_run": int(out[LONGEST_POSITIVE_RUN]),
         "min_run_applied": int(out.get(MIN_RUN_APPLIED, check["min_run_applied"])),
         "rule": rule_text(meta["ct_min_run"], meta["slice_threshold"], len(probs), calibrated_for(meta)),
-        "mask_rule": f"mask >= {mask_threshold_of(meta):g} on slices with probability >= {meta['slice_threshold']}",
+        "mask_rule": f"mask >= {mask_threshold_of(meta):g} on slices with probability >= {meta['slice_threshold']}"
+                     + (", opened in-plane (3 x 3)" if meta.get("mask_opening") else ""),
         SLICE_PROBABILITIES: [round(float(p), 4) for p in probs],
         "hemorrhage_volume_ml": round(volume_ml, 2) if slice_mm else None,
         "series": series.summary(),
@@ -136,11 +137,12 @@ def lesion_masks(out, meta):
     """
     from radnet_tf.decision import lesion_mask_np
 
-    m = mask_threshold_of(meta)
-    computed = {LESION_MASK: lesion_mask_np(out[MASKS], out[SLICE_PROBABILITIES], m, meta["slice_threshold"])}
+    m, opening = mask_threshold_of(meta), bool(meta.get("mask_opening", False))  # older exports: no opening
+    computed = {LESION_MASK: lesion_mask_np(out[MASKS], out[SLICE_PROBABILITIES], m, meta["slice_threshold"], opening)}
     if SUBTYPE_MASKS in out:
         thresholds = meta.get("subtype_thresholds") or [meta["slice_threshold"]] * len(SUBTYPES)
-        computed[SUBTYPE_LESION_MASKS] = lesion_mask_np(out[SUBTYPE_MASKS], out[SUBTYPE_PROBABILITIES], m, thresholds)
+        computed[SUBTYPE_LESION_MASKS] = lesion_mask_np(out[SUBTYPE_MASKS], out[SUBTYPE_PROBABILITIES], m, thresholds,
+                                                        opening)
     for name, mask in computed.items():
         if name in out and not np.array_equal(out[name], mask):
             raise RuntimeError(f"{name} disagrees between the export and radnet_tf.decision "
@@ -209,7 +211,8 @@ def overview_png(path, out, meta, probs, threshold, max_slices=48):
     slices = out["slices"]
     s = len(probs)
     idx, cols, rows = grid_indices(s, max_slices)
-    fig = plt.figure(figsize=(2 * cols, 2 * rows + 1.6))
+    panel = max(2.0, 6.0 / cols)  # inches per slice: a one- or two-slice study stays readable
+    fig = plt.figure(figsize=(panel * cols, panel * rows + 1.6))
     grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1] * rows + [0.8])
     for k, i in enumerate(idx):
         ax = fig.add_subplot(grid[k // cols, k % cols])

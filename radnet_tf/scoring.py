@@ -80,7 +80,8 @@ def predict_studies(slice_fn, files, cfg, split="validation", with_masks=False, 
 
     With `with_masks`, also compares each study's fused mask (the slice function's MASKS)
     with its reference mask, per slice, at each of `mask_thresholds` (default: just
-    `cfg.mask_threshold`): `StudyPredictions.mask_counts` (None where either is absent);
+    `cfg.mask_threshold`; opened as `cfg.mask_opening` says): `StudyPredictions.mask_counts`
+    (None where either is absent);
     `mask_scores` applies the slice gate and sums them.
 
     Raises:
@@ -98,7 +99,8 @@ def predict_studies(slice_fn, files, cfg, split="validation", with_masks=False, 
         if with_masks:  # a model without aux heads serves no mask: nothing to compare
             truth = y[MASK_OUTPUTS[0]].numpy()[0, :s, ..., 0]
             known = truth.size and truth.min() >= 0 and isinstance(result, dict) and MASKS in result  # -1: no mask
-            out.mask_counts.append(mask_counts(result[MASKS][:s], truth, out.mask_thresholds) if known else None)
+            out.mask_counts.append(mask_counts(result[MASKS][:s], truth, out.mask_thresholds, cfg.mask_opening)
+                                   if known else None)
         if isinstance(result, dict):
             if OUTPUT_SUBTYPES in result:
                 out.subtype_probs.append(np.asarray(result[OUTPUT_SUBTYPES])[:s])

@@ -169,8 +169,11 @@ def test_series_length_thresholds_tiny(trained_tiny, tiny_records, tmp_path):
 
 @pytest.mark.slow
 def test_lesion_mask_thresholds_tiny(trained_tiny, tiny_records):
-    """One line per run: the threshold calibrated on the training split, and the held-out
-    'after' figures are those of scoring at that threshold behind the run's slice gate."""
+    """One line per run: per variant (without / with the opening) the threshold calibrated
+    on the training split, and held-out figures equal to scoring's at that threshold behind
+    the run's slice gate."""
+    import dataclasses
+
     from radnet_tf import data, scoring
     from radnet_tf.decision import MASK_THRESHOLD_CANDIDATES
     from radnet_tf.export import load_trained
@@ -179,12 +182,17 @@ def test_lesion_mask_thresholds_tiny(trained_tiny, tiny_records):
     rows = _run("lesion_mask_thresholds.py", "--run", model_dir, "--records", tiny_records)
     assert len(rows) == 1 and rows[0]["run"] == str(model_dir)
     r = rows[0]
-    assert r["mask_threshold"] in MASK_THRESHOLD_CANDIDATES + (0.5,) and r["slice_threshold"] == round(cfg.slice_threshold, 4)
+    assert r["slice_threshold"] == round(cfg.slice_threshold, 4)
     model, cfg = load_trained(model_dir)
-    held = scoring.predict_studies(scoring.keras_slice_fn(model, cfg, masks=True), data.list_shards(str(tiny_records)),
-                                   cfg, "validation", with_masks=True, mask_thresholds=(r["mask_threshold"], 0.5))
-    after = scoring.mask_scores(held, cfg.slice_threshold, r["mask_threshold"])
-    before = scoring.mask_scores(held, 0.0, 0.5)
-    assert r["after"]["dice"] == pytest.approx(after["dice"], abs=1e-4)
-    assert r["before"]["dice"] == pytest.approx(before["dice"], abs=1e-4)
-    assert r["held_out_best"]["dice"] >= r["after"]["dice"]
+    files = data.list_shards(str(tiny_records))
+    fn = scoring.keras_slice_fn(model, cfg, masks=True)
+    for name, opening in (("gated", False), ("gated_opened", True)):
+        t = r[name]["mask_threshold"]
+        assert t in MASK_THRESHOLD_CANDIDATES + (0.5,)
+        c = dataclasses.replace(cfg, mask_opening=opening)
+        held = scoring.predict_studies(fn, files, c, "validation", with_masks=True, mask_thresholds=(t, 0.5))
+        assert r[name]["held_out"]["dice"] == pytest.approx(scoring.mask_scores(held, cfg.slice_threshold, t)["dice"],
+                                                            abs=1e-4)
+        assert r[name]["held_out_best"]["dice"] >= r[name]["held_out"]["dice"]
+        if not opening:
+            assert r["before"]["dice"] == pytest.approx(scoring.mask_scores(held, 0.0, 0.5)["dice"], abs=1e-4)

@@ -92,3 +92,30 @@ def test_lesion_mask_gates_pixels_by_their_slice_numpy_and_tf():
     assert both[..., 0].tolist() == got.tolist()
     assert both[1, ..., 1].all() and not both[2, ..., 1].any()
     np.testing.assert_array_equal(np.asarray(lesion_mask(per_label, two, 0.2, [0.7, 0.5])), both)
+
+
+def test_opening_drops_specks_and_thin_lines_keeps_blocks_numpy_and_tf():
+    from radnet_tf.decision import lesion_mask_np, open_np, open_tf
+
+    m = np.zeros((2, 8, 8), bool)
+    m[0, 0:3, 0:3] = True  # a 3 x 3 block in the corner: kept (outside the image is ignored)
+    m[0, 6, 6] = True  # a speck: dropped
+    m[0, 5, 0:8] = True  # a 1-pixel line: dropped
+    m[1, 2:6, 2:5] = True  # a 4 x 3 block: kept whole
+    m[1, 2, 6:8] = True  # a 2-pixel spur beside the block, in no 3 x 3 square: dropped
+    want = np.zeros_like(m)
+    want[0, 0:3, 0:3] = True
+    want[1, 2:6, 2:5] = True
+    assert open_np(m).tolist() == want.tolist()
+    np.testing.assert_array_equal(np.asarray(open_tf(m)), want)
+    per_label = np.stack([m, ~m], -1)  # [S, N, N, L]: each label opened on its own
+    np.testing.assert_array_equal(open_np(per_label)[..., 0], want)
+    np.testing.assert_array_equal(np.asarray(open_tf(per_label)), open_np(per_label))
+    rng = np.random.default_rng(0)
+    noisy = rng.uniform(size=(3, 17, 19)) < 0.7
+    np.testing.assert_array_equal(np.asarray(open_tf(noisy)), open_np(noisy))
+    # in the lesion mask: cut, opened, then gated by the slice
+    probs = np.array([0.9, 0.1], np.float32)
+    got = lesion_mask_np(m.astype(np.float32), probs, 0.5, 0.5, opening=True)
+    assert got[0].tolist() == want[0].tolist() and not got[1].any()
+    assert lesion_mask_np(m.astype(np.float32), probs, 0.5, 0.5)[0, 6, 6]  # without opening the speck stays

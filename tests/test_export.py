@@ -83,14 +83,18 @@ def test_saved_model_matches_keras(exported, slices):
     assert int(out["min_run_applied"]) == min(3, slices) == rule["min_run_applied"]
 
 
-def test_served_lesion_mask_is_the_gated_rule_at_the_exported_thresholds(trained_tiny, tmp_path):
+@pytest.mark.parametrize("opening", [False, True])
+def test_served_lesion_mask_is_the_gated_rule_at_the_exported_thresholds(trained_tiny, tmp_path, opening):
     """lesion_mask = masks >= mask threshold on slices >= slice threshold, in the graph, as
     decision.lesion_mask_np computes it; thresholds picked so that every part of the rule
     matters (a slice gated out though its mask passes, pixels below the mask threshold)."""
+    import dataclasses
+
     from radnet_tf.decision import lesion_mask_np
     from radnet_tf.export import export_model, read_metadata
 
     cfg, _, model, _ = trained_tiny
+    cfg = dataclasses.replace(cfg, mask_opening=opening)
     x = np.random.default_rng(3).uniform(size=(6, 32, 32, 1)).astype(np.float32)
     ref = model(x[None])
     probs = ref["slice_probability"].numpy()[0]
@@ -98,12 +102,12 @@ def test_served_lesion_mask_is_the_gated_rule_at_the_exported_thresholds(trained
     slice_t = float(np.sort(probs)[3] - 1e-4)  # 3 of 6 slices pass
     mask_t = float(np.quantile(fused, 0.6))
     path = export_model(model, cfg, tmp_path, threshold=slice_t, mask_threshold=mask_t, warmup=False)
-    assert read_metadata(path)["mask_threshold"] == mask_t
+    assert read_metadata(path)["mask_threshold"] == mask_t and read_metadata(path)["mask_opening"] == opening
     out = tf.saved_model.load(str(path)).signatures["serving_default"](slices=tf.constant(x))
     served = out["lesion_mask"].numpy()
     assert served.dtype == bool and served.shape == (6, 32, 32)
     np.testing.assert_array_equal(served, lesion_mask_np(out["masks"].numpy(), out["slice_probabilities"].numpy(),
-                                                         mask_t, slice_t))
+                                                         mask_t, slice_t, opening))
     below = out["slice_probabilities"].numpy() < slice_t
     assert not served[below].any() and (out["masks"].numpy()[below] >= mask_t).any()  # gated out
     above = served[~below]
@@ -244,7 +248,8 @@ def test_subtype_model_adds_outputs_and_keeps_the_old_ones(tmp_path):
     heads = [ref[f"mask_{i}"].numpy()[0] for i in (1, 2, 3)]
     np.testing.assert_allclose(out["masks"].numpy(), sum(h[..., 0] for h in heads) / 3, atol=1e-5)
     np.testing.assert_allclose(out["subtype_masks"].numpy(), sum(h[..., 1:] for h in heads) / 3, atol=1e-5)
-    expected = lesion_mask_np(out["subtype_masks"].numpy(), sub, cfg.mask_threshold, [0.5, 0.4, 0.3, 0.6, 0.45])
+    expected = lesion_mask_np(out["subtype_masks"].numpy(), sub, cfg.mask_threshold, [0.5, 0.4, 0.3, 0.6, 0.45],
+                              cfg.mask_opening)
     np.testing.assert_array_equal(out["subtype_lesion_masks"].numpy(), expected)
 
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -140,6 +142,11 @@ def test_mask_counts_gate_and_metrics_against_hand_counts():
     assert counts[:, 0].tolist() == [[2, 3, 4], [0, 0, 0]]
     assert counts[:, 1].tolist() == [[2, 3, 4], [0, 1, 0]]  # 0.49 >= 0.3 on slice 1
     assert counts[:, 2].tolist() == [[0, 0, 4], [0, 0, 0]]
+    # with the lesion mask's opening, thinner than 3 pixels is gone; a 3 x 3 block stays
+    assert mask_counts(pred, truth, [0.5], opening=True)[:, 0].tolist() == [[0, 0, 4], [0, 0, 0]]
+    block = np.zeros((1, 4, 4))
+    block[0, :3, :3] = 0.9
+    assert mask_counts(block, truth[:1], [0.5], opening=True)[0, 0].tolist() == [4, 9, 4]
     # the slice gate: predicted pixels count only on slices at or above the slice threshold
     gated = gate_mask_counts(counts, [0.7, 0.2], 0.7)
     assert gated[:, 1].tolist() == [[2, 3, 4], [0, 0, 0]] and counts[1, 1].tolist() == [0, 1, 0]  # input kept
@@ -196,7 +203,7 @@ def test_predict_studies_scores_the_served_mask_against_the_records(tiny_records
     from radnet_tf import data, scoring
     from radnet_tf.contract import MASK_OUTPUTS, MASKS
 
-    cfg = tiny_config(val_fraction=0.4)
+    cfg = tiny_config(val_fraction=0.4, mask_opening=False)  # the tiny phantom's bleeds: few pixels at 32 px
     files = data.list_shards(str(tiny_records))
     truth = {}
     for x, y, meta in data.eval_dataset(files, cfg, 1, with_masks=True, split="all", with_keys=True):
@@ -218,6 +225,11 @@ def test_predict_studies_scores_the_served_mask_against_the_records(tiny_records
     bad = scoring.mask_scores(scoring.predict_studies(empty, files, cfg, "all", with_masks=True), 0.0)
     assert bad["dice"] == 0.0 and bad["recall"] == 0.0
     assert scoring.predict_studies(perfect, files, cfg, "all").mask_counts == []  # not asked for
+    from radnet_tf.decision import open_np
+
+    opened = scoring.predict_studies(perfect, files, dataclasses.replace(cfg, mask_opening=True), "all", with_masks=True)
+    kept = sum(int(open_np(t > 0.5).sum()) for t in truth.values())
+    assert sum(int(c[:, 0, 1].sum()) for c in opened.mask_counts) == kept  # what survives the opening
     grid = scoring.predict_studies(perfect, files, cfg, "all", with_masks=True, mask_thresholds=(0.2, 0.9))
     assert grid.mask_thresholds == (0.2, 0.9) and scoring.mask_scores(grid, 0.0, 0.9)["dice"] == 1.0
     # a model without aux heads (densenet) serves no mask: nothing is compared

@@ -247,12 +247,14 @@ def test_predict_volume_is_the_gated_lesion_mask_and_checks_the_export(trained_t
     saved_model, meta, _ = predict.load_saved_model(export_model(model, cfg, tmp_path / "b", threshold=slice_t,
                                                                  mask_threshold=mask_t, warmup=False))
     result, out, _ = predict.predict_series(series, saved_model, meta)
-    lesion = lesion_mask_np(out[MASKS], out[SLICE_PROBABILITIES], mask_t, slice_t)
+    assert meta["mask_opening"] == cfg.mask_opening
+    lesion = lesion_mask_np(out[MASKS], out[SLICE_PROBABILITIES], mask_t, slice_t, cfg.mask_opening)
     assert lesion.any() and (masks[probs < slice_t] >= mask_t).any()  # the gate removes pixels that pass
     np.testing.assert_array_equal(out[LESION_MASK], lesion)
     voxel_ml = meta["out_spacing_mm"] ** 2 * series.slice_spacing / 1000.0
     assert result["hemorrhage_volume_ml"] == pytest.approx(round(lesion.sum() * voxel_ml, 2))
-    assert result["mask_rule"] == f"mask >= {mask_t:g} on slices with probability >= {slice_t}"
+    assert result["mask_rule"] == (f"mask >= {mask_t:g} on slices with probability >= {slice_t}"
+                                   + (", opened in-plane (3 x 3)" if cfg.mask_opening else ""))
     meta["mask_threshold"] = mask_t / 2  # metadata that does not match the graph: refused, not served
     with pytest.raises(RuntimeError, match="lesion_mask disagrees between the export and radnet_tf.decision"):
         predict.predict_series(series, saved_model, meta)
