@@ -81,8 +81,7 @@ def predict_studies(slice_fn, files, cfg, split="validation", with_masks=False, 
     With `with_masks`, also compares each study's fused mask (the slice function's MASKS)
     with its reference mask, per slice, at each of `mask_thresholds` (default: just
     `cfg.mask_threshold`; opened as `cfg.mask_opening` says): `StudyPredictions.mask_counts`
-    (None where either is absent);
-    `mask_scores` applies the slice gate and sums them.
+    (None where either is absent); `mask_scores` applies the slice gate and sums them.
 
     Raises:
       UserError: the split holds no study.

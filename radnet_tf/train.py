@@ -226,8 +226,11 @@ def calibrate_thresholds(model, files, cfg) -> dict:
         masked = sum(c is not None for c in preds.mask_counts)
         cfg.mask_threshold = chosen["mask_threshold"] = calibrate_mask_threshold(preds, cfg.slice_threshold,
                                                                                  cfg.mask_threshold)
-        say(f"mask threshold from {masked} training studies with a reference mask (slices at or above "
-            f"{cfg.slice_threshold:.3f}): {cfg.mask_threshold:.2f}")
+        if masked:
+            say(f"mask threshold from {masked} training studies with a reference mask (slices at or above "
+                f"{cfg.slice_threshold:.3f}): {cfg.mask_threshold:.2f}")
+        else:
+            say(f"mask threshold: kept at {cfg.mask_threshold:.2f} (no training study has a reference mask)")
     return chosen
 
 

@@ -101,6 +101,27 @@ def test_calibrate_threshold_for_a_series_length(monkeypatch):
     assert calibrate_thresholds(None, [], Config()) == {}  # nothing asked for, nothing set
 
 
+
+def test_mask_calibration_without_reference_masks_keeps_the_threshold(monkeypatch, capsys):
+    import types
+
+    import radnet_tf.scoring as scoring
+    from radnet_tf.config import Config
+    from radnet_tf.train import calibrate_thresholds
+
+    preds = scoring.StudyPredictions(["a", "b"], [0, 1], [np.full(4, 0.2), np.full(4, 0.8)], [None] * 2)
+    preds.mask_counts, preds.mask_thresholds = [None, None], (0.05, 0.5)  # e.g. RSNA: no masks
+    monkeypatch.setattr(scoring, "keras_slice_fn", lambda model, cfg, masks: None)
+    monkeypatch.setattr(scoring, "predict_studies", lambda fn, files, cfg, split, **kw: preds)
+    model = types.SimpleNamespace(output_names=["slice_probability", "mask_1", "mask_2", "mask_3"])
+    cfg = Config(calibrate_mask_threshold=True, mask_threshold=0.4)
+    assert calibrate_thresholds(model, [], cfg) == {"mask_threshold": 0.4} and cfg.mask_threshold == 0.4
+    assert "mask threshold: kept at 0.40 (no training study has a reference mask)" in capsys.readouterr().out
+    headless = types.SimpleNamespace(output_names=["slice_probability"])  # densenet: nothing to calibrate
+    assert calibrate_thresholds(headless, [], Config(calibrate_mask_threshold=True)) == {}
+    assert "not calibrated (the model has no auxiliary heads)" in capsys.readouterr().out
+
+
 def test_series_model_metrics_from_held_out_studies():
     from radnet_tf.config import Config
     from radnet_tf.train import series_model_metrics
