@@ -57,6 +57,7 @@ def test_export_cli_records_the_held_out_figures_and_predict_warns_on_empty_mask
     assert held["studies"] == rows.loc["ct", "n"] and held["threshold"] == meta["slice_threshold"]
     assert held["ct_accuracy"] == pytest.approx(rows.loc["ct", "accuracy"])
     assert held["mask_dice"] == pytest.approx(rows.loc["mask", "dice"])
+    assert held["mask_threshold"] == rows.loc["mask", "threshold"] == meta["mask_threshold"]  # measured as served
     capsys.readouterr()
     result = predict.main([str(tiny_cohort / "dicom" / "synth-0001"), "--model", str(tmp_path / "sm")])
     assert result["model"]["held_out"] == held
