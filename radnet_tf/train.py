@@ -453,7 +453,7 @@ def main(argv=None):
 
         t0 = time.perf_counter()
         summary["export"] = str(export_model(model, cfg, cfg.export_dir, trained_on=trained_on_from(cfg),
-                                             held_out=held_out_from(cfg.model_dir)))
+                                             held_out=held_out_from(summary["model_dir"])))
         summary["seconds"]["export"] = round(time.perf_counter() - t0, 1)
         summary["seconds"]["total"] = round(summary["seconds"]["total"] + summary["seconds"]["export"], 1)
     print_summary(summary)

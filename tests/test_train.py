@@ -170,6 +170,25 @@ def test_bad_config_or_missing_data_is_one_line(args, message):
     assert "Traceback" not in proc.stderr
 
 
+def test_the_trainers_export_carries_the_held_out_figures_without_a_model_dir(tiny_records, tmp_path):
+    """Regression: with no model_dir (the built-in default: {work_dir}/model) the export's
+    `held_out` was read from the working directory and came out null."""
+    from conftest import TINY_MODEL
+
+    from radnet_tf.export import read_metadata
+    from radnet_tf.train import main
+
+    tiny = {**TINY_MODEL, "epochs": 1, "val_fraction": 0.4}
+    summary = main(["--config", str(REPO / "configs" / "default.yaml"), "--data", str(tiny_records), "--quiet",
+                    f"work_dir={tmp_path / 'work'}", f"export_dir={tmp_path / 'sm'}", "extra_windows=[]",
+                    *[f"{k}={v}" for k, v in tiny.items()]])
+    assert summary["model_dir"] == str(tmp_path / "work" / "model")
+    meta = read_metadata(summary["export"])
+    rows = pd.read_csv(tmp_path / "work" / "model" / "val_metrics.csv").set_index("level")
+    assert meta["held_out"] is not None and meta["held_out"]["ct_accuracy"] == pytest.approx(rows.loc["ct", "accuracy"])
+    assert meta["held_out"]["mask_threshold"] == meta["mask_threshold"] == summary["mask_threshold"]
+
+
 def _tiny_args(records, model_dir, epochs):
     keys = tiny_config(val_fraction=0.4, epochs=epochs, steps_per_epoch=3)
     fields = ["input_size", "out_spacing", "depth", "growth_rate", "initial_filters", "lstm_units", "head_filters",
