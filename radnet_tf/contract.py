@@ -7,7 +7,8 @@ Model outputs (Keras model, dict keys):
 Serving outputs (SavedModel signatures, one study per request):
   SERVING_OUTPUTS  slice_probabilities float32 [S], masks float32 [S, N, N],
                    lesion_mask bool [S, N, N] (masks >= the mask threshold on slices at or
-                   above the slice threshold: radnet_tf.decision.lesion_mask),
+                   above the slice threshold, opened 3 x 3 with mask_opening:
+                   radnet_tf.decision.lesion_mask),
                    ct_positive bool [], ct_score float32 [], longest_positive_run int32 [],
                    min_run_applied int32 [] (the rule's K after shortening to S)
 

@@ -35,7 +35,7 @@ import pandas as pd
 
 from radnet_tf import atomic
 from radnet_tf.cli import add_verbose, cli_main, say
-from radnet_tf.contract import (MASK_THRESHOLD, MASKS, OUTPUT_SLICE, OUTPUT_SUBTYPES, SLICE_PROBABILITIES,
+from radnet_tf.contract import (MASKS, OUTPUT_SLICE, OUTPUT_SUBTYPES, SLICE_PROBABILITIES,
                                 SUBTYPE_PROBABILITIES, SUBTYPES)
 from radnet_tf.errors import UserError
 from radnet_tf.metrics import binary_metrics, bootstrap_ci, ct_metrics, study_table
@@ -73,13 +73,12 @@ class Predictor:
         self.history = None
         if (p / "saved_model.pb").exists():
             from radnet_tf.config import config_from_dict
-            from radnet_tf.export import read_metadata
+            from radnet_tf.export import lesion_rule_of, read_metadata
 
             meta = read_metadata(p)
             self.cfg = config_from_dict(meta["config"])
             self.cfg.slice_threshold, self.cfg.ct_min_run = meta["slice_threshold"], meta["ct_min_run"]
-            self.cfg.mask_threshold = meta.get("mask_threshold", MASK_THRESHOLD)  # exports before it: 0.5
-            self.cfg.mask_opening = bool(meta.get("mask_opening", False))
+            self.cfg.mask_threshold, self.cfg.mask_opening = lesion_rule_of(meta)
             if meta.get("subtype_thresholds"):
                 self.cfg.subtype_thresholds = list(meta["subtype_thresholds"])
             fn = tf.saved_model.load(str(p)).signatures["serving_default"]

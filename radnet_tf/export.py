@@ -53,6 +53,7 @@ from radnet_tf.contract import (
     LESION_MASK,
     LONGEST_POSITIVE_RUN,
     MASK_OUTPUTS,
+    MASK_THRESHOLD,
     MASKS,
     MIN_RUN_APPLIED,
     OUTPUT_SLICE,
@@ -366,6 +367,12 @@ def held_out_from(model_dir):
         out["mask_dice"] = number("mask", "dice")
         out["mask_threshold"] = number("mask", "threshold")  # None: a model dir from before it was recorded
     return out
+
+
+def lesion_rule_of(meta) -> tuple:
+    """(mask_threshold, mask_opening) of an export's metadata; exports from before the
+    lesion mask was exported: (MASK_THRESHOLD, False)."""
+    return float(meta.get("mask_threshold", MASK_THRESHOLD)), bool(meta.get("mask_opening", False))
 
 
 def read_metadata(saved_model_dir) -> dict:

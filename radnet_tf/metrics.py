@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from radnet_tf.decision import ct_decision_np
+from radnet_tf.decision import ct_decision_np, open_np
 
 
 def binary_metrics(y_true, y_pred, y_score=None) -> dict:
@@ -70,8 +70,6 @@ def mask_counts(predicted, truth, thresholds, opening=False) -> np.ndarray:
     for j, threshold in enumerate(thresholds):
         p = predicted >= threshold
         if opening:
-            from radnet_tf.decision import open_np
-
             p = open_np(p)
         out[:, j] = np.stack([np.count_nonzero(p & t, axis=(1, 2)), np.count_nonzero(p, axis=(1, 2)), true], -1)
     return out

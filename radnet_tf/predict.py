@@ -12,9 +12,10 @@ phantom prints a one-line warning when applied to real DICOM.
 
 Lesion mask (the volume, the overview's contours and the DICOM SEG): the fused mask at or
 above the export's mask threshold, on slices whose probability is at or above the slice
-threshold, opened in-plane when the export says `mask_opening` (`radnet_tf.decision.lesion_mask_np`;
-exports from before the mask threshold use 0.5 and no opening). Hemorrhage volume: lesion-mask voxels on the model grid x out_spacing^2 x slice
-spacing, in mL. The JSON's `model.held_out` repeats what the export's held-out
+threshold, opened in-plane when the export says `mask_opening`
+(`radnet_tf.decision.lesion_mask_np`; exports from before the mask threshold: 0.5, no
+opening; `export.lesion_rule_of`). Hemorrhage volume: lesion-mask voxels on the model grid
+x out_spacing^2 x slice spacing, in mL. The JSON's `model.held_out` repeats what the export's held-out
 studies measured; when their mask Dice is below UNRELIABLE_MASK_DICE (0.1) a one-line
 warning says the volume and segmentation are not reliable. No patient identifier is
 printed or written: the study is named by its pseudonymous key.
@@ -38,7 +39,6 @@ from radnet_tf.contract import (
     CT_SUBTYPES,
     LESION_MASK,
     LONGEST_POSITIVE_RUN,
-    MASK_THRESHOLD,
     MASKS,
     MIN_RUN_APPLIED,
     SLICE_PROBABILITIES,
@@ -98,8 +98,7 @@ def predict_series(series, saved, meta):
         "longest_positive_run": int(out[LONGEST_POSITIVE_RUN]),
         "min_run_applied": int(out.get(MIN_RUN_APPLIED, check["min_run_applied"])),
         "rule": rule_text(meta["ct_min_run"], meta["slice_threshold"], len(probs), calibrated_for(meta)),
-        "mask_rule": f"mask >= {mask_threshold_of(meta):g} on slices with probability >= {meta['slice_threshold']}"
-                     + (", opened in-plane (3 x 3)" if meta.get("mask_opening") else ""),
+        "mask_rule": mask_rule_text(meta),
         SLICE_PROBABILITIES: [round(float(p), 4) for p in probs],
         "hemorrhage_volume_ml": round(volume_ml, 2) if slice_mm else None,
         "series": series.summary(),
@@ -122,9 +121,13 @@ def predict_series(series, saved, meta):
     return result, out, model_s
 
 
-def mask_threshold_of(meta) -> float:
-    """The export's mask threshold (MASK_THRESHOLD for exports from before it was recorded)."""
-    return float(meta.get("mask_threshold", MASK_THRESHOLD))
+def mask_rule_text(meta) -> str:
+    """The lesion-mask rule of an export, in words."""
+    from radnet_tf.export import lesion_rule_of
+
+    m, opening = lesion_rule_of(meta)
+    return (f"mask >= {m:g} on slices with probability >= {meta['slice_threshold']}"
+            + (", opened in-plane (3 x 3)" if opening else ""))
 
 
 def lesion_masks(out, meta):
@@ -136,8 +139,9 @@ def lesion_masks(out, meta):
       RuntimeError: the export's lesion mask disagrees with radnet_tf.decision.
     """
     from radnet_tf.decision import lesion_mask_np
+    from radnet_tf.export import lesion_rule_of
 
-    m, opening = mask_threshold_of(meta), bool(meta.get("mask_opening", False))  # older exports: no opening
+    m, opening = lesion_rule_of(meta)
     computed = {LESION_MASK: lesion_mask_np(out[MASKS], out[SLICE_PROBABILITIES], m, meta["slice_threshold"], opening)}
     if SUBTYPE_MASKS in out:
         thresholds = meta.get("subtype_thresholds") or [meta["slice_threshold"]] * len(SUBTYPES)

@@ -43,6 +43,13 @@ def test_versioned_atomic_layout_and_metadata(exported):
     assert second.name == "2"
 
 
+def test_lesion_rule_of_reads_the_export_or_the_old_default():
+    from radnet_tf.export import lesion_rule_of
+
+    assert lesion_rule_of({}) == (0.5, False)  # exports from before the lesion mask
+    assert lesion_rule_of({"mask_threshold": 0.04, "mask_opening": True}) == (0.04, True)
+
+
 def test_export_cli_records_the_held_out_figures_and_predict_warns_on_empty_masks(trained_tiny, tiny_cohort, tmp_path,
                                                                                  capsys):
     import pandas as pd
