@@ -196,6 +196,10 @@ def test_client_requests_match_serving_formats_and_run_end_to_end(exported):
     lesion = direct["lesion_mask"].numpy()
     assert verdict["lesion_mask_pixels"] == int(lesion.sum())
     assert verdict["lesion_slices"] == [i for i in range(3) if lesion[i].any()]
+    lesion = np.zeros((3, 4, 4), bool)
+    lesion[2, :2, :3] = True  # hand-made: 6 pixels on slice 2
+    hand = {**outputs, "lesion_mask": lesion}
+    assert (parse_outputs(hand)["lesion_mask_pixels"], parse_outputs(hand)["lesion_slices"]) == (6, [2])
     rest_like = {k: np.asarray(v).tolist() for k, v in outputs.items()}  # REST returns nested lists of bools
     assert parse_outputs(rest_like)["lesion_mask_pixels"] == verdict["lesion_mask_pixels"]
 
