@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from radnet_tf import atomic, preprocess, records
 from radnet_tf.cli import progress as show_progress
-from radnet_tf.dicom_io import read_series
+from radnet_tf.dicom_io import read_series, shear_like
 from radnet_tf.errors import UserError
 from radnet_tf.nifti import NiftiStudyTask
 
@@ -286,9 +286,12 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
             order = [index[u] for u in series.sop_instance_uids]
         except KeyError:
             raise UserError(f"{task.mask_path}: mask slices do not match the DICOM series") from None
-        mask = preprocess.resample_mask(src_mask[order], series.pixel_spacing, center, pcfg).numpy()
+        # a tilted series' pixels were sheared when read: its mask moves with them
+        mask = preprocess.resample_mask(shear_like(series, src_mask[order] > 0), series.pixel_spacing, center,
+                                        pcfg).numpy()
         if src_classes is not None:
-            mask_classes = resample_classes(src_classes[order], series.pixel_spacing, center, pcfg)
+            mask_classes = resample_classes(sheared_classes(series, src_classes[order]), series.pixel_spacing,
+                                            center, pcfg)
     if task.slice_labels:
         slice_labels = np.array([task.slice_labels.get(u, -1) for u in series.sop_instance_uids], np.int64)
     elif task.label == 0:
@@ -331,6 +334,21 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
         **dict(task.manifest),
     }
     return record, row
+
+
+def sheared_classes(series, classes):
+    """A class mask (numpy [S, H, W], 0 background) on the source grid, moved like the
+    series' pixels by its tilt correction (`dicom_io.shear_like`, each class as a binary
+    mask; a pixel takes the class of largest weight when >= 0.5); uint8 [S, H, W]. The
+    mask itself when the series was not tilted."""
+    if not series.tilt_corrected:
+        return np.asarray(classes, np.uint8)
+    present = [int(k) for k in np.unique(classes) if k]
+    if not present:
+        return np.zeros(np.shape(classes), np.uint8)
+    weights = np.stack([shear_like(series, np.equal(classes, k)) for k in present], -1)
+    best = np.asarray(present, np.uint8)[np.argmax(weights, -1)]
+    return np.where(weights.max(-1) >= 0.5, best, 0).astype(np.uint8)
 
 
 def resample_classes(classes, pixel_spacing, center, pcfg):

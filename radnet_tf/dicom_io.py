@@ -397,6 +397,25 @@ def _shear_to_normal(hu, positions, orientation, pixel_spacing):
     return out
 
 
+def shear_like(series, stack, fill=0.0):
+    """Moves a stack on the series' source grid (a mask drawn on its DICOM pixels) the way
+    the tilt correction moved `series.hu` (`series.shear_px`; bilinear, `fill` outside).
+
+    Args:
+      series: the `CTSeries` the stack belongs to. stack: array [S, H, W] in the series'
+        slice order (e.g. a 0/1 mask or one class's indicator).
+    Returns:
+      float32 [S, H, W]: the stack itself (as float32) when no tilt was corrected; for a
+      binary mask, threshold the result at 0.5.
+    """
+    out = np.asarray(stack, np.float32)
+    if not series.tilt_corrected:
+        return out.copy()
+    if out.shape[0] != len(series.shear_px):
+        raise ValueError(f"stack has {out.shape[0]} slices, the series {len(series.shear_px)}")
+    return np.stack([_shift_axis(_shift_axis(m, dr, 0, fill), dc, 1, fill) for m, (dr, dc) in zip(out, series.shear_px)])
+
+
 def read_series(
     folder,
     *,

@@ -217,3 +217,20 @@ def test_fast_shear_matches_scipy_shift(shift):
     expected = ndimage.shift(image, shift, order=1, cval=AIR_HU)
     got = _shift_axis(_shift_axis(image, shift[0], 0, AIR_HU), shift[1], 1, AIR_HU)
     np.testing.assert_allclose(got, expected, atol=1e-3)
+
+
+def test_shear_like_moves_a_stack_by_the_series_shear_exactly():
+    from radnet_tf.dicom_io import CTSeries, shear_like
+
+    stack = np.zeros((2, 3, 4), np.uint8)
+    stack[:, 1, 1] = 1
+    series = CTSeries(hu=np.zeros((2, 3, 4), np.int16), pixel_spacing=(1.0, 1.0), slice_positions=np.array([0.0, 5.0]),
+                      slice_spacing=5.0, orientation=np.array([1.0, 0, 0, 0, 1, 0]), study_key="k", series_key="s",
+                      sop_instance_uids=["a", "b"], shear_px=np.array([[0.0, 0.0], [1.0, 0.5]]))
+    assert np.array_equal(shear_like(series, stack), stack)  # not tilt-corrected: unchanged
+    series.tilt_corrected = True
+    moved = shear_like(series, stack)
+    assert np.array_equal(moved[0], stack[0])
+    expected = np.zeros((3, 4), np.float32)
+    expected[2, 1] = expected[2, 2] = 0.5  # one row down, half a column right
+    assert np.array_equal(moved[1], expected)

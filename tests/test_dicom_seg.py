@@ -6,7 +6,7 @@ import pytest
 
 from conftest import tiny_config, write_tiny_series
 from radnet_tf import preprocess
-from radnet_tf.dicom_io import read_series
+from radnet_tf.dicom_io import read_series, shear_like
 
 hd = pytest.importorskip("highdicom")
 
@@ -33,11 +33,7 @@ def test_model_grid_mask_maps_back_onto_the_source_pixels(tmp_path, tilted):
     center = preprocess.head_center_np(series.hu)
     source = np.stack([_disc(series.hu.shape[1:], (30 + i, 28), 7) for i in range(4)])
     # what the model sees: the source mask moved like the HU (shear), then resampled
-    seen = source.astype(np.float32)
-    if tilted:
-        from radnet_tf.dicom_io import _shift_axis
-
-        seen = np.stack([_shift_axis(_shift_axis(m, dr, 0, 0.0), dc, 1, 0.0) for m, (dr, dc) in zip(seen, series.shear_px)])
+    seen = shear_like(series, source)
     model_grid = preprocess.resample_mask(seen >= 0.5, series.pixel_spacing, center, pcfg).numpy().astype(bool)
     back = to_source_grid(model_grid, series, pcfg, center)
     for i in range(4):
