@@ -15,7 +15,9 @@ phantoms that are built to look like real head CT at the model's input:
 - Scanner (radnet_tf.synth_scanner): slice thickness 0.6-5 mm (log-uniform) with partial
   volume across it, pixel spacing / field of view, noise with a correlated grain that
   grows for thin slices, beam-hardening cupping under the skull, streaks and the dark
-  interpetrous band at the skull base, a head holder and its pad.
+  interpetrous band at the skull base, a head holder and its pad; a quarter of the
+  studies with gantry tilt (5-25 degrees, anterior up: the planes keep the orbits out of
+  the beam), written with the sheared geometry a tilted scanner exports.
 - Bleeds (radnet_tf.synth_lesions) where each type sits: EDH lens under the convexity,
   SDH crescent along the convexity or along the falx, SAH in cisterns, fissures and
   sulci, IPH with an oedema rim, IVH in a ventricle (often layering posteriorly); 4-32 mm,
@@ -73,7 +75,8 @@ from radnet_tf.errors import UserError
 # 6: slab centres reach the top of the skull (vertex slices with little or no brain).
 # 7: only visible blood is labelled (SynthConfig.visible_hu).
 # 8: partial volume from planes <= 1 mm apart (was 2 mm); muscle 35-70 HU (was 30-60).
-GENERATOR_VERSION = 8
+# 9: a quarter of the studies acquired with gantry tilt (5-25 degrees; sheared DICOM geometry).
+GENERATOR_VERSION = 9
 AIR = -1000.0
 FAT_HU = -90.0
 
@@ -103,6 +106,12 @@ class SynthConfig:
         interpolation to the pixel grid (an integer fraction of it), mm.
       subslice_mm: the largest step between the planes averaged into one slice (partial
         volume across the slice thickness), mm.
+      tilt_fraction: fraction of studies acquired with a tilted gantry (head CT is often
+        tilted to keep the orbits out of the beam): the image planes are tilted about the
+        left-right axis, anterior up, while the table moves along z, so the DICOM geometry
+        is sheared (ImageOrientationPatient, ImagePositionPatient, GantryDetectorTilt), as
+        in hospital exports; readers shear it back (`dicom_io.read_series`).
+      tilt_deg_range: (min, max) gantry tilt of those studies, degrees (uniform).
     """
 
     matrix: int = 512
@@ -115,6 +124,8 @@ class SynthConfig:
     visible_hu: float = 8.0
     anatomy_mm: float = 1.25
     subslice_mm: float = 1.0
+    tilt_fraction: float = 0.25
+    tilt_deg_range: tuple = (5.0, 25.0)
 
 
 @dataclasses.dataclass
@@ -132,6 +143,9 @@ class Phantom:
         order) covers at least `min_lesion_area_mm2` of the slice.
       class_mask: uint8 [S, H, W], 0 background, 1..5 the lesion's type (SUBTYPES order
         + 1; where lesions overlap, the denser share).
+      tilt_deg: gantry tilt, degrees (0: none). Pixel (r, c) of slice k lies at LPS
+        (x0 + c sp, (r - (H - 1) / 2) sp cos t, z_k - (r - (H - 1) / 2) sp sin t),
+        x0 = -(W - 1) / 2 sp: `pixel_to_patient`.
     """
 
     hu: np.ndarray
@@ -143,6 +157,19 @@ class Phantom:
     types: list
     slice_subtypes: np.ndarray
     class_mask: np.ndarray
+    tilt_deg: float = 0.0
+
+    def orientation(self):
+        """ImageOrientationPatient: float [6], row then column direction cosines (LPS)."""
+        t = np.deg2rad(self.tilt_deg)
+        return [1.0, 0.0, 0.0, 0.0, float(np.cos(t)), float(-np.sin(t))]
+
+    def position(self, k):
+        """ImagePositionPatient of slice k (its first pixel's centre, LPS mm): float [3]."""
+        h, w = self.hu.shape[1:]
+        t, sp = np.deg2rad(self.tilt_deg), self.pixel_spacing
+        return [-(w - 1) / 2 * sp, -(h - 1) / 2 * sp * float(np.cos(t)),
+                float(self.z_positions[k]) + (h - 1) / 2 * sp * float(np.sin(t))]
 
 
 # Atlas point at the patient-space origin of a pose (between the ventricles), mm.
@@ -245,8 +272,9 @@ def _normal_hu(ch, tissue, pose, scanner):
     return (frame + brain).astype(np.float32)
 
 
-def _box(pose, spacing, matrix, factor, scanner, atlas):
-    """Pixel box (rows, cols) holding the head and the holder, aligned to `factor`."""
+def _box(pose, spacing, matrix, factor, scanner, atlas, tilt=0.0):
+    """Pixel box (rows, cols) holding the head and the holder, aligned to `factor`
+    (`tilt`, radians: a tilted plane meets patient y = row offset x cos(tilt))."""
     lo, hi = atlas.head_extent()
     corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])], np.float32)
     p = pose.to_patient(corners)
@@ -256,7 +284,7 @@ def _box(pose, spacing, matrix, factor, scanner, atlas):
     half = (matrix - 1) / 2
     # pixel column c sits at patient x = -(c - half) * spacing; row r at y = -(r - half) * spacing.
     cols = np.sort(half - xs / spacing)
-    rows = np.sort(half - ys / spacing)
+    rows = np.sort(half - ys / np.cos(tilt) / spacing)
 
     def span(v):
         a = max(0, int(np.floor(v[0])) // factor * factor)
@@ -310,13 +338,18 @@ def _draw(rng, cfg, positive):
                     lesions.append(les)
                     break
     calcs = synth_lesions.draw_calcifications(rng)
+    tilt_deg = float(np.round(rng.uniform(*cfg.tilt_deg_range), 1)) if rng.uniform() < cfg.tilt_fraction else 0.0
+    tilt = np.deg2rad(tilt_deg)
+    cos_t, sin_t = np.float32(np.cos(tilt)), np.float32(np.sin(tilt))
+    spacing /= float(cos_t)  # a tilted plane cuts the head 1 / cos longer: the field of view grows to hold it
 
     factor = max(1, int(round(cfg.anatomy_mm / spacing)))
-    rows, cols = _box(pose, spacing, cfg.matrix, factor, scanner, atlas)
+    rows, cols = _box(pose, spacing, cfg.matrix, factor, scanner, atlas, tilt)
     box_h, box_w = rows.stop - rows.start, cols.stop - cols.start
     hw, ww = -(-box_h // factor), -(-box_w // factor)  # work grid (the last block may overhang)
     half, step = (cfg.matrix - 1) / 2, spacing * factor
-    # Patient x of work columns / y of work rows (centres of factor x factor pixel blocks).
+    # Patient x of work columns / in-plane offset of work rows (centres of factor x factor
+    # pixel blocks): a row at offset v lies at patient y = v cos(tilt), z = z_k + v sin(tilt).
     px = (-(cols.start + (factor - 1) / 2 - half) - np.arange(ww) * factor) * spacing
     py = (-(rows.start + (factor - 1) / 2 - half) - np.arange(hw) * factor) * spacing
     gx = np.broadcast_to(px[None, :], (hw, ww)).ravel().astype(np.float32)
@@ -335,8 +368,8 @@ def _draw(rng, cfg, positive):
         brain = np.zeros(hw * ww, np.float32)
         frac = np.zeros((len(lesions), hw * ww), np.float32)
         raise_hu = np.zeros((len(lesions), hw * ww), np.float32)  # attenuation each bleed adds
-        for off in offsets:
-            p = np.stack([gx, gy, np.full_like(gx, z + off)])
+        for off in offsets:  # planes across the slice, along its normal (0, -sin, cos)
+            p = np.stack([gx, gy * cos_t - np.float32(off) * sin_t, np.float32(z) + gy * sin_t + np.float32(off) * cos_t])
             m = pose.to_atlas(p)
             ch = atlas.sample(m)
             src = synth_lesions.displacement(lesions, m)
@@ -347,7 +380,7 @@ def _draw(rng, cfg, positive):
                 d = m - centre_mm[:, None]
                 sub = np.where(np.einsum("ij,ij->j", d, d) < radius * radius, np.float32(value), sub)
             for j, les in enumerate(lesions):
-                f = les.fraction(m, ch, gy)
+                f = les.fraction(m, ch, p[1])
                 oedema = les.oedema(m, ch)
                 if oedema is not None:
                     sub -= np.float32(les.params["oedema_hu"]) * oedema * (1 - f)
@@ -362,10 +395,11 @@ def _draw(rng, cfg, positive):
         brain = (brain / n_sub).reshape(hw, ww)
         frac /= n_sub
         raise_hu /= n_sub
-        level = float(pose.to_atlas(np.array([[pose.t[0]], [pose.t[1]], [z]], np.float32))[2, 0])
+        centre_z = z + float(pose.t[1]) / float(cos_t) * float(sin_t)  # the plane's z at the head's centre
+        level = float(pose.to_atlas(np.array([[pose.t[0]], [pose.t[1]], [centre_z]], np.float32))[2, 0])
         if -50.0 < level < -5.0:  # skull base: petrous bones, clivus
             synth_scanner.add_bone_artifacts(img, img > 1000, brain, step, rng, scanner)
-        synth_scanner.add_holder(img, px.astype(np.float32), py.astype(np.float32), pose.t, scanner)
+        synth_scanner.add_holder(img, px.astype(np.float32), (py * cos_t).astype(np.float32), pose.t, scanner)
         img = synth_scanner.upsample(img, factor)[:box_h, :box_w]
         clean = img.copy()
         img += synth_scanner.noise(rng, img.shape, scanner, factor)
@@ -391,7 +425,7 @@ def _draw(rng, cfg, positive):
     slice_labels = (mask.reshape(cfg.num_slices, -1).sum(axis=1) >= min_px).astype(np.int64)
     slice_subtypes = (type_px >= min_px).astype(np.int64)
     types = sorted(SUBTYPES[j] for j in np.flatnonzero(slice_subtypes.any(axis=0))) if slice_labels.any() else []
-    return Phantom(hu, mask, slice_labels, spacing, thickness, z_positions, types, slice_subtypes, class_mask)
+    return Phantom(hu, mask, slice_labels, spacing, thickness, z_positions, types, slice_subtypes, class_mask, tilt_deg)
 
 
 # ----------------------------------------------------------------------------- DICOM output
@@ -451,7 +485,8 @@ def write_dicom_series(phantom: Phantom, folder, rng, identity=None):
     ds.SeriesDescription = "Synthetic head CT"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.SeriesNumber = 2
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImageOrientationPatient = [round(v, 8) for v in phantom.orientation()]
+    ds.GantryDetectorTilt = phantom.tilt_deg
     ds.PixelSpacing = [round(sp, 6), round(sp, 6)]
     ds.SliceThickness = phantom.slice_thickness
     ds.KVP = 120
@@ -472,7 +507,7 @@ def write_dicom_series(phantom: Phantom, folder, rng, identity=None):
         meta.MediaStorageSOPInstanceUID = sop_uid
         ds.SOPInstanceUID = sop_uid
         ds.InstanceNumber = int(order[k]) + 1  # not in z order: readers must sort by position
-        ds.ImagePositionPatient = [-(w - 1) / 2 * sp, -(h - 1) / 2 * sp, float(phantom.z_positions[k])]
+        ds.ImagePositionPatient = [round(v, 6) for v in phantom.position(k)]
         ds.PixelData = stored[k].tobytes()
         ds.save_as(folder / f"IM{int(order[k]):05d}.dcm", enforce_file_format=True)
     return uids
@@ -571,6 +606,8 @@ def main(argv=None):
         "--thickness", type=float, nargs=2, default=SynthConfig.slice_thickness_range, metavar=("MIN", "MAX")
     )
     parser.add_argument("--positive-fraction", type=float, default=SynthConfig.positive_fraction)
+    parser.add_argument("--tilt-fraction", type=float, default=SynthConfig.tilt_fraction,
+                        help=f"fraction of studies acquired with gantry tilt (default {SynthConfig.tilt_fraction})")
     parser.add_argument("--workers", type=int, default=1, help="processes (the cohort does not depend on it)")
     parser.add_argument("--layout", default="folders", choices=["folders", "rsna", "cq500", "nifti"],
                         help="folders: one folder per study + labels.csv (default); rsna: the RSNA-2019 flat layout "
@@ -581,10 +618,13 @@ def main(argv=None):
         raise UserError("--studies and --slices must be >= 1 and --matrix >= 32")
     if not 0 <= args.positive_fraction <= 1:
         raise UserError(f"--positive-fraction must be in [0, 1], got {args.positive_fraction}")
+    if not 0 <= args.tilt_fraction <= 1:
+        raise UserError(f"--tilt-fraction must be in [0, 1], got {args.tilt_fraction}")
     cfg = SynthConfig(
         matrix=args.matrix,
         num_slices=args.slices,
         slice_thickness_range=tuple(args.thickness),
+        tilt_fraction=args.tilt_fraction,
         positive_fraction=args.positive_fraction,
     )
     start = time.perf_counter()

@@ -30,6 +30,7 @@ and compare (same study keys, labels and voxels).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import shutil
 from pathlib import Path
@@ -197,7 +198,11 @@ def _nifti_affine(phantom, lps_order):
 
 
 def write_nifti(out, num_studies, seed, cfg):
-    """Writes the NIfTI layout (module docstring). Returns the slice CSV rows."""
+    """Writes the NIfTI layout (module docstring). Returns the slice CSV rows.
+
+    Its studies are drawn without gantry tilt (`SynthConfig.tilt_fraction` 0): NIfTI data
+    sets ship tilt-corrected volumes with orthogonal affines (dcm2niix corrects the tilt
+    when converting), which an untilted draw stands for."""
     import nibabel as nib
 
     from radnet_tf import synth
@@ -209,7 +214,7 @@ def write_nifti(out, num_studies, seed, cfg):
              "SDH": "Subdural"}
     rows = []
     for i in range(num_studies):
-        phantom = synth.make_phantom(np.random.default_rng([seed, i]), cfg)
+        phantom = synth.make_phantom(np.random.default_rng([seed, i]), dataclasses.replace(cfg, tilt_fraction=0.0))
         lps = i == 1
         # reader order [k, r, c] (S, P, L) -> stored [x, y, k]
         def stored(a):

@@ -1,6 +1,7 @@
 """Public data-set layouts in: the same synthetic cohort written as study folders and as
 RSNA-2019 ships, converted, must give the same records; every planted defect is counted."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,7 +12,9 @@ import tensorflow as tf
 from radnet_tf import records, synth
 from radnet_tf.synth_layouts import PLANTED, write_layout
 
-CFG = synth.SynthConfig(matrix=64, num_slices=5, pixel_spacing_range=(3.3, 3.5), positive_fraction=0.75)
+# every DICOM study gantry-tilted: the layouts must agree on sheared geometry too
+CFG = synth.SynthConfig(matrix=64, num_slices=5, pixel_spacing_range=(3.3, 3.5), positive_fraction=0.75,
+                        tilt_fraction=1.0)
 STUDIES, SEED = 4, 7
 
 
@@ -43,6 +46,7 @@ def converted(tmp_path_factory):
 
 def test_rsna_layout_gives_the_same_studies_labels_and_voxels(converted):
     folders, rsna = _records(converted / "rec-folders"), _records(converted / "rec-rsna")
+    assert (pd.read_csv(converted / "rec-folders" / "manifest.csv").tilt_deg > 4).all()  # all tilted (CFG)
     assert sorted(folders) == sorted(rsna) and len(folders) == STUDIES  # same pseudonymous keys
     differing = []
     for key, a in folders.items():
@@ -201,6 +205,13 @@ def nifti_converted(converted):
     root = converted
     write_layout(root / "nifti", "nifti", STUDIES, SEED, CFG)
     common = ["--config", str(root / "tiny.yaml"), "--workers", "1", "--shards", "2", "--no-progress"]
+    # NIfTI sets ship tilt-corrected volumes, so the NIfTI layout draws untilted studies:
+    # compared with the same cohort as untilted DICOM folders
+    untilted = root / "folders-untilted"
+    write_layout(untilted, "folders", STUDIES, SEED, dataclasses.replace(CFG, tilt_fraction=0.0))
+    main(["--dicom-root", str(untilted / "dicom"), "--labels", str(untilted / "labels.csv"),
+          "--slice-labels", str(untilted / "slice_labels.csv"), "--masks", str(untilted / "masks"),
+          "--out", str(root / "rec-folders-untilted"), *common])
     main(["--nifti-volumes", str(root / "nifti" / "ct_scans"), "--nifti-masks", str(root / "nifti" / "masks"),
           "--nifti-slice-labels", str(root / "nifti" / "hemorrhage_diagnosis_raw_ct.csv"), "--out", str(root / "rec-nifti"),
           *common])
@@ -223,7 +234,7 @@ def _by_study_id(folder):
 
 @pytest.mark.parametrize("variant", ["rec-nifti", "rec-nifti-masks-only"])
 def test_nifti_layout_gives_the_same_voxels_masks_and_labels(nifti_converted, variant):
-    folders = _by_study_id(nifti_converted / "rec-folders")
+    folders = _by_study_id(nifti_converted / "rec-folders-untilted")
     nifti = _by_study_id(nifti_converted / variant)
     assert sorted(nifti) == [f"{i:03d}" for i in range(STUDIES)]
     for i in range(STUDIES):
