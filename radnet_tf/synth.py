@@ -18,7 +18,8 @@ phantoms that are built to look like real head CT at the model's input:
   interpetrous band at the skull base, a head holder and its pad; a quarter of the
   studies with gantry tilt (5-25 degrees, anterior up: the planes keep the orbits out of
   the beam), written with the sheared geometry a tilted scanner exports.
-- Bleeds (radnet_tf.synth_lesions) where each type sits: EDH lens under the convexity,
+- Bleeds (radnet_tf.synth_lesions) where each type sits: EDH lens under the convexity
+  that stops at the sutures,
   SDH crescent along the convexity or along the falx, SAH in cisterns, fissures and
   sulci, IPH with an oedema rim, IVH in a ventricle (often layering posteriorly); 4-32 mm,
   50-90 HU with texture and mixed density, mass effect (midline shift, compressed
@@ -76,7 +77,8 @@ from radnet_tf.errors import UserError
 # 7: only visible blood is labelled (SynthConfig.visible_hu).
 # 8: partial volume from planes <= 1 mm apart (was 2 mm); muscle 35-70 HU (was 30-60).
 # 9: a quarter of the studies acquired with gantry tilt (5-25 degrees; sheared DICOM geometry).
-GENERATOR_VERSION = 9
+# 10: epidural bleeds stop at the cranial sutures.
+GENERATOR_VERSION = 10
 AIR = -1000.0
 FAT_HU = -90.0
 

@@ -4,7 +4,8 @@ Every shape is a function of atlas (MNI, RAS mm) coordinates and of the atlas ch
 sampled there (`radnet_tf.synth_anatomy`), so a lesion follows the study's warp and sits
 where that kind of bleed sits in real heads:
 
-  EDH  epidural: biconvex lens under the inner table of the convexity (thick, short)
+  EDH  epidural: biconvex lens under the inner table of the convexity (thick, short),
+       stopped by the cranial sutures (`skull_bone`: the dura is fixed there)
   SDH  subdural: long thin crescent along the convexity, or a layer along the falx
   SAH  subarachnoid: blood filling the CSF of basal cisterns, Sylvian fissures or sulci
   IPH  intraparenchymal: irregular mass in the parenchyma (deep or lobar), oedema rim
@@ -35,6 +36,28 @@ _PLACES = {
     "IVH": (anat.LABEL_VENTRICLE,),
 }
 _C = {name: i for i, name in enumerate(anat.CHANNELS)}
+
+# Cranial vault bones, split by the main sutures (approximate planes and arcs in the atlas's
+# MNI mm, placed from bregma ~(0, 12, 80), pterion ~(+-45, 18, 5), lambda ~(0, -80, 50),
+# asterion ~(+-55, -70, -20)); an epidural bleed strips the dura from one bone and stops
+# where the dura is fixed at its sutures.
+BONES = ("frontal", "parietal_left", "parietal_right", "temporal_left", "temporal_right", "occipital")
+
+
+def skull_bone(m):
+    """The vault bone over atlas points: int64 [N], an index into `BONES`.
+
+    Args:
+      m: float32 [3, N] atlas (MNI, RAS) mm.
+    """
+    x, y, z = m
+    coronal = 12.0 + 0.08 * (80.0 - z)  # the suture's y at height z
+    lambdoid = -80.0 + 0.15 * (50.0 - z)
+    squamosal = 32.0 - 0.005 * (y + 20.0) ** 2  # top of the temporal squama, z at y
+    right = (x >= 0).astype(np.int64)
+    bone = np.where(z < squamosal, np.where(np.abs(x) > 35.0, 3 + right, 1 + right), 1 + right)
+    bone = np.where(y > coronal, 0, bone)
+    return np.where(y < lambdoid, 5, bone).astype(np.int64)
 
 
 @dataclasses.dataclass
@@ -79,6 +102,8 @@ class Lesion:
             r = np.minimum(dist / p["radius"], 1.0)
             profile = 1 - r ** p["power"]
             f = inside & (dist < p["radius"]) & (depth < p["thickness"] * profile)
+            if self.kind == "EDH":  # does not cross a suture (a subdural does)
+                f &= skull_bone(m) == p["bone"]
             return f.astype(np.float32)
         if self.kind == "SDH":  # along the falx: a layer beside the midline
             f = inside & (dist < p["radius"]) & (np.abs(d[0]) < p["thickness"]) & (depth > 1.0)
@@ -156,7 +181,8 @@ def draw_lesion(rng, atlas, to_patient, z_range, kind=None):
     if kind == "EDH":
         radius = 1.2 * size + 10
         thickness = min(0.45 * radius, 22.0) * rng.uniform(0.5, 1.0)
-        params.update(radius=radius, thickness=thickness, power=2.0, along="convexity")
+        params.update(radius=radius, thickness=thickness, power=2.0, along="convexity",
+                      bone=int(skull_bone(centre[:, None].astype(np.float32))[0]))
         push, reach = 0.7 * thickness, 0.9 * radius
     elif kind == "SDH":
         if label == anat.LABEL_FALX:

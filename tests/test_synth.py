@@ -132,3 +132,29 @@ def test_gantry_tilted_studies_are_written_sheared_and_read_back(tmp_path):
     assert 45 < np.median(series.hu[moved]) < 95
     untilted = synth.make_phantom(np.random.default_rng([5, 3]), dataclasses.replace(SMALL, tilt_fraction=0.0))
     assert untilted.tilt_deg == 0.0
+
+
+def test_epidural_bleed_stops_at_the_coronal_suture():
+    from radnet_tf import synth_anatomy as anat
+    from radnet_tf.synth_lesions import BONES, Lesion, skull_bone
+
+    landmarks = np.array([[0, 40, 70], [-20, -30, 70], [20, -30, 70], [-60, -20, 0], [60, -20, 0], [0, -100, 20]],
+                         np.float32).T
+    assert [BONES[b] for b in skull_bone(landmarks)] == list(BONES)
+    # a large frontal EDH centred 5 mm in front of the suture, on a line of points crossing it
+    y = np.arange(-40, 60, 1.0, dtype=np.float32)
+    m = np.stack([np.full_like(y, 50.0), y, np.full_like(y, 40.0)])
+    suture_y = 12.0 + 0.08 * (80.0 - 40.0)
+    centre = np.array([50.0, suture_y + 5, 40.0], np.float32)
+    params = dict(radius=40.0, thickness=15.0, power=2.0, along="convexity", texture=0.0, swirl=None,
+                  wave=np.zeros(3, np.float32), wave_phase=0.0, bone=int(skull_bone(centre[:, None])[0]))
+    edh = Lesion("EDH", centre, 25.0, 70.0, 0.0, 1.0, params)
+    ch = np.zeros((y.size, len(anat.CHANNELS)), np.float32)
+    ch[:, anat.CHANNELS.index("icv")] = 1.0  # inside the skull, 1 mm under the inner table
+    ch[:, anat.CHANNELS.index("depth")] = 1.0
+    f = edh.fraction(m, ch, m[1])
+    front = (y > suture_y + 1) & (y < centre[1] + 30)
+    assert f[front].all() and front.sum() > 20  # the lens in front of the suture
+    assert not f[y < suture_y].any()  # nothing behind it, although within the lens' radius
+    sdh = Lesion("SDH", centre, 25.0, 70.0, 0.0, 1.0, {**params, "power": 4.0})
+    assert sdh.fraction(m, ch, m[1])[(y < suture_y) & (y > suture_y - 30)].all()  # a subdural crosses it
