@@ -16,8 +16,9 @@ phantoms that are built to look like real head CT at the model's input:
   volume across it, pixel spacing / field of view, noise with a correlated grain that
   grows for thin slices, beam-hardening cupping under the skull, streaks and the dark
   interpetrous band at the skull base, a head holder and its pad; a quarter of the
-  studies with gantry tilt (5-25 degrees, anterior up: the planes keep the orbits out of
-  the beam), written with the sheared geometry a tilted scanner exports.
+  studies with gantry tilt (5-25 degrees, anterior up, in place of head flexion: the
+  planes keep the orbits out of the beam), written with the sheared geometry a tilted
+  scanner exports.
 - Bleeds (radnet_tf.synth_lesions) where each type sits: EDH lens under the convexity
   that stops at the sutures,
   SDH crescent along the convexity or along the falx, SAH in cisterns, fissures and
@@ -78,7 +79,10 @@ from radnet_tf.errors import UserError
 # 8: partial volume from planes <= 1 mm apart (was 2 mm); muscle 35-70 HU (was 30-60).
 # 9: a quarter of the studies acquired with gantry tilt (5-25 degrees; sheared DICOM geometry).
 # 10: epidural bleeds stop at the cranial sutures.
-GENERATOR_VERSION = 10
+# 11: the tilt takes the place of head flexion (version 9 tilted the planes on top of the
+#     head's own pitch, widening the anatomy's obliquity): the planes cut the head as an
+#     untilted study's do; the head drifts across the raw images; the table moves along z.
+GENERATOR_VERSION = 11
 AIR = -1000.0
 FAT_HU = -90.0
 
@@ -109,10 +113,14 @@ class SynthConfig:
       subslice_mm: the largest step between the planes averaged into one slice (partial
         volume across the slice thickness), mm.
       tilt_fraction: fraction of studies acquired with a tilted gantry (head CT is often
-        tilted to keep the orbits out of the beam): the image planes are tilted about the
-        left-right axis, anterior up, while the table moves along z, so the DICOM geometry
-        is sheared (ImageOrientationPatient, ImagePositionPatient, GantryDetectorTilt), as
-        in hospital exports; readers shear it back (`dicom_io.read_series`).
+        tilted, instead of flexing the neck, to lay the planes along the orbitomeatal line
+        and keep the orbits out of the beam): the planes cut the head as those of an
+        untilted study do (the tilt takes the place of head flexion, so the anatomy the
+        model sees is drawn as before), but the planes are tilted about the left-right
+        axis, anterior up, and the table moves along z: the DICOM geometry is sheared
+        (ImageOrientationPatient, ImagePositionPatient, GantryDetectorTilt) and the head
+        drifts across the raw images from slice to slice, as in hospital exports; readers
+        shear it back (`dicom_io.read_series`).
       tilt_deg_range: (min, max) gantry tilt of those studies, degrees (uniform).
     """
 
@@ -145,9 +153,10 @@ class Phantom:
         order) covers at least `min_lesion_area_mm2` of the slice.
       class_mask: uint8 [S, H, W], 0 background, 1..5 the lesion's type (SUBTYPES order
         + 1; where lesions overlap, the denser share).
-      tilt_deg: gantry tilt, degrees (0: none). Pixel (r, c) of slice k lies at LPS
-        (x0 + c sp, (r - (H - 1) / 2) sp cos t, z_k - (r - (H - 1) / 2) sp sin t),
-        x0 = -(W - 1) / 2 sp: `pixel_to_patient`.
+      tilt_deg: gantry tilt t, degrees (0: none). z_positions are then the slices'
+        positions along their normal; the table moved (z_k - z_0) / cos t between them,
+        and the head drifts d_k = (z_k - z_0) tan t posteriorly across the raw images
+        (`position`, `orientation`).
     """
 
     hu: np.ndarray
@@ -166,12 +175,23 @@ class Phantom:
         t = np.deg2rad(self.tilt_deg)
         return [1.0, 0.0, 0.0, 0.0, float(np.cos(t)), float(-np.sin(t))]
 
+    def drift(self, k):
+        """How far the head has drifted across the raw image of slice k since slice 0
+        (gantry tilt), mm along the image's column direction (posterior)."""
+        return float(np.tan(np.deg2rad(self.tilt_deg)) * (self.z_positions[k] - self.z_positions[0]))
+
     def position(self, k):
-        """ImagePositionPatient of slice k (its first pixel's centre, LPS mm): float [3]."""
+        """ImagePositionPatient of slice k (its first pixel's centre, LPS mm): float [3].
+
+        Untilted: (-(W - 1) / 2 sp, -(H - 1) / 2 sp, z_k). Tilted by t: the plane of
+        slice k is the untilted one turned by t about x and moved by the drift d_k, so
+        its position along the normal (0, sin t, cos t) is still z_k and from slice to
+        slice only the table's z changes (by (z_k - z_0) / cos t)."""
         h, w = self.hu.shape[1:]
         t, sp = np.deg2rad(self.tilt_deg), self.pixel_spacing
-        return [-(w - 1) / 2 * sp, -(h - 1) / 2 * sp * float(np.cos(t)),
-                float(self.z_positions[k]) + (h - 1) / 2 * sp * float(np.sin(t))]
+        c, s, v = float(np.cos(t)), float(np.sin(t)), (h - 1) / 2 * sp + self.drift(k)
+        z = float(self.z_positions[k])
+        return [-(w - 1) / 2 * sp, -c * v + s * z, s * v + c * z]
 
 
 # Atlas point at the patient-space origin of a pose (between the ventricles), mm.
@@ -274,9 +294,9 @@ def _normal_hu(ch, tissue, pose, scanner):
     return (frame + brain).astype(np.float32)
 
 
-def _box(pose, spacing, matrix, factor, scanner, atlas, tilt=0.0):
-    """Pixel box (rows, cols) holding the head and the holder, aligned to `factor`
-    (`tilt`, radians: a tilted plane meets patient y = row offset x cos(tilt))."""
+def _box(pose, spacing, matrix, factor, scanner, atlas, drift=0.0):
+    """Pixel box (rows, cols) holding the head and the holder, aligned to `factor` (on
+    every slice: the head drifts by up to `drift` mm along -y with a tilted gantry)."""
     lo, hi = atlas.head_extent()
     corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])], np.float32)
     p = pose.to_patient(corners)
@@ -286,7 +306,7 @@ def _box(pose, spacing, matrix, factor, scanner, atlas, tilt=0.0):
     half = (matrix - 1) / 2
     # pixel column c sits at patient x = -(c - half) * spacing; row r at y = -(r - half) * spacing.
     cols = np.sort(half - xs / spacing)
-    rows = np.sort(half - ys / np.cos(tilt) / spacing)
+    rows = np.sort(half - np.concatenate([ys, ys - drift]) / spacing)
 
     def span(v):
         a = max(0, int(np.floor(v[0])) // factor * factor)
@@ -340,18 +360,18 @@ def _draw(rng, cfg, positive):
                     lesions.append(les)
                     break
     calcs = synth_lesions.draw_calcifications(rng)
-    tilt_deg = float(np.round(rng.uniform(*cfg.tilt_deg_range), 1)) if rng.uniform() < cfg.tilt_fraction else 0.0
-    tilt = np.deg2rad(tilt_deg)
-    cos_t, sin_t = np.float32(np.cos(tilt)), np.float32(np.sin(tilt))
-    spacing /= float(cos_t)  # a tilted plane cuts the head 1 / cos longer: the field of view grows to hold it
+    tilt_deg = float(np.round(rng.uniform(*cfg.tilt_deg_range), 1))  # both drawn always: the rest of the
+    tilt_deg = tilt_deg if rng.uniform() < cfg.tilt_fraction else 0.0  # study is the same with or without
+    # the head's drift across the raw images (gantry tilt; `Phantom.drift`), mm
+    drifts = (np.tan(np.deg2rad(tilt_deg)) * (z_positions - z_positions[0])).astype(np.float32)
 
     factor = max(1, int(round(cfg.anatomy_mm / spacing)))
-    rows, cols = _box(pose, spacing, cfg.matrix, factor, scanner, atlas, tilt)
+    rows, cols = _box(pose, spacing, cfg.matrix, factor, scanner, atlas, float(drifts[-1]))
     box_h, box_w = rows.stop - rows.start, cols.stop - cols.start
     hw, ww = -(-box_h // factor), -(-box_w // factor)  # work grid (the last block may overhang)
     half, step = (cfg.matrix - 1) / 2, spacing * factor
-    # Patient x of work columns / in-plane offset of work rows (centres of factor x factor
-    # pixel blocks): a row at offset v lies at patient y = v cos(tilt), z = z_k + v sin(tilt).
+    # Patient x of work columns / y of work rows (centres of factor x factor pixel blocks;
+    # with a tilted gantry, slice k shows patient y + drift k at row y).
     px = (-(cols.start + (factor - 1) / 2 - half) - np.arange(ww) * factor) * spacing
     py = (-(rows.start + (factor - 1) / 2 - half) - np.arange(hw) * factor) * spacing
     gx = np.broadcast_to(px[None, :], (hw, ww)).ravel().astype(np.float32)
@@ -370,8 +390,8 @@ def _draw(rng, cfg, positive):
         brain = np.zeros(hw * ww, np.float32)
         frac = np.zeros((len(lesions), hw * ww), np.float32)
         raise_hu = np.zeros((len(lesions), hw * ww), np.float32)  # attenuation each bleed adds
-        for off in offsets:  # planes across the slice, along its normal (0, -sin, cos)
-            p = np.stack([gx, gy * cos_t - np.float32(off) * sin_t, np.float32(z) + gy * sin_t + np.float32(off) * cos_t])
+        for off in offsets:
+            p = np.stack([gx, gy + drifts[k], np.full_like(gx, z + off)])
             m = pose.to_atlas(p)
             ch = atlas.sample(m)
             src = synth_lesions.displacement(lesions, m)
@@ -397,11 +417,11 @@ def _draw(rng, cfg, positive):
         brain = (brain / n_sub).reshape(hw, ww)
         frac /= n_sub
         raise_hu /= n_sub
-        centre_z = z + float(pose.t[1]) / float(cos_t) * float(sin_t)  # the plane's z at the head's centre
-        level = float(pose.to_atlas(np.array([[pose.t[0]], [pose.t[1]], [centre_z]], np.float32))[2, 0])
+        level = float(pose.to_atlas(np.array([[pose.t[0]], [pose.t[1]], [z]], np.float32))[2, 0])
         if -50.0 < level < -5.0:  # skull base: petrous bones, clivus
             synth_scanner.add_bone_artifacts(img, img > 1000, brain, step, rng, scanner)
-        synth_scanner.add_holder(img, px.astype(np.float32), (py * cos_t).astype(np.float32), pose.t, scanner)
+        # the holder is fixed to the table: where it is on slice 0, on every raw image
+        synth_scanner.add_holder(img, px.astype(np.float32), py.astype(np.float32), pose.t, scanner)
         img = synth_scanner.upsample(img, factor)[:box_h, :box_w]
         clean = img.copy()
         img += synth_scanner.noise(rng, img.shape, scanner, factor)

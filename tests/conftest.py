@@ -36,15 +36,15 @@ def tiny_config(**overrides):
 
 
 def write_tiny_series(folder, num_slices=4, seed=0):
-    """A negative 64 x 64 phantom series (3.4 mm pixels) as DICOM in `folder`; returns the
-    phantom."""
+    """A negative, untilted 64 x 64 phantom series (3.4 mm pixels) as DICOM in `folder`;
+    returns the phantom."""
     import numpy as np
 
     from radnet_tf import synth
 
     phantom = synth.make_phantom(
         np.random.default_rng(seed),
-        synth.SynthConfig(matrix=64, num_slices=num_slices, pixel_spacing_range=(3.4, 3.4)),
+        synth.SynthConfig(matrix=64, num_slices=num_slices, pixel_spacing_range=(3.4, 3.4), tilt_fraction=0.0),
         positive=False,
     )
     synth.write_dicom_series(phantom, folder, np.random.default_rng(seed))
