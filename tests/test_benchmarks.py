@@ -122,14 +122,15 @@ def test_phantom_vs_real_figure(shared, tmp_path):
 def test_seed_runs_two_seeds_on_the_same_records(tiny_records, tmp_path):
     out = tmp_path / "runs.jsonl"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "seed_runs.py"), "--seeds", "3,4", "--out", str(out), "--tag", "t",
+        # seeds whose 70:30 split of the 10 tiny studies leaves both classes in training
+        [sys.executable, str(REPO / "benchmarks" / "seed_runs.py"), "--seeds", "0,1", "--out", str(out), "--tag", "t",
          "--shared", str(tmp_path / "absent"), "--export-root", str(tmp_path / "sm"), f"data={tiny_records}",
          f"work_dir={tmp_path / 'work'}", "extra_windows=[]", "epochs=1", "steps_per_epoch=2",
          "calibration_series_slices=30", *TINY_OVERRIDES],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["seed"] for r in rows] == [3, 4] and all(r["gates"] == [] for r in rows)
+    assert [r["seed"] for r in rows] == [0, 1] and all(r["gates"] == [] for r in rows)
     for r in rows:
         assert (tmp_path / "work" / f"model_t_seed{r['seed']}" / "val_metrics.csv").is_file()
         assert any((tmp_path / "sm" / f"t_seed{r['seed']}").iterdir())  # an export per seed
@@ -149,7 +150,7 @@ def test_seed_runs_two_seeds_on_the_same_records(tiny_records, tmp_path):
         assert m["sensitivity"] == pytest.approx(1 - (1 - recall) * (1 - fpr) ** (scale - 1))
         assert m["specificity"] == pytest.approx((1 - fpr) ** scale)
     table = proc.stdout.split("seed\tct_accuracy", 1)[1].splitlines()
-    assert [line.split("\t")[0] for line in table[1:6]] == ["3", "4", "mean", "min", "max"]
+    assert [line.split("\t")[0] for line in table[1:6]] == ["0", "1", "mean", "min", "max"]
     accs = sorted(r["ct_accuracy"] for r in rows)
     assert table[4].split("\t")[1] == f"{accs[0]:.3f}" and table[5].split("\t")[1] == f"{accs[1]:.3f}"
 
