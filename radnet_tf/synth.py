@@ -178,7 +178,7 @@ class Phantom:
     def drift(self, k):
         """How far the head has drifted across the raw image of slice k since slice 0
         (gantry tilt), mm along the image's column direction (posterior)."""
-        return float(np.tan(np.deg2rad(self.tilt_deg)) * (self.z_positions[k] - self.z_positions[0]))
+        return float(tilt_drifts(self.tilt_deg, self.z_positions)[k])
 
     def position(self, k):
         """ImagePositionPatient of slice k (its first pixel's centre, LPS mm): float [3].
@@ -192,6 +192,14 @@ class Phantom:
         c, s, v = float(np.cos(t)), float(np.sin(t)), (h - 1) / 2 * sp + self.drift(k)
         z = float(self.z_positions[k])
         return [-(w - 1) / 2 * sp, -c * v + s * z, s * v + c * z]
+
+
+def tilt_drifts(tilt_deg, z_positions):
+    """float64 [S]: the head's drift across the raw images of a gantry tilted by
+    `tilt_deg` (slices at `z_positions` along their normal, mm), from the first slice:
+    (z_k - z_0) tan(tilt), mm."""
+    z = np.asarray(z_positions, np.float64)
+    return np.tan(np.deg2rad(tilt_deg)) * (z - z[0])
 
 
 # Atlas point at the patient-space origin of a pose (between the ventricles), mm.
@@ -363,7 +371,7 @@ def _draw(rng, cfg, positive):
     tilt_deg = float(np.round(rng.uniform(*cfg.tilt_deg_range), 1))  # both drawn always: the rest of the
     tilt_deg = tilt_deg if rng.uniform() < cfg.tilt_fraction else 0.0  # study is the same with or without
     # the head's drift across the raw images (gantry tilt; `Phantom.drift`), mm
-    drifts = (np.tan(np.deg2rad(tilt_deg)) * (z_positions - z_positions[0])).astype(np.float32)
+    drifts = tilt_drifts(tilt_deg, z_positions).astype(np.float32)
 
     factor = max(1, int(round(cfg.anatomy_mm / spacing)))
     rows, cols = _box(pose, spacing, cfg.matrix, factor, scanner, atlas, float(drifts[-1]))
