@@ -10,7 +10,9 @@ ICH): the slice probability must reach the model's threshold, and the strongest 
 the predicted mask, mapped back to the source pixels, must fall inside a BHX box of that
 slice (bhx_boxes.csv, pixel coordinates of the original slice). Also reported, outside
 the gates: the served lesion mask's volume on the normal series and, on the ICH slices,
-its pixels and the share of them inside a box.
+its pixels and the share of them inside a box. A third normal head, the Visible Human
+male (../shared vhp-male-head, a post-mortem scan), is reported the same way as gate 1 but
+counts for nothing (`"probe": "normal_not_a_gate"`; `--also-normal` names others).
 Prints one JSON line per case and a summary line; exits 0 whatever the outcome (it
 measures, it does not gate CI). --figure also draws, for each gate-1 series, up to six of
 its positive slices (evenly spread over the series) at the model's input with the
@@ -41,6 +43,9 @@ def main(argv=None):
                              "these offsets (comma-separated, e.g. -10,-5,5): how much the model leans on absolute "
                              "brightness (scanners' calibration differs by a few HU)")
     parser.add_argument("--figure", default="", help="PNG of the gate-1 series' positive slices with their masks")
+    parser.add_argument("--also-normal", default="vhp-male-head",
+                        help="comma-separated normal series under --shared reported like gate 1 but not counted "
+                             "(skipped when absent; '' for none)")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -77,6 +82,16 @@ def main(argv=None):
             probs = np.asarray(predict_series(shifted, saved, meta)[0]["slice_probabilities"])
             print(json.dumps({"probe": "hu_offset", "series": name, "offset_hu": offset,
                               "positive_slice_fraction": round(float(np.mean(probs >= threshold)), 3)}), flush=True)
+    for name in [x.strip() for x in args.also_normal.split(",") if x.strip()]:
+        if not (shared / name).exists():
+            continue
+        series = read_series(shared / name)
+        result, _, _ = predict_series(series, saved, meta)
+        probs = np.asarray(result["slice_probabilities"])
+        print(json.dumps({"probe": "normal_not_a_gate", "series": name, "slices": series.num_slices,
+                          "ct_positive": result["ct_positive"],
+                          "positive_slice_fraction": round(float(np.mean(probs >= threshold)), 3),
+                          "lesion_volume_ml": result["hemorrhage_volume_ml"]}), flush=True)
     boxes = pd.read_csv(shared / "cq500" / "bhx_boxes.csv")
     for name in ICH:
         series = read_series(shared / name, min_slices=1)

@@ -71,7 +71,11 @@ def gate_lines(export_dir: Path, shared: Path) -> list:
 
 def summary(rows: list) -> str:
     """A plain-text table: one row per seed, then mean / min / max of every number."""
-    series = sorted({g.get("series") or g.get("slice") for r in rows for g in r["gates"] if "gate" in g})
+    def normal(g):  # a gate-1 series, or a normal series reported but not counted (real_ct_gates.py)
+        return g.get("gate") == 1 or g.get("probe") == "normal_not_a_gate"
+
+    series = sorted({g.get("series") or g.get("slice") for r in rows for g in r["gates"]
+                     if "gate" in g or normal(g)})
     cols = ["ct_accuracy", "ct_recall", "ct_specificity", "ct_auc", "slice_auc"]
     if any("series_model" in r for r in rows):  # balanced accuracy as N-slice series
         rows = [dict(r, series_bacc=(r.get("series_model") or {}).get("balanced_accuracy")) for r in rows]
@@ -79,7 +83,7 @@ def summary(rows: list) -> str:
 
     def gate_value(r, name):
         for g in r["gates"]:
-            if g.get("series") == name and g.get("gate") == 1:
+            if g.get("series") == name and normal(g):
                 return g["positive_slice_fraction"] if not g["ct_positive"] else -g["positive_slice_fraction"]
             if g.get("slice") == name:
                 return g["probability"] if g["passes"] else -g["probability"]
@@ -93,8 +97,8 @@ def summary(rows: list) -> str:
     for name, fn in (("mean", lambda v: sum(v) / len(v)), ("min", min), ("max", max)):
         agg = [fn([abs(row[j]) for row in table if not math.isnan(row[j])] or [math.nan]) for j in range(len(head) - 1)]
         lines.append("\t".join([name] + [f"{v:.3f}" for v in agg]))
-    lines.append("gate columns: gate-1 positive-slice fraction (negative sign: CT verdict positive); "
-                 "gate-2 probability (negative sign: the case fails)")
+    lines.append("gate columns: gate-1 (and not-a-gate normal series) positive-slice fraction (negative sign: CT "
+                 "verdict positive); gate-2 probability (negative sign: the case fails)")
     return "\n".join(lines)
 
 

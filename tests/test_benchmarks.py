@@ -104,6 +104,10 @@ def test_real_ct_gates_run_on_an_export(shared, tmp_path):
     for r in gates[2:]:  # a peak outside the source slice is null (strict JSON), never NaN
         assert r["mask_peak_xy"] is None or all(math.isfinite(v) for v in r["mask_peak_xy"])
         assert r["passes"] == (r["probability"] >= r["threshold"] and r["peak_inside_a_box"])
+    extra = [r for r in rows if r.get("probe") == "normal_not_a_gate"]  # reported, not counted in the 4 cases
+    if (shared / "vhp-male-head").exists():
+        assert [r["series"] for r in extra] == ["vhp-male-head"] and extra[0]["slices"] > 50
+        assert isinstance(extra[0]["ct_positive"], bool) and 0 <= extra[0]["positive_slice_fraction"] <= 1
     probes = [r for r in rows if r.get("probe") == "hu_offset"]
     assert [(r["series"], r["offset_hu"]) for r in probes] == [("ge-head-tilt", -5), ("cq500/CQ500-CT-0", -5)]
     assert all(0 <= r["positive_slice_fraction"] <= 1 for r in probes)
@@ -197,3 +201,27 @@ def test_lesion_mask_thresholds_tiny(trained_tiny, tiny_records):
         assert r[name]["held_out_best"]["dice"] >= r[name]["held_out"]["dice"]
         if not opening:
             assert r["before"]["dice"] == pytest.approx(scoring.mask_scores(held, 0.0, 0.5)["dice"], abs=1e-4)
+
+
+def test_seed_runs_summary_columns_for_gates_and_the_uncounted_normal_head():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import seed_runs
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+    def row(seed, acc, vh_positive):
+        return {"seed": seed, "ct_accuracy": acc, "ct_recall": 0.5, "ct_specificity": 1.0, "ct_auc": 0.8,
+                "slice_auc": 0.7, "gates": [
+                    {"gate": 1, "series": "ge-head-tilt", "ct_positive": False, "positive_slice_fraction": 0.036},
+                    {"probe": "normal_not_a_gate", "series": "vhp-male-head", "ct_positive": vh_positive,
+                     "positive_slice_fraction": 0.25},
+                    {"probe": "hu_offset", "series": "ge-head-tilt", "positive_slice_fraction": 0.5},
+                    {"gate": 2, "slice": "cq500/CQ500-CT-1/CT000000.dcm", "probability": 0.8, "passes": True}]}
+
+    lines = seed_runs.summary([row(0, 0.6, True), row(1, 0.7, False)]).splitlines()
+    assert lines[0].split("\t") == ["seed", "ct_accuracy", "ct_recall", "ct_specificity", "ct_auc", "slice_auc",
+                                    "CT000000.dcm", "ge-head-tilt", "vhp-male-head"]
+    assert lines[1].split("\t")[6:] == ["0.800", "0.036", "-0.250"]  # negative: the verdict was positive
+    assert lines[2].split("\t")[6:] == ["0.800", "0.036", "0.250"]
+    assert lines[3].split("\t")[1] == "0.650"  # the mean
