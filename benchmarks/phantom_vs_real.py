@@ -69,8 +69,10 @@ def main(argv=None):
         sp = float(real.pixel_spacing[0])
         thickness = float(real.slice_spacing)
         n = int(min(400, np.ceil(175.0 / thickness)))
+        # untilted: the raw images of a tilted phantom drift across the field of view; read
+        # back and sheared, a tilted study is its untilted twin (test_synth), what is drawn here
         cfg = synth.SynthConfig(matrix=int(real.hu.shape[-1]), num_slices=n, pixel_spacing_range=(sp, sp),
-                                slice_thickness_range=(thickness, thickness))
+                                slice_thickness_range=(thickness, thickness), tilt_fraction=0.0)
         phantom = synth.make_phantom(np.random.default_rng([args.seed, i]), cfg, positive=False)
         pair = []
         for label, hu, spacing in ((f"real: {name}", real.hu, real.pixel_spacing),

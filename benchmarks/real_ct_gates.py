@@ -64,34 +64,28 @@ def main(argv=None):
                                        extra_windows=(), out_spacing=meta["out_spacing_mm"], fov_mm=meta["fov_mm"],
                                        out_size=meta["input_size"])
     passed, shown = [], []
-    for name in NORMAL:
+    extra = [x.strip() for x in args.also_normal.split(",") if x.strip() and (shared / x.strip()).exists()]
+    for name in [*NORMAL, *extra]:
+        gate = name in NORMAL  # the others are reported the same way but not counted
         series = read_series(shared / name)
         result, out, _ = predict_series(series, saved, meta)
         probs = np.asarray(result["slice_probabilities"])
         fraction = float(np.mean(probs >= threshold))
-        if args.figure:
-            shown.append((name, series, probs, out[LESION_MASK]))
-        ok = (not result["ct_positive"]) and fraction <= 0.10
-        passed.append(ok)
-        print(json.dumps({"gate": 1, "series": name, "slices": series.num_slices, "ct_positive": result["ct_positive"],
-                          "positive_slice_fraction": round(fraction, 3),
-                          "lesion_volume_ml": result["hemorrhage_volume_ml"], "passes": ok}), flush=True)
-        for offset in [int(x) for x in args.hu_offsets.split(",") if x.strip()]:
+        line = {"gate": 1} if gate else {"probe": "normal_not_a_gate"}
+        line.update(series=name, slices=series.num_slices, ct_positive=result["ct_positive"],
+                    positive_slice_fraction=round(fraction, 3), lesion_volume_ml=result["hemorrhage_volume_ml"])
+        if gate:
+            line["passes"] = (not result["ct_positive"]) and fraction <= 0.10
+            passed.append(line["passes"])
+            if args.figure:
+                shown.append((name, series, probs, out[LESION_MASK]))
+        print(json.dumps(line), flush=True)
+        for offset in [int(x) for x in args.hu_offsets.split(",") if x.strip()] if gate else []:
             shifted = dataclasses.replace(series, hu=np.where(series.hu > -200, series.hu.astype(np.int32) + offset,
                                                               series.hu).astype(np.int16))
             probs = np.asarray(predict_series(shifted, saved, meta)[0]["slice_probabilities"])
             print(json.dumps({"probe": "hu_offset", "series": name, "offset_hu": offset,
                               "positive_slice_fraction": round(float(np.mean(probs >= threshold)), 3)}), flush=True)
-    for name in [x.strip() for x in args.also_normal.split(",") if x.strip()]:
-        if not (shared / name).exists():
-            continue
-        series = read_series(shared / name)
-        result, _, _ = predict_series(series, saved, meta)
-        probs = np.asarray(result["slice_probabilities"])
-        print(json.dumps({"probe": "normal_not_a_gate", "series": name, "slices": series.num_slices,
-                          "ct_positive": result["ct_positive"],
-                          "positive_slice_fraction": round(float(np.mean(probs >= threshold)), 3),
-                          "lesion_volume_ml": result["hemorrhage_volume_ml"]}), flush=True)
     boxes = pd.read_csv(shared / "cq500" / "bhx_boxes.csv")
     for name in ICH:
         series = read_series(shared / name, min_slices=1)
