@@ -8,7 +8,8 @@ with that series' slice thickness, pixel spacing and matrix. Both go through the
 default's preprocessing (configs/default.yaml: 1.5 mm, 250 mm FOV, brain window) and are
 shown at three anatomical levels, taken at fixed fractions of each series' brain extent
 (skull base 15%, ventricles 50%, vertex 88%), with the HU histograms of the head (model
-grid, brain-window range). Prints one JSON line per series with histogram statistics.
+grid, brain-window range). Prints one JSON line per series with histogram statistics and
+the brain's HU by depth under the skull (`rim_profile`).
 The shared series are only compared against, never used to set the phantom.
 """
 
@@ -33,6 +34,36 @@ def levels(hu_model):
     present = np.flatnonzero(brain > 0.2 * brain.max())
     lo, hi = present[0], present[-1]
     return [int(round(lo + f * (hi - lo))) for _, f in LEVELS]
+
+
+RIM_DEPTHS_MM = (3.0, 6.0, 9.0, 15.0)
+
+
+def rim_profile(hu_model, spacing_mm, levels=(0.35, 0.85)):
+    """Brain HU by depth under the inner table, on slices between `levels` of the brain's extent.
+
+    Depth is the in-plane distance (pixels x spacing_mm) from a pixel to the skull (>= 150
+    HU) inside the closed skull; brain pixels are 10-70 HU. Returns {depth mm: median HU}
+    for RIM_DEPTHS_MM (each +- half a pixel) and "rise_3_15" (3 mm minus 15 mm).
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    brain = ((hu_model > 15) & (hu_model < 50)).reshape(len(hu_model), -1).sum(1)
+    present = np.flatnonzero(brain > 0.2 * brain.max())
+    lo, hi = present[0], present[-1]
+    picked = {d: [] for d in RIM_DEPTHS_MM}
+    for k in range(int(lo + levels[0] * (hi - lo)), int(lo + levels[1] * (hi - lo)) + 1):
+        s = hu_model[k]
+        bone = s >= 150
+        inside = ndimage.binary_fill_holes(ndimage.binary_closing(bone, iterations=3)) & ~bone
+        depth = ndimage.distance_transform_edt(inside) * spacing_mm
+        tissue = inside & (s > 10) & (s < 70)
+        for d in RIM_DEPTHS_MM:
+            picked[d].append(s[tissue & (np.abs(depth - d) <= spacing_mm / 2)])
+    out = {f"{d:g}": round(float(np.median(np.concatenate(v))), 1) for d, v in picked.items()}
+    out["rise_3_15"] = round(out["3"] - out["15"], 1)
+    return out
 
 
 def head_stats(hu_model):
@@ -79,7 +110,8 @@ def main(argv=None):
                                    (f"phantom, {thickness:.2f} mm", phantom.hu, (phantom.pixel_spacing,) * 2)):
             model = resample_to_fov_np(hu.astype(np.float32), np.asarray(spacing, np.float32), head_center_np(hu), pcfg)
             pair.append((label, model))
-            print(json.dumps({"series": label, "slices": len(hu), **head_stats(model)}), flush=True)
+            stats = {**head_stats(model), "rim_hu": rim_profile(model, pcfg.out_spacing)}
+            print(json.dumps({"series": label, "slices": len(hu), **stats}), flush=True)
         rows.append(pair)
 
     fig, axes = plt.subplots(2 * len(rows), len(LEVELS) + 1, figsize=(4 * (len(LEVELS) + 1), 8 * len(rows)))

@@ -225,3 +225,26 @@ def test_seed_runs_summary_columns_for_gates_and_the_uncounted_normal_head():
     assert lines[1].split("\t")[6:] == ["0.800", "0.036", "-0.250"]  # negative: the verdict was positive
     assert lines[2].split("\t")[6:] == ["0.800", "0.036", "0.250"]
     assert lines[3].split("\t")[1] == "0.650"  # the mean
+
+
+def test_rim_profile_reads_brain_hu_by_depth_under_the_skull():
+    import numpy as np
+    from scipy import ndimage
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import phantom_vs_real
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    # 10 slices of a skull ring (radius 40-46 px, 1000 HU) around brain whose HU is 20 + the
+    # in-plane distance to the ring in pixels of 1.5 mm (as the profile measures it)
+    yy, xx = np.mgrid[:120, :120]
+    r = np.hypot(yy - 59.5, xx - 59.5)
+    ring = (r >= 40) & (r < 46)
+    inside = ndimage.binary_fill_holes(ring) & ~ring
+    s = np.full((120, 120), -1000.0, np.float32)
+    s[ring] = 1000.0
+    s[inside] = 20.0 + ndimage.distance_transform_edt(inside)[inside]
+    got = phantom_vs_real.rim_profile(np.stack([s] * 10), 1.5)
+    # 3 mm = 2 px -> 22 HU (pixels within +- 0.75 mm: 1.5-2.5 px, median 22); 15 mm = 10 px -> 30
+    assert got == {"3": 22.0, "6": 24.0, "9": 26.0, "15": 30.0, "rise_3_15": -8.0}
