@@ -14,7 +14,8 @@ phantoms that are built to look like real head CT at the model's input:
   sinuses 48-75 HU, bone gain, scalp and muscle 35-70 HU, fat -90 HU).
 - Scanner (radnet_tf.synth_scanner): slice thickness 0.6-5 mm (log-uniform) with partial
   volume across it, pixel spacing / field of view, noise with a correlated grain that
-  grows for thin slices, beam-hardening cupping under the skull, streaks and the dark
+  grows for thin slices, the brain brightening toward the skull (4-14 HU 3 mm under the
+  inner table, as real scanners show), streaks and the dark
   interpetrous band at the skull base, a head holder and its pad; a quarter of the
   studies with gantry tilt (5-25 degrees, anterior up, in place of head flexion: the
   planes keep the orbits out of the beam), written with the sheared geometry a tilted
@@ -82,7 +83,10 @@ from radnet_tf.errors import UserError
 # 11: the tilt takes the place of head flexion (version 9 tilted the planes on top of the
 #     head's own pitch, widening the anatomy's obliquity): the planes cut the head as an
 #     untilted study's do; the head drifts across the raw images; the table moves along z.
-GENERATOR_VERSION = 11
+# 12: the brain brightens toward the inner table as on real scanners (4-14 HU at 3 mm,
+#     fading over 3-8 mm; was 0-10 HU at the table fading over 3 mm); blood is labelled
+#     where it is visibly denser than grey matter brightened as much.
+GENERATOR_VERSION = 12
 AIR = -1000.0
 FAT_HU = -90.0
 
@@ -105,7 +109,8 @@ class SynthConfig:
       min_lesion_area_mm2: mask area that makes a slice positive.
       visible_hu: a bleed is labelled on a slice only where a reader could see it: where
         it raises the noise-free attenuation by at least this much and leaves the pixel at
-        least this much denser than the study's grey matter, over `min_lesion_area_mm2`
+        least this much denser than the study's grey matter there (brightened under the
+        skull like the cortex: `synth_scanner.cupping_profile`), over `min_lesion_area_mm2`
         of the slice (blood diluted by CSF or by a thick slice's partial volume until it
         looks like cortex is not labelled), HU; 0 labels every pixel that is >= 40% blood.
       anatomy_mm: the in-plane step at which anatomy is sampled before linear
@@ -290,7 +295,7 @@ def _normal_hu(ch, tissue, pose, scanner):
     dense = ch[:, _CH["dense"]]
     brain = gm * tissue.gm + wm * tissue.wm + csf * tissue.csf
     brain = brain * (1 - dense) + dense * tissue.dense * icv
-    brain += scanner.cupping_hu * icv * np.exp(-ch[:, _CH["depth"]] / 3.0)
+    brain += icv * synth_scanner.cupping_profile(ch[:, _CH["depth"]], scanner)
     bone = frame > 200
     frame = np.where(bone, 200 + (frame - 200) * tissue.bone_gain, frame)
     # Scalp, muscle and globes are 35-70 HU; the averaged template blurs them toward fat
@@ -370,6 +375,8 @@ def _draw(rng, cfg, positive):
     calcs = synth_lesions.draw_calcifications(rng)
     tilt_deg = float(np.round(rng.uniform(*cfg.tilt_deg_range), 1))  # both drawn always: the rest of the
     tilt_deg = tilt_deg if rng.uniform() < cfg.tilt_fraction else 0.0  # study is the same with or without
+    # drawn after the anatomy, bleeds and tilt (those of version 11 for the same seed)
+    scanner = dataclasses.replace(scanner, cupping_mm=synth_scanner.draw_cupping_mm(rng))
     # the head's drift across the raw images (gantry tilt; `Phantom.drift`), mm
     drifts = tilt_drifts(tilt_deg, z_positions).astype(np.float32)
 
@@ -396,6 +403,7 @@ def _draw(rng, cfg, positive):
     for k, z in enumerate(z_positions):
         img = np.zeros(hw * ww, np.float32)
         brain = np.zeros(hw * ww, np.float32)
+        near_table = np.zeros(hw * ww, np.float32)  # what the scanner's cupping adds to brain here
         frac = np.zeros((len(lesions), hw * ww), np.float32)
         raise_hu = np.zeros((len(lesions), hw * ww), np.float32)  # attenuation each bleed adds
         for off in offsets:
@@ -421,8 +429,10 @@ def _draw(rng, cfg, positive):
                     raise_hu[j] += sub - before
             img += sub
             brain += ch[:, _CH["icv"]]
+            near_table += ch[:, _CH["icv"]] * synth_scanner.cupping_profile(ch[:, _CH["depth"]], scanner)
         img = (img / n_sub).reshape(hw, ww)
         brain = (brain / n_sub).reshape(hw, ww)
+        near_table = synth_scanner.upsample((near_table / n_sub).reshape(hw, ww), factor)[:box_h, :box_w]
         frac /= n_sub
         raise_hu /= n_sub
         level = float(pose.to_atlas(np.array([[pose.t[0]], [pose.t[1]], [z]], np.float32))[2, 0])
@@ -443,7 +453,8 @@ def _draw(rng, cfg, positive):
             on = f >= 0.4
             if cfg.visible_hu > 0:
                 seen = synth_scanner.upsample(raise_hu[j].reshape(hw, ww), factor)[:box_h, :box_w] >= cfg.visible_hu
-                seen &= clean >= tissue.gm + cfg.visible_hu
+                # denser than grey matter there: the cortex under the skull is brighter too
+                seen &= clean >= tissue.gm + near_table + cfg.visible_hu
                 if np.count_nonzero(on & seen) < min_px:
                     continue  # on this slice the bleed cannot be told from brain
             type_px[k, SUBTYPES.index(les.kind)] += int(np.count_nonzero(on))

@@ -46,7 +46,7 @@ def test_only_visible_blood_is_labelled():
     # denser than cortex, so a reader would not mark it there. Seed [7, 1] (IPH + SAH) is
     # visible wherever it is labelled.
     assert labels[8] == ([0, 1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1, 1])
-    assert labels[27] == ([0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1, 1])
+    assert labels[27] == ([0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1, 1])
     assert labels[1][0] == labels[1][1]
 
 
