@@ -9,7 +9,8 @@ default's preprocessing (configs/default.yaml: 1.5 mm, 250 mm FOV, brain window)
 shown at three anatomical levels, taken at fixed fractions of each series' brain extent
 (skull base 15%, ventricles 50%, vertex 88%), with the HU histograms of the head (model
 grid, brain-window range). Prints one JSON line per series with histogram statistics and
-the brain's HU by depth under the skull (`rim_profile`).
+the brain's HU by depth under the skull (`rim_profile`) and the share of slices whose
+skull is a closed ring (`closed_skull_fraction`).
 The shared series are only compared against, never used to set the phantom.
 """
 
@@ -66,6 +67,26 @@ def rim_profile(hu_model, spacing_mm, levels=(0.35, 0.85)):
     return out
 
 
+def closed_skull_fraction(hu_model, levels=(0.15, 0.85), min_inside=0.2):
+    """Share of slices between `levels` of the brain's extent whose skull (>= 150 HU, closed
+    by 3 pixels) encloses at least `min_inside` of the slice's 15-50 HU pixels: a real
+    skull is a closed ring from the skull base up; a template's faint bone leaves gaps."""
+    import numpy as np
+    from scipy import ndimage
+
+    brain = (hu_model > 15) & (hu_model < 50)
+    counts = brain.reshape(len(hu_model), -1).sum(1)
+    present = np.flatnonzero(counts > 0.2 * counts.max())
+    lo, hi = present[0], present[-1]
+    picked = range(int(lo + levels[0] * (hi - lo)), int(lo + levels[1] * (hi - lo)) + 1)
+    closed = 0
+    for k in picked:
+        bone = hu_model[k] >= 150
+        inside = ndimage.binary_fill_holes(ndimage.binary_closing(bone, iterations=3)) & ~bone
+        closed += int((inside & brain[k]).sum() >= min_inside * max(1, brain[k].sum()))
+    return round(closed / len(picked), 3)
+
+
 def head_stats(hu_model):
     import numpy as np
 
@@ -110,7 +131,8 @@ def main(argv=None):
                                    (f"phantom, {thickness:.2f} mm", phantom.hu, (phantom.pixel_spacing,) * 2)):
             model = resample_to_fov_np(hu.astype(np.float32), np.asarray(spacing, np.float32), head_center_np(hu), pcfg)
             pair.append((label, model))
-            stats = {**head_stats(model), "rim_hu": rim_profile(model, pcfg.out_spacing)}
+            stats = {**head_stats(model), "rim_hu": rim_profile(model, pcfg.out_spacing),
+                     "closed_skull": closed_skull_fraction(model)}
             print(json.dumps({"series": label, "slices": len(hu), **stats}), flush=True)
         rows.append(pair)
 

@@ -227,7 +227,7 @@ def test_seed_runs_summary_columns_for_gates_and_the_uncounted_normal_head():
     assert lines[3].split("\t")[1] == "0.650"  # the mean
 
 
-def test_rim_profile_reads_brain_hu_by_depth_under_the_skull():
+def test_rim_profile_and_closed_skull_on_a_drawn_ring():
     import numpy as np
     from scipy import ndimage
 
@@ -248,3 +248,8 @@ def test_rim_profile_reads_brain_hu_by_depth_under_the_skull():
     got = phantom_vs_real.rim_profile(np.stack([s] * 10), 1.5)
     # 3 mm = 2 px -> 22 HU (pixels within +- 0.75 mm: 1.5-2.5 px, median 22); 15 mm = 10 px -> 30
     assert got == {"3": 22.0, "6": 24.0, "9": 26.0, "15": 30.0, "rise_3_15": -8.0}
+    # the skull's ring closed on all 10 slices; a 10-pixel gap in it on 4 of them
+    assert phantom_vs_real.closed_skull_fraction(np.stack([s] * 10), levels=(0.0, 1.0)) == 1.0
+    gap = s.copy()
+    gap[(r >= 40) & (r < 46) & (np.abs(yy - 59.5) < 5) & (xx > 59.5)] = 30.0
+    assert phantom_vs_real.closed_skull_fraction(np.stack([gap] * 4 + [s] * 6), levels=(0.0, 1.0)) == 0.6
