@@ -64,7 +64,7 @@ def cupping_profile(depth_mm, scanner):
     """HU the scanner adds to the brain at a depth below the inner table of the skull.
 
     Real head CT reads the brain denser toward the skull: 3 mm under the inner table the
-    brain is 7-13 HU above its value 15 mm deep, fading over 4-8 mm (measured on three
+    brain is 7-10 HU above its value 15 mm deep, fading over several mm (measured on three
     scanners, BENCHMARKS.md), from the bone correction's residual, scatter and the
     kernel's tails, and from cortex denser than an averaged template's. The profile is
     `cupping_hu * exp(-(depth - 3) / cupping_mm)`; depth is the 3-D distance to the
