@@ -27,13 +27,28 @@ REAL = ("cq500/CQ500-CT-0", "ge-head-tilt")
 LEVELS = (("skull base", 0.15), ("ventricles", 0.5), ("vertex", 0.88))
 
 
-def levels(hu_model):
-    """Slice indices at LEVELS of the brain's extent; hu_model float [S, N, N] HU."""
+def brain_extent(hu_model):
+    """(first, last) slice index with at least 20% of the most 15-50 HU pixels of any
+    slice; hu_model float [S, N, N] HU."""
     import numpy as np
 
     brain = ((hu_model > 15) & (hu_model < 50)).reshape(len(hu_model), -1).sum(1)
     present = np.flatnonzero(brain > 0.2 * brain.max())
-    lo, hi = present[0], present[-1]
+    return int(present[0]), int(present[-1])
+
+
+def inside_skull(hu_slice):
+    """bool [N, N]: pixels enclosed by the slice's skull (>= 150 HU, gaps of up to ~6
+    pixels closed), the skull itself excluded."""
+    from scipy import ndimage
+
+    bone = hu_slice >= 150
+    return ndimage.binary_fill_holes(ndimage.binary_closing(bone, iterations=3)) & ~bone
+
+
+def levels(hu_model):
+    """Slice indices at LEVELS of the brain's extent; hu_model float [S, N, N] HU."""
+    lo, hi = brain_extent(hu_model)
     return [int(round(lo + f * (hi - lo))) for _, f in LEVELS]
 
 
@@ -50,14 +65,11 @@ def rim_profile(hu_model, spacing_mm, levels=(0.35, 0.85)):
     import numpy as np
     from scipy import ndimage
 
-    brain = ((hu_model > 15) & (hu_model < 50)).reshape(len(hu_model), -1).sum(1)
-    present = np.flatnonzero(brain > 0.2 * brain.max())
-    lo, hi = present[0], present[-1]
+    lo, hi = brain_extent(hu_model)
     picked = {d: [] for d in RIM_DEPTHS_MM}
     for k in range(int(lo + levels[0] * (hi - lo)), int(lo + levels[1] * (hi - lo)) + 1):
         s = hu_model[k]
-        bone = s >= 150
-        inside = ndimage.binary_fill_holes(ndimage.binary_closing(bone, iterations=3)) & ~bone
+        inside = inside_skull(s)
         depth = ndimage.distance_transform_edt(inside) * spacing_mm
         tissue = inside & (s > 10) & (s < 70)
         for d in RIM_DEPTHS_MM:
@@ -71,19 +83,12 @@ def closed_skull_fraction(hu_model, levels=(0.15, 0.85), min_inside=0.2):
     """Share of slices between `levels` of the brain's extent whose skull (>= 150 HU, closed
     by 3 pixels) encloses at least `min_inside` of the slice's 15-50 HU pixels: a real
     skull is a closed ring from the skull base up; a template's faint bone leaves gaps."""
-    import numpy as np
-    from scipy import ndimage
-
     brain = (hu_model > 15) & (hu_model < 50)
-    counts = brain.reshape(len(hu_model), -1).sum(1)
-    present = np.flatnonzero(counts > 0.2 * counts.max())
-    lo, hi = present[0], present[-1]
+    lo, hi = brain_extent(hu_model)
     picked = range(int(lo + levels[0] * (hi - lo)), int(lo + levels[1] * (hi - lo)) + 1)
     closed = 0
     for k in picked:
-        bone = hu_model[k] >= 150
-        inside = ndimage.binary_fill_holes(ndimage.binary_closing(bone, iterations=3)) & ~bone
-        closed += int((inside & brain[k]).sum() >= min_inside * max(1, brain[k].sum()))
+        closed += int((inside_skull(hu_model[k]) & brain[k]).sum() >= min_inside * max(1, brain[k].sum()))
     return round(closed / len(picked), 3)
 
 
