@@ -283,8 +283,9 @@ _CH = {name: i for i, name in enumerate(anatomy.CHANNELS)}
 _BRAIN_CHANNELS = [_CH[c] for c in ("gm", "wm", "dense", "vent")]
 
 
-def _normal_hu(ch, tissue, pose, scanner):
-    """HU of normal anatomy from sampled atlas channels, float32 [N]."""
+def _normal_hu(ch, tissue, pose, cupping):
+    """HU of normal anatomy from sampled atlas channels, float32 [N]; `cupping`: float32
+    [N], the HU the scanner adds to the brain there (`synth_scanner.cupping_profile` x icv)."""
     frame, icv = ch[:, _CH["frame"]], ch[:, _CH["icv"]]
     gm, wm = ch[:, _CH["gm"]], ch[:, _CH["wm"]]
     if pose.atrophy > 0:  # wider sulci: partial-volume brain loses tissue to CSF
@@ -295,7 +296,7 @@ def _normal_hu(ch, tissue, pose, scanner):
     dense = ch[:, _CH["dense"]]
     brain = gm * tissue.gm + wm * tissue.wm + csf * tissue.csf
     brain = brain * (1 - dense) + dense * tissue.dense * icv
-    brain += icv * synth_scanner.cupping_profile(ch[:, _CH["depth"]], scanner)
+    brain += cupping
     bone = frame > 200
     frame = np.where(bone, 200 + (frame - 200) * tissue.bone_gain, frame)
     # Scalp, muscle and globes are 35-70 HU; the averaged template blurs them toward fat
@@ -413,7 +414,8 @@ def _draw(rng, cfg, positive):
             src = synth_lesions.displacement(lesions, m)
             if src is not None:  # mass effect: the brain channels from displaced points
                 ch[:, _BRAIN_CHANNELS] = atlas.sample(src)[:, _BRAIN_CHANNELS]
-            sub = _normal_hu(ch, tissue, pose, scanner)
+            cupping = ch[:, _CH["icv"]] * synth_scanner.cupping_profile(ch[:, _CH["depth"]], scanner)
+            sub = _normal_hu(ch, tissue, pose, cupping)
             for centre_mm, radius, value in calcs:
                 d = m - centre_mm[:, None]
                 sub = np.where(np.einsum("ij,ij->j", d, d) < radius * radius, np.float32(value), sub)
@@ -429,7 +431,7 @@ def _draw(rng, cfg, positive):
                     raise_hu[j] += sub - before
             img += sub
             brain += ch[:, _CH["icv"]]
-            near_table += ch[:, _CH["icv"]] * synth_scanner.cupping_profile(ch[:, _CH["depth"]], scanner)
+            near_table += cupping
         img = (img / n_sub).reshape(hw, ww)
         brain = (brain / n_sub).reshape(hw, ww)
         near_table = synth_scanner.upsample((near_table / n_sub).reshape(hw, ww), factor)[:box_h, :box_w]
