@@ -9,8 +9,9 @@ default's preprocessing (configs/default.yaml: 1.5 mm, 250 mm FOV, brain window)
 shown at three anatomical levels, taken at fixed fractions of each series' brain extent
 (skull base 15%, ventricles 50%, vertex 88%), with the HU histograms of the head (model
 grid, brain-window range). Prints one JSON line per series with histogram statistics and
-the brain's HU by depth under the skull (`rim_profile`) and the share of slices whose
-skull is a closed ring (`closed_skull_fraction`).
+the brain's HU by depth under the skull (`rim_profile`), the share of slices whose
+skull is a closed ring (`closed_skull_fraction`) and the share of the brain deeper than 4
+mm that reads 60-90 HU (`deep_dense_fraction`).
 The shared series are only compared against, never used to set the phantom.
 """
 
@@ -92,6 +93,25 @@ def closed_skull_fraction(hu_model, levels=(0.15, 0.85), min_inside=0.2):
     return round(closed / len(picked), 3)
 
 
+def deep_dense_fraction(hu_model, spacing_mm, levels=(0.15, 0.85), depth_mm=4.0):
+    """Share of the brain deeper than `depth_mm` under the inner table (in-plane, inside
+    the closed skull, -20-120 HU) that reads 60-90 HU, blood's range, on slices between
+    `levels` of the brain's extent: normal structures a model must not take for blood
+    (a dense falx and tentorium, sinuses, calcification's partial volume)."""
+    import numpy as np
+    from scipy import ndimage
+
+    lo, hi = brain_extent(hu_model)
+    dense = total = 0
+    for k in range(int(lo + levels[0] * (hi - lo)), int(lo + levels[1] * (hi - lo)) + 1):
+        s = hu_model[k]
+        inside = inside_skull(s)
+        deep = inside & (ndimage.distance_transform_edt(inside) * spacing_mm > depth_mm) & (s > -20) & (s < 120)
+        total += int(deep.sum())
+        dense += int((deep & (s >= 60) & (s < 90)).sum())
+    return round(dense / max(total, 1), 4)
+
+
 def head_stats(hu_model):
     import numpy as np
 
@@ -137,7 +157,8 @@ def main(argv=None):
             model = resample_to_fov_np(hu.astype(np.float32), np.asarray(spacing, np.float32), head_center_np(hu), pcfg)
             pair.append((label, model))
             stats = {**head_stats(model), "rim_hu": rim_profile(model, pcfg.out_spacing),
-                     "closed_skull": closed_skull_fraction(model)}
+                     "closed_skull": closed_skull_fraction(model),
+                     "deep_60_90": deep_dense_fraction(model, pcfg.out_spacing)}
             print(json.dumps({"series": label, "slices": len(hu), **stats}), flush=True)
         rows.append(pair)
 

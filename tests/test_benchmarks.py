@@ -230,7 +230,7 @@ def test_seed_runs_summary_columns_for_gates_and_the_uncounted_normal_head():
     assert lines[3].split("\t")[1] == "0.650"  # the mean
 
 
-def test_rim_profile_and_closed_skull_on_a_drawn_ring():
+def test_rim_profile_closed_skull_and_deep_dense_share_on_a_drawn_ring():
     import numpy as np
     from scipy import ndimage
 
@@ -256,3 +256,12 @@ def test_rim_profile_and_closed_skull_on_a_drawn_ring():
     gap = s.copy()
     gap[(r >= 40) & (r < 46) & (np.abs(yy - 59.5) < 5) & (xx > 59.5)] = 30.0
     assert phantom_vs_real.closed_skull_fraction(np.stack([gap] * 4 + [s] * 6), levels=(0.0, 1.0)) == 0.6
+    # a 2-pixel, 75 HU midline sheet (a falx) across the brain: deeper than 4 mm (> 2.67 px
+    # inside the ring, i.e. within ~37.3 px of the centre) it holds 2 x 76 of 4,492 pixels
+    falx = s.copy()
+    falx[inside & (np.abs(xx - 59.5) < 1)] = 75.0
+    deep = inside & (ndimage.distance_transform_edt(inside) * 1.5 > 4.0)
+    sheet = deep & (np.abs(xx - 59.5) < 1)
+    got = phantom_vs_real.deep_dense_fraction(np.stack([falx] * 10), 1.5, levels=(0.0, 1.0))
+    assert got == round(sheet.sum() / deep.sum(), 4) == round(152 / 4492, 4)
+    assert phantom_vs_real.deep_dense_fraction(np.stack([s] * 10), 1.5, levels=(0.0, 1.0)) == 0.0
