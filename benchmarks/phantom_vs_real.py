@@ -38,6 +38,12 @@ def brain_extent(hu_model):
     return int(present[0]), int(present[-1])
 
 
+def slices_between(hu_model, levels):
+    """range of slice indices between two fractions `levels` of the brain's extent."""
+    lo, hi = brain_extent(hu_model)
+    return range(int(lo + levels[0] * (hi - lo)), int(lo + levels[1] * (hi - lo)) + 1)
+
+
 def inside_skull(hu_slice):
     """bool [N, N]: pixels enclosed by the slice's skull (>= 150 HU, gaps of up to ~6
     pixels closed), the skull itself excluded."""
@@ -66,9 +72,8 @@ def rim_profile(hu_model, spacing_mm, levels=(0.35, 0.85)):
     import numpy as np
     from scipy import ndimage
 
-    lo, hi = brain_extent(hu_model)
     picked = {d: [] for d in RIM_DEPTHS_MM}
-    for k in range(int(lo + levels[0] * (hi - lo)), int(lo + levels[1] * (hi - lo)) + 1):
+    for k in slices_between(hu_model, levels):
         s = hu_model[k]
         inside = inside_skull(s)
         depth = ndimage.distance_transform_edt(inside) * spacing_mm
@@ -85,8 +90,7 @@ def closed_skull_fraction(hu_model, levels=(0.15, 0.85), min_inside=0.2):
     by 3 pixels) encloses at least `min_inside` of the slice's 15-50 HU pixels: a real
     skull is a closed ring from the skull base up; a template's faint bone leaves gaps."""
     brain = (hu_model > 15) & (hu_model < 50)
-    lo, hi = brain_extent(hu_model)
-    picked = range(int(lo + levels[0] * (hi - lo)), int(lo + levels[1] * (hi - lo)) + 1)
+    picked = slices_between(hu_model, levels)
     closed = 0
     for k in picked:
         closed += int((inside_skull(hu_model[k]) & brain[k]).sum() >= min_inside * max(1, brain[k].sum()))
@@ -98,12 +102,10 @@ def deep_dense_fraction(hu_model, spacing_mm, levels=(0.15, 0.85), depth_mm=4.0)
     the closed skull, -20-120 HU) that reads 60-90 HU, blood's range, on slices between
     `levels` of the brain's extent: normal structures a model must not take for blood
     (a dense falx and tentorium, sinuses, calcification's partial volume)."""
-    import numpy as np
     from scipy import ndimage
 
-    lo, hi = brain_extent(hu_model)
     dense = total = 0
-    for k in range(int(lo + levels[0] * (hi - lo)), int(lo + levels[1] * (hi - lo)) + 1):
+    for k in slices_between(hu_model, levels):
         s = hu_model[k]
         inside = inside_skull(s)
         deep = inside & (ndimage.distance_transform_edt(inside) * spacing_mm > depth_mm) & (s > -20) & (s < 120)
