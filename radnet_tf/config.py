@@ -70,6 +70,7 @@ class Config:
     # auxiliary mask loss: bce | dice_bce (BCE + soft Dice, per study). dice_bce left the heads
     # empty (held-out Dice 0) after the built-in default's 425 steps on the anatomical phantom
     mask_loss: str = "bce"
+    mask_pos_weight: float = 1.0  # weight of the blood pixels' term in the mask BCE (1: plain BCE)
     # ---- recipe (paper: SGD momentum 0.9, 60 epochs, lr / 10 at 1/3 and 2/3)
     epochs: int = 60
     batch_size: int = 2  # studies (windows) per replica
@@ -156,6 +157,8 @@ class Config:
         if not (isinstance(self.subtype_thresholds, list) and len(self.subtype_thresholds) in (0, 5)
                 and all(number(v) and 0 < v < 1 for v in self.subtype_thresholds)):
             fail("must be [] or 5 thresholds in (0, 1) (EDH, IPH, IVH, SAH, SDH)", "subtype_thresholds")
+        if not number(self.mask_pos_weight) or self.mask_pos_weight <= 0:
+            fail("must be a number > 0", "mask_pos_weight")
         for name in ("weight_decay", "slice_loss_weight", "subtype_loss_weight", "rotation_deg", "intensity_jitter", "hu_shift"):
             if not number(getattr(self, name)) or getattr(self, name) < 0:
                 fail("must be a number >= 0", name)

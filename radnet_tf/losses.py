@@ -21,12 +21,15 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
     y_true: float [B, ...] in {0, 1} or -1 (ignore). y_pred: probabilities, same shape.
     label_weights: optional weights of the last axis (e.g. one per subtype): each valid
       element counts with its label's weight.
+    pos_weight: weight of the positive term, -w t log(p) - (1 - t) log(1 - p) (1: plain
+      BCE). For the sparse hemorrhage masks: blood is well under 1% of a slice's pixels.
     Returns per-study loss [B]: weighted mean BCE over that study's valid elements (0 if none).
     """
 
-    def __init__(self, name="masked_bce", label_weights=None, **kwargs):
+    def __init__(self, name="masked_bce", label_weights=None, pos_weight=1.0, **kwargs):
         super().__init__(name=name, **kwargs)
         self.label_weights = None if label_weights is None else [float(w) for w in label_weights]
+        self.pos_weight = float(pos_weight)
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, "float32")
@@ -35,14 +38,14 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
         if self.label_weights is not None:
             valid = valid * ops.convert_to_tensor(self.label_weights, "float32")
         target = ops.clip(y_true, 0.0, 1.0)
-        bce = -(target * ops.log(y_pred) + (1.0 - target) * ops.log(1.0 - y_pred))
+        bce = -(self.pos_weight * target * ops.log(y_pred) + (1.0 - target) * ops.log(1.0 - y_pred))
         axes = tuple(range(1, len(y_true.shape)))
         total = ops.sum(bce * valid, axis=axes)
         count = ops.sum(valid, axis=axes)
         return total / ops.maximum(count, 1e-7)
 
     def get_config(self):
-        return {**super().get_config(), "label_weights": self.label_weights}
+        return {**super().get_config(), "label_weights": self.label_weights, "pos_weight": self.pos_weight}
 
 
 @keras.saving.register_keras_serializable(package="radnet_tf")
@@ -121,9 +124,10 @@ def compile_losses(config, output_names):
             losses[name] = MaskedBinaryCrossentropy(name=f"{name}_bce", label_weights=weights_per_label)
             weights[name] = float(getattr(config, "subtype_loss_weight", 1.0))
         else:
+            pos_weight = float(getattr(config, "mask_pos_weight", 1.0))
             if getattr(config, "mask_loss", "bce") == "dice_bce":
-                losses[name] = MaskedDiceBCE(name=f"{name}_dice_bce")
+                losses[name] = MaskedDiceBCE(name=f"{name}_dice_bce", pos_weight=pos_weight)
             else:
-                losses[name] = MaskedBinaryCrossentropy(name=f"{name}_bce")
+                losses[name] = MaskedBinaryCrossentropy(name=f"{name}_bce", pos_weight=pos_weight)
             weights[name] = float(config.mask_loss_weights[int(name[-1]) - 1])
     return losses, weights

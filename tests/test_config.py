@@ -35,7 +35,7 @@ BAD = {
     "synth_studies": 0, "synth_slices": 0, "synth_matrix": 16, "synth_seed": -1, "val_fraction": 1.0,
     "window_width": 0.0, "extra_windows": [[80]], "out_spacing": 0.0, "fov_mm": -1.0, "input_size": 100,
     "growth_rate": 0, "initial_filters": 0, "dropout": 1.0, "lstm_units": 0, "head_filters": 0,
-    "weight_decay": -1.0, "bn_momentum": 1.0, "slice_loss_weight": -1.0, "mask_loss_weights": [1, 1, -1],
+    "weight_decay": -1.0, "bn_momentum": 1.0, "slice_loss_weight": -1.0, "mask_loss_weights": [1, 1, -1], "mask_pos_weight": 0.0,
     "epochs": 0, "batch_size": 0, "crop_slices": 0, "steps_per_epoch": -1, "learning_rate": 0.0,
     "momentum": 1.0, "lr_drop_epochs": [1.5], "positive_fraction": -0.1, "rotation_deg": -1.0,
     "intensity_jitter": -0.5, "hu_shift": -1.0, "seed": -1, "early_stopping_patience": -1, "val_every": -1, "ct_min_run": 0,

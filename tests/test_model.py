@@ -52,6 +52,20 @@ def test_masked_loss_ignores_padding_and_missing_masks():
     assert float(loss(-np.ones((1, 3)), np.full((1, 3), 0.3))) == 0.0
 
 
+def test_mask_pos_weight_scales_only_the_blood_term():
+    y_true = np.array([[1.0, 0.0, -1.0, 0.0]], np.float32)
+    y_pred = np.array([[0.8, 0.4, 0.9, 0.1]], np.float32)
+    # the blood pixel's -log(0.8) counts 10 times; the mean stays over the 3 valid pixels
+    expected = -(10 * np.log(0.8) + np.log(0.6) + np.log(0.9)) / 3
+    loss = MaskedBinaryCrossentropy(reduction=None, pos_weight=10.0)
+    np.testing.assert_allclose(loss(y_true, y_pred), [expected], rtol=1e-5)
+    assert MaskedBinaryCrossentropy.from_config(loss.get_config()).pos_weight == 10.0
+    from radnet_tf.losses import compile_losses
+
+    losses, _ = compile_losses(Config(mask_pos_weight=5.0), ["slice_probability", "mask_1"])
+    assert losses["mask_1"].pos_weight == 5.0 and losses["slice_probability"].pos_weight == 1.0
+
+
 def test_dice_bce_per_study_values():
     loss = MaskedDiceBCE(reduction=None)
     y_true = np.array([[1.0, 0.0, -1.0, 1.0], [0.0, 0.0, -1.0, -1.0], [-1.0, -1.0, -1.0, -1.0]], np.float32)
