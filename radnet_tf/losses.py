@@ -56,7 +56,8 @@ class MaskedDiceBCE(MaskedBinaryCrossentropy):
     predicting "no blood" everywhere, and the auxiliary heads stop guiding the encoder.
     The Dice term, 1 - (2 sum(p t) + s) / (sum(p) + sum(t) + s) over a study's valid
     pixels, weighs the blood pixels as a whole; on a study without blood it pushes the
-    predicted blood volume to 0. s = `smooth` (pixels).
+    predicted blood volume to 0. s = `smooth` (pixels). `pos_weight` weighs the BCE
+    part's blood term as in `MaskedBinaryCrossentropy`.
 
     y_true: float [B, ...] in {0, 1} or -1 (ignore). y_pred: probabilities, same shape.
     Returns per-study loss [B].

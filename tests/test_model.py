@@ -6,7 +6,7 @@ import pytest
 
 from conftest import tiny_config
 from radnet_tf.config import Config
-from radnet_tf.losses import MaskedBinaryCrossentropy, MaskedDiceBCE
+from radnet_tf.losses import MaskedBinaryCrossentropy, MaskedDiceBCE, compile_losses
 from radnet_tf.model import PAD_VALUE, build_model
 
 
@@ -60,8 +60,6 @@ def test_mask_pos_weight_scales_only_the_blood_term():
     loss = MaskedBinaryCrossentropy(reduction=None, pos_weight=10.0)
     np.testing.assert_allclose(loss(y_true, y_pred), [expected], rtol=1e-5)
     assert MaskedBinaryCrossentropy.from_config(loss.get_config()).pos_weight == 10.0
-    from radnet_tf.losses import compile_losses
-
     losses, _ = compile_losses(Config(mask_pos_weight=5.0), ["slice_probability", "mask_1"])
     assert losses["mask_1"].pos_weight == 5.0 and losses["slice_probability"].pos_weight == 1.0
 
