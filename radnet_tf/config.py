@@ -67,8 +67,9 @@ class Config:
     subtype_loss_weight: float = 1.0  # the five subtype labels (targets: subtypes)
     subtype_label_weights: list = dataclasses.field(default_factory=list)  # 5 weights within the subtype loss; [] = equal
     mask_loss_weights: list = dataclasses.field(default_factory=lambda: [0.5, 0.5, 0.5])
-    # auxiliary mask loss: bce | dice_bce (BCE + soft Dice, per study). dice_bce left the heads
-    # empty (held-out Dice 0) after the built-in default's 425 steps on the anatomical phantom
+    # auxiliary mask loss: bce | dice_bce (BCE + soft Dice, per study). dice_bce with plain BCE
+    # (mask_pos_weight 1) left the heads empty (held-out Dice 0) after the built-in default's
+    # 425 steps on the anatomical phantom; with weight 10 it no longer does, and gains nothing
     mask_loss: str = "bce"
     mask_pos_weight: float = 1.0  # weight of the blood pixels' term in the mask BCE (1: plain BCE)
     # ---- recipe (paper: SGD momentum 0.9, 60 epochs, lr / 10 at 1/3 and 2/3)
