@@ -275,6 +275,9 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
             skip_undecodable=task.skip_undecodable,
             series_policy=policy,
         )
+    if (task.mask_path or task.slice_labels or task.slice_subtypes) and any(series.frame_numbers or ()):
+        raise UserError(f"{task.study_id}: per-slice labels and masks are keyed by SOPInstanceUID, which cannot "
+                        "tell the frames of a multi-frame (enhanced CT) object apart; give study-level labels only")
     hu, center = preprocess.resample_hu(series.hu, series.pixel_spacing, pcfg)
     mask = mask_classes = None
     if task.mask_path:

@@ -11,6 +11,9 @@ What the reader guarantees:
     sharp kernels or descriptions, slice thickness 0.5-5.5 mm; among those the most
     slices); every series considered is listed with the decision in `series_choice`;
     localizers, dose reports, non-CT and non-image objects are skipped and listed;
+  * an enhanced (multi-frame) CT object is read frame by frame, each frame a slice with
+    the position, orientation, pixel spacing, rescale and frame type of its functional
+    groups (`FrameView`); a series may mix such objects and classic single-slice files;
   * slices are sorted by ImagePositionPatient projected on the slice normal (never by file
     name or InstanceNumber), inferior to superior;
   * voxels are HU through the modality LUT, int16, with padding (PixelPaddingValue and
@@ -45,11 +48,11 @@ from pydicom.errors import InvalidDicomError
 from radnet_tf.contract import AIR_HU
 from radnet_tf.errors import DicomReadError
 
-CT_IMAGE_STORAGE = {
-    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
-    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT (single-frame use only)
-    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT
+ENHANCED_CT_STORAGE = {
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage (multi-frame)
+    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT Image Storage (multi-frame)
 }
+CT_IMAGE_STORAGE = {"1.2.840.10008.5.1.4.1.1.2", *ENHANCED_CT_STORAGE}  # + classic CT Image Storage
 DEFAULT_SALT_ENV = "RADNET_PSEUDONYM_SALT"
 _DEFAULT_SALT = "radnet-tf-default-salt"  # sites should set RADNET_PSEUDONYM_SALT
 # Kernels and descriptions of reconstructions that are not for brain soft tissue (GE BONE,
@@ -150,6 +153,9 @@ class CTSeries:
         `fix_12bit_intercept`).
       series_choice: one dict per axial CT series considered (series_key, description,
         kernel, thickness_mm, slices, decision: "chosen" or the reason it was not).
+      frame_numbers: per-slice 1-based frame number within its enhanced (multi-frame) CT
+        object, None for a classic single-slice file (then `sop_instance_uids[i]` alone
+        names the image); None for the whole field in series built elsewhere.
       shear_px: float64 [S, 2], the in-plane (row, col) shift applied to each slice by the
         tilt correction, in pixels (zeros when not corrected): source pixel (r, c) of slice
         i is at (r + shear_px[i, 0], c + shear_px[i, 1]) of `hu[i]`.
@@ -173,6 +179,7 @@ class CTSeries:
     corrected_files: list = dataclasses.field(default_factory=list)
     series_choice: list = dataclasses.field(default_factory=list)
     shear_px: np.ndarray | None = None
+    frame_numbers: list | None = None
 
     @property
     def num_slices(self) -> int:
@@ -230,12 +237,111 @@ def _skip_reason(ds) -> str | None:
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     if "LOCALIZER" in image_type or "SCOUT" in image_type:
         return "localizer/scout image"
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        return "multi-frame object (not supported)"
+    if _frame_count(ds) > 1 and not isinstance(ds, FrameView):
+        return "multi-frame object that is not an enhanced CT image"
     for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         if tag not in ds:
             return f"missing {tag}"
     return None
+
+
+def _frame_count(ds) -> int:
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+class FrameView:
+    """One frame of an enhanced (multi-frame) CT object, read like a classic CT slice.
+
+    Enhanced CT keeps what a classic slice has in its own header in functional groups: one
+    group per frame (PerFrameFunctionalGroupsSequence) and one for all frames
+    (SharedFunctionalGroupsSequence). A view answers `get`, `in` and attribute access for
+    the attributes the reader uses from the frame's group, else the shared group, else the
+    object itself: ImagePositionPatient (Plane Position), ImageOrientationPatient (Plane
+    Orientation), PixelSpacing and SliceThickness (Pixel Measures), RescaleSlope and
+    RescaleIntercept (Pixel Value Transformation), ImageType (the CT Image Frame Type's
+    FrameType) and ConvolutionKernel (CT Reconstruction); a Legacy Converted object's
+    unassigned converted attributes are looked up too. Everything else (Rows, UIDs,
+    PixelPaddingValue, ...) is the object's.
+
+    Attributes:
+      dataset: the whole pydicom Dataset. index: 0-based frame index.
+      frame_number: 1-based frame number (what DICOM references use).
+    """
+
+    _GROUPS = {
+        "ImagePositionPatient": "PlanePositionSequence",
+        "ImageOrientationPatient": "PlaneOrientationSequence",
+        "PixelSpacing": "PixelMeasuresSequence",
+        "SliceThickness": "PixelMeasuresSequence",
+        "RescaleSlope": "PixelValueTransformationSequence",
+        "RescaleIntercept": "PixelValueTransformationSequence",
+        "ImageType": "CTImageFrameTypeSequence",
+        "ConvolutionKernel": "CTReconstructionSequence",
+    }
+    _IN_GROUP = {"ImageType": "FrameType"}  # the keyword inside the group, where it differs
+    _MISSING = object()
+
+    def __init__(self, dataset, index: int):
+        self.dataset, self.index = dataset, int(index)
+        self.frame_number = self.index + 1
+
+    def _groups(self):
+        per_frame = self.dataset.get("PerFrameFunctionalGroupsSequence") or []
+        if self.index < len(per_frame):
+            yield per_frame[self.index], "UnassignedPerFrameConvertedAttributesSequence"
+        shared = self.dataset.get("SharedFunctionalGroupsSequence") or []
+        if shared:
+            yield shared[0], "UnassignedSharedConvertedAttributesSequence"
+
+    def get(self, keyword, default=None):
+        if keyword == "NumberOfFrames":
+            return 1
+        if keyword in self._GROUPS:
+            inner = self._IN_GROUP.get(keyword, keyword)
+            for group, unassigned in self._groups():
+                for sequence, name in ((group.get(self._GROUPS[keyword]), inner), (group.get(unassigned), keyword)):
+                    if sequence and name in sequence[0]:
+                        return sequence[0].get(name)
+        return self.dataset.get(keyword, default)
+
+    def __contains__(self, keyword):
+        return self.get(keyword, self._MISSING) is not self._MISSING
+
+    def __getattr__(self, keyword):
+        if keyword.startswith("_"):
+            raise AttributeError(keyword)
+        value = self.get(keyword, self._MISSING)
+        if value is self._MISSING:
+            raise AttributeError(f"frame {self.frame_number} has no {keyword}")
+        return value
+
+    @property
+    def pixel_array(self) -> np.ndarray:
+        """This frame's stored values, [Rows, Columns] (decoded alone, not the whole object)."""
+        from pydicom.pixels import pixel_array
+
+        return pixel_array(self.dataset, index=self.index)
+
+
+def _slices_of(ds):
+    """The slices one dataset holds: [ds] for a classic image, one `FrameView` per frame for
+    an enhanced (multi-frame) CT object."""
+    if _frame_count(ds) > 1 and str(ds.get("SOPClassUID", "")) in ENHANCED_CT_STORAGE and "PixelData" in ds:
+        return [FrameView(ds, i) for i in range(_frame_count(ds))]
+    return [ds]
+
+
+def _where(path: Path, ds) -> str:
+    """A slice's file path (and frame) for error messages."""
+    return f"{path} frame {ds.frame_number}" if isinstance(ds, FrameView) else str(path)
+
+
+def _name(path: Path, ds) -> str:
+    """How a slice is named in messages: the file, and the frame of a multi-frame object."""
+    return f"{path.name} frame {ds.frame_number}" if isinstance(ds, FrameView) else path.name
 
 
 def _normal(orientation: np.ndarray) -> np.ndarray:
@@ -476,20 +582,22 @@ def read_series(
             continue
         except Exception as err:  # truncated or corrupt
             raise DicomReadError(f"{path}: cannot read DICOM ({type(err).__name__}: {err})") from None
-        reason = _skip_reason(ds)
-        if reason is None:
-            orientation = np.asarray(ds.ImageOrientationPatient, np.float64)
-            if not _is_axial(orientation):
-                reason = "not an axial slice"
-        if reason:
-            skipped.append((path.name, reason))
-            continue
-        sop = str(ds.get("SOPInstanceUID", ""))
-        if sop and sop in seen_sops:
-            skipped.append((path.name, "duplicate SOPInstanceUID (same image stored twice)"))
-            continue
-        seen_sops.add(sop)
-        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((path, ds))
+        for item in _slices_of(ds):  # a classic slice, or each frame of an enhanced CT object
+            reason = _skip_reason(item)
+            if reason is None:
+                orientation = np.asarray(item.ImageOrientationPatient, np.float64)
+                if not _is_axial(orientation):
+                    reason = "not an axial slice"
+            if reason:
+                skipped.append((_name(path, item), reason))
+                continue
+            sop = str(item.get("SOPInstanceUID", ""))
+            key = (sop, item.frame_number if isinstance(item, FrameView) else 0)
+            if sop and key in seen_sops:
+                skipped.append((_name(path, item), "duplicate SOPInstanceUID (same image stored twice)"))
+                continue
+            seen_sops.add(key)
+            series.setdefault(str(item.get("SeriesInstanceUID", "")), []).append((path, item))
 
     if not series:
         dicom_seen = [r for _, r in skipped if r != "not a DICOM file"]
@@ -534,7 +642,7 @@ def read_series(
             "decision": decision,
         })
         if uid != chosen_uid:
-            skipped.extend((p.name, f"another series: {decision}") for p, _ in series[uid])
+            skipped.extend((_name(p, d), f"another series: {decision}") for p, d in series[uid])
     members = series[chosen_uid]
     if len(members) < min_slices:
         raise DicomReadError(
@@ -545,7 +653,7 @@ def read_series(
     orients = [tuple(np.round(np.asarray(ds.ImageOrientationPatient, np.float64), 3)) for _, ds in members]
     common = max(set(orients), key=orients.count)
     kept = [m for m, o in zip(members, orients) if np.allclose(o, common, atol=1e-3)]
-    skipped.extend((p.name, "orientation differs from the rest of the series") for (p, _), o in zip(members, orients)
+    skipped.extend((_name(p, d), "orientation differs from the rest of the series") for (p, d), o in zip(members, orients)
                    if not np.allclose(o, common, atol=1e-3))
     members = kept
     if len(members) < min_slices:
@@ -553,14 +661,14 @@ def read_series(
     first = members[0][1]
     shape = (int(first.Rows), int(first.Columns))
     orientation = np.asarray(first.ImageOrientationPatient, np.float64)
-    pixel_spacing = _pixel_spacing(first, members[0][0])
+    pixel_spacing = _pixel_spacing(first, _where(*members[0]))
     for path, ds in members:
         if (int(ds.Rows), int(ds.Columns)) != shape:
             raise DicomReadError(
-                f"{path}: matrix {ds.Rows}x{ds.Columns} differs from the series' {shape[0]}x{shape[1]}"
+                f"{_where(path, ds)}: matrix {ds.Rows}x{ds.Columns} differs from the series' {shape[0]}x{shape[1]}"
             )
-        if not np.allclose(_pixel_spacing(ds, path), pixel_spacing, rtol=1e-3):
-            raise DicomReadError(f"{path}: pixel spacing differs from the rest of the series")
+        if not np.allclose(_pixel_spacing(ds, _where(path, ds)), pixel_spacing, rtol=1e-3):
+            raise DicomReadError(f"{_where(path, ds)}: pixel spacing differs from the rest of the series")
     warnings = []
     no_rescale = sum("RescaleSlope" not in ds or "RescaleIntercept" not in ds for _, ds in members)
     if no_rescale:
@@ -573,24 +681,24 @@ def read_series(
     along, ipp = along[order], ipp[order]
     members = [members[i] for i in order]
     if np.any(np.diff(along) < 1e-3) and len(members) > 1:
-        dup = members[int(np.argmin(np.diff(along))) + 1][0]
+        dup = _where(*members[int(np.argmin(np.diff(along))) + 1])
         raise DicomReadError(f"{dup}: two slices at the same position")
 
     slices, fixed_names, undecodable = [], [], []
-    for path, ds in members:
+    for k, (path, ds) in enumerate(members):
         try:
-            values, fixed = _hu(ds, path, fix_12bit)
+            values, fixed = _hu(ds, _where(path, ds), fix_12bit)
         except DicomReadError as err:
             if not (skip_undecodable and "cannot decode pixel data" in str(err)):
                 raise
-            undecodable.append(path)
+            undecodable.append(k)
             continue
         slices.append(values)
         if fixed:
-            fixed_names.append(path.name)
+            fixed_names.append(_name(path, ds))
     if undecodable:
-        skipped.extend((p.name, "pixel data cannot be decoded") for p in undecodable)
-        keep = [i for i, (p, _) in enumerate(members) if p not in set(undecodable)]
+        skipped.extend((_name(*members[k]), "pixel data cannot be decoded") for k in undecodable)
+        keep = sorted(set(range(len(members))) - set(undecodable))
         members, along, ipp = [members[i] for i in keep], along[keep], ipp[keep]
         if len(members) < max(1, min_slices):
             raise DicomReadError(f"{root}: {len(members)} decodable slice(s) left; at least {max(1, min_slices)} needed")
@@ -629,6 +737,7 @@ def read_series(
         study_key=pseudonymize(study_uid, salt),
         series_key=pseudonymize(chosen_uid, salt),
         sop_instance_uids=[str(ds.SOPInstanceUID) for _, ds in members],
+        frame_numbers=[ds.frame_number if isinstance(ds, FrameView) else None for _, ds in members],
         tilt_deg=tilt_deg,
         tilt_corrected=corrected,
         irregular_spacing=irregular,

@@ -9,6 +9,9 @@ pixel), and for a tilt-corrected series each slice's shear is undone too, so fra
 segment lies on source image k's pixels. One segment per label that has any voxel; a
 segmentation without any segment is not written.
 
+Multi-frame sources: for a series read from one enhanced CT object, the SEG's frames follow
+that object's frame order (`source_frames`), as a SEG of a multi-frame image requires.
+
 Identifiers: the SEG carries what the standard SEG references take from the source series
 (patient and study attributes, the referenced SOP instances) and nothing else.
 
@@ -70,6 +73,37 @@ def frame_of_reference_for(sources) -> tuple:
     return generate_uid(entropy_srcs=["radnet-tf frame of reference", series_uid]), True
 
 
+def source_frames(frames, series, source_files):
+    """The SEG's frames in the order of its source images, and those images.
+
+    Args:
+      frames: bool [S, H, W, L] on the source pixels, in the series' slice order.
+      series: the `CTSeries`. source_files: {SOPInstanceUID: file path}.
+    Returns:
+      (frames, sources): for classic slices, `frames` unchanged and one dataset per slice;
+      for a series read from one enhanced (multi-frame) CT object, `frames` rearranged to
+      that object's frame order ([NumberOfFrames, H, W, L]; frames the reader skipped, e.g.
+      a localizer frame, stay empty) and that one dataset.
+    Raises:
+      UserError for a series that mixes several objects with classic slices or spans
+      several multi-frame objects: a SEG references either single-frame images or one
+      multi-frame image.
+    """
+    import pydicom
+
+    numbers = list(getattr(series, "frame_numbers", None) or [None] * len(series.sop_instance_uids))
+    if all(n is None for n in numbers):
+        return frames, [pydicom.dcmread(source_files[uid]) for uid in series.sop_instance_uids]
+    objects = set(series.sop_instance_uids)
+    if len(objects) != 1 or any(n is None for n in numbers):
+        raise UserError(f"the series spans {len(objects)} DICOM objects, some of them multi-frame: a segmentation "
+                        "can reference single-frame images or one multi-frame image")
+    source = pydicom.dcmread(source_files[series.sop_instance_uids[0]])
+    ordered = np.zeros((int(source.NumberOfFrames), *frames.shape[1:]), frames.dtype)
+    ordered[np.asarray(numbers) - 1] = frames
+    return ordered, [source]
+
+
 def write_segmentation(path, series, source_files, masks, names, pcfg, meta):
     """Writes a binary DICOM SEG (atomically) with one segment per non-empty label.
 
@@ -96,10 +130,10 @@ def write_segmentation(path, series, source_files, masks, names, pcfg, meta):
         return []
     center = head_center_np(series.hu)
     frames = np.stack([to_source_grid(masks[..., j], series, pcfg, center) for j in present], axis=-1)
-    missing = [uid for uid in series.sop_instance_uids if uid not in source_files]
+    missing = sorted({uid for uid in series.sop_instance_uids if uid not in source_files})
     if missing:
         raise UserError(f"{len(missing)} source image(s) of the series not found for the segmentation")
-    sources = [pydicom.dcmread(source_files[uid]) for uid in series.sop_instance_uids]
+    frames, sources = source_frames(frames, series, source_files)
     for ds in sources:  # type-2 attributes the SEG copies: present, empty when the source lacks them
         for keyword in TYPE2_COPIED:
             if keyword not in ds:

@@ -101,3 +101,82 @@ def trained_tiny(tiny_records, tmp_path_factory):
     cfg = tiny_config(data=str(tiny_records), model_dir=str(model_dir), val_fraction=0.4)
     summary, model = train(cfg, progress=False)
     return cfg, summary, model, model_dir
+
+
+def write_enhanced_ct(classic_folder, path, frame_order=None, localizer_frame=False, per_frame_rescale=False):
+    """The classic CT slices of `classic_folder` as one Enhanced CT Image Storage object.
+
+    Built by hand, as a scanner would store it: orientation and pixel measures in the shared
+    functional group; position, frame type (and, with `per_frame_rescale`, a rescale
+    intercept that differs per frame, stored values shifted to keep the HU) in each frame's
+    group; nothing of them at the top level.
+
+    Args:
+      frame_order: slice indices (in the folder's sorted file order) for frames 1..N.
+      localizer_frame: append a frame typed LOCALIZER (a reader must skip it).
+    Returns:
+      list of source file paths in frame order (None for the localizer frame).
+    """
+    from pathlib import Path as _Path
+
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    files = sorted(_Path(classic_folder).iterdir())
+    order = list(range(len(files))) if frame_order is None else list(frame_order)
+    slices = [pydicom.dcmread(files[i]) for i in order]
+    first = slices[0]
+    ds = Dataset()
+    for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
+                    "Modality", "SeriesDescription", "Rows", "Columns", "SamplesPerPixel",
+                    "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"):
+        if keyword in first:
+            setattr(ds, keyword, first.data_element(keyword).value)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT Image Storage
+    ds.SOPInstanceUID = generate_uid()
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    shared = Dataset()
+    measures = Dataset()
+    measures.PixelSpacing = first.PixelSpacing
+    measures.SliceThickness = first.SliceThickness
+    shared.PixelMeasuresSequence = [measures]
+    plane = Dataset()
+    plane.ImageOrientationPatient = first.ImageOrientationPatient
+    shared.PlaneOrientationSequence = [plane]
+    if not per_frame_rescale:
+        rescale = Dataset()
+        rescale.RescaleIntercept, rescale.RescaleSlope, rescale.RescaleType = first.RescaleIntercept, 1, "HU"
+        shared.PixelValueTransformationSequence = [rescale]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    groups, pixels = [], []
+    for k, sl in enumerate(slices + ([slices[0]] if localizer_frame else [])):
+        group = Dataset()
+        position = Dataset()
+        position.ImagePositionPatient = sl.ImagePositionPatient
+        group.PlanePositionSequence = [position]
+        frame_type = Dataset()
+        is_localizer = localizer_frame and k == len(slices)
+        frame_type.FrameType = ["ORIGINAL", "PRIMARY", "LOCALIZER" if is_localizer else "AXIAL", "NONE"]
+        group.CTImageFrameTypeSequence = [frame_type]
+        stored = sl.pixel_array.astype(np.int32)
+        if per_frame_rescale:  # intercept moves by 10 * k, stored values the other way: same HU
+            rescale = Dataset()
+            rescale.RescaleIntercept, rescale.RescaleSlope, rescale.RescaleType = float(sl.RescaleIntercept) - 10 * k, 1, "HU"
+            group.PixelValueTransformationSequence = [rescale]
+            stored = stored + 10 * k
+        groups.append(group)
+        pixels.append(stored.astype(sl.pixel_array.dtype))
+    if localizer_frame:  # a second localizer at the first slice's position would collide: move it
+        groups[-1].PlanePositionSequence[0].ImagePositionPatient = [0.0, 0.0, -500.0]
+    ds.PerFrameFunctionalGroupsSequence = groups
+    ds.NumberOfFrames = len(pixels)
+    ds.PixelData = np.stack(pixels).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    _Path(path).parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return [files[i] for i in order] + ([None] if localizer_frame else [])

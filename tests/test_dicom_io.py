@@ -4,7 +4,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import write_tiny_series
+from conftest import write_enhanced_ct, write_tiny_series
 from radnet_tf.dicom_io import AIR_HU, _shear_to_normal, pseudonymize, read_series
 from radnet_tf.errors import DicomReadError
 
@@ -132,6 +132,74 @@ def test_localizer_and_other_files_are_skipped_and_listed(tmp_path):
     assert ("README", "not a DICOM file") in series.skipped
 
 
+@pytest.mark.parametrize("per_frame_rescale", [False, True])
+def test_enhanced_ct_frames_read_like_the_classic_slices(tmp_path, per_frame_rescale):
+    """An Enhanced CT object keeps position, orientation, spacing and rescale in functional
+    groups: its frames (stored out of z order, one of them a localizer) read as the same
+    volume as the classic slices they were made from."""
+    phantom = _tiny_series(tmp_path / "classic", num_slices=5)
+    made_from = write_enhanced_ct(tmp_path / "classic", tmp_path / "enhanced" / "mf.dcm", frame_order=[3, 0, 4, 1, 2],
+                                  localizer_frame=True, per_frame_rescale=per_frame_rescale)
+    classic, enhanced = read_series(tmp_path / "classic"), read_series(tmp_path / "enhanced")
+    np.testing.assert_array_equal(enhanced.hu, phantom.hu)
+    np.testing.assert_array_equal(enhanced.hu, classic.hu)
+    np.testing.assert_allclose(enhanced.slice_positions, classic.slice_positions)
+    assert enhanced.pixel_spacing == classic.pixel_spacing == (3.4, 3.4)
+    assert enhanced.slice_thickness == classic.slice_thickness and enhanced.study_key == classic.study_key
+    # slice i came from frame frame_numbers[i]: the classic file of that slice
+    by_file = {str(f): i for i, f in enumerate(sorted((tmp_path / "classic").iterdir()))}
+    classic_uids = [str(pydicom.dcmread(f).SOPInstanceUID) for f in sorted((tmp_path / "classic").iterdir())]
+    for i, n in enumerate(enhanced.frame_numbers):
+        assert classic_uids[by_file[str(made_from[n - 1])]] == classic.sop_instance_uids[i]
+    assert sorted(enhanced.frame_numbers) == [1, 2, 3, 4, 5] and classic.frame_numbers == [None] * 5
+    assert set(enhanced.sop_instance_uids) == {str(pydicom.dcmread(tmp_path / "enhanced" / "mf.dcm").SOPInstanceUID)}
+    assert enhanced.skipped == [("mf.dcm frame 6", "localizer/scout image")]
+
+
+def test_legacy_converted_enhanced_ct_reads_like_its_sources(tmp_path):
+    """highdicom's Legacy Converted Enhanced CT (another writer than ours) of the same slices."""
+    hd = pytest.importorskip("highdicom")
+    from pydicom.uid import generate_uid
+
+    phantom = _tiny_series(tmp_path / "classic", num_slices=4, seed=3)
+    sources = [pydicom.dcmread(f) for f in sorted((tmp_path / "classic").iterdir())]
+    converted = hd.legacy.LegacyConvertedEnhancedCTImage(
+        sources, series_instance_uid=sources[0].SeriesInstanceUID, series_number=1, sop_instance_uid=generate_uid(),
+        instance_number=1)
+    (tmp_path / "legacy").mkdir()
+    converted.save_as(tmp_path / "legacy" / "mf.dcm")
+    series = read_series(tmp_path / "legacy")
+    np.testing.assert_array_equal(series.hu, phantom.hu)
+    np.testing.assert_allclose(series.slice_positions, phantom.z_positions)
+    assert sorted(series.frame_numbers) == [1, 2, 3, 4] and series.skipped == []
+
+
+def test_multi_frame_object_that_is_not_enhanced_ct_is_skipped(tmp_path):
+    _tiny_series(tmp_path, num_slices=3)
+    ds = pydicom.dcmread(sorted(tmp_path.iterdir())[0])
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.6"
+    ds.save_as(tmp_path / "cine.dcm")
+    series = read_series(tmp_path)
+    assert series.num_slices == 3
+    assert ("cine.dcm", "multi-frame object that is not an enhanced CT image") in series.skipped
+
+
+def test_undecodable_slice_refused_or_skipped_as_a_gap(tmp_path):
+    _tiny_series(tmp_path, num_slices=5)
+    by_z = sorted(tmp_path.iterdir(), key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
+    middle = by_z[2]
+    ds = pydicom.dcmread(middle)
+    ds.PixelData = ds.PixelData[:100]  # truncated pixel data
+    ds.save_as(middle)
+    with pytest.raises(DicomReadError, match=f"{middle.name}: cannot decode pixel data"):
+        read_series(tmp_path)
+    series = read_series(tmp_path, skip_undecodable=True)
+    assert series.num_slices == 4 and series.gaps == [(1, 1)]
+    assert (middle.name, "pixel data cannot be decoded") in series.skipped
+
+
 def test_cli_error_is_one_line(tmp_path, capsys):
     from radnet_tf.inspect_series import main
 
@@ -194,6 +262,25 @@ def test_ge_tilt_detected_corrected_or_refused(shared):
     assert series.hu.min() == AIR_HU  # -1500 padding outside the FOV became air
     with pytest.raises(DicomReadError, match="gantry tilt of 18.5 degrees"):
         read_series(folder, tilt="reject")
+
+
+@pytest.mark.parametrize("name", ["ge-head-tilt", "vhp-male-head"])
+def test_real_series_as_legacy_converted_enhanced_ct(shared, tmp_path, name):
+    """Real series (a tilted one with irregular spacing; an RLE-compressed one) converted by
+    highdicom into one Legacy Converted Enhanced CT object read back voxel for voxel."""
+    hd = pytest.importorskip("highdicom")
+    from pydicom.uid import generate_uid
+
+    sources = [pydicom.dcmread(f) for f in sorted((shared / name).glob("*.dcm"))]
+    converted = hd.legacy.LegacyConvertedEnhancedCTImage(
+        sources, series_instance_uid=sources[0].SeriesInstanceUID, series_number=1, sop_instance_uid=generate_uid(),
+        instance_number=1)
+    converted.save_as(tmp_path / "mf.dcm")
+    classic, enhanced = read_series(shared / name), read_series(tmp_path / "mf.dcm")
+    np.testing.assert_array_equal(enhanced.hu, classic.hu)
+    np.testing.assert_allclose(enhanced.slice_positions, classic.slice_positions)
+    assert enhanced.tilt_deg == pytest.approx(classic.tilt_deg) and enhanced.tilt_corrected == classic.tilt_corrected
+    assert enhanced.irregular_spacing == classic.irregular_spacing and enhanced.gaps == classic.gaps
 
 
 def test_same_image_stored_twice_is_read_once(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import tiny_config, write_tiny_series
+from conftest import tiny_config, write_enhanced_ct, write_tiny_series
 from radnet_tf import preprocess
 from radnet_tf.dicom_io import read_series, shear_like
 
@@ -103,3 +103,33 @@ def test_a_series_without_frame_of_reference_gets_a_derived_one(tmp_path, capsys
     files = {str(pydicom.dcmread(f).SOPInstanceUID): f for f in other.iterdir()}
     write_segmentation(tmp_path / "c.dcm", read_series(other), files, masks, ["Hemorrhage"], pcfg, {})
     assert str(pydicom.dcmread(tmp_path / "c.dcm").FrameOfReferenceUID) == own
+
+
+def test_segmentation_of_an_enhanced_ct_object_follows_its_frames(tmp_path):
+    """A series read from one multi-frame object (frames out of z order, a localizer frame
+    the reader skipped): the SEG references that object, frame by frame."""
+    from radnet_tf.dicom_seg import to_source_grid, write_segmentation
+
+    write_tiny_series(tmp_path / "classic", num_slices=3)
+    write_enhanced_ct(tmp_path / "classic", tmp_path / "study" / "mf.dcm", frame_order=[2, 0, 1], localizer_frame=True)
+    series = read_series(tmp_path / "study")
+    uid = str(pydicom.dcmread(tmp_path / "study" / "mf.dcm").SOPInstanceUID)
+    pcfg = tiny_config().preprocess_config()
+    masks = np.zeros((3, 32, 32, 1), bool)
+    masks[0, 10:20, 12:22, 0] = True  # lowest slice
+    masks[2, 14:18, 14:18, 0] = True  # highest slice
+    written = write_segmentation(tmp_path / "seg.dcm", series, {uid: tmp_path / "study" / "mf.dcm"}, masks,
+                                 ["Hemorrhage"], pcfg, {})
+    assert written == ["Hemorrhage"]
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    assert int(seg.NumberOfFrames) == 4  # every source frame, the localizer's empty
+    referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert [r.ReferencedSOPInstanceUID for r in referenced] == [uid]
+    center = preprocess.head_center_np(series.hu)
+    expected = to_source_grid(masks[..., 0], series, pcfg, center)
+    for i, n in enumerate(series.frame_numbers):
+        pixels = seg.get_pixels_by_source_frame(source_sop_instance_uid=uid, source_frame_numbers=[n], segment_numbers=[1])
+        np.testing.assert_array_equal(pixels[0, ..., 0].astype(bool), expected[i])
+    assert expected[0].any() and expected[2].any() and not expected[1].any()
+    localizer = seg.get_pixels_by_source_frame(source_sop_instance_uid=uid, source_frame_numbers=[4], segment_numbers=[1])
+    assert not localizer.any()

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 
 from radnet_tf import predict
@@ -229,6 +230,31 @@ def test_predict_writes_a_dicom_seg_when_asked(trained_tiny, tiny_cohort, tmp_pa
     # every mask pixel passes 1e-6, but no slice reaches its threshold: the gate leaves no voxel
     assert result["segmentation"] == {"path": None, "segments": [], "note": "no mask voxel: no segmentation written"}
     assert result["hemorrhage_volume_ml"] == 0 and not (tmp_path / "none.dcm").exists()
+
+
+def test_predict_on_an_enhanced_ct_object_equals_its_classic_slices(trained_tiny, tiny_cohort, tmp_path):
+    """The same study stored as one Enhanced CT object (frames out of z order): the same
+    answer as its classic slices, and a SEG that references the object's frames."""
+    pytest.importorskip("highdicom")
+    import highdicom as hd
+
+    from conftest import write_enhanced_ct
+    from radnet_tf.export import export_model
+
+    cfg, _, model, _ = trained_tiny
+    study = tiny_cohort / "dicom" / "synth-0001"
+    n = len(list(study.iterdir()))
+    write_enhanced_ct(study, tmp_path / "mf" / "mf.dcm", frame_order=list(range(n))[::-1])
+    everything = export_model(model, cfg, tmp_path / "all", threshold=1e-6, mask_threshold=1e-6, warmup=False)
+    classic = predict.main([str(study), "--model", str(everything)])
+    enhanced = predict.main([str(tmp_path / "mf"), "--model", str(everything), "--seg", str(tmp_path / "seg.dcm")])
+    assert enhanced["slice_probabilities"] == classic["slice_probabilities"]
+    assert enhanced["ct_positive"] == classic["ct_positive"] and enhanced["study_key"] == classic["study_key"]
+    assert enhanced["segmentation"]["segments"] == ["Hemorrhage"]
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    assert int(seg.NumberOfFrames) == n
+    referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert [r.ReferencedSOPInstanceUID for r in referenced] == [str(pydicom.dcmread(tmp_path / "mf" / "mf.dcm").SOPInstanceUID)]
 
 
 def test_predict_volume_is_the_gated_lesion_mask_and_checks_the_export(trained_tiny, tiny_cohort, tmp_path):

@@ -214,6 +214,26 @@ def test_convert_rejects_mismatched_masks(tiny_cohort, tmp_path):
         convert_study(task, tiny_config().preprocess_config())
 
 
+def test_convert_multi_frame_study_level_label_only(tmp_path):
+    """Enhanced CT (one object, many frames) converts with a study label; per-slice labels
+    keyed by SOPInstanceUID cannot address its frames and are refused with a clear error."""
+    import pydicom
+
+    from conftest import write_enhanced_ct, write_tiny_series
+    from radnet_tf.errors import UserError
+
+    write_tiny_series(tmp_path / "classic", num_slices=4)
+    write_enhanced_ct(tmp_path / "classic", tmp_path / "study" / "mf.dcm", frame_order=[1, 3, 0, 2])
+    pcfg = tiny_config().preprocess_config()
+    enhanced, _ = convert_study(StudyTask("mf", str(tmp_path / "study"), 0), pcfg)
+    classic, _ = convert_study(StudyTask("classic", str(tmp_path / "classic"), 0), pcfg)
+    a, b = records.decode_study(tf.constant(enhanced)), records.decode_study(tf.constant(classic))
+    np.testing.assert_array_equal(a["image"].numpy(), b["image"].numpy())
+    uid = str(pydicom.dcmread(tmp_path / "study" / "mf.dcm").SOPInstanceUID)
+    with pytest.raises(UserError, match="mf: per-slice labels and masks are keyed by SOPInstanceUID"):
+        convert_study(StudyTask("mf", str(tmp_path / "study"), 1, {uid: 1}), pcfg)
+
+
 def test_convert_shears_masks_of_tilted_series_like_their_pixels(tmp_path):
     """A gantry-tilted series is sheared onto an orthogonal grid when read; a mask given on
     its source pixels (the study-folder layout's masks/<study>.npz) must move with it. Each
