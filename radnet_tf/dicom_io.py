@@ -154,8 +154,9 @@ class CTSeries:
       series_choice: one dict per axial CT series considered (series_key, description,
         kernel, thickness_mm, slices, decision: "chosen" or the reason it was not).
       frame_numbers: per-slice 1-based frame number within its enhanced (multi-frame) CT
-        object, None for a classic single-slice file (then `sop_instance_uids[i]` alone
-        names the image); None for the whole field in series built elsewhere.
+        object, None for an object that holds one image (a classic slice or a single-frame
+        enhanced object: `sop_instance_uids[i]` alone names it); None for the whole field
+        in series built elsewhere.
       shear_px: float64 [S, 2], the in-plane (row, col) shift applied to each slice by the
         tilt correction, in pixels (zeros when not corrected): source pixel (r, c) of slice
         i is at (r + shear_px[i, 0], c + shear_px[i, 1]) of `hu[i]`.
@@ -329,9 +330,15 @@ class FrameView:
 def _slices_of(ds):
     """The slices one dataset holds: [ds] for a classic image, one `FrameView` per frame for
     an enhanced (multi-frame) CT object."""
-    if _frame_count(ds) > 1 and str(ds.get("SOPClassUID", "")) in ENHANCED_CT_STORAGE and "PixelData" in ds:
+    if str(ds.get("SOPClassUID", "")) in ENHANCED_CT_STORAGE and "PixelData" in ds:  # 1 frame or more
         return [FrameView(ds, i) for i in range(_frame_count(ds))]
     return [ds]
+
+
+def _frame_number(ds):
+    """The 1-based frame a slice is within a multi-frame object; None when the object holds
+    one image (a classic slice, or a single-frame enhanced object): its UID names it."""
+    return ds.frame_number if isinstance(ds, FrameView) and _frame_count(ds.dataset) > 1 else None
 
 
 def _where(path: Path, ds) -> str:
@@ -737,7 +744,7 @@ def read_series(
         study_key=pseudonymize(study_uid, salt),
         series_key=pseudonymize(chosen_uid, salt),
         sop_instance_uids=[str(ds.SOPInstanceUID) for _, ds in members],
-        frame_numbers=[ds.frame_number if isinstance(ds, FrameView) else None for _, ds in members],
+        frame_numbers=[_frame_number(ds) for _, ds in members],
         tilt_deg=tilt_deg,
         tilt_corrected=corrected,
         irregular_spacing=irregular,

@@ -156,6 +156,17 @@ def test_enhanced_ct_frames_read_like_the_classic_slices(tmp_path, per_frame_res
     assert enhanced.skipped == [("mf.dcm frame 6", "localizer/scout image")]
 
 
+def test_single_frame_enhanced_ct_objects_read_as_slices(tmp_path):
+    """One Enhanced CT object per slice (NumberOfFrames 1, geometry only in the functional
+    groups): read like the classic slices; each object's UID names its image."""
+    phantom = _tiny_series(tmp_path / "classic", num_slices=3)
+    for k in range(3):
+        write_enhanced_ct(tmp_path / "classic", tmp_path / "enhanced" / f"{k}.dcm", frame_order=[k])
+    series = read_series(tmp_path / "enhanced")
+    np.testing.assert_array_equal(series.hu, phantom.hu)
+    assert series.frame_numbers == [None] * 3 and len(set(series.sop_instance_uids)) == 3
+
+
 def test_legacy_converted_enhanced_ct_reads_like_its_sources(tmp_path):
     """highdicom's Legacy Converted Enhanced CT (another writer than ours) of the same slices."""
     hd = pytest.importorskip("highdicom")
