@@ -2,6 +2,7 @@
 same process (the machines are shared and noisy; absolute times drift).
 
     python benchmarks/cpu_bench.py [--only ingest,synth,convert,input,model,export] [--shared ../shared/data]
+    python benchmarks/cpu_bench.py --only multiframe   # CQ500-CT-0 as one enhanced CT object (highdicom)
     python benchmarks/cpu_bench.py --only train64     # one process per size: peak RSS is per process
     python benchmarks/cpu_bench.py --only train256
     python benchmarks/cpu_bench.py --tiny --only all    # seconds-long smoke run (tests)
@@ -67,6 +68,30 @@ def bench_ingest(folder, name="ingest_cq500_238"):
     emit(bench=name, slices=n, bare_pydicom_slices_per_s=round(n / bare, 1),
          reader_slices_per_s=round(n / read, 1), reader_plus_preprocess_slices_per_s=round(n / (read + pre), 1),
          ratio_reader_plus_preprocess_vs_bare_decode=round(bare / (read + pre), 3))
+
+
+def bench_multiframe(folder, name="multiframe_cq500_238"):
+    """The reader on a series as classic slices against the same slices converted (by
+    highdicom) into one Legacy Converted Enhanced CT object, read frame by frame."""
+    import warnings
+
+    import highdicom as hd
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from radnet_tf.dicom_io import read_series
+
+    sources = [pydicom.dcmread(f) for f in sorted(Path(folder).iterdir())]
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # highdicom's notes on the sources' de-identified names
+        hd.legacy.LegacyConvertedEnhancedCTImage(
+            sources, series_instance_uid=sources[0].SeriesInstanceUID, series_number=1,
+            sop_instance_uid=generate_uid(), instance_number=1).save_as(Path(tmp) / "mf.dcm")
+        classic_s, classic = timed(lambda: read_series(folder), 2)
+        frames_s, frames = timed(lambda: read_series(Path(tmp) / "mf.dcm"), 2)
+    emit(bench=name, slices=classic.num_slices, identical_hu=bool(np.array_equal(classic.hu, frames.hu)),
+         classic_s=round(classic_s, 3), multiframe_s=round(frames_s, 3),
+         ratio_multiframe_vs_classic=round(frames_s / classic_s, 3))
 
 
 def bench_synth(tiny=False):
@@ -261,6 +286,8 @@ def run_tiny(only):
         series = _tiny_series(tmp / "series")
         if "ingest" in only:
             bench_ingest(series, name="ingest_tiny")
+        if "multiframe" in only:
+            bench_multiframe(series, name="multiframe_tiny")
         if "synth" in only:
             bench_synth(tiny=True)
         if "convert" in only:
@@ -296,12 +323,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     if "all" in only:
-        only = {"ingest", "synth", "convert", "input", "model", "export", "train"}
+        only = {"ingest", "multiframe", "synth", "convert", "input", "model", "export", "train"}
     if args.tiny:
         return run_tiny(only)
     cq500 = Path(args.shared) / "cq500" / "CQ500-CT-0"
     if "ingest" in only:
         bench_ingest(cq500)
+    if "multiframe" in only:
+        bench_multiframe(cq500)
     if "synth" in only:
         bench_synth()
     if "convert" in only:

@@ -33,10 +33,12 @@ def _finite(row, keys):
 def test_cpu_bench_tiny_runs_every_benchmark():
     rows = {r["bench"]: r for r in _run("cpu_bench.py", "--tiny", "--only", "all")}
     assert set(rows) == {
-        "ingest_tiny", "synth_64x64x4", "convert_tiny_32px_8mm", "input_vs_training_default", "model_cpu_32",
+        "ingest_tiny", "multiframe_tiny", "synth_64x64x4", "convert_tiny_32px_8mm", "input_vs_training_default", "model_cpu_32",
         "train_step_cpu_32", "export_latency_4_slices_32px", "export_latency_8_slices_32px", "predict_tiny",
     }
     _finite(rows["ingest_tiny"], ["ratio_reader_plus_preprocess_vs_bare_decode"])
+    assert rows["multiframe_tiny"]["identical_hu"] is True
+    _finite(rows["multiframe_tiny"], ["ratio_multiframe_vs_classic"])
     _finite(rows["export_latency_8_slices_32px"], ["ratio_signature_vs_keras"])
     _finite(rows["predict_tiny"], ["total_s", "model_s"])
 
