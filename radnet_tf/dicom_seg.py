@@ -73,6 +73,19 @@ def frame_of_reference_for(sources) -> tuple:
     return generate_uid(entropy_srcs=["radnet-tf frame of reference", series_uid]), True
 
 
+def unsupported_sources(series):
+    """Why no SEG can reference this series' images (None when one can): a SEG references
+    single-frame images or one multi-frame image, not a mix or several multi-frame ones."""
+    numbers = list(getattr(series, "frame_numbers", None) or [])
+    if not any(n is not None for n in numbers):
+        return None
+    objects = set(series.sop_instance_uids)
+    if len(objects) != 1 or any(n is None for n in numbers):
+        return (f"the series spans {len(objects)} DICOM objects, some of them multi-frame: a segmentation can "
+                "reference single-frame images or one multi-frame image")
+    return None
+
+
 def source_frames(frames, series, source_files):
     """The SEG's frames in the order of its source images, and those images.
 
@@ -94,10 +107,9 @@ def source_frames(frames, series, source_files):
     numbers = list(getattr(series, "frame_numbers", None) or [None] * len(series.sop_instance_uids))
     if all(n is None for n in numbers):
         return frames, [pydicom.dcmread(source_files[uid]) for uid in series.sop_instance_uids]
-    objects = set(series.sop_instance_uids)
-    if len(objects) != 1 or any(n is None for n in numbers):
-        raise UserError(f"the series spans {len(objects)} DICOM objects, some of them multi-frame: a segmentation "
-                        "can reference single-frame images or one multi-frame image")
+    reason = unsupported_sources(series)
+    if reason:
+        raise UserError(reason)
     source = pydicom.dcmread(source_files[series.sop_instance_uids[0]])
     ordered = np.zeros((int(source.NumberOfFrames), *frames.shape[1:]), frames.dtype)
     ordered[np.asarray(numbers) - 1] = frames

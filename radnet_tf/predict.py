@@ -159,8 +159,14 @@ def write_seg(path, dicom_dir, series, out, meta):
     import pydicom
 
     from radnet_tf import preprocess
-    from radnet_tf.dicom_seg import write_segmentation
+    from radnet_tf.dicom_seg import unsupported_sources, write_segmentation
 
+    reason = unsupported_sources(series)
+    if reason:  # the prediction itself is still written
+        from radnet_tf.cli import say
+
+        say(f"warning: no segmentation written: {reason}", err=True)
+        return {"path": None, "segments": [], "note": f"no segmentation written: {reason}"}
     root = Path(dicom_dir)
     files = [root] if root.is_file() else [p for p in sorted(root.rglob("*")) if p.is_file()]
     wanted, source_files = set(series.sop_instance_uids), {}

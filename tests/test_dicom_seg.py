@@ -133,3 +133,22 @@ def test_segmentation_of_an_enhanced_ct_object_follows_its_frames(tmp_path):
     assert expected[0].any() and expected[2].any() and not expected[1].any()
     localizer = seg.get_pixels_by_source_frame(source_sop_instance_uid=uid, source_frame_numbers=[4], segment_numbers=[1])
     assert not localizer.any()
+
+
+def test_a_series_split_over_two_multi_frame_objects_gets_no_segmentation(tmp_path):
+    from radnet_tf.dicom_seg import unsupported_sources, write_segmentation
+    from radnet_tf.errors import UserError
+
+    write_tiny_series(tmp_path / "classic", num_slices=4)
+    write_enhanced_ct(tmp_path / "classic", tmp_path / "study" / "a.dcm", frame_order=[0, 1])
+    write_enhanced_ct(tmp_path / "classic", tmp_path / "study" / "b.dcm", frame_order=[2, 3])
+    series = read_series(tmp_path / "study")
+    assert series.num_slices == 4 and len(set(series.sop_instance_uids)) == 2
+    assert unsupported_sources(series) == ("the series spans 2 DICOM objects, some of them multi-frame: a "
+                                           "segmentation can reference single-frame images or one multi-frame image")
+    files = {str(pydicom.dcmread(f).SOPInstanceUID): f for f in (tmp_path / "study").iterdir()}
+    masks = np.ones((4, 32, 32, 1), bool)
+    with pytest.raises(UserError, match="spans 2 DICOM objects"):
+        write_segmentation(tmp_path / "seg.dcm", series, files, masks, ["Hemorrhage"], tiny_config().preprocess_config(), {})
+    assert not (tmp_path / "seg.dcm").exists()
+    assert unsupported_sources(read_series(tmp_path / "classic")) is None

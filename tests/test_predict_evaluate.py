@@ -255,6 +255,14 @@ def test_predict_on_an_enhanced_ct_object_equals_its_classic_slices(trained_tiny
     assert int(seg.NumberOfFrames) == n
     referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
     assert [r.ReferencedSOPInstanceUID for r in referenced] == [str(pydicom.dcmread(tmp_path / "mf" / "mf.dcm").SOPInstanceUID)]
+    # split over two multi-frame objects: no SEG can reference it; the prediction is still written
+    write_enhanced_ct(study, tmp_path / "two" / "a.dcm", frame_order=list(range(n))[: n // 2])
+    write_enhanced_ct(study, tmp_path / "two" / "b.dcm", frame_order=list(range(n))[n // 2:])
+    split = predict.main([str(tmp_path / "two"), "--model", str(everything), "--seg", str(tmp_path / "two.dcm"),
+                          "--out", str(tmp_path / "two_out")])
+    assert split["slice_probabilities"] == classic["slice_probabilities"]
+    assert split["segmentation"]["path"] is None and "spans 2 DICOM objects" in split["segmentation"]["note"]
+    assert not (tmp_path / "two.dcm").exists() and (tmp_path / "two_out" / "prediction.json").exists()
 
 
 def test_predict_volume_is_the_gated_lesion_mask_and_checks_the_export(trained_tiny, tiny_cohort, tmp_path):
