@@ -117,14 +117,12 @@ def write_enhanced_ct(classic_folder, path, frame_order=None, localizer_frame=Fa
     Returns:
       list of source file paths in frame order (None for the localizer frame).
     """
-    from pathlib import Path as _Path
-
     import numpy as np
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    files = sorted(_Path(classic_folder).iterdir())
+    files = sorted(Path(classic_folder).iterdir())
     order = list(range(len(files))) if frame_order is None else list(frame_order)
     slices = [pydicom.dcmread(files[i]) for i in order]
     first = slices[0]
@@ -160,14 +158,15 @@ def write_enhanced_ct(classic_folder, path, frame_order=None, localizer_frame=Fa
         is_localizer = localizer_frame and k == len(slices)
         frame_type.FrameType = ["ORIGINAL", "PRIMARY", "LOCALIZER" if is_localizer else "AXIAL", "NONE"]
         group.CTImageFrameTypeSequence = [frame_type]
-        stored = sl.pixel_array.astype(np.int32)
+        pixels_in = sl.pixel_array
+        stored = pixels_in.astype(np.int32)
         if per_frame_rescale:  # intercept moves by 10 * k, stored values the other way: same HU
             rescale = Dataset()
             rescale.RescaleIntercept, rescale.RescaleSlope, rescale.RescaleType = float(sl.RescaleIntercept) - 10 * k, 1, "HU"
             group.PixelValueTransformationSequence = [rescale]
             stored = stored + 10 * k
         groups.append(group)
-        pixels.append(stored.astype(sl.pixel_array.dtype))
+        pixels.append(stored.astype(pixels_in.dtype))
     if localizer_frame:  # a second localizer at the first slice's position would collide: move it
         groups[-1].PlanePositionSequence[0].ImagePositionPatient = [0.0, 0.0, -500.0]
     ds.PerFrameFunctionalGroupsSequence = groups
@@ -177,6 +176,6 @@ def write_enhanced_ct(classic_folder, path, frame_order=None, localizer_frame=Fa
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    _Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return [files[i] for i in order] + ([None] if localizer_frame else [])
