@@ -238,7 +238,7 @@ def _skip_reason(ds) -> str | None:
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     if "LOCALIZER" in image_type or "SCOUT" in image_type:
         return "localizer/scout image"
-    if _frame_count(ds) > 1 and not isinstance(ds, FrameView):
+    if _frame_count(ds) > 1:  # a FrameView counts 1: only non-enhanced multi-frame objects land here
         return "multi-frame object that is not an enhanced CT image"
     for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         if tag not in ds:
@@ -341,14 +341,14 @@ def _frame_number(ds):
     return ds.frame_number if isinstance(ds, FrameView) and _frame_count(ds.dataset) > 1 else None
 
 
-def _where(path: Path, ds) -> str:
+def _where(path, ds) -> str:
     """A slice's file path (and frame) for error messages."""
     return f"{path} frame {ds.frame_number}" if isinstance(ds, FrameView) else str(path)
 
 
 def _name(path: Path, ds) -> str:
-    """How a slice is named in messages: the file, and the frame of a multi-frame object."""
-    return f"{path.name} frame {ds.frame_number}" if isinstance(ds, FrameView) else path.name
+    """How a slice is named in `skipped`: the file name, and the frame of an enhanced object."""
+    return _where(path.name, ds)
 
 
 def _normal(orientation: np.ndarray) -> np.ndarray:
@@ -599,7 +599,7 @@ def read_series(
                 skipped.append((_name(path, item), reason))
                 continue
             sop = str(item.get("SOPInstanceUID", ""))
-            key = (sop, item.frame_number if isinstance(item, FrameView) else 0)
+            key = (sop, _frame_number(item))
             if sop and key in seen_sops:
                 skipped.append((_name(path, item), "duplicate SOPInstanceUID (same image stored twice)"))
                 continue

@@ -104,12 +104,12 @@ def source_frames(frames, series, source_files):
     """
     import pydicom
 
-    numbers = list(getattr(series, "frame_numbers", None) or [None] * len(series.sop_instance_uids))
-    if all(n is None for n in numbers):
-        return frames, [pydicom.dcmread(source_files[uid]) for uid in series.sop_instance_uids]
     reason = unsupported_sources(series)
     if reason:
         raise UserError(reason)
+    numbers = [n for n in (getattr(series, "frame_numbers", None) or []) if n is not None]
+    if not numbers:  # classic (single-image) objects
+        return frames, [pydicom.dcmread(source_files[uid]) for uid in series.sop_instance_uids]
     source = pydicom.dcmread(source_files[series.sop_instance_uids[0]])
     ordered = np.zeros((int(source.NumberOfFrames), *frames.shape[1:]), frames.dtype)
     ordered[np.asarray(numbers) - 1] = frames
