@@ -100,6 +100,10 @@ class Config:
     # calibrate for series of this many slices (the CT rule fires more often on longer
     # ones; decision.choose_threshold's `scale`); 0 = for studies like the training studies
     calibration_series_slices: int = 0
+    # share of the non-held-out studies kept out of training to calibrate the thresholds on
+    # (data.split_of); 0 = calibrate on the training studies themselves. A long run fits its
+    # training studies, and thresholds chosen on them then sit too low (BENCHMARKS.md)
+    calibration_fraction: float = 0.0
     # ---- served mask (predict's volume and DICOM SEG, the held-out mask metrics): a pixel is
     # hemorrhage when the fused aux-head mask >= mask_threshold on a slice whose probability
     # >= its slice threshold, then (mask_opening) opened in-plane with a 3 x 3 square to drop
@@ -187,7 +191,7 @@ class Config:
         for name in ("positive_fraction",):
             if not number(getattr(self, name)) or not 0 <= getattr(self, name) <= 1:
                 fail("must be in [0, 1]", name)
-        for name in ("dropout", "momentum"):
+        for name in ("dropout", "momentum", "calibration_fraction"):
             if not number(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
                 fail("must be in [0, 1)", name)
         return self

@@ -7,8 +7,10 @@ Element contract (both pipelines):
      aux heads, "mask_1".."mask_3" float32 [B, S, N, N, 1] (1/0, -1 = ignore: padded
      slices, studies without masks)
 
-The train/validation split is by study (never one study on both sides), deterministic
-from the study key and the seed: `is_validation(key)`.
+The split is by study (never one study on two sides), deterministic from the study key and
+the seed: `is_validation(key)` holds out `val_fraction` of the studies; of the rest,
+`cfg.calibration_fraction` calibrate the decision thresholds and are not trained on
+(`split_of`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,20 @@ def is_validation(study_key, val_fraction, seed):
     """bool tensor: whether a study (string tensor key) is in the validation split."""
     bucket = tf.strings.to_hash_bucket_fast(tf.strings.join([study_key, f":{seed}"]), 10000)
     return bucket < int(round(val_fraction * 10000))
+
+
+SPLITS = ("train", "calibration", "validation")
+
+
+def split_of(study_key, cfg):
+    """int32 tensor: the index in SPLITS of a study's split (string tensor key).
+
+    Validation: `is_validation(key, cfg.val_fraction, cfg.seed)`, as before calibration
+    studies existed (adding them moves no study out of validation). Of the other studies,
+    `cfg.calibration_fraction` (an independent hash of the key) are calibration studies.
+    """
+    calibration = is_validation(study_key, getattr(cfg, "calibration_fraction", 0.0), f"{cfg.seed}:calibration")
+    return tf.where(is_validation(study_key, cfg.val_fraction, cfg.seed), 2, tf.where(calibration, 1, 0))
 
 
 def read_studies(files, deterministic=True):
@@ -217,7 +233,7 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_ba
     def train_studies(label_test):
         return (
             read_studies(files)
-            .filter(lambda st: tf.logical_not(is_validation(st["study_key"], cfg.val_fraction, cfg.seed)))
+            .filter(lambda st: split_of(st["study_key"], cfg) == 0)
             .filter(lambda st: label_test(st["label"]))
             .cache()  # decoded HU windows are small at training geometry; reread otherwise
         )
@@ -282,7 +298,7 @@ def eval_dataset(
     """Whole studies, variable length, padded batches (PAD_VALUE slices, -1 targets).
 
     Args:
-      split: "validation", "train" or "all".
+      split: "validation", "train", "calibration" (SPLITS) or "all".
       with_keys: also yield the study key and label: (x, y, {"study_key", "label"}).
       fill_batches: fill the last batch up to `batch_size` with all-padding studies (every
         target -1, so losses' valid elements and masked metrics are unchanged) and turn off
@@ -292,8 +308,9 @@ def eval_dataset(
     """
     ds = read_studies(files)
     if split != "all":
-        want_val = split == "validation"
-        ds = ds.filter(lambda st: is_validation(st["study_key"], cfg.val_fraction, cfg.seed) == want_val)
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS} or 'all'. Received: {split!r}")
+        ds = ds.filter(lambda st: split_of(st["study_key"], cfg) == SPLITS.index(split))
 
     windows = cfg.preprocess_config().windows
 
@@ -342,26 +359,24 @@ def eval_dataset(
 
 
 def count_studies(files, cfg):
-    """(train studies, validation studies, train positives), reading each shard once.
+    """Studies per split, reading each shard once: {"train", "calibration", "validation":
+    int, "train_positive": positives among the training studies, "calibration_positive"}.
 
     Raises:
       UserError naming the shard when one is corrupt or truncated (TF's own DataLossError
       does not say which file), so a bad shard stops training before it starts instead of
       silently shortening an epoch.
     """
-    n_train = n_val = n_pos = 0
+    counts = dict.fromkeys((*SPLITS, "train_positive", "calibration_positive"), 0)
     for path in files:
-        ds = read_studies([path]).map(
-            lambda st: (is_validation(st["study_key"], cfg.val_fraction, cfg.seed), st["label"])
-        )
+        ds = read_studies([path]).map(lambda st: (split_of(st["study_key"], cfg), st["label"]))
         try:
-            for is_val, label in ds.as_numpy_iterator():
-                if is_val:
-                    n_val += 1
-                else:
-                    n_train += 1
-                    n_pos += int(label > 0)
+            for split, label in ds.as_numpy_iterator():
+                name = SPLITS[split]
+                counts[name] += 1
+                if name != "validation":
+                    counts[f"{name}_positive"] += int(label > 0)
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
             reason = str(err).split("[Op:")[0].split("}}")[-1].strip()
             raise UserError(f"{path}: corrupt or truncated TFRecord shard ({reason})") from None
-    return n_train, n_val, n_pos
+    return counts

@@ -175,7 +175,8 @@ def series_model_metrics(studies, cfg) -> dict:
 
 
 def calibrate_thresholds(model, files, cfg) -> dict:
-    """The decision thresholds, chosen on the training studies (whole studies, no
+    """The decision thresholds, chosen on the calibration studies (`cfg.calibration_fraction`
+    > 0: studies kept out of training) or else on the training studies (whole studies, no
     augmentation) in one prediction pass; the held-out studies are not used, so their
     metrics stay honest. Sets them on `cfg` and returns {name: value} of those set.
 
@@ -195,22 +196,24 @@ def calibrate_thresholds(model, files, cfg) -> dict:
     from radnet_tf.scoring import calibrate_mask_threshold, keras_slice_fn, predict_studies
 
     with_masks = cfg.calibrate_mask_threshold and any(name in model.output_names for name in MASK_OUTPUTS)
-    preds = predict_studies(keras_slice_fn(model, cfg, masks=with_masks), files, cfg, split="train",
+    split, studies = ("calibration", "calibration studies") if cfg.calibration_fraction else (
+        "train", "training studies")
+    preds = predict_studies(keras_slice_fn(model, cfg, masks=with_masks), files, cfg, split=split,
                             with_masks=with_masks, mask_thresholds=MASK_THRESHOLD_CANDIDATES)
     chosen = {}
     if cfg.calibrate_threshold:
         known = [(ct_score_np(p, cfg.ct_min_run), y) for p, y in zip(preds.probs, preds.labels) if y in (0, 1)]
         if len({y for _, y in known}) < 2:
-            raise UserError("calibrate_threshold needs positive and negative training studies")
+            raise UserError(f"calibrate_threshold needs positive and negative {studies}")
         scale, target = 1.0, ""
         if cfg.calibration_series_slices:
             study_slices = float(np.median([len(p) for p in preds.probs]))
             scale = series_scale(cfg.calibration_series_slices, study_slices, cfg.ct_min_run)
-            target = (f" for {cfg.calibration_series_slices}-slice series ({scale:.2f} x the training studies' "
+            target = (f" for {cfg.calibration_series_slices}-slice series ({scale:.2f} x the {studies}' "
                       f"{study_slices:g} slices)")
         cfg.slice_threshold = chosen["slice_threshold"] = choose_threshold(
             [s for s, _ in known], [y for _, y in known], scale=scale)
-        say(f"slice threshold from {len(known)} training studies{target}: {cfg.slice_threshold:.3f}")
+        say(f"slice threshold from {len(known)} {studies}{target}: {cfg.slice_threshold:.3f}")
         if preds.subtype_probs:  # one threshold per subtype, the same way
             from radnet_tf.scoring import calibrate_subtype_thresholds
 
@@ -227,10 +230,10 @@ def calibrate_thresholds(model, files, cfg) -> dict:
         cfg.mask_threshold = chosen["mask_threshold"] = calibrate_mask_threshold(preds, cfg.slice_threshold,
                                                                                  cfg.mask_threshold)
         if masked:
-            say(f"mask threshold from {masked} training studies with a reference mask (slices at or above "
+            say(f"mask threshold from {masked} {studies} with a reference mask (slices at or above "
                 f"{cfg.slice_threshold:.3f}): {cfg.mask_threshold:.2f}")
         else:
-            say(f"mask threshold: kept at {cfg.mask_threshold:.2f} (no training study has a reference mask)")
+            say(f"mask threshold: kept at {cfg.mask_threshold:.2f} (none of the {studies} has a reference mask)")
     return chosen
 
 
@@ -278,11 +281,16 @@ def train(cfg, progress=True):
     seconds = {"data": time.perf_counter() - start}  # wall time per phase
     files = data.list_shards(records_path)
     check_geometry(files, cfg)
-    n_train, n_val, n_pos = data.count_studies(files, cfg)
+    counts = data.count_studies(files, cfg)
+    n_train, n_val, n_pos = counts["train"], counts["validation"], counts["train_positive"]
     if n_train == 0 or n_pos == 0 or n_pos == n_train:
         raise UserError(
             f"training split needs positive and negative studies (train={n_train}, positives={n_pos})"
         )
+    n_cal, n_cal_pos = counts["calibration"], counts["calibration_positive"]
+    if cfg.calibration_fraction and cfg.calibrate_threshold and not 0 < n_cal_pos < n_cal:
+        raise UserError(f"the calibration split needs positive and negative studies (calibration={n_cal}, "
+                        f"positives={n_cal_pos}): raise calibration_fraction or set it to 0")
 
     global_batch = cfg.batch_size * strategy.num_replicas_in_sync
     steps = cfg.steps_per_epoch or max(1, math.ceil(n_train / global_batch))
@@ -303,6 +311,7 @@ def train(cfg, progress=True):
         "steps_per_epoch": steps,
         "train_studies": n_train,
         "val_studies": n_val,
+        "calibration_studies": n_cal,
         "data": records_path,
         "data_manifest_digest": json.loads(manifest.read_text()).get("digest") if manifest and manifest.exists() else None,
         "config_digest": cfg.digest(),
@@ -338,7 +347,7 @@ def train(cfg, progress=True):
         say("early_stopping_patience ignored: no validation during training (val_every: 0)")
     say(
         f"training {cfg.variant} ({model.count_params():,} params) on {n_train} studies "
-        f"({n_val} validation), {cfg.epochs} epochs x {steps} steps, global batch {global_batch}, "
+        f"({n_val} validation{f', {n_cal} calibration' if n_cal else ''}), {cfg.epochs} epochs x {steps} steps, global batch {global_batch}, "
         f"{type(strategy).__name__}"
     )
     t0 = time.perf_counter()
@@ -363,6 +372,8 @@ def train(cfg, progress=True):
     if cfg.calibrate_threshold or cfg.calibrate_mask_threshold:
         t0 = time.perf_counter()
         summary.update(calibrate_thresholds(model, files, cfg))
+        if n_cal:
+            summary["calibration_studies"] = n_cal
         _write_json(model_dir / "config.json", cfg.to_dict())
         seconds["calibration"] = time.perf_counter() - t0
     if n_val:
@@ -407,7 +418,9 @@ def print_summary(summary):
         say(f"SavedModel: {summary['export']}")
     if "slice_threshold" in summary:
         target = (f", for {summary['series_model']['series_slices']}-slice series" if "series_model" in summary else "")
-        say(f"threshold : {summary['slice_threshold']:.3f} (slice probability, from the training studies{target})")
+        source = (f"{summary['calibration_studies']} calibration studies kept out of training"
+                  if "calibration_studies" in summary else "the training studies")
+        say(f"threshold : {summary['slice_threshold']:.3f} (slice probability, from {source}{target})")
     if "subtype_ct_auc" in summary:
         say("held-out CT ROC AUC per subtype: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["subtype_ct_auc"].items())
             + f"; RSNA weighted log loss (slices) {summary['rsna_log_loss']:.4f}")

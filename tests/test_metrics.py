@@ -101,6 +101,21 @@ def test_calibrate_threshold_for_a_series_length(monkeypatch):
     assert calibrate_thresholds(None, [], Config()) == {}  # nothing asked for, nothing set
 
 
+def test_thresholds_are_calibrated_on_the_calibration_split_when_there_is_one(monkeypatch):
+    import radnet_tf.scoring as scoring
+    from radnet_tf.config import Config
+    from radnet_tf.train import calibrate_thresholds
+
+    probs = [np.full(16, s, np.float32) for s in NEG + POS]
+    preds = scoring.StudyPredictions([f"s{i}" for i in range(8)], [0] * 5 + [1] * 3, probs, [None] * 8)
+    splits = []
+    monkeypatch.setattr(scoring, "keras_slice_fn", lambda model, cfg, masks: None)
+    monkeypatch.setattr(scoring, "predict_studies", lambda fn, files, cfg, split, **kw: splits.append(split) or preds)
+    calibrate_thresholds(None, [], Config(calibrate_threshold=True))
+    calibrate_thresholds(None, [], Config(calibrate_threshold=True, calibration_fraction=0.2))
+    assert splits == ["train", "calibration"]
+
+
 
 def test_mask_calibration_without_reference_masks_keeps_the_threshold(monkeypatch, capsys):
     import types
@@ -116,7 +131,7 @@ def test_mask_calibration_without_reference_masks_keeps_the_threshold(monkeypatc
     model = types.SimpleNamespace(output_names=["slice_probability", "mask_1", "mask_2", "mask_3"])
     cfg = Config(calibrate_mask_threshold=True, mask_threshold=0.4)
     assert calibrate_thresholds(model, [], cfg) == {"mask_threshold": 0.4} and cfg.mask_threshold == 0.4
-    assert "mask threshold: kept at 0.40 (no training study has a reference mask)" in capsys.readouterr().out
+    assert "mask threshold: kept at 0.40 (none of the training studies has a reference mask)" in capsys.readouterr().out
     headless = types.SimpleNamespace(output_names=["slice_probability"])  # densenet: nothing to calibrate
     assert calibrate_thresholds(headless, [], Config(calibrate_mask_threshold=True)) == {}
     assert "not calibrated (the model has no auxiliary heads)" in capsys.readouterr().out

@@ -104,6 +104,34 @@ def test_train_and_validation_never_share_a_study(tiny_records):
     assert len(val | train) == 10
 
 
+def test_calibration_studies_come_out_of_the_training_studies_only():
+    keys = tf.constant([f"key{i}" for i in range(4000)])
+    before = data.split_of(keys, tiny_config(val_fraction=0.3)).numpy()
+    np.testing.assert_array_equal(before == 2, data.is_validation(keys, 0.3, seed=0).numpy())
+    assert set(before) == {0, 2}  # calibration_fraction 0: no calibration study
+    split = data.split_of(keys, tiny_config(val_fraction=0.3, calibration_fraction=0.25)).numpy()
+    np.testing.assert_array_equal(split == 2, before == 2)  # no held-out study moves
+    assert (split[before == 0] == 1).mean() == pytest.approx(0.25, abs=0.03)
+
+
+def test_training_windows_never_come_from_calibration_or_held_out_studies(tiny_records):
+    cfg = tiny_config(val_fraction=0.3, calibration_fraction=0.4, crop_slices=6, rotation_deg=0.0, flip=False)
+    files = data.list_shards(tiny_records)
+    parts = {split: {m["study_key"].numpy()[0]: x.numpy()[0]
+                     for x, _, m in data.eval_dataset(files, cfg, split=split, with_masks=False, with_keys=True)}
+             for split in data.SPLITS}
+    assert [len(parts[s]) for s in data.SPLITS] == [4, 3, 3]  # 10 studies, no study in two splits
+    assert data.count_studies(files, cfg) == {"train": 4, "calibration": 3, "validation": 3,
+                                              "train_positive": 3, "calibration_positive": 1}
+    seen = set()
+    for x, _ in data.train_dataset(files, cfg, batch_size=2, with_masks=False, seed=0).take(12):
+        for window in x.numpy():  # whole 6-slice studies, not rotated or flipped
+            match = [k for split in data.SPLITS for k, image in parts[split].items() if np.allclose(window, image)]
+            assert len(match) == 1
+            seen.add(match[0])
+    assert seen == set(parts["train"])
+
+
 def test_balancing_gives_requested_ratio(tiny_records):
     cfg = tiny_config(val_fraction=0.01, positive_fraction=0.75, rotation_deg=0.0)
     ds = data.train_dataset(data.list_shards(tiny_records), cfg, batch_size=1, with_masks=False, seed=1)

@@ -189,6 +189,24 @@ def test_the_trainers_export_carries_the_held_out_figures_without_a_model_dir(ti
     assert meta["held_out"]["mask_threshold"] == meta["mask_threshold"] == summary["mask_threshold"]
 
 
+def test_calibration_studies_set_the_thresholds_and_are_not_trained_on(tiny_records, tmp_path):
+    from conftest import TINY_MODEL
+
+    from radnet_tf.train import main
+
+    tiny = {**TINY_MODEL, "epochs": 1, "val_fraction": 0.3}
+    args = ["--config", str(REPO / "configs" / "default.yaml"), "--data", str(tiny_records), "--quiet",
+            f"work_dir={tmp_path / 'work'}", "export=false", "extra_windows=[]", *[f"{k}={v}" for k, v in tiny.items()]]
+    summary = main(args + ["calibration_fraction=0.4"])
+    info = json.loads((tmp_path / "work" / "model" / "run_info.json").read_text())
+    assert (info["train_studies"], info["calibration_studies"], info["val_studies"]) == (4, 3, 3)
+    assert summary["calibration_studies"] == 3 and 0 < summary["slice_threshold"] < 1
+    proc = _run(args + ["calibration_fraction=0.3"])  # no study falls in calibration at this seed
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("[radnet] error:")]
+    assert len(errors) == 1 and "calibration split needs positive and negative studies (calibration=0" in errors[0]
+
+
 def _tiny_args(records, model_dir, epochs):
     keys = tiny_config(val_fraction=0.4, epochs=epochs, steps_per_epoch=3)
     fields = ["input_size", "out_spacing", "depth", "growth_rate", "initial_filters", "lstm_units", "head_filters",
