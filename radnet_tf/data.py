@@ -53,7 +53,7 @@ def split_of(study_key, cfg):
     studies existed (adding them moves no study out of validation). Of the other studies,
     `cfg.calibration_fraction` (an independent hash of the key) are calibration studies.
     """
-    calibration = is_validation(study_key, getattr(cfg, "calibration_fraction", 0.0), f"{cfg.seed}:calibration")
+    calibration = is_validation(study_key, cfg.calibration_fraction, f"{cfg.seed}:calibration")
     return tf.where(is_validation(study_key, cfg.val_fraction, cfg.seed), 2, tf.where(calibration, 1, 0))
 
 

@@ -1,7 +1,7 @@
 """`python -m radnet_tf.evaluate`: the paper's CT-level evaluation, tables and figures.
 
     python -m radnet_tf.evaluate --model runs/default/model [--model OTHER ...] \
-        --data RECORDS [--split validation|train|all] [--val-data RECORDS] \
+        --data RECORDS [--split validation|train|calibration|all] [--val-data RECORDS] \
         [--threshold T] [--min-run K] [--mask-threshold M] [--target-sensitivity 0.95] \
         [--readers reads.csv --manifest manifest.csv] --out DIR
 
@@ -357,7 +357,7 @@ def main(argv=None):
     add_verbose(parser)
     parser.add_argument("--model", action="append", required=True, help="model dir or SavedModel (repeat)")
     parser.add_argument("--data", required=True, help="TFRecord folder or glob")
-    parser.add_argument("--split", default="validation", choices=["validation", "train", "all"])
+    parser.add_argument("--split", default="validation", choices=["validation", "train", "calibration", "all"])
     parser.add_argument("--val-data", help="records to choose the operating point on (validation split)")
     parser.add_argument("--threshold", type=float, help="slice threshold of the CT rule (default: the model's)")
     parser.add_argument("--min-run", type=int, help="K consecutive slices of the CT rule (default: the model's)")

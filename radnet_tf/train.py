@@ -288,6 +288,9 @@ def train(cfg, progress=True):
             f"training split needs positive and negative studies (train={n_train}, positives={n_pos})"
         )
     n_cal, n_cal_pos = counts["calibration"], counts["calibration_positive"]
+    if n_cal and not (cfg.calibrate_threshold or cfg.calibrate_mask_threshold):
+        say(f"calibration_fraction: {n_cal} studies kept out of training, but no threshold is calibrated "
+            "(calibrate_threshold and calibrate_mask_threshold are off)")
     if cfg.calibration_fraction and cfg.calibrate_threshold and not 0 < n_cal_pos < n_cal:
         raise UserError(f"the calibration split needs positive and negative studies (calibration={n_cal}, "
                         f"positives={n_cal_pos}): raise calibration_fraction or set it to 0")

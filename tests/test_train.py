@@ -189,7 +189,7 @@ def test_the_trainers_export_carries_the_held_out_figures_without_a_model_dir(ti
     assert meta["held_out"]["mask_threshold"] == meta["mask_threshold"] == summary["mask_threshold"]
 
 
-def test_calibration_studies_set_the_thresholds_and_are_not_trained_on(tiny_records, tmp_path):
+def test_calibration_studies_set_the_thresholds_and_are_not_trained_on(tiny_records, tmp_path, capsys):
     from conftest import TINY_MODEL
 
     from radnet_tf.train import main
@@ -201,6 +201,9 @@ def test_calibration_studies_set_the_thresholds_and_are_not_trained_on(tiny_reco
     info = json.loads((tmp_path / "work" / "model" / "run_info.json").read_text())
     assert (info["train_studies"], info["calibration_studies"], info["val_studies"]) == (4, 3, 3)
     assert summary["calibration_studies"] == 3 and 0 < summary["slice_threshold"] < 1
+    assert "[radnet] slice threshold from 3 calibration studies for 100-slice series" in capsys.readouterr().out
+    main(args + ["calibration_fraction=0.4", "calibrate_threshold=false", "calibrate_mask_threshold=false"])
+    assert "calibration_fraction: 3 studies kept out of training, but no threshold is calibrated" in capsys.readouterr().out
     proc = _run(args + ["calibration_fraction=0.3"])  # no study falls in calibration at this seed
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("[radnet] error:")]
