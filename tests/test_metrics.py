@@ -116,7 +116,6 @@ def test_thresholds_are_calibrated_on_the_calibration_split_when_there_is_one(mo
     assert splits == ["train", "calibration"]
 
 
-
 def test_mask_calibration_without_reference_masks_keeps_the_threshold(monkeypatch, capsys):
     import types
 
