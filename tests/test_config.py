@@ -39,7 +39,7 @@ BAD = {
     "epochs": 0, "batch_size": 0, "crop_slices": 0, "steps_per_epoch": -1, "learning_rate": 0.0,
     "momentum": 1.0, "lr_drop_epochs": [1.5], "positive_fraction": -0.1, "rotation_deg": -1.0,
     "intensity_jitter": -0.5, "hu_shift": -1.0, "seed": -1, "early_stopping_patience": -1, "val_every": -1, "ct_min_run": 0,
-    "slice_threshold": 1.0, "mask_threshold": 0.0, "calibration_series_slices": -1, "targets": "types", "subtype_loss_weight": -1.0, "subtype_thresholds": [0.5, 0.5], "subtype_label_weights": [1, -1, 1, 1, 1],
+    "slice_threshold": 1.0, "mask_threshold": 0.0, "calibration_series_slices": -1, "calibration_fraction": 1.0, "targets": "types", "subtype_loss_weight": -1.0, "subtype_thresholds": [0.5, 0.5], "subtype_label_weights": [1, -1, 1, 1, 1],
 }
 
 
