@@ -291,9 +291,12 @@ def train(cfg, progress=True):
     if n_cal and not (cfg.calibrate_threshold or cfg.calibrate_mask_threshold):
         say(f"calibration_fraction: {n_cal} studies kept out of training, but no threshold is calibrated "
             "(calibrate_threshold and calibrate_mask_threshold are off)")
+    # checked before training, not after it: calibration reads only this split
     if cfg.calibration_fraction and cfg.calibrate_threshold and not 0 < n_cal_pos < n_cal:
         raise UserError(f"the calibration split needs positive and negative studies (calibration={n_cal}, "
                         f"positives={n_cal_pos}): raise calibration_fraction or set it to 0")
+    if cfg.calibration_fraction and cfg.calibrate_mask_threshold and not n_cal:
+        raise UserError("the calibration split holds no study: raise calibration_fraction or set it to 0")
 
     global_batch = cfg.batch_size * strategy.num_replicas_in_sync
     steps = cfg.steps_per_epoch or max(1, math.ceil(n_train / global_batch))
@@ -350,7 +353,8 @@ def train(cfg, progress=True):
         say("early_stopping_patience ignored: no validation during training (val_every: 0)")
     say(
         f"training {cfg.variant} ({model.count_params():,} params) on {n_train} studies "
-        f"({n_val} validation{f', {n_cal} calibration' if n_cal else ''}), {cfg.epochs} epochs x {steps} steps, global batch {global_batch}, "
+        f"({n_val} validation{f', {n_cal} calibration' if n_cal else ''}), {cfg.epochs} epochs x {steps} steps, "
+        f"global batch {global_batch}, "
         f"{type(strategy).__name__}"
     )
     t0 = time.perf_counter()

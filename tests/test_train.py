@@ -208,6 +208,9 @@ def test_calibration_studies_set_the_thresholds_and_are_not_trained_on(tiny_reco
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("[radnet] error:")]
     assert len(errors) == 1 and "calibration split needs positive and negative studies (calibration=0" in errors[0]
+    proc = _run(args + ["calibration_fraction=0.3", "calibrate_threshold=false"])  # the mask threshold alone
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("[radnet] error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "the calibration split holds no study" in errors[0]
 
 
 def _tiny_args(records, model_dir, epochs):
