@@ -18,8 +18,11 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["radnet_tf", "radnet_tf.*", "pipelines", "serving"]),
-    package_data={"": ["*.yaml"], "radnet_tf": ["data/*"]},
+    license="Apache-2.0",
+    # One importable top-level package; `pipelines/` and `serving/` in the checkout are thin
+    # entry scripts and the TF Serving kit, not installed packages.
+    packages=find_packages(include=["radnet_tf", "radnet_tf.*"]),
+    package_data={"radnet_tf": ["configs/*.yaml", "phantom/assets/*"]},
     install_requires=[
         "tensorflow==2.21.*",
         "keras==3.15.*",
@@ -50,12 +53,12 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "radnet-train=radnet_tf.train:main",
-            "radnet-predict=radnet_tf.predict:main",
-            "radnet-export=radnet_tf.export:main",
-            "radnet-evaluate=radnet_tf.evaluate:main",
-            "radnet-synth=radnet_tf.synth:main",
-            "radnet-inspect=radnet_tf.inspect_series:main",
+            "radnet-train=radnet_tf.training.train:main",
+            "radnet-predict=radnet_tf.serving.predict:main",
+            "radnet-export=radnet_tf.serving.export:main",
+            "radnet-evaluate=radnet_tf.evaluation.evaluate:main",
+            "radnet-synth=radnet_tf.phantom.cli:main",
+            "radnet-inspect=radnet_tf.io.inspect:main",
         ]
     },
 )

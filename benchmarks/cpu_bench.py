@@ -45,7 +45,7 @@ TINY = dict(input_size=32, out_spacing=8.0, depth=7, growth_rate=2, initial_filt
 
 
 def _tiny_series(folder, slices=4):
-    from radnet_tf import synth
+    from radnet_tf.phantom import generate as synth
 
     cfg = synth.SynthConfig(matrix=64, num_slices=slices, pixel_spacing_range=(3.4, 3.4))
     synth.write_dicom_series(synth.make_phantom(np.random.default_rng(0), cfg), folder, np.random.default_rng(0))
@@ -57,7 +57,7 @@ def bench_ingest(folder, name="ingest_cq500_238"):
 
     from radnet_tf import preprocess
     from radnet_tf.config import Config
-    from radnet_tf.dicom_io import read_series
+    from radnet_tf.io.dicom import read_series
 
     files = sorted(Path(folder).iterdir())
     pcfg = Config().preprocess_config()
@@ -79,7 +79,7 @@ def bench_multiframe(folder, name="multiframe_cq500_238"):
     import pydicom
     from pydicom.uid import generate_uid
 
-    from radnet_tf.dicom_io import read_series
+    from radnet_tf.io.dicom import read_series
 
     sources = [pydicom.dcmread(f) for f in sorted(Path(folder).iterdir())]
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -95,7 +95,7 @@ def bench_multiframe(folder, name="multiframe_cq500_238"):
 
 
 def bench_synth(tiny=False):
-    from radnet_tf import synth
+    from radnet_tf.phantom import generate as synth
 
     # The built-in default's cohort: 512 x 512 x 16 (configs/default.yaml synth_*).
     n, cfg = (2, synth.SynthConfig(matrix=64, num_slices=4)) if tiny else (40, synth.SynthConfig(num_slices=16))
@@ -111,10 +111,11 @@ def bench_synth(tiny=False):
 
 
 def bench_convert(tiny=False):
-    from radnet_tf import preprocess, synth
+    from radnet_tf import preprocess
+    from radnet_tf.phantom import generate as synth
     from radnet_tf.config import Config
-    from radnet_tf.convert import folder_tasks, run_local
-    from radnet_tf.dicom_io import read_series
+    from radnet_tf.records.convert import folder_tasks, run_local
+    from radnet_tf.io.dicom import read_series
 
     studies, scfg = (2, synth.SynthConfig(matrix=64, num_slices=4)) if tiny else (8, synth.SynthConfig(num_slices=16))
     grids = [("tiny_32px_8mm", Config(input_size=32, out_spacing=8.0))] if tiny else [
@@ -147,10 +148,10 @@ def bench_convert(tiny=False):
 def bench_input_and_model(records, overrides=()):
     import keras
 
-    from radnet_tf import data
+    from radnet_tf.records import dataset as data
     from radnet_tf.config import load_config
-    from radnet_tf.losses import compile_losses
-    from radnet_tf.model import build_model
+    from radnet_tf.modeling.losses import compile_losses
+    from radnet_tf.modeling.model import build_model
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml", list(overrides))
     files = data.list_shards(records)
@@ -185,7 +186,7 @@ def bench_model_cpu(tiny=False):
     import tensorflow as tf
 
     from radnet_tf.config import Config
-    from radnet_tf.model import build_model
+    from radnet_tf.modeling.model import build_model
 
     cfg = Config(**TINY) if tiny else Config()
     n = cfg.input_size
@@ -220,8 +221,8 @@ def bench_train_step(size, tiny=False):
 
     from radnet_tf.config import Config
     from radnet_tf.contract import MASK_OUTPUTS, OUTPUT_SLICE
-    from radnet_tf.losses import compile_losses
-    from radnet_tf.model import build_model
+    from radnet_tf.modeling.losses import compile_losses
+    from radnet_tf.modeling.model import build_model
 
     cfg = Config(**TINY) if tiny else Config(input_size=size, out_spacing=256.0 / size)
     size = cfg.input_size
@@ -247,12 +248,13 @@ def bench_export(folder, saved_model, model=None, cfg=None, name="predict_cq500_
 
     import tensorflow as tf
 
-    from radnet_tf import predict
+    from radnet_tf.serving import predict
+    from radnet_tf.serving import loader
     from radnet_tf.contract import OUTPUT_SLICE, SLICE_PROBABILITIES
-    from radnet_tf.dicom_io import read_series
-    from radnet_tf.export import load_trained
+    from radnet_tf.io.dicom import read_series
+    from radnet_tf.serving.loader import load_trained
 
-    sm, meta, path = predict.load_saved_model(saved_model)
+    sm, meta, path = loader.load_saved_model(saved_model)
     if model is None:
         model, cfg = load_trained(Path(meta["config"]["model_dir"] or Path(meta["config"]["work_dir"]) / "model"))
     fn = sm.signatures["serving_default"]
@@ -278,8 +280,8 @@ def bench_export(folder, saved_model, model=None, cfg=None, name="predict_cq500_
 def run_tiny(only):
     """Every benchmark at toy sizes on data made here (smoke run; figures mean nothing)."""
     from radnet_tf.config import Config
-    from radnet_tf.convert import folder_tasks, run_local
-    from radnet_tf import synth
+    from radnet_tf.records.convert import folder_tasks, run_local
+    from radnet_tf.phantom import generate as synth
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -304,8 +306,8 @@ def run_tiny(only):
         if "train" in only:
             bench_train_step(32, tiny=True)
         if "export" in only:
-            from radnet_tf.export import export_model
-            from radnet_tf.model import build_model
+            from radnet_tf.serving.export import export_model
+            from radnet_tf.modeling.model import build_model
 
             cfg = Config(**TINY, extra_windows=[[80, 200]])
             model = build_model(cfg)

@@ -3,7 +3,7 @@
     python benchmarks/cpu_datasets.py [--files 20000] [--shared ../shared/data]
     python benchmarks/cpu_datasets.py --tiny          # seconds-long smoke run (tests)
 
-1. Header index (radnet_tf.rsna.index_headers) on a synthetic RSNA-layout folder of at
+1. Header index (radnet_tf.datasets.rsna.index_headers) on a synthetic RSNA-layout folder of at
    least --files files (64 x 64 slices: header parsing does not depend on the matrix, but
    real 512 x 512 files are 0.5 MB, so a cold disk reads more): files/s with 1 and 2 worker
    processes, against a bare `pydicom.dcmread(stop_before_pixels=True)` loop over the same
@@ -47,8 +47,9 @@ def bench_index(files_wanted, tmp):
 
     import pydicom
 
-    from radnet_tf import rsna, synth
-    from radnet_tf.synth_layouts import write_rsna
+    from radnet_tf.datasets import rsna
+    from radnet_tf.phantom import generate as synth
+    from radnet_tf.phantom.layouts import write_rsna
 
     slices = 32
     cfg = synth.SynthConfig(matrix=64, num_slices=slices, pixel_spacing_range=(3.3, 3.5))
@@ -80,7 +81,8 @@ def bench_index(files_wanted, tmp):
 def bench_conversion(folder, name, repeat=2):
     import pydicom
 
-    from radnet_tf import dicom_io, preprocess
+    from radnet_tf import preprocess
+    from radnet_tf.io import dicom as dicom_io
     from radnet_tf.config import Config
 
     folder = Path(folder)
@@ -116,7 +118,7 @@ def main(argv=None):
         if args.tiny:
             import numpy as np
 
-            from radnet_tf import synth
+            from radnet_tf.phantom import generate as synth
 
             cfg = synth.SynthConfig(matrix=64, num_slices=4, pixel_spacing_range=(3.4, 3.4))
             synth.write_dicom_series(synth.make_phantom(np.random.default_rng(0), cfg), tmp / "s", np.random.default_rng(0))

@@ -37,10 +37,10 @@ def main(argv=None):
     import keras
     import tensorflow as tf
 
-    from radnet_tf import data
-    from radnet_tf import train as trainer
+    from radnet_tf.records import dataset as data
+    from radnet_tf.training import train as trainer
     from radnet_tf.config import load_config
-    from radnet_tf.synth_cache import prepare_synthetic
+    from radnet_tf.phantom.cache import prepare_synthetic
 
     cfg = load_config(args.config, args.overrides)
     keras.utils.set_random_seed(cfg.seed)

@@ -40,12 +40,12 @@ def main(argv=None):
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from radnet_tf import data
-    from radnet_tf import train as trainer
+    from radnet_tf.records import dataset as data
+    from radnet_tf.training import train as trainer
     from radnet_tf.config import load_config
-    from radnet_tf.synth_cache import prepare_synthetic
+    from radnet_tf.phantom.cache import prepare_synthetic
     from radnet_tf.decision import ct_score_np
-    from radnet_tf.scoring import keras_slice_fn, predict_studies
+    from radnet_tf.evaluation.scoring import keras_slice_fn, predict_studies
 
     cfg = load_config(args.config, args.overrides)
     cfg.epochs, cfg.steps_per_epoch = 1, args.steps

@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 
 from radnet_tf.config import Config  # noqa: E402
 from radnet_tf.contract import MASK_OUTPUTS, OUTPUT_SLICE  # noqa: E402
-from radnet_tf.losses import compile_losses  # noqa: E402
-from radnet_tf.model import build_model  # noqa: E402
+from radnet_tf.modeling.losses import compile_losses  # noqa: E402
+from radnet_tf.modeling.model import build_model  # noqa: E402
 
 
 def _peak_bytes():

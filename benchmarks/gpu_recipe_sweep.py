@@ -15,7 +15,7 @@ Differences from `python -m radnet_tf.train` (so compare cases with each other, 
 the CPU run's absolute numbers): the input is a NumPy sampler with the same balanced
 batches, windows containing a positive slice, horizontal flip and rotation
 (scipy.ndimage, bilinear / nearest), the same 70:30 split (exported from TF), the same
-model, losses, optimizer and schedule (`radnet_tf.train.build_and_compile`); the model
+model, losses, optimizer and schedule (`radnet_tf.training.train.build_and_compile`); the model
 evaluated is the last one, not the best by validation AUC.
 
 Each case reports held-out slice AUC, CT-level accuracy at slice threshold 0.5 and at the
@@ -129,7 +129,8 @@ def export(records, out, config="configs/default.yaml"):
     trainer's split), windows [C, 2] (centre, width)."""
     import tensorflow as tf
 
-    from radnet_tf import data, preprocess
+    from radnet_tf import preprocess
+    from radnet_tf.records import dataset as data
     from radnet_tf.config import load_config
 
     cfg = load_config(config)
@@ -239,7 +240,7 @@ def run_case(case, arrays, base_config, log, extra=()):
 
     from radnet_tf.config import load_config
     from radnet_tf.decision import choose_threshold, ct_decision_np, ct_score_np
-    from radnet_tf.train import build_and_compile
+    from radnet_tf.training.train import build_and_compile
 
     keras.backend.clear_session()
     cfg = load_config(base_config, case["overrides"] + ["export=false", "xla=true"] + list(extra))

@@ -46,8 +46,8 @@ def run_one(model_dir, files):
 
     from radnet_tf.contract import MASK_THRESHOLD
     from radnet_tf.decision import MASK_THRESHOLD_CANDIDATES
-    from radnet_tf.export import load_trained
-    from radnet_tf.scoring import calibrate_mask_threshold, keras_slice_fn, mask_scores, predict_studies
+    from radnet_tf.serving.loader import load_trained
+    from radnet_tf.evaluation.scoring import calibrate_mask_threshold, keras_slice_fn, mask_scores, predict_studies
 
     model, cfg = load_trained(model_dir)
     fn = keras_slice_fn(model, cfg, masks=True)
@@ -73,7 +73,7 @@ def main(argv=None):
     parser.add_argument("--records", default="runs/default/records-168px-1.5mm")
     args = parser.parse_args(argv)
 
-    from radnet_tf import data
+    from radnet_tf.records import dataset as data
 
     files = data.list_shards(args.records)
     lines = []

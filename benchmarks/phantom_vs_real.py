@@ -136,9 +136,10 @@ def main(argv=None):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from radnet_tf import atomic, synth
+    from radnet_tf import atomic
+    from radnet_tf.phantom import generate as synth
     from radnet_tf.config import load_config
-    from radnet_tf.dicom_io import read_series
+    from radnet_tf.io.dicom import read_series
     from radnet_tf.preprocess import brain_window_np, head_center_np, resample_to_fov_np
 
     pcfg = load_config().preprocess_config()

@@ -53,9 +53,10 @@ def main(argv=None):
 
     from radnet_tf import preprocess
     from radnet_tf.contract import LESION_MASK, MASKS
-    from radnet_tf.dicom_io import read_series
-    from radnet_tf.dicom_seg import to_source_grid
-    from radnet_tf.predict import load_saved_model, predict_series
+    from radnet_tf.io.dicom import read_series
+    from radnet_tf.io.seg import to_source_grid
+    from radnet_tf.serving.predict import predict_series
+    from radnet_tf.serving.loader import load_saved_model
 
     shared = Path(args.shared)
     saved, meta, path = load_saved_model(args.model)

@@ -36,11 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def held_out_metrics(model_dir: Path) -> dict:
-    """The trainer's held-out figures for one seed (`radnet_tf.export.held_out_from`, the
+    """The trainer's held-out figures for one seed (`radnet_tf.serving.export.held_out_from`, the
     same the export's metadata carries; undefined metrics are null, not NaN), plus the
     "as N-slice series" figures when the recipe calibrates for a series length."""
     sys.path.insert(0, str(ROOT))
-    from radnet_tf.export import held_out_from
+    from radnet_tf.serving.export import held_out_from
 
     held = held_out_from(model_dir)
     out = {"ct_accuracy": held["ct_accuracy"], "ct_recall": held["ct_recall"],
@@ -53,7 +53,7 @@ def held_out_metrics(model_dir: Path) -> dict:
         import pandas as pd
 
         from radnet_tf.config import config_from_dict
-        from radnet_tf.train import series_model_metrics
+        from radnet_tf.training.train import series_model_metrics
 
         m = series_model_metrics(pd.read_csv(model_dir / "val_studies.csv"), config_from_dict(info))
         out["series_model"] = {k: (None if k != "series_slices" and math.isnan(v) else v) for k, v in m.items()}
@@ -123,7 +123,7 @@ def main(argv=None):
     for seed in [int(s) for s in args.seeds.split(",")]:
         model_dir = work_dir / f"model_{args.tag}_seed{seed}"
         export_dir = (Path(args.export_root) / f"{args.tag}_seed{seed}").resolve()
-        cmd = [sys.executable, "-m", "radnet_tf.train", "--quiet", "--config", args.config,
+        cmd = [sys.executable, "-m", "radnet_tf.training.train", "--quiet", "--config", args.config,
                "--model-dir", str(model_dir), *args.overrides, f"seed={seed}", f"export_dir={export_dir}"]
         print(f"[seed_runs] seed {seed}: {' '.join(cmd[1:])}", flush=True)
         start = time.perf_counter()

@@ -37,11 +37,12 @@ def main(argv=None):
 
     import numpy as np
 
-    from radnet_tf import data
+    from radnet_tf.records import dataset as data
     from radnet_tf.decision import choose_threshold, ct_decision_np, ct_score_np, series_scale
-    from radnet_tf.dicom_io import read_series
-    from radnet_tf.evaluate import Predictor
-    from radnet_tf.predict import load_saved_model, predict_series
+    from radnet_tf.io.dicom import read_series
+    from radnet_tf.evaluation.evaluate import Predictor
+    from radnet_tf.serving.predict import predict_series
+    from radnet_tf.serving.loader import load_saved_model
 
     shared = Path(args.shared)
     series = {name: read_series(shared / name) for name in NORMAL if (shared / name).exists()}

@@ -16,8 +16,8 @@ __version__ = "0.1.0"
 
 
 def build_model(config):
-    """Builds a RADnet-family Keras model. See `radnet_tf.model.build_model`."""
-    from radnet_tf.model import build_model as _build
+    """Builds a RADnet-family Keras model. See `radnet_tf.modeling.model.build_model`."""
+    from radnet_tf.modeling.model import build_model as _build
 
     return _build(config)
 
@@ -27,7 +27,7 @@ def load_model(path, compile=True):
     metrics first). Returns a keras.Model."""
     import keras
 
-    import radnet_tf.losses  # noqa: F401
-    import radnet_tf.model  # noqa: F401
+    import radnet_tf.modeling.losses  # noqa: F401
+    import radnet_tf.modeling.model  # noqa: F401
 
     return keras.saving.load_model(path, compile=compile)

@@ -5,10 +5,11 @@ Which defaults are which:
     window 40/80 HU, 1 mm grid, 250 mm FOV, 256 px, SGD for 60 epochs, K = 3 at slice
     threshold 0.5. Every default of the package lives here (window, geometry, CT rule,
     model, recipe); functions that need one take it as an argument.
-  * `configs/default.yaml` is the built-in demo that `make run` (and
-    `python -m radnet_tf.train` with no `--config`) trains: a CPU-sized variant on the
-    synthetic phantom. It overrides a subset of `Config()`; `configs/radnet.yaml` repeats
-    the paper's values explicitly.
+  * The built-in configs ship inside the package (`radnet_tf/configs/*.yaml`, read with
+    `importlib.resources`; `configs/` in a checkout links to them) and load by name:
+    `default` is the demo that `make run` (and `python -m radnet_tf.train` with no
+    `--config`) trains, a CPU-sized variant on the synthetic phantom; `radnet` repeats the
+    paper's values explicitly; `densenet` and `densenet_a` are the paper's baselines.
 Resolution order: `Config()` <- YAML file <- `key=value` overrides; every field is then
 validated (`Config.validate`) before any work starts. The trainer writes the fully resolved
 config next to every model it produces.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.resources
 import json
 import math
 from pathlib import Path
@@ -29,6 +31,7 @@ from radnet_tf.contract import MASK_THRESHOLD, OUTPUT_SLICE
 from radnet_tf.errors import UserError
 
 VARIANTS = ("densenet", "densenet_a", "radnet")
+BUILTIN_CONFIGS = ("default", "radnet", "densenet", "densenet_a")
 RENAMED_KEYS = {"window": "crop_slices"}  # old key -> new key (accepted with a warning)
 
 
@@ -265,11 +268,8 @@ def load_config(path=None, overrides=()) -> Config:
     cfg = Config()
     values = {}
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(read_config_text(path)) or {}
         except yaml.YAMLError as err:
             raise UserError(f"{path}: invalid YAML ({err})".replace("\n", " ")) from None
         if not isinstance(loaded, dict):
@@ -289,6 +289,24 @@ def load_config(path=None, overrides=()) -> Config:
             raise UserError(f"config must be flat; {key!r} is a mapping")
         setattr(cfg, key, _coerce(key, value, getattr(cfg, key)))
     return cfg.validate()
+
+
+def read_config_text(path) -> str:
+    """The YAML text of a config file, or of a built-in config named in BUILTIN_CONFIGS.
+
+    A file of that path wins over a built-in name. Raises UserError when neither exists.
+    """
+    p = Path(path)
+    if p.is_file():
+        return p.read_text()
+    if str(path) in BUILTIN_CONFIGS:
+        return importlib.resources.files("radnet_tf").joinpath("configs", f"{path}.yaml").read_text()
+    raise UserError(f"config file not found: {path} (built-in configs: {', '.join(BUILTIN_CONFIGS)})")
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as flat YAML, in the dataclass's field order."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
 
 
 def config_from_dict(values: dict) -> Config:

@@ -40,7 +40,7 @@ def write_tiny_series(folder, num_slices=4, seed=0):
     returns the phantom."""
     import numpy as np
 
-    from radnet_tf import synth
+    from radnet_tf.phantom import generate as synth
 
     phantom = synth.make_phantom(
         np.random.default_rng(seed),
@@ -57,7 +57,7 @@ def one_slice_png_records(folder, studies):
     import numpy as np
     from PIL import Image
 
-    from radnet_tf.convert import image_tasks, run_local
+    from radnet_tf.records.convert import image_tasks, run_local
 
     rows = ["image,label"]
     for i in range(studies):
@@ -72,7 +72,7 @@ def one_slice_png_records(folder, studies):
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory):
     """10 synthetic studies of 6 slices, 64x64 at ~3.4 mm (whole head in view)."""
-    from radnet_tf import synth
+    from radnet_tf.phantom import generate as synth
 
     out = tmp_path_factory.mktemp("cohort")
     cfg = synth.SynthConfig(matrix=64, num_slices=6, pixel_spacing_range=(3.3, 3.5), slice_thickness_range=(4.0, 5.0))
@@ -83,7 +83,7 @@ def tiny_cohort(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_records(tiny_cohort, tmp_path_factory):
     """The tiny cohort as records on the tiny model grid (32 px, 8 mm)."""
-    from radnet_tf.convert import folder_tasks, run_local
+    from radnet_tf.records.convert import folder_tasks, run_local
 
     out = tmp_path_factory.mktemp("records")
     tasks, skipped = folder_tasks(tiny_cohort / "dicom", tiny_cohort / "labels.csv", tiny_cohort / "slice_labels.csv",
@@ -95,7 +95,7 @@ def tiny_records(tiny_cohort, tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_tiny(tiny_records, tmp_path_factory):
     """A tiny radnet trained for 2 steps x 2 epochs (in-process)."""
-    from radnet_tf.train import train
+    from radnet_tf.training.train import train
 
     model_dir = tmp_path_factory.mktemp("model")
     cfg = tiny_config(data=str(tiny_records), model_dir=str(model_dir), val_fraction=0.4)

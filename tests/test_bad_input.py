@@ -79,7 +79,7 @@ def _labels(tmp_path, text):
 
 def _stale_records(tmp_path):
     """A records folder built with the tiny grid, then a rerun with the paper's grid."""
-    from radnet_tf.convert import build_source, claim_output, discover_tasks, load_label_tables
+    from radnet_tf.records.convert import build_source, claim_output, discover_tasks, load_label_tables
 
     root = tmp_path / "dicom"
     (root / "s1").mkdir(parents=True)
@@ -155,7 +155,7 @@ CASES = {
     "config-epochs-zero": lambda t: ("train", ["epochs=0"], r"epochs must be an integer >= 1\. Received: epochs=0"),
     "config-old-and-new-key": lambda t: ("train", ["window=4", "crop_slices=4"], r"config key 'window' was renamed 'crop_slices'; give only 'crop_slices'"),
     "config-unknown-key": lambda t: ("train", ["colour=blue"], r"unknown config key 'colour' \(known: .*\)"),
-    "config-file-missing": lambda t: ("train", ["--config", str(t / "nope.yaml")], r"config file not found: .*nope\.yaml"),
+    "config-file-missing": lambda t: ("train", ["--config", str(t / "nope.yaml")], r"config file not found: .*nope\.yaml \(built-in configs: default, radnet, densenet, densenet_a\)"),
     "config-not-number": lambda t: ("train", ["learning_rate=fast"], r"learning_rate must be a number\. Received: learning_rate='fast'"),
     # other CLIs
     "predict-no-model": lambda t: ("predict", [str(t), "--model", str(t / "none")],
@@ -169,13 +169,13 @@ CASES = {
 }
 
 MODULES = {
-    "inspect_series": "radnet_tf.inspect_series",
-    "build_tfrecords": "pipelines.build_tfrecords",
-    "train": "radnet_tf.train",
-    "predict": "radnet_tf.predict",
-    "export": "radnet_tf.export",
-    "evaluate": "radnet_tf.evaluate",
-    "synth": "radnet_tf.synth",
+    "inspect_series": "radnet_tf.io.inspect",
+    "build_tfrecords": "radnet_tf.records.build",
+    "train": "radnet_tf.training.train",
+    "predict": "radnet_tf.serving.predict",
+    "export": "radnet_tf.serving.export",
+    "evaluate": "radnet_tf.evaluation.evaluate",
+    "synth": "radnet_tf.phantom.generate",
 }
 
 
@@ -199,7 +199,7 @@ def test_cli_bad_input_is_one_exact_line_and_exit_2(case, tmp_path, capsys, monk
 def test_a_real_cli_process_prints_one_line_without_tensorflow_noise(tmp_path):
     """A CLI that loads TensorFlow, in its own process: stderr is exactly the error line."""
     proc = subprocess.run(
-        [sys.executable, "-m", "radnet_tf.evaluate", "--model", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o")],
+        [sys.executable, "-m", "radnet_tf.evaluation.evaluate", "--model", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o")],
         cwd=REPO, capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
     )
     assert proc.returncode == 2
@@ -212,7 +212,7 @@ def test_a_successful_run_with_worker_processes_prints_only_its_result_line(tiny
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     (tmp_path / "tiny.yaml").write_text("input_size: 32\nout_spacing: 8.0\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.build_tfrecords", "--dicom-root", str(tiny_cohort / "dicom"),
+        [sys.executable, "-m", "radnet_tf.records.build", "--dicom-root", str(tiny_cohort / "dicom"),
          "--labels", str(tiny_cohort / "labels.csv"), "--out", str(tmp_path / "r"), "--workers", "2", "--shards", "2",
          "--config", str(tmp_path / "tiny.yaml"), "--no-progress"],
         cwd=REPO, capture_output=True, text=True, env=env,
@@ -222,7 +222,7 @@ def test_a_successful_run_with_worker_processes_prints_only_its_result_line(tiny
     assert len(proc.stdout.splitlines()) == 1 and proc.stdout.startswith("[radnet] wrote 10 studies")
 
 
-@pytest.mark.parametrize("module", sorted(set(MODULES.values()) | {"serving.client"}))
+@pytest.mark.parametrize("module", sorted(set(MODULES.values()) | {"radnet_tf.serving.client"}))
 def test_help_answers_without_importing_tensorflow(module):
     code = (
         "import sys, importlib\n"
@@ -243,8 +243,8 @@ def session_signatures(tmp_path_factory):
     """(session, signature_defs) of a tiny untrained export under the TF1 loader."""
     import tensorflow as tf
 
-    from radnet_tf.export import export_model
-    from radnet_tf.model import build_model
+    from radnet_tf.serving.export import export_model
+    from radnet_tf.modeling.model import build_model
 
     cfg = tiny_config(extra_windows=[[80, 200]])
     path = export_model(build_model(cfg), cfg, tmp_path_factory.mktemp("export"), warmup=False)
@@ -313,7 +313,7 @@ def test_serving_signature_accepts_a_good_request_after_bad_ones(session_signatu
 )
 def test_client_refuses_bad_requests_before_sending(hu, spacing, message):
     from radnet_tf.errors import UserError
-    from serving.client import grpc_request, rest_request
+    from radnet_tf.serving.client import grpc_request, rest_request
 
     for build in (rest_request, grpc_request):
         with pytest.raises(UserError) as info:
@@ -325,7 +325,7 @@ def test_client_refuses_bad_requests_before_sending(hu, spacing, message):
 
 
 def test_two_series_reads_the_larger_and_lists_the_other(tmp_path):
-    from radnet_tf.dicom_io import read_series
+    from radnet_tf.io.dicom import read_series
 
     _series(tmp_path / "a", num_slices=4, seed=1)
     _series(tmp_path / "b", num_slices=2, seed=2)
@@ -336,7 +336,7 @@ def test_two_series_reads_the_larger_and_lists_the_other(tmp_path):
 
 
 def test_odd_orientation_slice_is_skipped_and_listed(tmp_path):
-    from radnet_tf.dicom_io import read_series
+    from radnet_tf.io.dicom import read_series
 
     files = _series(tmp_path, num_slices=4)
     ds = pydicom.dcmread(files[0])
@@ -348,7 +348,7 @@ def test_odd_orientation_slice_is_skipped_and_listed(tmp_path):
 
 
 def test_missing_rescale_tags_read_as_identity_and_reported(tmp_path):
-    from radnet_tf.dicom_io import read_series
+    from radnet_tf.io.dicom import read_series
 
     files = _series(tmp_path, num_slices=3)
     stored = np.stack([pydicom.dcmread(f).pixel_array.astype(np.int32) for f in files])

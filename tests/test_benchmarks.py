@@ -90,8 +90,8 @@ def test_cpu_datasets_tiny():
 
 @pytest.mark.slow
 def test_real_ct_gates_run_on_an_export(shared, tmp_path):
-    from radnet_tf.export import export_model
-    from radnet_tf.model import build_model
+    from radnet_tf.serving.export import export_model
+    from radnet_tf.modeling.model import build_model
     from conftest import tiny_config
 
     cfg = tiny_config()
@@ -166,7 +166,7 @@ def test_seed_runs_two_seeds_on_the_same_records(tiny_records, tmp_path):
 
 @pytest.mark.slow
 def test_series_length_thresholds_tiny(trained_tiny, tiny_records, tmp_path):
-    from radnet_tf.export import export_model
+    from radnet_tf.serving.export import export_model
 
     cfg, _, model, model_dir = trained_tiny
     export = export_model(model, cfg, tmp_path / "sm", warmup=False)
@@ -184,9 +184,10 @@ def test_lesion_mask_thresholds_tiny(trained_tiny, tiny_records):
     the run's slice gate."""
     import dataclasses
 
-    from radnet_tf import data, scoring
+    from radnet_tf.records import dataset as data
+    from radnet_tf.evaluation import scoring
     from radnet_tf.decision import MASK_THRESHOLD_CANDIDATES
-    from radnet_tf.export import load_trained
+    from radnet_tf.serving.loader import load_trained
 
     cfg, _, _, model_dir = trained_tiny
     rows = _run("lesion_mask_thresholds.py", "--run", model_dir, "--records", tiny_records)

@@ -5,7 +5,7 @@ import pydicom
 import pytest
 
 from conftest import write_enhanced_ct, write_tiny_series
-from radnet_tf.dicom_io import AIR_HU, _shear_to_normal, pseudonymize, read_series
+from radnet_tf.io.dicom import AIR_HU, _shear_to_normal, pseudonymize, read_series
 from radnet_tf.errors import DicomReadError
 
 
@@ -212,7 +212,7 @@ def test_undecodable_slice_refused_or_skipped_as_a_gap(tmp_path):
 
 
 def test_cli_error_is_one_line(tmp_path, capsys):
-    from radnet_tf.inspect_series import main
+    from radnet_tf.io.inspect import main
 
     with pytest.raises(SystemExit) as info:
         main([str(tmp_path)])
@@ -309,7 +309,7 @@ def test_same_image_stored_twice_is_read_once(tmp_path):
 def test_fast_shear_matches_scipy_shift(shift):
     from scipy import ndimage
 
-    from radnet_tf.dicom_io import _shift_axis
+    from radnet_tf.io.dicom import _shift_axis
 
     image = np.random.default_rng(0).integers(-1024, 2000, (40, 48)).astype(np.float32)
     expected = ndimage.shift(image, shift, order=1, cval=AIR_HU)
@@ -318,7 +318,7 @@ def test_fast_shear_matches_scipy_shift(shift):
 
 
 def test_shear_like_moves_a_stack_by_the_series_shear_exactly():
-    from radnet_tf.dicom_io import CTSeries, shear_like
+    from radnet_tf.io.dicom import CTSeries, shear_like
 
     stack = np.zeros((2, 3, 4), np.uint8)
     stack[:, 1, 1] = 1

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import tiny_config, write_enhanced_ct, write_tiny_series
 from radnet_tf import preprocess
-from radnet_tf.dicom_io import read_series, shear_like
+from radnet_tf.io.dicom import read_series, shear_like
 
 hd = pytest.importorskip("highdicom")
 
@@ -18,7 +18,7 @@ def _disc(shape, center, radius):
 
 @pytest.mark.parametrize("tilted", [False, True])
 def test_model_grid_mask_maps_back_onto_the_source_pixels(tmp_path, tilted):
-    from radnet_tf.dicom_seg import to_source_grid
+    from radnet_tf.io.seg import to_source_grid
 
     write_tiny_series(tmp_path, num_slices=4)
     if tilted:  # the slice origins drift along the column direction: a gantry tilt
@@ -42,7 +42,7 @@ def test_model_grid_mask_maps_back_onto_the_source_pixels(tmp_path, tilted):
 
 
 def test_segmentation_round_trip(tmp_path):
-    from radnet_tf.dicom_seg import to_source_grid, write_segmentation
+    from radnet_tf.io.seg import to_source_grid, write_segmentation
 
     folder = tmp_path / "study"
     write_tiny_series(folder, num_slices=3)
@@ -77,7 +77,7 @@ def test_a_series_without_frame_of_reference_gets_a_derived_one(tmp_path, capsys
     """De-identified exports (CQ500) drop the Frame of Reference UID a CT SEG needs: the SEG
     is still written, with a UID derived from the series (the same on every write), and a
     note says so; the source files are not touched."""
-    from radnet_tf.dicom_seg import write_segmentation
+    from radnet_tf.io.seg import write_segmentation
 
     folder = tmp_path / "study"
     write_tiny_series(folder, num_slices=3)
@@ -108,7 +108,7 @@ def test_a_series_without_frame_of_reference_gets_a_derived_one(tmp_path, capsys
 def test_segmentation_of_an_enhanced_ct_object_follows_its_frames(tmp_path):
     """A series read from one multi-frame object (frames out of z order, a localizer frame
     the reader skipped): the SEG references that object, frame by frame."""
-    from radnet_tf.dicom_seg import to_source_grid, write_segmentation
+    from radnet_tf.io.seg import to_source_grid, write_segmentation
 
     write_tiny_series(tmp_path / "classic", num_slices=3)
     write_enhanced_ct(tmp_path / "classic", tmp_path / "study" / "mf.dcm", frame_order=[2, 0, 1], localizer_frame=True)
@@ -136,7 +136,7 @@ def test_segmentation_of_an_enhanced_ct_object_follows_its_frames(tmp_path):
 
 
 def test_a_series_split_over_two_multi_frame_objects_gets_no_segmentation(tmp_path):
-    from radnet_tf.dicom_seg import unsupported_sources, write_segmentation
+    from radnet_tf.io.seg import unsupported_sources, write_segmentation
     from radnet_tf.errors import UserError
 
     write_tiny_series(tmp_path / "classic", num_slices=4)

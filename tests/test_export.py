@@ -13,7 +13,7 @@ FORBIDDEN = {"PyFunc", "PyFuncStateless", "EagerPyFunc", "CudnnRNN", "CudnnRNNV2
 
 @pytest.fixture(scope="module")
 def exported(trained_tiny, tmp_path_factory):
-    from radnet_tf.export import export_model
+    from radnet_tf.serving.export import export_model
 
     cfg, _, model, _ = trained_tiny
     root = tmp_path_factory.mktemp("saved_models")
@@ -29,7 +29,8 @@ def _graph_ops(meta_graph):
 
 
 def test_versioned_atomic_layout_and_metadata(exported):
-    from radnet_tf.export import export_model, next_version, read_metadata
+    from radnet_tf.serving.export import export_model, next_version
+    from radnet_tf.serving.loader import read_metadata
 
     cfg, model, path = exported
     assert path.name == "1" and (path / "saved_model.pb").exists()
@@ -44,7 +45,7 @@ def test_versioned_atomic_layout_and_metadata(exported):
 
 
 def test_lesion_rule_of_reads_the_export_or_the_old_default():
-    from radnet_tf.export import lesion_rule_of
+    from radnet_tf.serving.loader import lesion_rule_of
 
     assert lesion_rule_of({}) == (0.5, False)  # exports from before the lesion mask
     assert lesion_rule_of({"mask_threshold": 0.04, "mask_opening": True}) == (0.04, True)
@@ -54,11 +55,13 @@ def test_export_cli_records_the_held_out_figures_and_predict_warns_on_empty_mask
                                                                                  capsys):
     import pandas as pd
 
-    from radnet_tf import export, predict
+    from radnet_tf.serving import export
+    from radnet_tf.serving import predict
+    from radnet_tf.serving import loader
 
     _, _, _, model_dir = trained_tiny
     export.main([str(model_dir), "--out", str(tmp_path / "sm")])
-    meta = export.read_metadata(tmp_path / "sm" / "1")
+    meta = loader.read_metadata(tmp_path / "sm" / "1")
     rows = pd.read_csv(model_dir / "val_metrics.csv").set_index("level")
     held = meta["held_out"]
     assert held["studies"] == rows.loc["ct", "n"] and held["threshold"] == meta["slice_threshold"]
@@ -99,7 +102,8 @@ def test_served_lesion_mask_is_the_gated_rule_at_the_exported_thresholds(trained
     import dataclasses
 
     from radnet_tf.decision import lesion_mask_np
-    from radnet_tf.export import export_model, read_metadata
+    from radnet_tf.serving.export import export_model
+    from radnet_tf.serving.loader import read_metadata
 
     cfg, _, model, _ = trained_tiny
     cfg = dataclasses.replace(cfg, mask_opening=opening)
@@ -173,7 +177,7 @@ def test_warmup_requests_are_prediction_logs(exported):
 
 
 def test_client_requests_match_serving_formats_and_run_end_to_end(exported):
-    from serving.client import grpc_request, parse_outputs, rest_request
+    from radnet_tf.serving.client import grpc_request, parse_outputs, rest_request
 
     _, _, path = exported
     hu = np.random.default_rng(1).integers(-1024, 90, size=(3, 40, 44)).astype(np.int16)
@@ -206,8 +210,8 @@ def test_client_requests_match_serving_formats_and_run_end_to_end(exported):
 
 def test_multi_window_export_takes_channels_and_windows_hu_in_graph(tmp_path):
     from radnet_tf import preprocess
-    from radnet_tf.export import export_model
-    from radnet_tf.model import build_model
+    from radnet_tf.serving.export import export_model
+    from radnet_tf.modeling.model import build_model
     from conftest import tiny_config
 
     cfg = tiny_config(extra_windows=[[80, 200]])
@@ -231,8 +235,9 @@ def test_subtype_model_adds_outputs_and_keeps_the_old_ones(tmp_path):
     """targets: subtypes adds subtype outputs to both signatures; the five existing outputs
     keep their names, dtypes and values, so a client written for an `any` export works."""
     from radnet_tf.decision import ct_decision_labels_np, ct_decision_np, lesion_mask_np
-    from radnet_tf.export import export_model, read_metadata
-    from radnet_tf.model import build_model
+    from radnet_tf.serving.export import export_model
+    from radnet_tf.serving.loader import read_metadata
+    from radnet_tf.modeling.model import build_model
     from conftest import tiny_config
 
     cfg = tiny_config(targets="subtypes", subtype_thresholds=[0.5, 0.4, 0.3, 0.6, 0.45])
@@ -266,9 +271,9 @@ def test_subtype_model_adds_outputs_and_keeps_the_old_ones(tmp_path):
 
 
 def test_predict_on_a_subtype_export_reports_every_subtype_and_draws_them(tmp_path, tiny_cohort):
-    from radnet_tf import predict
-    from radnet_tf.export import export_model
-    from radnet_tf.model import build_model
+    from radnet_tf.serving import predict
+    from radnet_tf.serving.export import export_model
+    from radnet_tf.modeling.model import build_model
     from conftest import tiny_config
 
     cfg = tiny_config(targets="subtypes")

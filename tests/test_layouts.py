@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from radnet_tf import records, synth
-from radnet_tf.synth_layouts import PLANTED, write_layout
+from radnet_tf.records import schema as records
+from radnet_tf.phantom import generate as synth
+from radnet_tf.phantom.layouts import PLANTED, write_layout
 
 # every DICOM study gantry-tilted: the layouts must agree on sheared geometry too
 CFG = synth.SynthConfig(matrix=64, num_slices=5, pixel_spacing_range=(3.3, 3.5), positive_fraction=0.75,
@@ -29,7 +30,7 @@ def _records(folder):
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """The cohort as folders and as RSNA, each converted on the tiny grid."""
-    from pipelines.build_tfrecords import main
+    from radnet_tf.records.build import main
 
     root = tmp_path_factory.mktemp("layouts")
     write_layout(root / "folders", "folders", STUDIES, SEED, CFG)
@@ -88,7 +89,7 @@ def test_rsna_defects_are_counted_not_fatal(converted):
 
 
 def test_without_the_12bit_correction_the_slice_is_far_off(converted):
-    from radnet_tf.dicom_io import read_series
+    from radnet_tf.io.dicom import read_series
 
     index = pd.read_parquet(converted / "rec-rsna" / "rsna_index.parquet")
     flagged = index[index.fix_12bit.astype(bool)].iloc[0]
@@ -101,7 +102,7 @@ def test_without_the_12bit_correction_the_slice_is_far_off(converted):
 
 
 def test_fix_12bit_intercept_exact_values():
-    from radnet_tf.dicom_io import fix_12bit_intercept
+    from radnet_tf.io.dicom import fix_12bit_intercept
 
     stored = np.array([[0, 24, 3095, 3096, 4095]], np.uint16)
     values, intercept = fix_12bit_intercept(stored)
@@ -109,7 +110,7 @@ def test_fix_12bit_intercept_exact_values():
 
 
 def test_index_is_resumed_and_reused(converted, tmp_path):
-    from radnet_tf.rsna import index_headers
+    from radnet_tf.datasets.rsna import index_headers
 
     root = converted / "rsna" / "stage_2_train"
     first = index_headers(root, tmp_path)
@@ -124,7 +125,7 @@ def test_index_is_resumed_and_reused(converted, tmp_path):
 
 def test_labels_are_mapped_by_name_and_contradictions_refused(tmp_path):
     from radnet_tf.errors import UserError
-    from radnet_tf.rsna import load_labels
+    from radnet_tf.datasets.rsna import load_labels
 
     names = ["any", "subdural", "epidural", "subarachnoid", "intraventricular", "intraparenchymal"]
     rows = [f"ID_a_{n},{int(n in ('any', 'subdural'))}" for n in names]
@@ -139,7 +140,7 @@ def test_labels_are_mapped_by_name_and_contradictions_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def cq500_converted(converted):
-    from pipelines.build_tfrecords import main
+    from radnet_tf.records.build import main
 
     root = converted
     write_layout(root / "cq500", "cq500", STUDIES, SEED, CFG)
@@ -186,7 +187,7 @@ def test_cq500_reads_label_rules(cq500_converted):
 
 
 def test_real_cq500_reads_and_study_names(shared):
-    from radnet_tf.cq500 import load_reads, study_name, study_tasks
+    from radnet_tf.datasets.cq500 import load_reads, study_name, study_tasks
 
     reads = load_reads(shared / "cq500" / "reads.csv", "majority")
     assert reads.loc["CQ500-CT-0", "ICH"] == 0 and reads.loc["CQ500-CT-0", "R1:ICH"] == 1  # R1 alone
@@ -200,7 +201,7 @@ def test_real_cq500_reads_and_study_names(shared):
 @pytest.fixture(scope="module")
 def nifti_converted(converted):
     pytest.importorskip("nibabel")
-    from pipelines.build_tfrecords import main
+    from radnet_tf.records.build import main
 
     root = converted
     write_layout(root / "nifti", "nifti", STUDIES, SEED, CFG)
@@ -263,7 +264,7 @@ def test_nifti_layout_gives_the_same_voxels_masks_and_labels(nifti_converted, va
 
 def test_nifti_orientation_from_the_affine():
     nib = pytest.importorskip("nibabel")
-    from radnet_tf.nifti import to_reader_order
+    from radnet_tf.io.nifti import to_reader_order
 
     reader = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)  # [S, rows (P), cols (L)]
 
@@ -283,7 +284,7 @@ def test_nifti_orientation_from_the_affine():
 @pytest.mark.slow
 def test_rsna_on_beam_gives_the_local_runners_records_and_counts(converted, tmp_path):
     pytest.importorskip("apache_beam")
-    from pipelines.build_tfrecords import main
+    from radnet_tf.records.build import main
 
     main(["--rsna-root", str(converted / "rsna" / "stage_2_train"), "--rsna-labels", str(converted / "rsna" / "stage_2_train.csv"),
           "--config", str(converted / "tiny.yaml"), "--shards", "2", "--no-progress", "--runner", "DirectRunner",

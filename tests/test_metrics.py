@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from radnet_tf.metrics import (binary_metrics, bootstrap_ci, ct_metrics, gate_mask_counts, mask_counts, mask_metrics,
+from radnet_tf.evaluation.metrics import (binary_metrics, bootstrap_ci, ct_metrics, gate_mask_counts, mask_counts, mask_metrics,
                                study_table)
 
 
@@ -84,9 +84,9 @@ def test_choose_threshold_for_longer_series_trades_recall_for_specificity():
 
 
 def test_calibrate_threshold_for_a_series_length(monkeypatch):
-    import radnet_tf.scoring as scoring
+    import radnet_tf.evaluation.scoring as scoring
     from radnet_tf.config import Config
-    from radnet_tf.train import calibrate_thresholds
+    from radnet_tf.training.train import calibrate_thresholds
 
     def calibrate_threshold(model, files, cfg):
         return calibrate_thresholds(model, files, cfg)["slice_threshold"]
@@ -102,9 +102,9 @@ def test_calibrate_threshold_for_a_series_length(monkeypatch):
 
 
 def test_thresholds_are_calibrated_on_the_calibration_split_when_there_is_one(monkeypatch):
-    import radnet_tf.scoring as scoring
+    import radnet_tf.evaluation.scoring as scoring
     from radnet_tf.config import Config
-    from radnet_tf.train import calibrate_thresholds
+    from radnet_tf.training.train import calibrate_thresholds
 
     probs = [np.full(16, s, np.float32) for s in NEG + POS]
     preds = scoring.StudyPredictions([f"s{i}" for i in range(8)], [0] * 5 + [1] * 3, probs, [None] * 8)
@@ -119,9 +119,9 @@ def test_thresholds_are_calibrated_on_the_calibration_split_when_there_is_one(mo
 def test_mask_calibration_without_reference_masks_keeps_the_threshold(monkeypatch, capsys):
     import types
 
-    import radnet_tf.scoring as scoring
+    import radnet_tf.evaluation.scoring as scoring
     from radnet_tf.config import Config
-    from radnet_tf.train import calibrate_thresholds
+    from radnet_tf.training.train import calibrate_thresholds
 
     preds = scoring.StudyPredictions(["a", "b"], [0, 1], [np.full(4, 0.2), np.full(4, 0.8)], [None] * 2)
     preds.mask_counts, preds.mask_thresholds = [None, None], (0.05, 0.5)  # e.g. RSNA: no masks
@@ -138,7 +138,7 @@ def test_mask_calibration_without_reference_masks_keeps_the_threshold(monkeypatc
 
 def test_series_model_metrics_from_held_out_studies():
     from radnet_tf.config import Config
-    from radnet_tf.train import series_model_metrics
+    from radnet_tf.training.train import series_model_metrics
 
     # 16-slice studies; recall 1/2 and false-positive rate 1/4 at the threshold
     studies = pd.DataFrame({"label": [1, 1, 0, 0, 0, 0, -1], "num_slices": [16] * 7,
@@ -151,7 +151,7 @@ def test_series_model_metrics_from_held_out_studies():
 
 
 def test_print_summary_names_the_calibration_length(capsys):
-    from radnet_tf.train import print_summary
+    from radnet_tf.training.train import print_summary
 
     summary = {"model_dir": "m", "model_file": "final.keras", "records": "r", "slice_threshold": 0.5,
                "ct_metrics": {"accuracy": 0.75, "recall": 0.5, "precision": 1.0, "f1": 2 / 3},
@@ -200,7 +200,7 @@ def test_mask_counts_gate_and_metrics_against_hand_counts():
 
 
 def test_mask_threshold_calibration_on_gated_counts():
-    from radnet_tf import scoring
+    from radnet_tf.evaluation import scoring
     from radnet_tf.decision import choose_mask_threshold
 
     # pooled counts at thresholds 0.1, 0.3, 0.5: Dice 2*4/(10+5)=0.533, 2*4/(4+5)=0.889, 2*1/(1+5)=0.333
@@ -235,7 +235,8 @@ def test_predict_studies_scores_the_served_mask_against_the_records(tiny_records
     """A slice function whose mask is the reference mask scores Dice 1; an empty one 0."""
     from conftest import tiny_config
 
-    from radnet_tf import data, scoring
+    from radnet_tf.records import dataset as data
+    from radnet_tf.evaluation import scoring
     from radnet_tf.contract import MASK_OUTPUTS, MASKS
 
     cfg = tiny_config(val_fraction=0.4, mask_opening=False)  # the tiny phantom's bleeds: few pixels at 32 px

@@ -6,8 +6,8 @@ import pytest
 
 from conftest import tiny_config
 from radnet_tf.config import Config
-from radnet_tf.losses import MaskedBinaryCrossentropy, MaskedDiceBCE, compile_losses
-from radnet_tf.model import PAD_VALUE, build_model
+from radnet_tf.modeling.losses import MaskedBinaryCrossentropy, MaskedDiceBCE, compile_losses
+from radnet_tf.modeling.model import PAD_VALUE, build_model
 
 
 @pytest.mark.parametrize("variant,outputs", [("densenet", 1), ("densenet_a", 4), ("radnet", 4)])
@@ -121,7 +121,7 @@ def test_bad_variant_echoes_value():
 
 
 def test_multi_label_loss_ignores_unknown_labels_per_column_and_weighs_labels():
-    from radnet_tf.losses import MaskedBinaryCrossentropy
+    from radnet_tf.modeling.losses import MaskedBinaryCrossentropy
 
     y_true = np.array([[[1, 0, -1], [-1, 1, 0]]], np.float32)  # one study, 2 slices, 3 labels
     y_pred = np.array([[[0.8, 0.3, 0.9], [0.1, 0.6, 0.2]]], np.float32)

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from radnet_tf import synth, synth_lesions, synth_scanner
-from radnet_tf import synth_anatomy as anatomy
+from radnet_tf.phantom import generate as synth
+from radnet_tf.phantom import lesions as synth_lesions
+from radnet_tf.phantom import scanner as synth_scanner
+from radnet_tf.phantom import anatomy
 from radnet_tf.contract import SUBTYPES
 
 

@@ -5,14 +5,15 @@ import pandas as pd
 import pydicom
 import pytest
 
-from radnet_tf import predict
+from radnet_tf.serving import predict
+from radnet_tf.serving import loader
 
 
 @pytest.fixture(scope="module")
 def saved(trained_tiny, tmp_path_factory):
-    from radnet_tf.export import export_model
+    from radnet_tf.serving.export import export_model
 
-    from radnet_tf.export import trained_on_from
+    from radnet_tf.serving.export import trained_on_from
 
     cfg, _, model, _ = trained_tiny
     return export_model(model, cfg, tmp_path_factory.mktemp("sm"), warmup=False, trained_on=trained_on_from(cfg))
@@ -32,7 +33,7 @@ def test_predict_on_synthetic_study(saved, tiny_cohort, tmp_path, capsys):
 
 
 def test_predict_on_a_single_dicom_file_applies_the_rule_with_k_1(saved, tiny_cohort, capsys):
-    from radnet_tf.export import read_metadata
+    from radnet_tf.serving.loader import read_metadata
 
     one = sorted((tiny_cohort / "dicom" / "synth-0001").iterdir())[0]
     result = predict.main([str(one), "--model", str(saved)])
@@ -68,7 +69,7 @@ def test_predict_refuses_tilt_when_asked(saved, shared, capsys):
 
 
 def test_evaluate_tables_and_figures(trained_tiny, saved, tiny_records, tmp_path):
-    from radnet_tf import evaluate
+    from radnet_tf.evaluation import evaluate
 
     _, _, _, model_dir = trained_tiny
     evaluate.main(["--model", str(model_dir), "--model", str(saved), "--data", str(tiny_records), "--split", "all",
@@ -99,7 +100,7 @@ def test_evaluate_tables_and_figures(trained_tiny, saved, tiny_records, tmp_path
 
 
 def test_evaluate_threshold_and_min_run_override_the_models(saved, tiny_records, tmp_path, capsys):
-    from radnet_tf import evaluate
+    from radnet_tf.evaluation import evaluate
 
     evaluate.main(["--model", str(saved), "--data", str(tiny_records), "--split", "all", "--bootstrap", "5",
                    "--threshold", "0.001", "--min-run", "1", "--mask-threshold", "0.3", "--out", str(tmp_path)])
@@ -120,7 +121,7 @@ def test_evaluate_threshold_and_min_run_override_the_models(saved, tiny_records,
 
 def test_evaluate_on_one_slice_studies_says_the_rule_was_shortened(saved, tmp_path, capsys):
     from conftest import one_slice_png_records
-    from radnet_tf import evaluate
+    from radnet_tf.evaluation import evaluate
 
     records = one_slice_png_records(tmp_path, 4)
     evaluate.main(["--model", str(saved), "--data", str(records), "--split", "all", "--bootstrap", "5",
@@ -135,7 +136,7 @@ def test_evaluate_on_one_slice_studies_says_the_rule_was_shortened(saved, tmp_pa
 
 
 def test_threshold_for_target_sensitivity():
-    from radnet_tf.evaluate import threshold_for_sensitivity
+    from radnet_tf.evaluation.evaluate import threshold_for_sensitivity
 
     studies = pd.DataFrame({"label": [1, 1, 1, 1, 0], "ct_score": [0.9, 0.8, 0.3, 0.2, 0.5]})
     assert threshold_for_sensitivity(studies, 0.5) == pytest.approx(0.8)
@@ -144,7 +145,7 @@ def test_threshold_for_target_sensitivity():
 
 
 def test_reader_table_and_kappa(tmp_path):
-    from radnet_tf.evaluate import reader_table
+    from radnet_tf.evaluation.evaluate import reader_table
 
     reads = pd.DataFrame({"name": ["s1", "s2", "s3", "s4"], "R1:ICH": [1, 0, 1, 0], "R2:ICH": [1, 1, 1, 0]})
     manifest = pd.DataFrame({"study_id": ["s1", "s2", "s3", "s4"], "study_key": ["k1", "k2", "k3", "k4"]})
@@ -158,7 +159,7 @@ def test_reader_table_and_kappa(tmp_path):
 
 
 def test_reader_table_by_finding_exact(tmp_path):
-    from radnet_tf.evaluate import reader_table_by_finding
+    from radnet_tf.evaluation.evaluate import reader_table_by_finding
 
     reads = pd.DataFrame({
         "name": ["s1", "s2", "s3", "s4"],
@@ -184,9 +185,9 @@ def test_evaluate_a_subtype_savedmodel_with_reads_per_finding(tiny_records, tmp_
     """A subtype export through evaluate: per-subtype tables, per-study subtype calls and
     the per-finding reader table from a CQ500-style reads.csv."""
     from conftest import tiny_config
-    from radnet_tf import evaluate
-    from radnet_tf.export import export_model
-    from radnet_tf.model import build_model
+    from radnet_tf.evaluation import evaluate
+    from radnet_tf.serving.export import export_model
+    from radnet_tf.modeling.model import build_model
 
     cfg = tiny_config(targets="subtypes")
     saved = export_model(build_model(cfg), cfg, tmp_path / "sm", warmup=False)
@@ -216,7 +217,7 @@ def test_predict_writes_a_dicom_seg_when_asked(trained_tiny, tiny_cohort, tmp_pa
     pytest.importorskip("highdicom")
     import highdicom as hd
 
-    from radnet_tf.export import export_model
+    from radnet_tf.serving.export import export_model
 
     cfg, _, model, _ = trained_tiny
     study = tiny_cohort / "dicom" / "synth-0001"
@@ -239,7 +240,7 @@ def test_predict_on_an_enhanced_ct_object_equals_its_classic_slices(trained_tiny
     import highdicom as hd
 
     from conftest import write_enhanced_ct
-    from radnet_tf.export import export_model
+    from radnet_tf.serving.export import export_model
 
     cfg, _, model, _ = trained_tiny
     study = tiny_cohort / "dicom" / "synth-0001"
@@ -268,17 +269,17 @@ def test_predict_on_an_enhanced_ct_object_equals_its_classic_slices(trained_tiny
 def test_predict_volume_is_the_gated_lesion_mask_and_checks_the_export(trained_tiny, tiny_cohort, tmp_path):
     from radnet_tf.contract import LESION_MASK, MASKS, SLICE_PROBABILITIES
     from radnet_tf.decision import lesion_mask_np
-    from radnet_tf.dicom_io import read_series
-    from radnet_tf.export import export_model
+    from radnet_tf.io.dicom import read_series
+    from radnet_tf.serving.export import export_model
 
     cfg, _, model, _ = trained_tiny
     series = read_series(tiny_cohort / "dicom" / "synth-0001")
-    saved_model, meta, _ = predict.load_saved_model(export_model(model, cfg, tmp_path / "a", warmup=False))
+    saved_model, meta, _ = loader.load_saved_model(export_model(model, cfg, tmp_path / "a", warmup=False))
     _, raw, _ = predict.predict_series(series, saved_model, meta)
     probs, masks = raw[SLICE_PROBABILITIES], raw[MASKS]
     slice_t = float(np.sort(probs)[len(probs) // 2] - 1e-6)  # half the slices pass
     mask_t = float(np.quantile(masks, 0.5))
-    saved_model, meta, _ = predict.load_saved_model(export_model(model, cfg, tmp_path / "b", threshold=slice_t,
+    saved_model, meta, _ = loader.load_saved_model(export_model(model, cfg, tmp_path / "b", threshold=slice_t,
                                                                  mask_threshold=mask_t, warmup=False))
     result, out, _ = predict.predict_series(series, saved_model, meta)
     assert meta["mask_opening"] == cfg.mask_opening

@@ -97,7 +97,7 @@ def test_mask_resampling_keeps_binary_mask_aligned():
 
 
 def test_real_series_tf_matches_numpy(shared):
-    from radnet_tf.dicom_io import read_series
+    from radnet_tf.io.dicom import read_series
 
     series = read_series(shared / "ge-head-tilt")
     tf_out = P.preprocess_study(series.hu, series.pixel_spacing, pcfg()).numpy()

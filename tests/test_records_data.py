@@ -12,9 +12,11 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO, tiny_config
-from radnet_tf import data, preprocess, records
-from radnet_tf.convert import StudyTask, convert_study, discover_tasks, folder_tasks, load_label_tables, run_local
-from radnet_tf.dicom_io import read_series
+from radnet_tf import preprocess
+from radnet_tf.records import dataset as data
+from radnet_tf.records import schema as records
+from radnet_tf.records.convert import StudyTask, convert_study, discover_tasks, folder_tasks, load_label_tables, run_local
+from radnet_tf.io.dicom import read_series
 
 
 def _all_records(folder):
@@ -306,7 +308,7 @@ def test_convert_shears_masks_of_tilted_series_like_their_pixels(tmp_path):
 
 def _cli(out, cohort, extra=()):
     return [
-        sys.executable, "-m", "pipelines.build_tfrecords", "--dicom-root", str(cohort / "dicom"),
+        sys.executable, "-m", "radnet_tf.records.build", "--dicom-root", str(cohort / "dicom"),
         "--labels", str(cohort / "labels.csv"), "--slice-labels", str(cohort / "slice_labels.csv"),
         "--masks", str(cohort / "masks"), "--out", str(out), "--no-progress", *extra,
     ]
@@ -346,7 +348,7 @@ def test_resume_after_kill_leaves_no_duplicates(tiny_cohort, tmp_path):
 @pytest.mark.slow
 def test_beam_direct_runner_matches_local_runner(tiny_cohort, tiny_records, tmp_path):
     pytest.importorskip("apache_beam")
-    from pipelines.build_tfrecords import run_beam
+    from radnet_tf.records.build import run_beam
 
     tasks, skipped = folder_tasks(tiny_cohort / "dicom", tiny_cohort / "labels.csv", tiny_cohort / "slice_labels.csv",
                                   tiny_cohort / "masks")
@@ -375,7 +377,7 @@ def test_local_runner_skips_unreadable_study_with_reason(tiny_cohort, tmp_path):
 def test_prewindowed_png_studies_become_records(tmp_path):
     from PIL import Image
 
-    from radnet_tf.convert import image_tasks
+    from radnet_tf.records.convert import image_tasks
 
     # A 40/80-windowed rendering: pixel 255 = 80 HU, 0 = 0 HU; an asymmetric bright box.
     img = np.full((50, 50), 96, np.uint8)  # 96 -> 30.1 HU

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pydicom
 
-from radnet_tf import synth
-from radnet_tf.dicom_io import read_series
+from radnet_tf.phantom import generate as synth
+from radnet_tf.io.dicom import read_series
 
 SMALL = synth.SynthConfig(matrix=128, num_slices=8, pixel_spacing_range=(1.7, 1.8), slice_thickness_range=(3.0, 4.0))
 
@@ -113,7 +113,7 @@ def test_gantry_tilted_studies_are_written_sheared_and_read_back(tmp_path):
     and what it reads is the same study drawn without tilt (the tilt stands in for head
     flexion): same slice positions, same pixels up to the shear's interpolation, and the
     mask, moved like the pixels, on the same blood."""
-    from radnet_tf.dicom_io import shear_like
+    from radnet_tf.io.dicom import shear_like
 
     cfg = dataclasses.replace(SMALL, tilt_fraction=1.0, tilt_deg_range=(15.0, 15.0))
     ph = synth.make_phantom(np.random.default_rng([5, 3]), cfg, positive=True)
@@ -141,8 +141,8 @@ def test_gantry_tilted_studies_are_written_sheared_and_read_back(tmp_path):
 
 
 def test_epidural_bleed_stops_at_the_coronal_suture():
-    from radnet_tf import synth_anatomy as anat
-    from radnet_tf.synth_lesions import BONES, Lesion, skull_bone
+    from radnet_tf.phantom import anatomy as anat
+    from radnet_tf.phantom.lesions import BONES, Lesion, skull_bone
 
     landmarks = np.array([[0, 40, 70], [-20, -30, 70], [20, -30, 70], [-60, -20, 0], [60, -20, 0], [0, -100, 20]],
                          np.float32).T

@@ -42,7 +42,7 @@ def test_smoke_training_writes_checkpoint_log_and_metrics(trained_tiny):
 
 
 def test_validation_epochs_keep_every_kth_and_last():
-    from radnet_tf.train import validation_epochs
+    from radnet_tf.training.train import validation_epochs
 
     assert validation_epochs(6, 3) == [3, 6]
     assert validation_epochs(5, 1) == [1, 2, 3, 4, 5]
@@ -55,7 +55,7 @@ def test_validation_epochs_keep_every_kth_and_last():
     [([0.5], [0.01, 0.01, 0.001, 0.001]), ([0.25, 0.75], [0.01, 0.001, 0.001, 0.0001]), ([], [0.01] * 4)],
 )
 def test_learning_rate_drops_tenfold_at_the_given_fractions(drops, expected):
-    from radnet_tf.train import learning_rate_schedule
+    from radnet_tf.training.train import learning_rate_schedule
 
     cfg = tiny_config(epochs=2, learning_rate=0.01, lr_drop_epochs=drops)
     lr = learning_rate_schedule(cfg, steps_per_epoch=2)  # 4 steps: drops after f * 4 steps
@@ -77,7 +77,7 @@ def test_csv_log_has_validation_columns_when_the_first_epoch_skips_validation(tm
 
 
 def test_same_seed_same_metrics(tiny_records, tmp_path):
-    from radnet_tf.train import train
+    from radnet_tf.training.train import train
 
     runs = []
     for name in ("a", "b"):
@@ -93,7 +93,8 @@ def test_same_seed_same_metrics(tiny_records, tmp_path):
         assert mask_row["threshold"] == saved["mask_threshold"]
     assert runs[0] == runs[1]
     # the mask threshold is the candidate with the best gated Dice on the training studies
-    from radnet_tf import data, scoring
+    from radnet_tf.records import dataset as data
+    from radnet_tf.evaluation import scoring
     from radnet_tf.decision import MASK_THRESHOLD_CANDIDATES
 
     preds = scoring.predict_studies(scoring.keras_slice_fn(model, cfg, masks=True), data.list_shards(str(tiny_records)),
@@ -104,7 +105,7 @@ def test_same_seed_same_metrics(tiny_records, tmp_path):
 
 
 def test_val_every_zero_trains_without_validation_and_evaluates_at_the_end(tiny_records, tmp_path):
-    from radnet_tf.train import train
+    from radnet_tf.training.train import train
 
     cfg = tiny_config(data=str(tiny_records), model_dir=str(tmp_path), val_fraction=0.4, epochs=1, val_every=0)
     summary, _ = train(cfg, progress=False)
@@ -118,8 +119,8 @@ def test_val_every_zero_trains_without_validation_and_evaluates_at_the_end(tiny_
 def test_without_validation_every_loader_uses_the_model_that_was_evaluated(tiny_records, tmp_path):
     """Regression: with val_every 0 a best.keras chosen on *training* AUC was kept and
     preferred by export/evaluate over the final model that training evaluated."""
-    from radnet_tf.export import load_trained
-    from radnet_tf.train import train
+    from radnet_tf.serving.loader import load_trained
+    from radnet_tf.training.train import train
 
     (tmp_path / "best.keras").write_text("an older run's file, not this run's model")
     cfg = tiny_config(data=str(tiny_records), model_dir=str(tmp_path), val_fraction=0.4, epochs=2, val_every=0)
@@ -135,7 +136,7 @@ def test_backup_callback_relies_only_on_keras_members_that_exist():
     fails on a Keras that renamed them instead of silently losing crash safety."""
     import keras
 
-    from radnet_tf.train import _atomic_backup_class
+    from radnet_tf.training.train import _atomic_backup_class
 
     cb = _atomic_backup_class()("/tmp/unused-backup-dir")
     base = keras.callbacks.BackupAndRestore
@@ -147,7 +148,7 @@ def test_backup_callback_relies_only_on_keras_members_that_exist():
 
 def _run(args, env=None, **kw):
     return subprocess.run(
-        [sys.executable, "-m", "radnet_tf.train", *args], cwd=REPO, capture_output=True, text=True,
+        [sys.executable, "-m", "radnet_tf.training.train", *args], cwd=REPO, capture_output=True, text=True,
         env={**os.environ, **(env or {})}, **kw,
     )
 
@@ -175,8 +176,8 @@ def test_the_trainers_export_carries_the_held_out_figures_without_a_model_dir(ti
     `held_out` was read from the working directory and came out null."""
     from conftest import TINY_MODEL
 
-    from radnet_tf.export import read_metadata
-    from radnet_tf.train import main
+    from radnet_tf.serving.loader import read_metadata
+    from radnet_tf.training.train import main
 
     tiny = {**TINY_MODEL, "epochs": 1, "val_fraction": 0.4}
     summary = main(["--config", str(REPO / "configs" / "default.yaml"), "--data", str(tiny_records), "--quiet",
@@ -192,7 +193,7 @@ def test_the_trainers_export_carries_the_held_out_figures_without_a_model_dir(ti
 def test_calibration_studies_set_the_thresholds_and_are_not_trained_on(tiny_records, tmp_path, capsys):
     from conftest import TINY_MODEL
 
-    from radnet_tf.train import main
+    from radnet_tf.training.train import main
 
     tiny = {**TINY_MODEL, "epochs": 1, "val_fraction": 0.3}
     args = ["--config", str(REPO / "configs" / "default.yaml"), "--data", str(tiny_records), "--quiet",
@@ -225,7 +226,7 @@ def _tiny_args(records, model_dir, epochs):
 def test_killed_run_resumes_from_saved_epoch(tiny_records, tmp_path):
     model_dir = tmp_path / "model"
     args = _tiny_args(tiny_records, model_dir, epochs=4)
-    proc = subprocess.Popen([sys.executable, "-m", "radnet_tf.train", *args], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "radnet_tf.training.train", *args], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     log = model_dir / "history.csv"
     deadline = time.time() + 240
@@ -269,7 +270,7 @@ def test_two_workers_train_with_identical_weights(tiny_records, tmp_path):
     for index in range(2):
         tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "radnet_tf.train", *args], cwd=REPO, env={**os.environ, "TF_CONFIG": tf_config},
+            [sys.executable, "-m", "radnet_tf.training.train", *args], cwd=REPO, env={**os.environ, "TF_CONFIG": tf_config},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         ))
     try:
@@ -291,7 +292,7 @@ def test_two_workers_train_with_identical_weights(tiny_records, tmp_path):
 
 @pytest.mark.slow
 def test_synthetic_cache_is_reused_and_rebuilt_when_the_spec_changes(tmp_path):
-    from radnet_tf.synth_cache import prepare_synthetic
+    from radnet_tf.phantom.cache import prepare_synthetic
 
     cfg = tiny_config(work_dir=str(tmp_path), synth_studies=3, synth_slices=4, synth_matrix=64)
     rec = Path(prepare_synthetic(cfg, progress=False))
@@ -310,7 +311,7 @@ def test_training_on_one_slice_studies_reports_the_shortened_rule(tmp_path):
     """2-D image data: every study is one slice, so the K = 3 rule is applied with K = 1 and
     the summary says so (it used to print recall 0: the rule could never fire)."""
     from conftest import one_slice_png_records
-    from radnet_tf.train import train
+    from radnet_tf.training.train import train
 
     records = one_slice_png_records(tmp_path, 16)
     cfg = tiny_config(data=str(records), model_dir=str(tmp_path / "model"), val_fraction=0.4, epochs=1,
@@ -327,8 +328,8 @@ def test_training_on_one_slice_studies_reports_the_shortened_rule(tmp_path):
 
 
 def test_subtype_training_adds_a_masked_subtype_loss(tiny_records, tmp_path):
-    from radnet_tf.export import load_trained
-    from radnet_tf.train import train
+    from radnet_tf.serving.loader import load_trained
+    from radnet_tf.training.train import train
 
     cfg = tiny_config(data=str(tiny_records), model_dir=str(tmp_path), val_fraction=0.4, epochs=1, targets="subtypes",
                       slice_loss_weight=2.0)
@@ -342,7 +343,7 @@ def test_subtype_training_adds_a_masked_subtype_loss(tiny_records, tmp_path):
 def test_subtype_evaluation_tables_and_calibration(tiny_records, tmp_path):
     """With targets: subtypes the run calibrates one threshold per subtype on the training
     studies and writes per-subtype metrics, the confusion table and RSNA's log loss."""
-    from radnet_tf.train import train
+    from radnet_tf.training.train import train
 
     cfg = tiny_config(data=str(tiny_records), model_dir=str(tmp_path), val_fraction=0.4, epochs=1, targets="subtypes",
                       calibrate_threshold=True)
@@ -360,7 +361,7 @@ def test_subtype_evaluation_tables_and_calibration(tiny_records, tmp_path):
 
 
 def test_rsna_log_loss_exact():
-    from radnet_tf.scoring import StudyPredictions, rsna_log_loss
+    from radnet_tf.evaluation.scoring import StudyPredictions, rsna_log_loss
 
     preds = StudyPredictions(
         keys=["a"], labels=[1], probs=[np.array([0.5, 0.9])], slice_labels=[np.array([1.0, -1.0])],

@@ -1,7 +1,7 @@
 """Hemorrhages and hard negatives for the head phantom, placed on the anatomical atlas.
 
 Every shape is a function of atlas (MNI, RAS mm) coordinates and of the atlas channels
-sampled there (`radnet_tf.synth_anatomy`), so a lesion follows the study's warp and sits
+sampled there (`radnet_tf.phantom.anatomy`), so a lesion follows the study's warp and sits
 where that kind of bleed sits in real heads:
 
   EDH  epidural: biconvex lens under the inner table of the convexity (thick, short),
@@ -24,7 +24,7 @@ import dataclasses
 
 import numpy as np
 
-from radnet_tf import synth_anatomy as anat
+from radnet_tf.phantom import anatomy as anat
 from radnet_tf.contract import SUBTYPES
 
 # Candidate atlas labels per lesion type (the centre is one of these voxels).

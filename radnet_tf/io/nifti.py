@@ -93,7 +93,7 @@ def read_volume(path):
     """A NIfTI CT volume -> (hu int16 [S, H, W], (row_mm, col_mm), positions [S], stored
     slice index [S] or None). Raises UserError for unreadable files or implausible HU."""
     nib = _nibabel()
-    from radnet_tf.dicom_io import plausible_hu
+    from radnet_tf.io.dicom import plausible_hu
 
     try:
         image = nib.load(str(path))

@@ -1,6 +1,6 @@
 """One study -> one record: reader + preprocessing geometry + labels + masks.
 
-Shared by the local and the Apache Beam runners of `pipelines.build_tfrecords`, so both
+Shared by the local and the Apache Beam runners of `radnet_tf.records.build`, so both
 write identical records. Label files (documented in the README):
 
   labels.csv        study_id, label            (study_id = folder under the DICOM root)
@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from radnet_tf import atomic, preprocess, records
+from radnet_tf import atomic, preprocess
+from radnet_tf.records import schema as records
 from radnet_tf.cli import progress as show_progress
-from radnet_tf.dicom_io import read_series, shear_like
+from radnet_tf.io.dicom import read_series, shear_like
 from radnet_tf.errors import UserError
-from radnet_tf.nifti import NiftiStudyTask
+from radnet_tf.io.nifti import NiftiStudyTask
 
 SOURCE_FILE = "source.json"  # what built a records folder (geometry, studies, labels)
 
@@ -168,7 +169,7 @@ def _read_image(path):
 
 def convert_image_study(task: ImageStudyTask, pcfg: preprocess.PreprocessConfig, salt=None):
     """Pre-windowed images -> one record (HU recovered from the declared window)."""
-    from radnet_tf.dicom_io import pseudonymize
+    from radnet_tf.io.dicom import pseudonymize
 
     pixels = [_read_image(p) for p in task.image_paths]
     if len({p.shape for p in pixels}) != 1:
@@ -210,8 +211,8 @@ def convert_image_study(task: ImageStudyTask, pcfg: preprocess.PreprocessConfig,
 
 def convert_nifti_study(task, pcfg: preprocess.PreprocessConfig, salt=None):
     """A `nifti.NiftiStudyTask` -> one record (labels from the slice CSV, else the mask)."""
-    from radnet_tf import nifti
-    from radnet_tf.dicom_io import pseudonymize
+    from radnet_tf.io import nifti
+    from radnet_tf.io.dicom import pseudonymize
 
     hu, spacing, positions, stored = nifti.read_volume(task.volume_path)
     image, center = preprocess.resample_hu(hu, spacing, pcfg)
@@ -264,7 +265,7 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
         return convert_image_study(task, pcfg, salt)
     if isinstance(task, NiftiStudyTask):
         return convert_nifti_study(task, pcfg, salt)
-    from radnet_tf.dicom_io import SeriesPolicy
+    from radnet_tf.io.dicom import SeriesPolicy
 
     policy = SeriesPolicy.parse(task.series_policy) if task.series_policy else None
     with _unpacked(task.dicom_dir) as folder:
@@ -279,32 +280,8 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
         raise UserError(f"{task.study_id}: per-slice labels and masks are keyed by SOPInstanceUID, which cannot "
                         "tell the frames of a multi-frame (enhanced CT) object apart; give study-level labels only")
     hu, center = preprocess.resample_hu(series.hu, series.pixel_spacing, pcfg)
-    mask = mask_classes = None
-    if task.mask_path:
-        with np.load(task.mask_path) as npz:
-            src_mask, uids = npz["mask"], [str(u) for u in npz["sop_instance_uids"]]
-            src_classes = npz["mask_classes"] if "mask_classes" in npz.files else None
-        index = {u: i for i, u in enumerate(uids)}
-        try:
-            order = [index[u] for u in series.sop_instance_uids]
-        except KeyError:
-            raise UserError(f"{task.mask_path}: mask slices do not match the DICOM series") from None
-        # a tilted series' pixels were sheared when read: its mask moves with them
-        mask = preprocess.resample_mask(shear_like(series, src_mask[order] > 0), series.pixel_spacing, center,
-                                        pcfg).numpy()
-        if src_classes is not None:
-            mask_classes = resample_classes(sheared_classes(series, src_classes[order]), series.pixel_spacing,
-                                            center, pcfg)
-    if task.slice_labels:
-        slice_labels = np.array([task.slice_labels.get(u, -1) for u in series.sop_instance_uids], np.int64)
-    elif task.label == 0:
-        slice_labels = np.zeros(series.num_slices, np.int64)  # a negative study has no positive slice
-    else:
-        slice_labels = np.full(series.num_slices, -1, np.int64)  # unknown
-    subtypes = None
-    if task.slice_subtypes:
-        unknown = (-1,) * records.NUM_SUBTYPES
-        subtypes = np.array([task.slice_subtypes.get(u, unknown) for u in series.sop_instance_uids], np.int64)
+    mask, mask_classes = _study_masks(task, series, center, pcfg)
+    slice_labels, subtypes = _slice_targets(task, series)
     record = records.encode_study(
         study_key=series.study_key,
         image=hu.numpy(),
@@ -337,6 +314,45 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
         **dict(task.manifest),
     }
     return record, row
+
+
+def _study_masks(task, series, center, pcfg):
+    """(lesion mask bool [S, N, N] or None, class mask int [S, N, N] or None) of a DICOM
+    study task's `.npz` mask, matched to the series by SOPInstanceUID and resampled like
+    its voxels (a tilted series' mask is sheared with them)."""
+    if not task.mask_path:
+        return None, None
+    with np.load(task.mask_path) as npz:
+        src_mask, uids = npz["mask"], [str(u) for u in npz["sop_instance_uids"]]
+        src_classes = npz["mask_classes"] if "mask_classes" in npz.files else None
+    index = {u: i for i, u in enumerate(uids)}
+    try:
+        order = [index[u] for u in series.sop_instance_uids]
+    except KeyError:
+        raise UserError(f"{task.mask_path}: mask slices do not match the DICOM series") from None
+    mask = preprocess.resample_mask(shear_like(series, src_mask[order] > 0), series.pixel_spacing,
+                                    center, pcfg).numpy()
+    if src_classes is None:
+        return mask, None
+    classes = resample_classes(sheared_classes(series, src_classes[order]), series.pixel_spacing,
+                               center, pcfg)
+    return mask, classes
+
+
+def _slice_targets(task, series):
+    """(slice labels int64 [S]: 1, 0 or -1 unknown; subtype labels int64 [S, 5] or None)."""
+    if task.slice_labels:
+        labels = [task.slice_labels.get(u, -1) for u in series.sop_instance_uids]
+        slice_labels = np.array(labels, np.int64)
+    elif task.label == 0:
+        slice_labels = np.zeros(series.num_slices, np.int64)  # a negative study has no positive slice
+    else:
+        slice_labels = np.full(series.num_slices, -1, np.int64)  # unknown
+    if not task.slice_subtypes:
+        return slice_labels, None
+    unknown = (-1,) * records.NUM_SUBTYPES
+    subtypes = [task.slice_subtypes.get(u, unknown) for u in series.sop_instance_uids]
+    return slice_labels, np.array(subtypes, np.int64)
 
 
 def sheared_classes(series, classes):

@@ -19,7 +19,8 @@ import math
 
 import tensorflow as tf
 
-from radnet_tf import preprocess, records
+from radnet_tf import preprocess
+from radnet_tf.records import schema as records
 from radnet_tf.errors import UserError
 from radnet_tf.contract import IGNORE_LABEL, MASK_OUTPUTS, OUTPUT_SLICE, OUTPUT_SUBTYPES, PAD_VALUE, SUBTYPES
 

@@ -1,5 +1,5 @@
 """Whole-study prediction and scoring: the one path the trainer's end-of-run evaluation,
-its threshold calibration and `radnet_tf.evaluate` all use.
+its threshold calibration and `radnet_tf.evaluation.evaluate` all use.
 
     fn = keras_slice_fn(model, cfg)            # or a SavedModel's serving_default
     preds = predict_studies(fn, files, cfg, "validation")
@@ -86,8 +86,8 @@ def predict_studies(slice_fn, files, cfg, split="validation", with_masks=False, 
     Raises:
       UserError: the split holds no study.
     """
-    from radnet_tf import data
-    from radnet_tf.metrics import mask_counts
+    from radnet_tf.records import dataset as data
+    from radnet_tf.evaluation.metrics import mask_counts
 
     out = StudyPredictions([], [], [], [])
     if with_masks:
@@ -124,7 +124,7 @@ def score_studies(preds: StudyPredictions, threshold, min_run) -> dict:
       slice_metrics, ct_metrics (metrics.binary_metrics dicts), short_studies (int:
       studies with fewer than `min_run` slices, scored with K' = their length).
     """
-    from radnet_tf.metrics import binary_metrics, ct_metrics, slice_table, study_table
+    from radnet_tf.evaluation.metrics import binary_metrics, ct_metrics, slice_table, study_table
 
     studies = study_table(preds.keys, preds.labels, preds.probs, threshold, min_run)
     slices = slice_table(preds.keys, preds.probs, preds.slice_labels)
@@ -142,7 +142,7 @@ def mask_scores(preds: StudyPredictions, slice_threshold, mask_threshold=None) -
     """Held-out quality of the served lesion mask (`decision.lesion_mask_np`: the fused mask
     at `mask_threshold`, default the first of `preds.mask_thresholds`, on slices at or above
     `slice_threshold`): `metrics.mask_metrics` of the predictions' mask counts."""
-    from radnet_tf.metrics import gate_mask_counts, mask_metrics
+    from radnet_tf.evaluation.metrics import gate_mask_counts, mask_metrics
 
     j = 0 if mask_threshold is None else preds.mask_thresholds.index(float(mask_threshold))
     sums = [None if c is None else gate_mask_counts(c[:, j], p, slice_threshold).sum(0)
@@ -155,7 +155,7 @@ def calibrate_mask_threshold(preds: StudyPredictions, slice_threshold, fallback)
     gated lesion mask over these studies (`decision.choose_mask_threshold`); `fallback`
     when there is no reference mask or no candidate finds a true pixel."""
     from radnet_tf.decision import choose_mask_threshold
-    from radnet_tf.metrics import gate_mask_counts
+    from radnet_tf.evaluation.metrics import gate_mask_counts
 
     gated = [gate_mask_counts(c, p, slice_threshold).sum(0) for c, p in zip(preds.mask_counts, preds.probs)
              if c is not None]
@@ -214,7 +214,7 @@ def subtype_tables(preds: StudyPredictions, thresholds, min_run, n_boot=200):
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     from radnet_tf.decision import ct_decision_labels_np
-    from radnet_tf.metrics import bootstrap_ci
+    from radnet_tf.evaluation.metrics import bootstrap_ci
 
     decisions = [ct_decision_labels_np(p, thresholds, min_run) for p in preds.subtype_probs]
     called = np.array([d["ct_positive"] for d in decisions], bool).reshape(-1, len(SUBTYPES))

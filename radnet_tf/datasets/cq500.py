@@ -83,7 +83,7 @@ def study_tasks(root, reads, series_policy=""):
       (tasks sorted by study name, skipped (study_id, reason) rows: studies without reads,
       reads without a study).
     """
-    from radnet_tf.convert import StudyTask
+    from radnet_tf.records.convert import StudyTask
 
     root = Path(root)
     if not root.is_dir():

@@ -128,7 +128,6 @@ def write_segmentation(path, series, source_files, masks, names, pcfg, meta):
     """
     try:
         import highdicom as hd
-        import pydicom
         from pydicom.sr.coding import Code
         from pydicom.uid import generate_uid
     except ImportError:

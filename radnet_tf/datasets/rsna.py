@@ -80,7 +80,7 @@ def header_row(path: Path, root: Path) -> dict:
     """One index row from a file's header (pixel data is not read)."""
     import pydicom
 
-    from radnet_tf.dicom_io import needs_12bit_intercept_fix
+    from radnet_tf.io.dicom import needs_12bit_intercept_fix
 
     row = {"file": str(path.relative_to(root)), "image_id": path.stem, "status": "ok", "reason": ""}
     try:
@@ -204,7 +204,7 @@ def label_map(labels) -> dict:
 def series_task(root, rows, labels: dict):
     """The `convert.StudyTask` of one series from its index rows (dicts) and `label_map`
     labels; None when none of its images has label rows (e.g. the test set)."""
-    from radnet_tf.convert import StudyTask
+    from radnet_tf.records.convert import StudyTask
 
     rows = sorted(rows, key=lambda r: (float(r["position"]), r["file"]))
     known = [r for r in rows if r["image_id"] in labels]

@@ -5,13 +5,13 @@
   copyright McGill University, see README). Read with nibabel from the installed package
   (nilearn itself is not imported: it pulls in scikit-learn).
 - Skull, skull base, orbits, sinuses and scalp: Rorden et al.'s scct head-CT template
-  (2 mm, BSD-2, radnet_tf/data/scct.nii.gz with radnet_tf/data/SCCT-LICENSE; Rorden C,
+  (2 mm, BSD-2, radnet_tf/phantom/assets/scct.nii.gz with its SCCT-LICENSE; Rorden C,
   Bonilha L, Fridriksson J, Bender B, Karnath HO (2012) NeuroImage 61(4):957-65).
 
 `atlas()` returns an `Atlas` on the ICBM 1 mm grid extended 24 mm down to the second
 cervical vertebra (RAS, mm; 197 x 233 x 213 voxels, origin (-98, -134, -96); below the
 templates' last slice, z = -72, the scct neck level is continued): per-voxel channels the
-phantom samples after a per-study warp (`radnet_tf.synth`), and labels that say where each
+phantom samples after a per-study warp (`radnet_tf.phantom.generate`), and labels that say where each
 kind of lesion can sit. Built from the templates in ~7 s and cached (float16, ~120 MB)
 under `$RADNET_CACHE` (default ~/.cache/radnet_tf), keyed by ATLAS_VERSION.
 """
@@ -27,7 +27,7 @@ import numpy as np
 
 # Bumped whenever the atlas channels change (the on-disk cache keys on it).
 ATLAS_VERSION = 3
-_DATA = Path(__file__).resolve().parent / "data"
+_DATA = Path(__file__).resolve().parent / "assets"
 ICBM_FILES = {
     "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
     "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
@@ -157,8 +157,29 @@ def _resample_to_icbm(vol, affine, shape, origin, order=1, z_min=None):
 
 def build_atlas() -> Atlas:
     """Builds the atlas from the templates (see the module docstring)."""
+    gm, wm, t1, frame, origin = _templates()
+    X, Y, Z = np.meshgrid(*[np.arange(n, dtype=np.float32) + o for n, o in zip(gm.shape, origin)],
+                          indexing="ij")
+    tissue = np.clip(gm + wm, 0, 1)
+    icv, icv_f, depth = _intracranial(tissue, t1, frame, origin, Z)
+    gm = np.minimum(gm, icv_f)
+    wm = np.minimum(wm, icv_f - gm)
+    csf = np.clip(icv_f - gm - wm, 0, 1)
+    frame = _sharpened_bone(frame, icv, Z)
+    vent, vent_f = _ventricles(csf, depth, X, Y, Z)
+    dense, falx = _dense_structures(icv, icv_f, csf, vent, tissue, depth, X, Y, Z)
+    fascia = _fascia(frame, icv, Z)
+    labels = _labels(icv, tissue, csf, vent, falx, depth, Z)
+    channels = np.stack([frame, icv_f, gm, wm, dense, np.minimum(depth, 60.0), vent_f, fascia], axis=-1)
+    # float16 precision whether built or read from the cache: the same cohort either way.
+    channels = channels.astype(np.float16).astype(np.float32)
+    return Atlas(channels=channels, labels=labels, origin=origin)
+
+
+def _templates():
+    """ICBM grey, white and T1 (float32 in [0, 1], padded BELOW_MM below) and the scct head
+    in HU resampled onto that grid; and the grid's origin (mm)."""
     import nibabel as nib
-    from scipy import ndimage
 
     d = _icbm_dir()
     gm_img = nib.load(str(d / ICBM_FILES["gm"]))
@@ -169,81 +190,97 @@ def build_atlas() -> Atlas:
 
     origin = np.asarray(gm_img.affine[:3, 3], np.float64) - (0.0, 0.0, BELOW_MM)
     gm, wm, t1 = icbm("gm"), icbm("wm"), icbm("t1")
-    shape = gm.shape
     hu, aff = _scct_hu()
     # The template fades out over its last few mm (an average of heads scanned from
     # different levels): below NECK_MM its level NECK_MM is continued (the first two
     # cervical vertebrae, jaw and pharynx look alike at this scale).
-    frame = _resample_to_icbm(hu, aff, shape, origin, z_min=NECK_MM)
-    X, Y, Z = np.meshgrid(*[np.arange(n, dtype=np.float32) + o for n, o in zip(shape, origin)], indexing="ij")
+    frame = _resample_to_icbm(hu, aff, gm.shape, origin, z_min=NECK_MM)
+    return gm, wm, t1, frame, origin
 
-    # Brain (tissue) and the intracranial space: the brain, its CSF, and the thin space
-    # between brain and skull. The template's blurred skull is thick; the icv is the
-    # non-bone space within 6 mm of the brain, cut at the foramen magnum.
-    tissue = np.clip(gm + wm, 0, 1)
+
+def _intracranial(tissue, t1, frame, origin, Z):
+    """The intracranial space: the brain, its CSF, and the thin space between brain and
+    skull. The template's blurred skull is thick; the icv is the non-bone space within
+    6 mm of the brain, cut at the foramen magnum. Returns (icv bool, smoothed icv float32,
+    depth below the inner table mm)."""
+    from scipy import ndimage
+
     brain = (t1 > 0.12) | (tissue > 0.3)
     brain = ndimage.binary_fill_holes(ndimage.binary_closing(brain, iterations=2))
     near = ndimage.distance_transform_edt(~brain) <= 6.0
-    soft = frame < 180.0
-    icv = near & soft & (Z > -68)
+    icv = near & (frame < 180.0) & (Z > -68)
     icv = ndimage.binary_opening(icv, iterations=1)
-    lab, n = ndimage.label(icv)
+    lab, _ = ndimage.label(icv)
     centre = lab[tuple(np.round(-origin + np.array([0, -15, 15])).astype(int))]
-    icv = lab == centre
-    icv = ndimage.binary_fill_holes(icv)
+    icv = ndimage.binary_fill_holes(lab == centre)
     icv_f = ndimage.gaussian_filter(icv.astype(np.float32), 0.6)
     depth = ndimage.distance_transform_edt(icv).astype(np.float32)
-    gm = np.minimum(gm, icv_f)
-    wm = np.minimum(wm, icv_f - gm)
-    csf = np.clip(icv_f - gm - wm, 0, 1)
+    return icv, icv_f, depth
 
-    # Skull: the template's bone is a blurred average (peak ~600 HU); real cortical bone
-    # is > 1000 HU with a darker diploe. Sharpen: HU above 250 maps to 700..1900.
-    # Below the skull base the template's bone (vertebrae, jaw) is fainter still: there
-    # anything above 120 HU is bone.
+
+def _sharpened_bone(frame, icv, Z):
+    """The template's bone is a blurred average (peak ~600 HU); real cortical bone is
+    > 1000 HU with a darker diploe. HU above 250 maps to 700..1900; below the skull base
+    (vertebrae, jaw: fainter still) anything above 120 HU is bone. 0 inside the icv."""
     floor = np.where(Z < -58.0, 120.0, 250.0).astype(np.float32)
     bone = frame > floor
     sharpened = np.where(bone, 700.0 + (frame - floor) * 3.0, frame)
-    frame = np.where(icv, 0.0, np.minimum(sharpened, 1900.0)).astype(np.float32)
+    return np.where(icv, 0.0, np.minimum(sharpened, 1900.0)).astype(np.float32)
 
-    # Ventricles: CSF deep in the brain (lateral, third, fourth), not the basal cisterns.
+
+def _ventricles(csf, depth, X, Y, Z):
+    """CSF deep in the brain (lateral, third, fourth), not the basal cisterns: (bool, fraction)."""
+    from scipy import ndimage
+
     deep_csf = (csf > 0.5) & (depth > 14.0)
     central = (np.abs(X) < 30) & (Y > -50) & (Y < 35) & (Z > -2) & (Z < 40)
     fourth = (np.abs(X) < 9) & (Y > -58) & (Y < -35) & (Z > -45) & (Z < -18)
-    vent = deep_csf & (central | fourth)
-    vent = ndimage.binary_opening(vent, iterations=1)
-    vent_f = np.minimum(ndimage.gaussian_filter(vent.astype(np.float32), 0.5), csf)
+    vent = ndimage.binary_opening(deep_csf & (central | fourth), iterations=1)
+    return vent, np.minimum(ndimage.gaussian_filter(vent.astype(np.float32), 0.5), csf)
+
+
+def _dense_structures(icv, icv_f, csf, vent, tissue, depth, X, Y, Z):
+    """Hyperdense dura (falx, tentorium) and venous sinuses: (fraction float32, falx bool)."""
+    from scipy import ndimage
 
     # Falx: a midline sheet in the interhemispheric CSF above the corpus callosum.
     falx = icv & (np.abs(X) < 1.0) & (csf > 0.3) & ~vent & (Z > 5)
     # Tentorium: the CSF gap with brain both above and below, behind the brainstem.
-    above = ndimage.maximum_filter1d((tissue > 0.5).astype(np.uint8), 7, axis=2, origin=-3)
-    below = ndimage.maximum_filter1d((tissue > 0.5).astype(np.uint8), 7, axis=2, origin=3)
-    tent = icv & (csf > 0.35) & (Y < -40) & (Z > -35) & (Z < 12) & (above > 0) & (below > 0) & (np.abs(X) > 3)
+    above = ndimage.maximum_filter1d((tissue > 0.5).astype(np.uint8), 7, axis=2, origin=-3) > 0
+    below = ndimage.maximum_filter1d((tissue > 0.5).astype(np.uint8), 7, axis=2, origin=3) > 0
+    tent = icv & (csf > 0.35) & (Y < -40) & (Z > -35) & (Z < 12) & above & below & (np.abs(X) > 3)
     dura = np.minimum(1.5 * ndimage.gaussian_filter((falx | tent).astype(np.float32), 0.5), icv_f)
-
-    # Venous sinuses: superior sagittal (midline, under the vault) and transverse (along
-    # the occipital inner table at tentorium level).
+    # Superior sagittal (midline, under the vault) and transverse (along the occipital
+    # inner table at tentorium level) sinuses.
     sss = icv & (np.abs(X) < 4) & (depth < 5) & (Z > 0) & (Y < 60)
     transverse = icv & (depth < 5) & (Y < -70) & (Z > -25) & (Z < -5)
     # Straight sinus and vein of Galen: where falx meets tentorium, the midline CSF gap
     # between the occipital lobes above and the cerebellum below, from behind the splenium.
-    straight = icv & (np.abs(X) < 2.5) & (csf > 0.3) & (Y < -38) & (Z > -30) & (Z < 15) & (above > 0) & (below > 0)
+    straight = (icv & (np.abs(X) < 2.5) & (csf > 0.3) & (Y < -38) & (Z > -30) & (Z < 15)
+                & above & below)
     straight = ndimage.binary_dilation(straight, iterations=1) & icv
-    sinus = np.minimum(ndimage.gaussian_filter((sss | transverse | straight).astype(np.float32), 0.7), icv_f)
-    dense = np.maximum(dura, sinus)
+    sinus = np.minimum(ndimage.gaussian_filter((sss | transverse | straight).astype(np.float32), 0.7),
+                       icv_f)
+    return np.maximum(dura, sinus), falx
 
-    # Fat planes between the muscles of the face, jaw and neck (the averaged template blurs
-    # muscle and fat into one grey): thin sheets where a smooth random field (fixed seed,
-    # ~1 cm bundles) crosses zero, in extracranial soft tissue.
-    field = ndimage.gaussian_filter(np.random.default_rng(20260).standard_normal(shape, dtype=np.float32), 5.0)
+
+def _fascia(frame, icv, Z):
+    """Fat planes between the muscles of the face, jaw and neck (the averaged template
+    blurs muscle and fat into one grey): thin sheets where a smooth random field (fixed
+    seed, ~1 cm bundles) crosses zero, in extracranial soft tissue. float32 in [0, 1]."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(20260)
+    field = ndimage.gaussian_filter(rng.standard_normal(frame.shape, dtype=np.float32), 5.0)
     field /= field.std()
     soft_tissue = (frame > -60.0) & (frame < 200.0) & ~icv
     below_orbits = np.clip((-35.0 - Z) / 15.0, 0, 1)
-    fascia = np.where(soft_tissue, np.exp(-((field / 0.15) ** 2)) * below_orbits, 0.0).astype(np.float32)
-    del field
+    return np.where(soft_tissue, np.exp(-((field / 0.15) ** 2)) * below_orbits, 0.0).astype(np.float32)
 
-    labels = np.zeros(shape, np.uint8)
+
+def _labels(icv, tissue, csf, vent, falx, depth, Z):
+    """Candidate places for each lesion type (LABEL_*), uint8."""
+    labels = np.zeros(icv.shape, np.uint8)
     labels[icv & (tissue > 0.8) & (depth > 4)] = LABEL_PARENCHYMA
     cistern = (csf > 0.6) & ~vent & (depth > 12) & (Z < 5) & (Z > -40)
     labels[cistern] = LABEL_CISTERN
@@ -253,11 +290,7 @@ def build_atlas() -> Atlas:
     labels[icv & (depth > 0.5) & (depth < 2.0) & (Z > -25)] = LABEL_SURFACE
     labels[vent] = LABEL_VENTRICLE
     labels[falx & (depth > 3)] = LABEL_FALX
-
-    channels = np.stack([frame, icv_f, gm, wm, dense, np.minimum(depth, 60.0), vent_f, fascia], axis=-1)
-    # float16 precision whether built or read from the cache: the same cohort either way.
-    channels = channels.astype(np.float16).astype(np.float32)
-    return Atlas(channels=channels, labels=labels, origin=origin)
+    return labels
 
 
 def _cache_path():

@@ -567,19 +567,54 @@ def read_series(
     """
     if tilt not in ("correct", "reject"):
         raise ValueError(f"tilt must be 'correct' or 'reject'. Received: tilt={tilt!r}")
+    root, files = _list_files(folder)
+    series, skipped = _scan(files, root)
+    chosen_uid, series_choice = _choose_series(series, root, salt, series_uid, series_policy, skipped)
+    members, pixel_spacing, warnings = _check_members(series[chosen_uid], root, min_slices, skipped)
+    orientation = np.asarray(members[0][1].ImageOrientationPatient, np.float64)
+    members, along, ipp = _order(members, _normal(orientation))
+    hu, members, keep, fixed_names = _decode(members, root, min_slices, fix_12bit, skip_undecodable, skipped)
+    along, ipp = along[keep], ipp[keep]
+    first = members[0][1]
+    geometry = _geometry(hu, ipp, along, orientation, pixel_spacing, tilt, root, first)
+    study_uid = str(first.get("StudyInstanceUID", "")) or chosen_uid
+    thickness = first.get("SliceThickness")
+    return CTSeries(
+        pixel_spacing=pixel_spacing,
+        slice_positions=along,
+        orientation=orientation,
+        study_key=pseudonymize(study_uid, salt),
+        series_key=pseudonymize(chosen_uid, salt),
+        sop_instance_uids=[str(ds.SOPInstanceUID) for _, ds in members],
+        frame_numbers=[_frame_number(ds) for _, ds in members],
+        skipped=skipped,
+        slice_thickness=float(thickness) if thickness not in (None, "") else float("nan"),
+        warnings=warnings,
+        corrected_files=fixed_names,
+        series_choice=series_choice,
+        **geometry,
+    )
+
+
+def _list_files(folder):
+    """(root folder, list of file Paths) of a folder (recursively), a file or a file list."""
     if isinstance(folder, (list, tuple)):
         files = [Path(f) for f in folder]
         if not files:
             raise DicomReadError("no files given")
-        root = files[0].parent
-    else:
-        root = Path(folder)
-        if not root.exists():
-            raise DicomReadError(f"{root}: no such file or folder")
-        files = [root] if root.is_file() else list(_iter_files(root))
+        return files[0].parent, files
+    root = Path(folder)
+    if not root.exists():
+        raise DicomReadError(f"{root}: no such file or folder")
+    files = [root] if root.is_file() else list(_iter_files(root))
     if not files:
         raise DicomReadError(f"{root}: folder is empty")
+    return root, files
 
+
+def _scan(files, root):
+    """Reads every file's header: ({SeriesInstanceUID: [(path, slice or frame view)]},
+    [(name, reason skipped)]). Raises DicomReadError for unreadable files or no series."""
     skipped, series, seen_sops = [], {}, set()
     for path in files:
         try:
@@ -588,171 +623,169 @@ def read_series(
             skipped.append((path.name, "not a DICOM file"))
             continue
         except Exception as err:  # truncated or corrupt
-            raise DicomReadError(f"{path}: cannot read DICOM ({type(err).__name__}: {err})") from None
+            raise DicomReadError(
+                f"{path}: cannot read DICOM ({type(err).__name__}: {err})"
+            ) from None
         for item in _slices_of(ds):  # a classic slice, or each frame of an enhanced CT object
             reason = _skip_reason(item)
-            if reason is None:
-                orientation = np.asarray(item.ImageOrientationPatient, np.float64)
-                if not _is_axial(orientation):
-                    reason = "not an axial slice"
+            if reason is None and not _is_axial(np.asarray(item.ImageOrientationPatient, np.float64)):
+                reason = "not an axial slice"
+            sop = str(item.get("SOPInstanceUID", ""))
+            key = (sop, _frame_number(item))
+            if reason is None and sop and key in seen_sops:
+                reason = "duplicate SOPInstanceUID (same image stored twice)"
             if reason:
                 skipped.append((_name(path, item), reason))
                 continue
-            sop = str(item.get("SOPInstanceUID", ""))
-            key = (sop, _frame_number(item))
-            if sop and key in seen_sops:
-                skipped.append((_name(path, item), "duplicate SOPInstanceUID (same image stored twice)"))
-                continue
             seen_sops.add(key)
             series.setdefault(str(item.get("SeriesInstanceUID", "")), []).append((path, item))
-
     if not series:
         dicom_seen = [r for _, r in skipped if r != "not a DICOM file"]
         if not dicom_seen:
             raise DicomReadError(f"{root}: no DICOM files found ({len(files)} files looked at)")
-        reasons = sorted({r for r in dicom_seen})
-        raise DicomReadError(f"{root}: no axial CT image series (files skipped: {'; '.join(reasons)})")
+        reasons = "; ".join(sorted(set(dicom_seen)))
+        raise DicomReadError(f"{root}: no axial CT image series (files skipped: {reasons})")
+    return series, skipped
 
-    def described(uid):
-        ds = series[uid][0][1]
-        thickness = ds.get("SliceThickness")
-        try:
-            thickness = float(thickness) if thickness not in (None, "") else float("nan")
-        except (TypeError, ValueError):
-            thickness = float("nan")
-        return str(ds.get("SeriesDescription", "") or ""), str(ds.get("ConvolutionKernel", "") or ""), thickness
 
-    policy = series_policy or SeriesPolicy()
-    decisions = {}
+def _described(members):
+    """(SeriesDescription, ConvolutionKernel, SliceThickness or nan) of a series' first slice."""
+    ds = members[0][1]
+    thickness = ds.get("SliceThickness")
+    try:
+        thickness = float(thickness) if thickness not in (None, "") else float("nan")
+    except (TypeError, ValueError):
+        thickness = float("nan")
+    return str(ds.get("SeriesDescription", "") or ""), str(ds.get("ConvolutionKernel", "") or ""), thickness
+
+
+def _choose_series(series, root, salt, series_uid, policy, skipped):
+    """(chosen SeriesInstanceUID, series_choice rows). The slices of the other series are
+    added to `skipped` with the decision."""
+    described = {uid: _described(members) for uid, members in series.items()}
     if series_uid is not None:
         if series_uid not in series:
             raise DicomReadError(f"{root}: series {series_uid} not found")
         chosen_uid = series_uid
         decisions = {uid: "another series (series_uid given)" for uid in series if uid != chosen_uid}
     else:
-        decisions = {uid: policy.rejects(*described(uid)) for uid in series}
+        policy = policy or SeriesPolicy()
+        decisions = {uid: policy.rejects(*described[uid]) for uid in series}
         passing = [uid for uid, why in decisions.items() if why is None]
         if not passing:
-            why = "; ".join(f"{described(uid)[0] or 'series'}: {decisions[uid]}" for uid in sorted(series))
+            why = "; ".join(f"{described[uid][0] or 'series'}: {decisions[uid]}" for uid in sorted(series))
             raise DicomReadError(f"{root}: no series passes the series policy ({why})")
-        chosen_uid = max(passing, key=lambda uid: (len(series[uid]), -np.nan_to_num(described(uid)[2], nan=0.0)))
+        chosen_uid = max(passing, key=lambda u: (len(series[u]), -np.nan_to_num(described[u][2], nan=0.0)))
         for uid in passing:
             if uid != chosen_uid:
                 decisions[uid] = "fewer slices than the chosen series"
-    series_choice = []
+    rows = []
     for uid in sorted(series, key=lambda u: -len(series[u])):
-        description, kernel, thickness = described(uid)
+        description, kernel, thickness = described[uid]
         decision = "chosen" if uid == chosen_uid else decisions[uid]
-        series_choice.append({
+        rows.append({
             "series_key": pseudonymize(uid, salt), "description": description, "kernel": kernel,
-            "thickness_mm": None if np.isnan(thickness) else round(thickness, 3), "slices": len(series[uid]),
-            "decision": decision,
+            "thickness_mm": None if np.isnan(thickness) else round(thickness, 3),
+            "slices": len(series[uid]), "decision": decision,
         })
         if uid != chosen_uid:
             skipped.extend((_name(p, d), f"another series: {decision}") for p, d in series[uid])
-    members = series[chosen_uid]
-    if len(members) < min_slices:
-        raise DicomReadError(
-            f"{root}: series has {len(members)} slice(s); at least {min_slices} needed"
-        )
+    return chosen_uid, rows
 
-    # The series' orientation is its most common one; odd slices are skipped and listed.
+
+def _check_members(members, root, min_slices, skipped):
+    """The slices of the series' most common orientation (others added to `skipped`), their
+    pixel spacing [2] and warnings. Raises DicomReadError for too few slices or mixed
+    matrix sizes or spacings."""
+    if len(members) < min_slices:
+        raise DicomReadError(f"{root}: series has {len(members)} slice(s); at least {min_slices} needed")
     orients = [tuple(np.round(np.asarray(ds.ImageOrientationPatient, np.float64), 3)) for _, ds in members]
     common = max(set(orients), key=orients.count)
-    kept = [m for m, o in zip(members, orients) if np.allclose(o, common, atol=1e-3)]
-    skipped.extend((_name(p, d), "orientation differs from the rest of the series") for (p, d), o in zip(members, orients)
-                   if not np.allclose(o, common, atol=1e-3))
-    members = kept
+    same = [np.allclose(o, common, atol=1e-3) for o in orients]
+    skipped.extend((_name(p, d), "orientation differs from the rest of the series")
+                   for (p, d), ok in zip(members, same) if not ok)
+    members = [m for m, ok in zip(members, same) if ok]
     if len(members) < min_slices:
-        raise DicomReadError(f"{root}: series has {len(members)} slice(s) of one orientation; at least {min_slices} needed")
+        raise DicomReadError(
+            f"{root}: series has {len(members)} slice(s) of one orientation; at least {min_slices} needed"
+        )
     first = members[0][1]
     shape = (int(first.Rows), int(first.Columns))
-    orientation = np.asarray(first.ImageOrientationPatient, np.float64)
     pixel_spacing = _pixel_spacing(first, _where(*members[0]))
     for path, ds in members:
         if (int(ds.Rows), int(ds.Columns)) != shape:
-            raise DicomReadError(
-                f"{_where(path, ds)}: matrix {ds.Rows}x{ds.Columns} differs from the series' {shape[0]}x{shape[1]}"
-            )
+            raise DicomReadError(f"{_where(path, ds)}: matrix {ds.Rows}x{ds.Columns} differs from "
+                                 f"the series' {shape[0]}x{shape[1]}")
         if not np.allclose(_pixel_spacing(ds, _where(path, ds)), pixel_spacing, rtol=1e-3):
             raise DicomReadError(f"{_where(path, ds)}: pixel spacing differs from the rest of the series")
     warnings = []
     no_rescale = sum("RescaleSlope" not in ds or "RescaleIntercept" not in ds for _, ds in members)
     if no_rescale:
-        warnings.append(f"{no_rescale} slice(s) without RescaleSlope/RescaleIntercept: read as slope 1, intercept 0")
+        warnings.append(f"{no_rescale} slice(s) without RescaleSlope/RescaleIntercept: "
+                        "read as slope 1, intercept 0")
+    return members, pixel_spacing, warnings
 
-    normal = _normal(orientation)
+
+def _order(members, normal):
+    """Slices sorted by ImagePositionPatient projected on the slice normal: (members,
+    positions along the normal [S] mm, ImagePositionPatient [S, 3])."""
     ipp = np.array([np.asarray(ds.ImagePositionPatient, np.float64) for _, ds in members])
     along = ipp @ normal
     order = np.argsort(along, kind="stable")
     along, ipp = along[order], ipp[order]
     members = [members[i] for i in order]
-    if np.any(np.diff(along) < 1e-3) and len(members) > 1:
+    if len(members) > 1 and np.any(np.diff(along) < 1e-3):
         dup = _where(*members[int(np.argmin(np.diff(along))) + 1])
         raise DicomReadError(f"{dup}: two slices at the same position")
+    return members, along, ipp
 
-    slices, fixed_names, undecodable = [], [], []
+
+def _decode(members, root, min_slices, fix_12bit, skip_undecodable, skipped):
+    """Decodes the slices to HU: (int16 [S, H, W], decoded members, their indices in
+    `members`, names of 12-bit-corrected files). With `skip_undecodable` an undecodable
+    slice is skipped and listed instead of refusing the series."""
+    slices, fixed_names, keep = [], [], []
     for k, (path, ds) in enumerate(members):
         try:
             values, fixed = _hu(ds, _where(path, ds), fix_12bit)
         except DicomReadError as err:
             if not (skip_undecodable and "cannot decode pixel data" in str(err)):
                 raise
-            undecodable.append(k)
+            skipped.append((_name(path, ds), "pixel data cannot be decoded"))
             continue
         slices.append(values)
+        keep.append(k)
         if fixed:
             fixed_names.append(_name(path, ds))
-    if undecodable:
-        skipped.extend((_name(*members[k]), "pixel data cannot be decoded") for k in undecodable)
-        keep = sorted(set(range(len(members))) - set(undecodable))
-        members, along, ipp = [members[i] for i in keep], along[keep], ipp[keep]
-        if len(members) < max(1, min_slices):
-            raise DicomReadError(f"{root}: {len(members)} decodable slice(s) left; at least {max(1, min_slices)} needed")
-        first = members[0][1]
-    hu = np.stack(slices)
+    if len(keep) < len(members) and len(keep) < max(1, min_slices):
+        raise DicomReadError(
+            f"{root}: {len(keep)} decodable slice(s) left; at least {max(1, min_slices)} needed"
+        )
+    return np.stack(slices), [members[k] for k in keep], keep, fixed_names
 
-    tilt_deg, corrected, gaps, irregular, spacing = 0.0, False, [], False, float("nan")
-    shear = np.zeros((len(members), 2))
-    if len(members) > 1:
-        step = ipp[-1] - ipp[0]
-        cos = abs(float(np.dot(step, normal))) / float(np.linalg.norm(step))
-        tilt_deg = float(np.degrees(np.arccos(min(1.0, cos))))
-        spacings = np.diff(along)
-        spacing = float(np.median(spacings))
-        gaps, irregular = _find_gaps(spacings, spacing)
-        if tilt_deg > TILT_TOLERANCE_DEG:
-            if tilt == "reject":
-                raise DicomReadError(
-                    f"{root}: gantry tilt of {tilt_deg:.1f} degrees; tilted series are refused "
-                    "(read with tilt='correct' to shear them onto an orthogonal grid)"
-                )
-            hu = _shear_to_normal(hu, ipp, orientation, pixel_spacing)
-            shear = shear_shifts(ipp, orientation, pixel_spacing)
-            corrected = True
-    else:
-        spacing = float(first.get("SliceThickness", float("nan")) or float("nan"))
 
-    study_uid = str(first.get("StudyInstanceUID", "")) or chosen_uid
-    thickness = first.get("SliceThickness")
-    return CTSeries(
-        hu=hu,
-        pixel_spacing=pixel_spacing,
-        slice_positions=along,
-        slice_spacing=spacing,
-        orientation=orientation,
-        study_key=pseudonymize(study_uid, salt),
-        series_key=pseudonymize(chosen_uid, salt),
-        sop_instance_uids=[str(ds.SOPInstanceUID) for _, ds in members],
-        frame_numbers=[_frame_number(ds) for _, ds in members],
-        tilt_deg=tilt_deg,
-        tilt_corrected=corrected,
-        irregular_spacing=irregular,
-        gaps=gaps,
-        skipped=skipped,
-        slice_thickness=float(thickness) if thickness not in (None, "") else float("nan"),
-        warnings=warnings,
-        corrected_files=fixed_names,
-        series_choice=series_choice,
-        shear_px=shear,
-    )
+def _geometry(hu, ipp, along, orientation, pixel_spacing, tilt, root, first) -> dict:
+    """The CTSeries fields that depend on slice positions: hu (sheared onto an orthogonal
+    grid when the gantry was tilted and tilt="correct"), slice_spacing, tilt_deg,
+    tilt_corrected, gaps, irregular_spacing, shear_px."""
+    out = dict(hu=hu, tilt_deg=0.0, tilt_corrected=False, gaps=[], irregular_spacing=False,
+               shear_px=np.zeros((len(hu), 2)))
+    if len(hu) < 2:
+        out["slice_spacing"] = float(first.get("SliceThickness", float("nan")) or float("nan"))
+        return out
+    step = ipp[-1] - ipp[0]
+    cos = abs(float(np.dot(step, _normal(orientation)))) / float(np.linalg.norm(step))
+    out["tilt_deg"] = float(np.degrees(np.arccos(min(1.0, cos))))
+    spacings = np.diff(along)
+    out["slice_spacing"] = float(np.median(spacings))
+    out["gaps"], out["irregular_spacing"] = _find_gaps(spacings, out["slice_spacing"])
+    if out["tilt_deg"] > TILT_TOLERANCE_DEG:
+        if tilt == "reject":
+            raise DicomReadError(
+                f"{root}: gantry tilt of {out['tilt_deg']:.1f} degrees; tilted series are refused "
+                "(read with tilt='correct' to shear them onto an orthogonal grid)"
+            )
+        out["hu"] = _shear_to_normal(hu, ipp, orientation, pixel_spacing)
+        out["shear_px"] = shear_shifts(ipp, orientation, pixel_spacing)
+        out["tilt_corrected"] = True
+    return out

@@ -1,6 +1,6 @@
 """Losses and metrics that honour padding and missing masks.
 
-Label convention (written by `radnet_tf.data`): a target value of -1 means "ignore":
+Label convention (written by `radnet_tf.records.dataset`): a target value of -1 means "ignore":
 padded slices carry -1 slice labels and -1 masks; slices without a reference mask carry
 -1 masks. The RADnet loss is the weighted sum (weights set at compile time) of the slice
 BCE and the three mask BCEs, each averaged over its valid elements per study.

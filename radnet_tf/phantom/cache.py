@@ -1,6 +1,6 @@
 """The built-in default's data: a cached synthetic cohort and its records in `work_dir`.
 
-    work_dir/synth/                      the cohort (radnet_tf.synth layout) + spec.json
+    work_dir/synth/                      the cohort (radnet_tf.phantom.generate layout) + spec.json
     work_dir/records-<N>px-<mm>mm/       its records on the model grid + source.json
 
 Both are rebuilt when what they were made from changes (cohort size, seed, generator
@@ -22,8 +22,8 @@ from radnet_tf.cli import say
 def prepare_synthetic(cfg, progress=True) -> str:
     """Generates (cached) the synthetic cohort of `cfg` and its records; returns the
     records folder (str)."""
-    from radnet_tf import synth
-    from radnet_tf.convert import SOURCE_FILE, build_source, folder_tasks, run_local
+    from radnet_tf.phantom import generate as synth
+    from radnet_tf.records.convert import SOURCE_FILE, build_source, folder_tasks, run_local
 
     work = Path(cfg.work_dir)
     cohort = work / "synth"

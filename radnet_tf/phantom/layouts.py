@@ -75,7 +75,7 @@ def write_rsna(out, num_studies, seed, cfg):
     """Writes the RSNA layout (module docstring). Returns the label rows written."""
     import pydicom
 
-    from radnet_tf import synth
+    from radnet_tf.phantom import generate as synth
 
     out = Path(out)
     images = out / "stage_2_train"
@@ -126,7 +126,7 @@ def _cq500_series(phantom, study_dir, rng_state, description, kernel, step, thic
     import pydicom
     from pydicom.uid import generate_uid
 
-    from radnet_tf import synth
+    from radnet_tf.phantom import generate as synth
 
     rng = np.random.default_rng()
     rng.bit_generator.state = rng_state
@@ -149,7 +149,7 @@ def write_cq500(out, num_studies, seed, cfg):
     """Writes the CQ500 layout (module docstring). Returns the reads table rows."""
     import zipfile
 
-    from radnet_tf import synth
+    from radnet_tf.phantom import generate as synth
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -205,7 +205,7 @@ def write_nifti(out, num_studies, seed, cfg):
     when converting), which an untilted draw stands for."""
     import nibabel as nib
 
-    from radnet_tf import synth
+    from radnet_tf.phantom import generate as synth
 
     out = Path(out)
     (out / "ct_scans").mkdir(parents=True, exist_ok=True)
@@ -242,7 +242,7 @@ def write_nifti(out, num_studies, seed, cfg):
 
 def write_layout(out, layout, num_studies, seed, cfg, workers=1, progress=False):
     """Writes the synthetic cohort in `layout` (one of LAYOUTS) under `out`."""
-    from radnet_tf import synth
+    from radnet_tf.phantom import generate as synth
 
     if layout == "folders":
         return synth.generate_cohort(out, num_studies, seed, cfg, progress=progress, workers=workers)
