@@ -1,9 +1,12 @@
 """CPU benchmarks behind BENCHMARKS.md. Each figure is a ratio against a baseline run in the
 same process (the machines are shared and noisy; absolute times drift).
 
-    python benchmarks/cpu_bench.py [--only ingest,synth,convert,input,model,export] [--shared ../shared/data]
-    python benchmarks/cpu_bench.py --only multiframe   # CQ500-CT-0 as one enhanced CT object (highdicom)
-    python benchmarks/cpu_bench.py --only train64     # one process per size: peak RSS is per process
+    python benchmarks/cpu_bench.py [--only ingest,synth,convert,input,model,export] [--shared
+    ../shared/data]
+    python benchmarks/cpu_bench.py --only multiframe   # CQ500-CT-0 as one enhanced CT object
+    (highdicom)
+    python benchmarks/cpu_bench.py --only train64     # one process per size: peak RSS is per
+    process
     python benchmarks/cpu_bench.py --only train256
     python benchmarks/cpu_bench.py --tiny --only all    # seconds-long smoke run (tests)
 
@@ -40,15 +43,26 @@ def timed(fn, repeat=1):
     return best, out
 
 
-TINY = dict(input_size=32, out_spacing=8.0, depth=7, growth_rate=2, initial_filters=4, lstm_units=3, head_filters=2,
-            crop_slices=4, batch_size=2)
+TINY = dict(
+    input_size=32,
+    out_spacing=8.0,
+    depth=7,
+    growth_rate=2,
+    initial_filters=4,
+    lstm_units=3,
+    head_filters=2,
+    crop_slices=4,
+    batch_size=2,
+)
 
 
 def _tiny_series(folder, slices=4):
     from radnet_tf.phantom import generate as synth
 
     cfg = synth.SynthConfig(matrix=64, num_slices=slices, pixel_spacing_range=(3.4, 3.4))
-    synth.write_dicom_series(synth.make_phantom(np.random.default_rng(0), cfg), folder, np.random.default_rng(0))
+    synth.write_dicom_series(
+        synth.make_phantom(np.random.default_rng(0), cfg), folder, np.random.default_rng(0)
+    )
     return folder
 
 
@@ -63,11 +77,18 @@ def bench_ingest(folder, name="ingest_cq500_238"):
     pcfg = Config().preprocess_config()
     bare, _ = timed(lambda: [pydicom.dcmread(f).pixel_array for f in files], 2)
     read, series = timed(lambda: read_series(folder), 2)
-    pre, _ = timed(lambda: preprocess.preprocess_study(series.hu, series.pixel_spacing, pcfg).numpy(), 2)
+    pre, _ = timed(
+        lambda: preprocess.preprocess_study(series.hu, series.pixel_spacing, pcfg).numpy(), 2
+    )
     n = len(files)
-    emit(bench=name, slices=n, bare_pydicom_slices_per_s=round(n / bare, 1),
-         reader_slices_per_s=round(n / read, 1), reader_plus_preprocess_slices_per_s=round(n / (read + pre), 1),
-         ratio_reader_plus_preprocess_vs_bare_decode=round(bare / (read + pre), 3))
+    emit(
+        bench=name,
+        slices=n,
+        bare_pydicom_slices_per_s=round(n / bare, 1),
+        reader_slices_per_s=round(n / read, 1),
+        reader_plus_preprocess_slices_per_s=round(n / (read + pre), 1),
+        ratio_reader_plus_preprocess_vs_bare_decode=round(bare / (read + pre), 3),
+    )
 
 
 def bench_multiframe(folder, name="multiframe_cq500_238"):
@@ -85,29 +106,50 @@ def bench_multiframe(folder, name="multiframe_cq500_238"):
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # highdicom's notes on the sources' de-identified names
         hd.legacy.LegacyConvertedEnhancedCTImage(
-            sources, series_instance_uid=sources[0].SeriesInstanceUID, series_number=1,
-            sop_instance_uid=generate_uid(), instance_number=1).save_as(Path(tmp) / "mf.dcm")
+            sources,
+            series_instance_uid=sources[0].SeriesInstanceUID,
+            series_number=1,
+            sop_instance_uid=generate_uid(),
+            instance_number=1,
+        ).save_as(Path(tmp) / "mf.dcm")
         classic_s, classic = timed(lambda: read_series(folder), 2)
         frames_s, frames = timed(lambda: read_series(Path(tmp) / "mf.dcm"), 2)
-    emit(bench=name, slices=classic.num_slices, identical_hu=bool(np.array_equal(classic.hu, frames.hu)),
-         classic_s=round(classic_s, 3), multiframe_s=round(frames_s, 3),
-         ratio_multiframe_vs_classic=round(frames_s / classic_s, 3))
+    emit(
+        bench=name,
+        slices=classic.num_slices,
+        identical_hu=bool(np.array_equal(classic.hu, frames.hu)),
+        classic_s=round(classic_s, 3),
+        multiframe_s=round(frames_s, 3),
+        ratio_multiframe_vs_classic=round(frames_s / classic_s, 3),
+    )
 
 
 def bench_synth(tiny=False):
     from radnet_tf.phantom import generate as synth
 
     # The built-in default's cohort: 512 x 512 x 16 (configs/default.yaml synth_*).
-    n, cfg = (2, synth.SynthConfig(matrix=64, num_slices=4)) if tiny else (40, synth.SynthConfig(num_slices=16))
+    n, cfg = (
+        (2, synth.SynthConfig(matrix=64, num_slices=4))
+        if tiny
+        else (40, synth.SynthConfig(num_slices=16))
+    )
     synth.make_phantom(np.random.default_rng(0), cfg)  # the atlas: built or read once per process
     with tempfile.TemporaryDirectory() as tmp:
         dt, _ = timed(lambda: synth.generate_cohort(f"{tmp}/one", n, seed=0, cfg=cfg))
         dt2, _ = timed(lambda: synth.generate_cohort(f"{tmp}/two", n, seed=0, cfg=cfg, workers=2))
-        phantom_only, _ = timed(lambda: [synth.make_phantom(np.random.default_rng([0, i]), cfg) for i in range(n)])
-    emit(bench=f"synth_{cfg.matrix}x{cfg.matrix}x{cfg.num_slices}", studies=n, seconds_per_study=round(dt / n, 3),
-         projected_100_studies_one_core_s=round(100 * dt / n, 1), phantom_share=round(phantom_only / dt, 3),
-         two_workers_seconds_per_study=round(dt2 / n, 3), speedup_two_workers=round(dt / dt2, 2),
-         projected_400_studies_two_workers_s=round(400 * dt2 / n, 1))
+        phantom_only, _ = timed(
+            lambda: [synth.make_phantom(np.random.default_rng([0, i]), cfg) for i in range(n)]
+        )
+    emit(
+        bench=f"synth_{cfg.matrix}x{cfg.matrix}x{cfg.num_slices}",
+        studies=n,
+        seconds_per_study=round(dt / n, 3),
+        projected_100_studies_one_core_s=round(100 * dt / n, 1),
+        phantom_share=round(phantom_only / dt, 3),
+        two_workers_seconds_per_study=round(dt2 / n, 3),
+        speedup_two_workers=round(dt / dt2, 2),
+        projected_400_studies_two_workers_s=round(400 * dt2 / n, 1),
+    )
 
 
 def bench_convert(tiny=False):
@@ -117,13 +159,28 @@ def bench_convert(tiny=False):
     from radnet_tf.records.convert import folder_tasks, run_local
     from radnet_tf.io.dicom import read_series
 
-    studies, scfg = (2, synth.SynthConfig(matrix=64, num_slices=4)) if tiny else (8, synth.SynthConfig(num_slices=16))
-    grids = [("tiny_32px_8mm", Config(input_size=32, out_spacing=8.0))] if tiny else [
-        ("paper_256px_1mm", Config()), ("default_168px_1.5mm", Config(input_size=168, out_spacing=1.5))]
+    studies, scfg = (
+        (2, synth.SynthConfig(matrix=64, num_slices=4))
+        if tiny
+        else (8, synth.SynthConfig(num_slices=16))
+    )
+    grids = (
+        [("tiny_32px_8mm", Config(input_size=32, out_spacing=8.0))]
+        if tiny
+        else [
+            ("paper_256px_1mm", Config()),
+            ("default_168px_1.5mm", Config(input_size=168, out_spacing=1.5)),
+        ]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         synth.generate_cohort(tmp / "c", studies, seed=1, cfg=scfg)
-        tasks, skipped = folder_tasks(tmp / "c" / "dicom", tmp / "c" / "labels.csv", tmp / "c" / "slice_labels.csv", tmp / "c" / "masks")
+        tasks, skipped = folder_tasks(
+            tmp / "c" / "dicom",
+            tmp / "c" / "labels.csv",
+            tmp / "c" / "slice_labels.csv",
+            tmp / "c" / "masks",
+        )
         for name, cfg in grids:
             pcfg = cfg.preprocess_config()
 
@@ -133,16 +190,26 @@ def bench_convert(tiny=False):
                     preprocess.resample_hu(s.hu, s.pixel_spacing, pcfg)
 
             base, _ = timed(bare)
-            one, _ = timed(lambda: run_local(tasks, skipped, tmp / f"o1{name}", 4, 1, pcfg, progress=False))
-            two, (table, summary) = timed(lambda: run_local(tasks, skipped, tmp / f"o2{name}", 4, 2, pcfg, progress=False))
+            one, _ = timed(
+                lambda: run_local(tasks, skipped, tmp / f"o1{name}", 4, 1, pcfg, progress=False)
+            )
+            two, (table, summary) = timed(
+                lambda: run_local(tasks, skipped, tmp / f"o2{name}", 4, 2, pcfg, progress=False)
+            )
             slices = summary["slices"]
             disk = sum(p.stat().st_size for p in (tmp / f"o2{name}").glob("*.tfrecord.gz"))
-            emit(bench=f"convert_{name}", studies=len(tasks), slices=slices,
-                 bare_reader_preprocess_slices_per_s=round(slices / base, 1),
-                 workers1_slices_per_s=round(slices / one, 1), workers2_slices_per_s=round(slices / two, 1),
-                 ratio_workers1_vs_bare=round(base / one, 3), ratio_workers2_vs_workers1=round(one / two, 3),
-                 bytes_per_slice_on_disk=int(disk / slices),
-                 bytes_per_slice_raw=pcfg.out_size**2 * 3)
+            emit(
+                bench=f"convert_{name}",
+                studies=len(tasks),
+                slices=slices,
+                bare_reader_preprocess_slices_per_s=round(slices / base, 1),
+                workers1_slices_per_s=round(slices / one, 1),
+                workers2_slices_per_s=round(slices / two, 1),
+                ratio_workers1_vs_bare=round(base / one, 3),
+                ratio_workers2_vs_workers1=round(one / two, 3),
+                bytes_per_slice_on_disk=int(disk / slices),
+                bytes_per_slice_raw=pcfg.out_size**2 * 3,
+            )
 
 
 def bench_input_and_model(records, overrides=()):
@@ -153,7 +220,9 @@ def bench_input_and_model(records, overrides=()):
     from radnet_tf.modeling.losses import compile_losses
     from radnet_tf.modeling.model import build_model
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml", list(overrides))
+    cfg = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "default.yaml", list(overrides)
+    )
     files = data.list_shards(records)
     ds = data.train_dataset(files, cfg, cfg.batch_size)
     it = iter(ds)
@@ -176,10 +245,15 @@ def bench_input_and_model(records, overrides=()):
     t0 = time.perf_counter()
     model.fit(ds, steps_per_epoch=fit_steps, epochs=1, verbose=0)
     fit_step = (time.perf_counter() - t0) / fit_steps
-    emit(bench="input_vs_training_default", input_slices_per_s=round(input_rate, 1),
-         train_slices_per_s=round(train_rate, 1), ratio_input_vs_training=round(input_rate / train_rate, 2),
-         train_step_s=round(t_step, 3), fit_step_s=round(fit_step, 3),
-         input_wait_fraction=round(max(0.0, fit_step - t_step) / fit_step, 3))
+    emit(
+        bench="input_vs_training_default",
+        input_slices_per_s=round(input_rate, 1),
+        train_slices_per_s=round(train_rate, 1),
+        ratio_input_vs_training=round(input_rate / train_rate, 2),
+        train_step_s=round(t_step, 3),
+        fit_step_s=round(fit_step, 3),
+        input_wait_fraction=round(max(0.0, fit_step - t_step) / fit_step, 3),
+    )
 
 
 def bench_model_cpu(tiny=False):
@@ -207,10 +281,16 @@ def bench_model_cpu(tiny=False):
     t_mm, _ = timed(lambda: tf.linalg.matmul(a, a).numpy(), 5)
     mm_flops = 2 * int(a.shape[0]) ** 3 / t_mm
     achieved = flops * 32 / t_inf
-    emit(bench=f"model_cpu_{n}", params=model.count_params(), gflop_per_slice=round(flops / 1e9, 2),
-         infer_s_per_32_slice_ct=round(t_inf, 2), infer_ms_per_slice=round(1000 * t_inf / 32, 1),
-         achieved_gflops=round(achieved / 1e9, 1), matmul_gflops=round(mm_flops / 1e9, 1),
-         ratio_achieved_vs_matmul=round(achieved / mm_flops, 3))
+    emit(
+        bench=f"model_cpu_{n}",
+        params=model.count_params(),
+        gflop_per_slice=round(flops / 1e9, 2),
+        infer_s_per_32_slice_ct=round(t_inf, 2),
+        infer_ms_per_slice=round(1000 * t_inf / 32, 1),
+        achieved_gflops=round(achieved / 1e9, 1),
+        matmul_gflops=round(mm_flops / 1e9, 1),
+        ratio_achieved_vs_matmul=round(achieved / mm_flops, 3),
+    )
 
 
 def bench_train_step(size, tiny=False):
@@ -228,7 +308,9 @@ def bench_train_step(size, tiny=False):
     size = cfg.input_size
     model = build_model(cfg)
     losses, weights = compile_losses(cfg, model.output_names)
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=losses, loss_weights=weights)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=losses, loss_weights=weights
+    )
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(1, 32, size, size, 1)).astype(np.float32)
     y = {OUTPUT_SLICE: (rng.uniform(size=(1, 32)) > 0.5).astype(np.float32)}
@@ -236,8 +318,14 @@ def bench_train_step(size, tiny=False):
         y[name] = (rng.uniform(size=(1, 32, size, size, 1)) > 0.9).astype(np.float32)
     first, _ = timed(lambda: model.train_on_batch(x, y))
     step, _ = timed(lambda: model.train_on_batch(x, y), 2)
-    emit(bench=f"train_step_cpu_{size}", slices=32, first_step_s=round(first, 1), step_s=round(step, 2),
-         slices_per_s=round(32 / step, 2), peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
+    emit(
+        bench=f"train_step_cpu_{size}",
+        slices=32,
+        first_step_s=round(first, 1),
+        step_s=round(step, 2),
+        slices_per_s=round(32 / step, 2),
+        peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+    )
 
 
 def bench_export(folder, saved_model, model=None, cfg=None, name="predict_cq500_238"):
@@ -256,7 +344,9 @@ def bench_export(folder, saved_model, model=None, cfg=None, name="predict_cq500_
 
     sm, meta, path = loader.load_saved_model(saved_model)
     if model is None:
-        model, cfg = load_trained(Path(meta["config"]["model_dir"] or Path(meta["config"]["work_dir"]) / "model"))
+        model, cfg = load_trained(
+            Path(meta["config"]["model_dir"] or Path(meta["config"]["work_dir"]) / "model")
+        )
     fn = sm.signatures["serving_default"]
     n, c = cfg.input_size, cfg.input_channels
     for s in (4, 8) if name != "predict_cq500_238" else (32, 238):
@@ -265,8 +355,12 @@ def bench_export(folder, saved_model, model=None, cfg=None, name="predict_cq500_
         model(x[None], training=False)
         t_sig, _ = timed(lambda: fn(slices=tf.constant(x))[SLICE_PROBABILITIES].numpy(), 5)
         t_keras, _ = timed(lambda: model(x[None], training=False)[OUTPUT_SLICE].numpy(), 5)
-        emit(bench=f"export_latency_{s}_slices_{n}px", signature_s=round(t_sig, 4), keras_s=round(t_keras, 4),
-             ratio_signature_vs_keras=round(t_sig / t_keras, 3))
+        emit(
+            bench=f"export_latency_{s}_slices_{n}px",
+            signature_s=round(t_sig, 4),
+            keras_s=round(t_keras, 4),
+            ratio_signature_vs_keras=round(t_sig / t_keras, 3),
+        )
     series = read_series(folder)
     with tempfile.TemporaryDirectory() as tmp:
         predict.predict_series(series, sm, meta)  # warm the signature for this shape
@@ -295,12 +389,25 @@ def run_tiny(only):
         if "convert" in only:
             bench_convert(tiny=True)
         if "input" in only:
-            synth.generate_cohort(tmp / "c", 10, seed=3, cfg=synth.SynthConfig(matrix=64, num_slices=6, pixel_spacing_range=(3.3, 3.5)))
-            tasks, skipped = folder_tasks(tmp / "c" / "dicom", tmp / "c" / "labels.csv", tmp / "c" / "slice_labels.csv",
-                                          tmp / "c" / "masks")
-            run_local(tasks, skipped, tmp / "r", 2, 1, Config(**TINY).preprocess_config(), progress=False)
+            synth.generate_cohort(
+                tmp / "c",
+                10,
+                seed=3,
+                cfg=synth.SynthConfig(matrix=64, num_slices=6, pixel_spacing_range=(3.3, 3.5)),
+            )
+            tasks, skipped = folder_tasks(
+                tmp / "c" / "dicom",
+                tmp / "c" / "labels.csv",
+                tmp / "c" / "slice_labels.csv",
+                tmp / "c" / "masks",
+            )
+            run_local(
+                tasks, skipped, tmp / "r", 2, 1, Config(**TINY).preprocess_config(), progress=False
+            )
             # every study trains (the 70:30 split of 10 studies can leave one class out)
-            bench_input_and_model(tmp / "r", [f"{k}={v}" for k, v in TINY.items()] + ["val_fraction=0.01"])
+            bench_input_and_model(
+                tmp / "r", [f"{k}={v}" for k, v in TINY.items()] + ["val_fraction=0.01"]
+            )
         if "model" in only:
             bench_model_cpu(tiny=True)
         if "train" in only:
@@ -317,9 +424,15 @@ def run_tiny(only):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", default="ingest,synth,convert,input,model,export", help="comma list, or 'all'")
-    parser.add_argument("--tiny", action="store_true", help="toy sizes on data made here: a smoke run")
-    parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument(
+        "--only", default="ingest,synth,convert,input,model,export", help="comma list, or 'all'"
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="toy sizes on data made here: a smoke run"
+    )
+    parser.add_argument(
+        "--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data")
+    )
     parser.add_argument("--records", default="runs/default/records-168px-1.5mm")
     parser.add_argument("--saved-model", default="saved_models/radnet")
     args = parser.parse_args(argv)

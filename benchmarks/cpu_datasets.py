@@ -58,6 +58,7 @@ def bench_index(files_wanted, tmp):
     made = time.perf_counter() - t0
     root = tmp / "rsna" / "stage_2_train"
     files = sorted(root.iterdir())
+
     def header(path):
         try:
             return pydicom.dcmread(path, stop_before_pixels=True)
@@ -69,12 +70,19 @@ def bench_index(files_wanted, tmp):
     two, _ = best_of(lambda: rsna.index_headers(root, tmp / "idx2", workers=2), 1)
     reuse, _ = best_of(lambda: rsna.index_headers(root, tmp / "idx2", workers=2), 1)
     n = len(files)
-    emit(bench="rsna_header_index", files=n, generate_s=round(made, 1),
-         bare_dcmread_headers_files_per_s=round(n / bare, 1), index_1_worker_files_per_s=round(n / one, 1),
-         index_2_workers_files_per_s=round(n / two, 1), ratio_index_1_worker_vs_bare=round(bare / one, 3),
-         speedup_2_workers=round(one / two, 2), rerun_reusing_index_s=round(reuse, 2),
-         projected_752k_files_2_workers_min=round(RSNA_FILES / (n / two) / 60, 1),
-         unparsable_files_found=int((index.status != "ok").sum()))
+    emit(
+        bench="rsna_header_index",
+        files=n,
+        generate_s=round(made, 1),
+        bare_dcmread_headers_files_per_s=round(n / bare, 1),
+        index_1_worker_files_per_s=round(n / one, 1),
+        index_2_workers_files_per_s=round(n / two, 1),
+        ratio_index_1_worker_vs_bare=round(bare / one, 3),
+        speedup_2_workers=round(one / two, 2),
+        rerun_reusing_index_s=round(reuse, 2),
+        projected_752k_files_2_workers_min=round(RSNA_FILES / (n / two) / 60, 1),
+        unparsable_files_found=int((index.status != "ok").sum()),
+    )
     shutil.rmtree(tmp / "rsna")
 
 
@@ -86,31 +94,61 @@ def bench_conversion(folder, name, repeat=2):
     from radnet_tf.config import Config
 
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.lower().startswith(("readme", "license")))
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.lower().startswith(("readme", "license"))
+    )
     pcfg = Config().preprocess_config()
     bare, _ = best_of(lambda: [pydicom.dcmread(f).pixel_array for f in files], repeat)
     read, series = best_of(lambda: dicom_io.read_series(folder), repeat)
-    pre, _ = best_of(lambda: preprocess.preprocess_study(series.hu, series.pixel_spacing, pcfg).numpy(), repeat)
+    pre, _ = best_of(
+        lambda: preprocess.preprocess_study(series.hu, series.pixel_spacing, pcfg).numpy(), repeat
+    )
     shear = 0.0
     if series.tilt_corrected:
         import numpy as np
 
-        positions = np.array([np.asarray(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient, float) for f in files])
+        positions = np.array(
+            [
+                np.asarray(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient, float)
+                for f in files
+            ]
+        )
         order = np.argsort(positions @ np.cross(series.orientation[:3], series.orientation[3:]))
-        shear, _ = best_of(lambda: dicom_io._shear_to_normal(series.hu, positions[order], series.orientation, series.pixel_spacing), repeat)
+        shear, _ = best_of(
+            lambda: dicom_io._shear_to_normal(
+                series.hu, positions[order], series.orientation, series.pixel_spacing
+            ),
+            repeat,
+        )
     n = len(files)
-    emit(bench=f"convert_per_core_{name}", slices=n, tilt_deg=round(series.tilt_deg, 1),
-         bare_decode_slices_per_s=round(n / bare, 1), reader_plus_preprocess_slices_per_s=round(n / (read + pre), 1),
-         ratio_vs_bare_decode=round(bare / (read + pre), 3), seconds_bare_decode=round(bare, 2),
-         seconds_reader=round(read, 2), seconds_reader_beyond_decode=round(read - bare, 2),
-         seconds_tilt_shear=round(shear, 2), seconds_preprocess=round(pre, 2))
+    emit(
+        bench=f"convert_per_core_{name}",
+        slices=n,
+        tilt_deg=round(series.tilt_deg, 1),
+        bare_decode_slices_per_s=round(n / bare, 1),
+        reader_plus_preprocess_slices_per_s=round(n / (read + pre), 1),
+        ratio_vs_bare_decode=round(bare / (read + pre), 3),
+        seconds_bare_decode=round(bare, 2),
+        seconds_reader=round(read, 2),
+        seconds_reader_beyond_decode=round(read - bare, 2),
+        seconds_tilt_shear=round(shear, 2),
+        seconds_preprocess=round(pre, 2),
+    )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--files", type=int, default=20000, help="files in the synthetic RSNA folder")
-    parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    parser.add_argument("--tiny", action="store_true", help="smoke run: 64 files, a synthetic series")
+    parser.add_argument(
+        "--files", type=int, default=20000, help="files in the synthetic RSNA folder"
+    )
+    parser.add_argument(
+        "--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data")
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="smoke run: 64 files, a synthetic series"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -121,11 +159,18 @@ def main(argv=None):
             from radnet_tf.phantom import generate as synth
 
             cfg = synth.SynthConfig(matrix=64, num_slices=4, pixel_spacing_range=(3.4, 3.4))
-            synth.write_dicom_series(synth.make_phantom(np.random.default_rng(0), cfg), tmp / "s", np.random.default_rng(0))
+            synth.write_dicom_series(
+                synth.make_phantom(np.random.default_rng(0), cfg),
+                tmp / "s",
+                np.random.default_rng(0),
+            )
             bench_conversion(tmp / "s", "tiny", repeat=1)
             return
         shared = Path(args.shared)
-        for folder, name in ((shared / "cq500" / "CQ500-CT-0", "cq500_ct0_238"), (shared / "vhp-male-head", "vhp_head_82")):
+        for folder, name in (
+            (shared / "cq500" / "CQ500-CT-0", "cq500_ct0_238"),
+            (shared / "vhp-male-head", "vhp_head_82"),
+        ):
             if folder.is_dir():
                 bench_conversion(folder, name)
             else:

@@ -29,7 +29,9 @@ def _digest(arrays):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/default.yaml")
-    parser.add_argument("--records", help="records folder (default: the synthetic cohort's, built if missing)")
+    parser.add_argument(
+        "--records", help="records folder (default: the synthetic cohort's, built if missing)"
+    )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
@@ -51,13 +53,20 @@ def main(argv=None):
     files = data.list_shards(args.records or prepare_synthetic(cfg, progress=False))
     model = trainer.build_and_compile(cfg, max(args.steps, 1))
     print(json.dumps({"initial_weights": _digest(v.numpy() for v in model.weights)}), flush=True)
-    batches = iter(data.train_dataset(files, cfg, cfg.batch_size, with_masks=len(model.outputs) > 1))
+    batches = iter(
+        data.train_dataset(files, cfg, cfg.batch_size, with_masks=len(model.outputs) > 1)
+    )
     inputs = hashlib.sha1()
     for step in range(args.steps):
         x, y = next(batches)
         inputs.update(x.numpy().tobytes())
         logs = model.train_on_batch(x, y, return_dict=True)
-        print(json.dumps({"step": step, "inputs": inputs.hexdigest()[:12], "loss": repr(float(logs["loss"]))}), flush=True)
+        print(
+            json.dumps(
+                {"step": step, "inputs": inputs.hexdigest()[:12], "loss": repr(float(logs["loss"]))}
+            ),
+            flush=True,
+        )
     print(json.dumps({"final_weights": _digest(v.numpy() for v in model.weights)}), flush=True)
 
 

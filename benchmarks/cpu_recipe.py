@@ -29,7 +29,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--records", help="records folder (default: the synthetic cohort's, built if missing)")
+    parser.add_argument(
+        "--records", help="records folder (default: the synthetic cohort's, built if missing)"
+    )
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--eval-at", default="75,150", help="comma-separated steps")
@@ -52,7 +54,9 @@ def main(argv=None):
     keras.utils.set_random_seed(cfg.seed)
     files = data.list_shards(args.records or prepare_synthetic(cfg, progress=False))
     model = trainer.build_and_compile(cfg, args.steps)
-    batches = iter(data.train_dataset(files, cfg, cfg.batch_size, with_masks=len(model.outputs) > 1))
+    batches = iter(
+        data.train_dataset(files, cfg, cfg.batch_size, with_masks=len(model.outputs) > 1)
+    )
     eval_at = {int(s) for s in args.eval_at.split(",")}
     train_s, timed_steps = 0.0, 0
     for step in range(1, args.steps + 1):
@@ -66,14 +70,17 @@ def main(argv=None):
             t0 = time.perf_counter()
             preds = predict_studies(keras_slice_fn(model, cfg), files, cfg)
             labels, probs = preds.labels, preds.probs
-            p, l = np.concatenate(probs), np.concatenate(preds.slice_labels)
-            known = l >= 0
-            scores, labels = np.array([ct_score_np(q, cfg.ct_min_run) for q in probs]), np.array(labels)
+            p, lab = np.concatenate(probs), np.concatenate(preds.slice_labels)
+            known = lab >= 0
+            scores, labels = (
+                np.array([ct_score_np(q, cfg.ct_min_run) for q in probs]),
+                np.array(labels),
+            )
             oracle = max(((scores >= t) == labels).mean() for t in np.unique(scores))
             row = {
                 "overrides": args.overrides,
                 "step": step,
-                "slice_auc": round(float(roc_auc_score(l[known], p[known])), 3),
+                "slice_auc": round(float(roc_auc_score(lab[known], p[known])), 3),
                 "ct_auc": round(float(roc_auc_score(labels, scores)), 3),
                 "ct_acc_oracle": round(float(oracle), 3),
                 "held_out_studies": int(labels.size),

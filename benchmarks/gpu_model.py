@@ -83,7 +83,9 @@ def run_case(cfg, policy, studies, slices, steps, log):
         record["infer_ms_per_ct"] = round(1000 * (time.perf_counter() - t0) / steps, 2)
     except Exception as err:  # XLA reports OOM as RESOURCE_EXHAUSTED
         msg = str(err)
-        record["error"] = "OOM" if "RESOURCE_EXHAUSTED" in msg or "Out of memory" in msg else msg[:300]
+        record["error"] = (
+            "OOM" if "RESOURCE_EXHAUSTED" in msg or "Out of memory" in msg else msg[:300]
+        )
     record["peak_bytes"] = _peak_bytes()
     print(json.dumps(record), flush=True)
     log.write(json.dumps(record) + "\n")
@@ -94,7 +96,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="gpu_results.jsonl")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run at tiny size")
-    parser.add_argument("--cases", default="float32:1,float32:2,mixed_bfloat16:1,mixed_bfloat16:2,mixed_bfloat16:4,float32:4")
+    parser.add_argument(
+        "--cases",
+        default="float32:1,float32:2,mixed_bfloat16:1,mixed_bfloat16:2,mixed_bfloat16:4,float32:4",
+    )
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
     if args.tiny:

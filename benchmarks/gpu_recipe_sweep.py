@@ -6,9 +6,11 @@ a list of recipe variants, so the choice of the default recipe rests on measurem
 
   # here (TensorFlow): the default cohort's records -> one compact .npz (one uint8
   # channel per input window of the config)
-  python benchmarks/gpu_recipe_sweep.py export --records runs/default/records-168px-1.5mm --out .sweep/cohort168.npz
+  python benchmarks/gpu_recipe_sweep.py export --records runs/default/records-168px-1.5mm --out
+  .sweep/cohort168.npz
   # on the GPU (JAX): one JSON line per case; --workers runs cases in parallel processes
-  KERAS_BACKEND=jax python benchmarks/gpu_recipe_sweep.py sweep --suite 168px --data .sweep/cohort168.npz \
+  KERAS_BACKEND=jax python benchmarks/gpu_recipe_sweep.py sweep --suite 168px --data
+  .sweep/cohort168.npz \
       --out results.jsonl --workers 5
 
 Differences from `python -m radnet_tf.train` (so compare cases with each other, not with
@@ -44,16 +46,25 @@ CASES_128PX = [
     {"name": "avgmax-lr3e-3", "overrides": ["pooling=avgmax", "learning_rate=0.003"], "steps": 300},
     {"name": "avgmax-window4-600", "overrides": ["pooling=avgmax", "crop_slices=4"], "steps": 600},
     {"name": "avgmax-dice", "overrides": ["pooling=avgmax", "mask_loss=dice_bce"], "steps": 300},
-    {"name": "avgmax-d16g12", "overrides": ["pooling=avgmax", "depth=16", "growth_rate=12"], "steps": 300},
+    {
+        "name": "avgmax-d16g12",
+        "overrides": ["pooling=avgmax", "depth=16", "growth_rate=12"],
+        "steps": 300,
+    },
     {"name": "avgmax-1000", "overrides": ["pooling=avgmax"], "steps": 1000},
     {"name": "avgmax-3000", "overrides": ["pooling=avgmax"], "steps": 3000},
     # Cohort size: the same recipe on 117 vs all training studies of a larger cohort.
     {"name": "n117-avgmax-600", "overrides": ["pooling=avgmax"], "steps": 600, "max_train": 117},
     {"name": "all-avgmax-600", "overrides": ["pooling=avgmax"], "steps": 600},
     {"name": "all-avg-600", "overrides": ["pooling=avg"], "steps": 600},
-    {"name": "all-avgmax-d16g12-600", "overrides": ["pooling=avgmax", "depth=16", "growth_rate=12"], "steps": 600},
+    {
+        "name": "all-avgmax-d16g12-600",
+        "overrides": ["pooling=avgmax", "depth=16", "growth_rate=12"],
+        "steps": 600,
+    },
     {"name": "all-avgmax-1500", "overrides": ["pooling=avgmax"], "steps": 1500},
 ]
+
 
 def _seeded_cases(variants):
     """(name, overrides, steps, seeds) rows -> one case per seed, named NAME-sSEED."""
@@ -154,11 +165,19 @@ def export(records, out, config="configs/default.yaml"):
     from radnet_tf import atomic
 
     with atomic.atomic_path(out) as tmp:
-        np.savez_compressed(tmp, images=pick(images), masks=pick(masks), slice_labels=pick(slice_labels),
-                            labels=np.array(labels)[order], is_val=np.array(is_val)[order],
-                            windows=np.array(windows, np.float32))
-    print(f"wrote {out}: {len(images)} studies, {sum(is_val)} validation, windows {windows}, "
-          f"{os.path.getsize(out) / 2**20:.1f} MiB, TF {tf.__version__}")
+        np.savez_compressed(
+            tmp,
+            images=pick(images),
+            masks=pick(masks),
+            slice_labels=pick(slice_labels),
+            labels=np.array(labels)[order],
+            is_val=np.array(is_val)[order],
+            windows=np.array(windows, np.float32),
+        )
+    print(
+        f"wrote {out}: {len(images)} studies, {sum(is_val)} validation, windows {windows}, "
+        f"{os.path.getsize(out) / 2**20:.1f} MiB, TF {tf.__version__}"
+    )
 
 
 # ----------------------------------------------------------------------------- sweep (JAX)
@@ -194,13 +213,17 @@ class Sampler:
         else:
             start = rng.integers(0, s - w + 1)
         img = self.images[i, start : start + w].astype(np.float32) / 255.0
-        mask = np.unpackbits(self.masks[i, start : start + w], axis=-1, count=self.n).astype(np.float32)
+        mask = np.unpackbits(self.masks[i, start : start + w], axis=-1, count=self.n).astype(
+            np.float32
+        )
         lab = self.slice_labels[i, start : start + w].astype(np.float32)
         if cfg.flip and rng.uniform() < 0.5:
             img, mask = img[:, :, ::-1], mask[:, :, ::-1]
         if cfg.rotation_deg:
             angle = rng.uniform(-cfg.rotation_deg, cfg.rotation_deg)
-            img = ndimage.rotate(img, angle, axes=(1, 2), reshape=False, order=1, mode="constant")  # [w, n, n, C]
+            img = ndimage.rotate(
+                img, angle, axes=(1, 2), reshape=False, order=1, mode="constant"
+            )  # [w, n, n, C]
             mask = ndimage.rotate(mask, angle, axes=(1, 2), reshape=False, order=0, mode="constant")
         return img, mask, lab
 
@@ -245,7 +268,10 @@ def run_case(case, arrays, base_config, log, extra=()):
     keras.backend.clear_session()
     cfg = load_config(base_config, case["overrides"] + ["export=false", "xla=true"] + list(extra))
     if arrays["images"].shape[-1] != cfg.input_channels:
-        raise ValueError(f"data has {arrays['images'].shape[-1]} window channels, the config wants {cfg.input_channels}")
+        raise ValueError(
+            f"data has {arrays['images'].shape[-1]} window channels, the config wants "
+            f"{cfg.input_channels}"
+        )
     keras.utils.set_random_seed(cfg.seed)
     steps = int(case["steps"])
     cfg.epochs = 1  # the schedule's drops are fractions of epochs x steps
@@ -279,7 +305,10 @@ def run_case(case, arrays, base_config, log, extra=()):
         "params": model.count_params(),
         "first_step_s": round(first, 2),
         "step_ms": round(1000 * (train_s - first) / max(1, steps - 1), 2),
-        "loss_first_last": [round(float(np.mean(losses[:20])), 4), round(float(np.mean(losses[-20:])), 4)],
+        "loss_first_last": [
+            round(float(np.mean(losses[:20])), 4),
+            round(float(np.mean(losses[-20:])), 4),
+        ],
         "val_slice_auc": round(_auc(sl_val.ravel(), p_val.ravel()), 4),
         "val_ct_auc": round(_auc(y_val, [ct_score_np(p, cfg.ct_min_run) for p in p_val]), 4),
         "val_ct_accuracy_t05": round(ct_accuracy(p_val, y_val, 0.5), 4),
@@ -302,7 +331,9 @@ def _run_cases(cases, args):
     for case in cases:
         case = {**case, "steps": max(2, int(case["steps"] * args.steps_scale))}
         try:
-            run_case(case, arrays, args.config, args.out, ["rotation_deg=0"] if args.no_rotation else [])
+            run_case(
+                case, arrays, args.config, args.out, ["rotation_deg=0"] if args.no_rotation else []
+            )
         except Exception as err:  # keep the sweep going; record the failure
             record = {"case": case["name"], "error": f"{type(err).__name__}: {err}"[:500]}
             print(json.dumps(record), flush=True)
@@ -322,10 +353,21 @@ def main(argv=None):
     sw.add_argument("--out", required=True)
     sw.add_argument("--config", default="configs/default.yaml")
     sw.add_argument("--suite", default="168px", choices=sorted(SUITES))
-    sw.add_argument("--cases", default="", help="comma-separated case names (default: the whole suite)")
-    sw.add_argument("--no-rotation", action="store_true", help="flip only (the sampler's rotation is CPU-bound)")
-    sw.add_argument("--steps-scale", type=float, default=1.0, help="multiply every case's steps (CPU smoke runs)")
-    sw.add_argument("--workers", type=int, default=1, help="cases run in this many processes sharing the GPU")
+    sw.add_argument(
+        "--cases", default="", help="comma-separated case names (default: the whole suite)"
+    )
+    sw.add_argument(
+        "--no-rotation", action="store_true", help="flip only (the sampler's rotation is CPU-bound)"
+    )
+    sw.add_argument(
+        "--steps-scale",
+        type=float,
+        default=1.0,
+        help="multiply every case's steps (CPU smoke runs)",
+    )
+    sw.add_argument(
+        "--workers", type=int, default=1, help="cases run in this many processes sharing the GPU"
+    )
     sw.add_argument("--shard", default="", help=argparse.SUPPRESS)  # "i/k": this worker's cases
     args = parser.parse_args(argv)
     if args.cmd == "export":
@@ -342,7 +384,10 @@ def main(argv=None):
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     argv = [a for a in (argv if argv is not None else sys.argv[1:])]
     procs = [
-        subprocess.Popen([sys.executable, os.path.abspath(__file__)] + argv + ["--shard", f"{i}/{args.workers}"], env=env)
+        subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__)] + argv + ["--shard", f"{i}/{args.workers}"],
+            env=env,
+        )
         for i in range(args.workers)
     ]
     return max(p.wait() for p in procs)

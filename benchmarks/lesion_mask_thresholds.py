@@ -1,4 +1,4 @@
-"""The served mask of trained runs: threshold 0.5 on every slice vs the calibrated, gated lesion mask.
+"""The served mask of trained runs: 0.5 on every slice vs the calibrated, gated lesion mask.
 
     python benchmarks/lesion_mask_thresholds.py --run MODEL_DIR [--run ...]
         [--records runs/default/records-168px-1.5mm]
@@ -37,7 +37,9 @@ KEYS = ("dice", "study_dice", "recall", "precision", "negative_studies_with_mask
 
 
 def _clean(m):
-    return {k: (None if m.get(k) is None or math.isnan(m[k]) else round(float(m[k]), 4)) for k in KEYS}
+    return {
+        k: (None if m.get(k) is None or math.isnan(m[k]) else round(float(m[k]), 4)) for k in KEYS
+    }
 
 
 def run_one(model_dir, files):
@@ -47,7 +49,12 @@ def run_one(model_dir, files):
     from radnet_tf.contract import MASK_THRESHOLD
     from radnet_tf.decision import MASK_THRESHOLD_CANDIDATES
     from radnet_tf.serving.loader import load_trained
-    from radnet_tf.evaluation.scoring import calibrate_mask_threshold, keras_slice_fn, mask_scores, predict_studies
+    from radnet_tf.evaluation.scoring import (
+        calibrate_mask_threshold,
+        keras_slice_fn,
+        mask_scores,
+        predict_studies,
+    )
 
     model, cfg = load_trained(model_dir)
     fn = keras_slice_fn(model, cfg, masks=True)
@@ -62,14 +69,19 @@ def run_one(model_dir, files):
         chosen = calibrate_mask_threshold(train, cfg.slice_threshold, fallback=MASK_THRESHOLD)
         per_t = {t: mask_scores(held, cfg.slice_threshold, t)["dice"] for t in grid}
         best = max(per_t, key=lambda t: per_t[t])
-        line[name] = {"mask_threshold": chosen, "held_out": _clean(mask_scores(held, cfg.slice_threshold, chosen)),
-                      "held_out_best": {"mask_threshold": best, "dice": round(float(per_t[best]), 4)}}
+        line[name] = {
+            "mask_threshold": chosen,
+            "held_out": _clean(mask_scores(held, cfg.slice_threshold, chosen)),
+            "held_out_best": {"mask_threshold": best, "dice": round(float(per_t[best]), 4)},
+        }
     return line
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", action="append", required=True, help="a trainer's model dir (repeatable)")
+    parser.add_argument(
+        "--run", action="append", required=True, help="a trainer's model dir (repeatable)"
+    )
     parser.add_argument("--records", default="runs/default/records-168px-1.5mm")
     args = parser.parse_args(argv)
 

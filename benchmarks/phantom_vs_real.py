@@ -93,7 +93,9 @@ def closed_skull_fraction(hu_model, levels=(0.15, 0.85), min_inside=0.2):
     picked = slices_between(hu_model, levels)
     closed = 0
     for k in picked:
-        closed += int((inside_skull(hu_model[k]) & brain[k]).sum() >= min_inside * max(1, brain[k].sum()))
+        closed += int(
+            (inside_skull(hu_model[k]) & brain[k]).sum() >= min_inside * max(1, brain[k].sum())
+        )
     return round(closed / len(picked), 3)
 
 
@@ -108,7 +110,12 @@ def deep_dense_fraction(hu_model, spacing_mm, levels=(0.15, 0.85), depth_mm=4.0)
     for k in slices_between(hu_model, levels):
         s = hu_model[k]
         inside = inside_skull(s)
-        deep = inside & (ndimage.distance_transform_edt(inside) * spacing_mm > depth_mm) & (s > -20) & (s < 120)
+        deep = (
+            inside
+            & (ndimage.distance_transform_edt(inside) * spacing_mm > depth_mm)
+            & (s > -20)
+            & (s < 120)
+        )
         total += int(deep.sum())
         dense += int((deep & (s >= 60) & (s < 90)).sum())
     return round(dense / max(total, 1), 4)
@@ -119,13 +126,18 @@ def head_stats(hu_model):
 
     v = hu_model[(hu_model > -20) & (hu_model < 120)]
     soft = v[(v >= 0) & (v < 60)]
-    return {"median_0_60": round(float(np.median(soft)), 1), "p10_p90_0_60": [round(float(x), 1) for x in np.percentile(soft, [10, 90])],
-            "fraction_60_90_of_-20_120": round(float(np.mean((v >= 60) & (v < 90))), 4)}
+    return {
+        "median_0_60": round(float(np.median(soft)), 1),
+        "p10_p90_0_60": [round(float(x), 1) for x in np.percentile(soft, [10, 90])],
+        "fraction_60_90_of_-20_120": round(float(np.mean((v >= 60) & (v < 90))), 4),
+    }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument(
+        "--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data")
+    )
     parser.add_argument("--out", default="benchmarks/results/phantom_vs_real.png")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -151,21 +163,35 @@ def main(argv=None):
         n = int(min(400, np.ceil(175.0 / thickness)))
         # untilted: the raw images of a tilted phantom drift across the field of view; read
         # back and sheared, a tilted study is its untilted twin (test_synth), what is drawn here
-        cfg = synth.SynthConfig(matrix=int(real.hu.shape[-1]), num_slices=n, pixel_spacing_range=(sp, sp),
-                                slice_thickness_range=(thickness, thickness), tilt_fraction=0.0)
+        cfg = synth.SynthConfig(
+            matrix=int(real.hu.shape[-1]),
+            num_slices=n,
+            pixel_spacing_range=(sp, sp),
+            slice_thickness_range=(thickness, thickness),
+            tilt_fraction=0.0,
+        )
         phantom = synth.make_phantom(np.random.default_rng([args.seed, i]), cfg, positive=False)
         pair = []
-        for label, hu, spacing in ((f"real: {name}", real.hu, real.pixel_spacing),
-                                   (f"phantom, {thickness:.2f} mm", phantom.hu, (phantom.pixel_spacing,) * 2)):
-            model = resample_to_fov_np(hu.astype(np.float32), np.asarray(spacing, np.float32), head_center_np(hu), pcfg)
+        for label, hu, spacing in (
+            (f"real: {name}", real.hu, real.pixel_spacing),
+            (f"phantom, {thickness:.2f} mm", phantom.hu, (phantom.pixel_spacing,) * 2),
+        ):
+            model = resample_to_fov_np(
+                hu.astype(np.float32), np.asarray(spacing, np.float32), head_center_np(hu), pcfg
+            )
             pair.append((label, model))
-            stats = {**head_stats(model), "rim_hu": rim_profile(model, pcfg.out_spacing),
-                     "closed_skull": closed_skull_fraction(model),
-                     "deep_60_90": deep_dense_fraction(model, pcfg.out_spacing)}
+            stats = {
+                **head_stats(model),
+                "rim_hu": rim_profile(model, pcfg.out_spacing),
+                "closed_skull": closed_skull_fraction(model),
+                "deep_60_90": deep_dense_fraction(model, pcfg.out_spacing),
+            }
             print(json.dumps({"series": label, "slices": len(hu), **stats}), flush=True)
         rows.append(pair)
 
-    fig, axes = plt.subplots(2 * len(rows), len(LEVELS) + 1, figsize=(4 * (len(LEVELS) + 1), 8 * len(rows)))
+    fig, axes = plt.subplots(
+        2 * len(rows), len(LEVELS) + 1, figsize=(4 * (len(LEVELS) + 1), 8 * len(rows))
+    )
     c, w = pcfg.window_center, pcfg.window_width
     for r, pair in enumerate(rows):
         for j, (label, model) in enumerate(pair):
@@ -177,7 +203,13 @@ def main(argv=None):
             hist_ax = ax_row[-1]
             for lab, mod in pair:
                 v = mod[(mod > -20) & (mod < 120)]
-                hist_ax.hist(v, bins=np.arange(-20, 121, 2), density=True, histtype="step", label=lab.split(",")[0])
+                hist_ax.hist(
+                    v,
+                    bins=np.arange(-20, 121, 2),
+                    density=True,
+                    histtype="step",
+                    label=lab.split(",")[0],
+                )
             hist_ax.set_xlabel("HU (head, model grid)")
             hist_ax.legend(fontsize=8)
     fig.tight_layout()

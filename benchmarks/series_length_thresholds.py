@@ -29,10 +29,16 @@ NORMAL = ("ge-head-tilt", "cq500/CQ500-CT-0", "vhp-male-head")
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", action="append", required=True, help="MODEL_DIR:EXPORT (repeatable)")
+    parser.add_argument(
+        "--run", action="append", required=True, help="MODEL_DIR:EXPORT (repeatable)"
+    )
     parser.add_argument("--records", default="runs/default/records-168px-1.5mm")
-    parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    parser.add_argument("--series-slices", type=int, default=100, help="the fixed calibration length compared")
+    parser.add_argument(
+        "--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data")
+    )
+    parser.add_argument(
+        "--series-slices", type=int, default=100, help="the fixed calibration length compared"
+    )
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -54,15 +60,27 @@ def main(argv=None):
         train = Predictor(Path(model_dir)).predict(files, "train")
         scores = [ct_score_np(p, k) for p in train.probs]
         study = int(np.median([len(p) for p in train.probs]))
-        row = {"run": export, "training_study_slices": study,
-               f"threshold_{args.series_slices}": round(choose_threshold(
-                   scores, train.labels, scale=series_scale(args.series_slices, study, k)), 3)}
+        row = {
+            "run": export,
+            "training_study_slices": study,
+            f"threshold_{args.series_slices}": round(
+                choose_threshold(
+                    scores, train.labels, scale=series_scale(args.series_slices, study, k)
+                ),
+                3,
+            ),
+        }
         for name, s in series.items():
             p = np.asarray(predict_series(s, saved, meta)[0]["slice_probabilities"])
             t = choose_threshold(scores, train.labels, scale=series_scale(len(p), study, k))
             verdict = ct_decision_np(p, t, k)["ct_positive"]
-            row[name] = {"slices": len(p), "threshold": round(t, 3), "positive": bool(verdict),
-                         "positive_fraction": round(float(np.mean(p >= t)), 3), "ct_score": round(ct_score_np(p, k), 3)}
+            row[name] = {
+                "slices": len(p),
+                "threshold": round(t, 3),
+                "positive": bool(verdict),
+                "positive_fraction": round(float(np.mean(p >= t)), 3),
+                "ct_score": round(ct_score_np(p, k), 3),
+            }
         print(json.dumps(row), flush=True)
 
 

@@ -77,7 +77,9 @@ class _QuietImport(importlib.abc.MetaPathFinder):
 
 
 def _install_quiet_import():
-    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
+    if "tensorflow" not in sys.modules and not any(
+        isinstance(f, _QuietImport) for f in sys.meta_path
+    ):
         sys.meta_path.insert(0, _QuietImport())
 
 

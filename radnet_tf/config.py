@@ -33,170 +33,300 @@ from radnet_tf.errors import UserError
 VARIANTS = ("densenet", "densenet_a", "radnet")
 BUILTIN_CONFIGS = ("default", "radnet", "densenet", "densenet_a")
 RENAMED_KEYS = {"window": "crop_slices"}  # old key -> new key (accepted with a warning)
+# Keys removed because they measured no gain (docs/experiments.md): key -> (the value that
+# meant "off", why). A YAML that sets one to that value loads with a warning line; any
+# other value is refused with one line.
+REMOVED_KEYS = {
+    "hu_shift": (0.0, "a random HU offset per training window measured no gain"),
+    "intensity_jitter": (0.0, "intensity jitter of the windowed input measured no gain"),
+    "mask_loss": ("bce", "the Dice + BCE aux-head loss measured no gain over the weighted BCE"),
+    "xla": (False, "XLA compilation ran 1.26x slower per step on CPU"),
+}
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _numbers(v, count, ok) -> bool:
+    """v is a list of `count` numbers (a tuple of allowed lengths) each passing ok."""
+    counts = count if isinstance(count, tuple) else (count,)
+    return isinstance(v, list) and len(v) in counts and all(_is_number(x) and ok(x) for x in v)
+
+
+# Validation rules: (predicate, the rule as the error message says it).
+STRING = (lambda v: isinstance(v, str), "must be a string")
+INT_GE1 = (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
+INT_GE0 = (lambda v: _is_int(v) and v >= 0, "must be an integer >= 0")
+POSITIVE = (lambda v: _is_number(v) and v > 0, "must be a number > 0")
+NON_NEGATIVE = (lambda v: _is_number(v) and v >= 0, "must be a number >= 0")
+OPEN_UNIT = (lambda v: _is_number(v) and 0 < v < 1, "must be in (0, 1)")
+CLOSED_UNIT = (lambda v: _is_number(v) and 0 <= v <= 1, "must be in [0, 1]")
+HALF_OPEN_UNIT = (lambda v: _is_number(v) and 0 <= v < 1, "must be in [0, 1)")
+
+
+def _fractions(v) -> bool:
+    return isinstance(v, list) and all(_is_number(x) and 0 < x < 1 for x in v)
+
+
+def _window(w) -> bool:
+    """A [centre, width] window in HU: two numbers, width > 0."""
+    return isinstance(w, (list, tuple)) and len(w) == 2 and all(map(_is_number, w)) and w[1] > 0
+
+
+# Sections of docs/configuration.md: (title, the section's first field in Config's order).
+SECTIONS = (
+    ("Data and the synthetic cohort", "data"),
+    ("Preprocessing", "window_center"),
+    ("Model", "variant"),
+    ("Loss", "slice_loss_weight"),
+    ("Training recipe", "epochs"),
+    ("CT-level decision rule and calibration", "ct_min_run"),
+    ("Served lesion mask", "mask_threshold"),
+    ("End of run", "export"),
+)
+
+
+def one_of(*allowed):
+    return (lambda v: v in allowed, f"must be one of {allowed}")
+
+
+def _key(default, doc, rule=None):
+    """A config field with its documentation (docs/configuration.md) and validation rule."""
+    meta = {"doc": doc, "rule": rule}
+    if isinstance(default, list):
+        return dataclasses.field(
+            default_factory=lambda: [list(v) if isinstance(v, list) else v for v in default],
+            metadata=meta,
+        )
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclasses.dataclass
 class Config:
+    """Every setting of a run. Defaults are the paper's setting (module docstring); each
+    field's `metadata` holds its documentation and validation rule."""
+
     # ---- data
-    data: str = ""  # TFRecord dir or glob; "" = build the synthetic cohort in work_dir
-    work_dir: str = "runs/default"  # synthetic cohort, records and model dir live here
-    model_dir: str = ""  # default: {work_dir}/model
-    synth_studies: int = 120
-    synth_slices: int = 24
-    synth_matrix: int = 512
-    synth_seed: int = 0
-    val_fraction: float = 0.3
-    # ---- preprocessing (paper: brain window, 1 mm, 250 mm FOV, 256 px)
-    window_center: float = 40.0
-    window_width: float = 80.0
-    extra_windows: list = dataclasses.field(default_factory=list)  # [[centre, width], ...] HU
-    out_spacing: float = 1.0
-    fov_mm: float = 250.0
-    input_size: int = 256
+    data: str = _key(
+        "", 'TFRecord folder or glob; "" builds the synthetic cohort in `work_dir`.', STRING
+    )
+    work_dir: str = _key(
+        "runs/default",
+        "Folder of the synthetic cohort, its records and the default model dir.",
+        (lambda v: isinstance(v, str) and bool(v), "must be a non-empty string"),
+    )
+    model_dir: str = _key("", 'Model dir of the run; "" = `{work_dir}/model`.', STRING)
+    synth_studies: int = _key(120, "Studies of the synthetic cohort.", INT_GE1)
+    synth_slices: int = _key(24, "Slices per synthetic study.", INT_GE1)
+    synth_matrix: int = _key(
+        512,
+        "In-plane matrix of the synthetic DICOM.",
+        (lambda v: _is_int(v) and v >= 32, "must be >= 32"),
+    )
+    synth_seed: int = _key(
+        0, "Seed of the synthetic cohort (study i draws from [seed, i]).", INT_GE0
+    )
+    val_fraction: float = _key(
+        0.3,
+        "Share of studies held out (a hash of the study key decides; never trained on).",
+        OPEN_UNIT,
+    )
+    # ---- preprocessing
+    window_center: float = _key(40.0, "Brain window centre, HU (the first input channel).")
+    window_width: float = _key(80.0, "Brain window width, HU.")
+    extra_windows: list = _key(
+        [],
+        "More input channels, one per `[centre, width]` window in HU "
+        "(the built-in default adds the subdural window `[80, 200]`).",
+    )
+    out_spacing: float = _key(1.0, "In-plane grid of the model input, mm per pixel.", POSITIVE)
+    fov_mm: float = _key(250.0, "Field of view cropped around the head, mm.", POSITIVE)
+    input_size: int = _key(
+        256,
+        "Model input size, pixels (a multiple of 8; with `out_spacing` it must cover `fov_mm`).",
+        (lambda v: _is_int(v) and v >= 8 and v % 8 == 0, "must be a multiple of 8"),
+    )
     # ---- model
-    variant: str = "radnet"  # densenet | densenet_a | radnet
-    depth: int = 40
-    growth_rate: int = 12
-    initial_filters: int = 16
-    dropout: float = 0.0
-    lstm_units: int = 64
-    head_filters: int = 16
-    pooling: str = "avg"  # slice feature pooling: avg (paper) | avgmax (avg and max, concatenated)
-    weight_decay: float = 1e-4
-    bn_momentum: float = 0.99  # BatchNorm moving-average momentum (0.9 for short runs)
-    targets: str = "any"  # any (the paper: bleed / no bleed) | subtypes (also EDH, IPH, IVH, SAH, SDH)
+    variant: str = _key(
+        "radnet",
+        "`radnet` (DenseNet + aux heads + BiLSTM), `densenet_a` "
+        "(DenseNet + aux heads) or `densenet`.",
+        one_of(*VARIANTS),
+    )
+    depth: int = _key(
+        40,
+        "DenseNet depth, 3n + 4.",
+        (
+            lambda v: _is_int(v) and v >= 7 and (v - 4) % 3 == 0,
+            "must be 3n+4 with n >= 1 (DenseNet)",
+        ),
+    )
+    growth_rate: int = _key(12, "DenseNet growth rate.", INT_GE1)
+    initial_filters: int = _key(16, "Filters of the first convolution.", INT_GE1)
+    dropout: float = _key(0.0, "Dropout after each dense layer.", HALF_OPEN_UNIT)
+    lstm_units: int = _key(64, "Units per direction of the BiLSTM across slices.", INT_GE1)
+    head_filters: int = _key(16, "Filters of each auxiliary segmentation head.", INT_GE1)
+    pooling: str = _key(
+        "avg",
+        "Slice feature pooling: `avg` (paper) or `avgmax` (average and max, "
+        "concatenated: a small lesion is not averaged away).",
+        one_of("avg", "avgmax"),
+    )
+    weight_decay: float = _key(1e-4, "L2 weight decay.", NON_NEGATIVE)
+    bn_momentum: float = _key(
+        0.99, "BatchNorm moving-average momentum (0.9 settles within short runs).", OPEN_UNIT
+    )
+    targets: str = _key(
+        "any",
+        "`any` (the paper: bleed or not) or `subtypes` (also EDH, IPH, IVH, SAH, SDH).",
+        one_of("any", "subtypes"),
+    )
     # ---- loss
-    slice_loss_weight: float = 1.0  # the "any" label (RSNA's metric weighs it 2, each subtype 1)
-    subtype_loss_weight: float = 1.0  # the five subtype labels (targets: subtypes)
-    subtype_label_weights: list = dataclasses.field(default_factory=list)  # 5 weights within the subtype loss; [] = equal
-    mask_loss_weights: list = dataclasses.field(default_factory=lambda: [0.5, 0.5, 0.5])
-    # auxiliary mask loss: bce | dice_bce (BCE + soft Dice, per study). dice_bce with plain BCE
-    # (mask_pos_weight 1) left the heads empty (held-out Dice 0) after the built-in default's
-    # 425 steps on the anatomical phantom; with weight 10 it no longer does, and gains nothing
-    mask_loss: str = "bce"
-    mask_pos_weight: float = 1.0  # weight of the blood pixels' term in the mask BCE (1: plain BCE)
-    # ---- recipe (paper: SGD momentum 0.9, 60 epochs, lr / 10 at 1/3 and 2/3)
-    epochs: int = 60
-    batch_size: int = 2  # studies (windows) per replica
-    crop_slices: int = 16  # consecutive slices per training crop (was `window`)
-    steps_per_epoch: int = 0  # 0 = one pass over the training studies
-    optimizer: str = "sgd"  # sgd (paper: momentum 0.9) | adam
-    learning_rate: float = 0.01
-    momentum: float = 0.9
-    lr_drop_epochs: list = dataclasses.field(default_factory=lambda: [1 / 3, 2 / 3])
-    positive_fraction: float = 0.5  # class balancing of training windows
-    rotation_deg: float = 15.0
-    flip: bool = True
-    intensity_jitter: float = 0.0
-    hu_shift: float = 0.0  # training windows' HU shifted by one uniform offset in [-hu_shift, hu_shift] before windowing
-    seed: int = 0
-    mixed_precision: bool = False
-    xla: bool = False
-    early_stopping_patience: int = 0  # 0 = off
-    monitor: str = f"val_{OUTPUT_SLICE}_auc"
-    val_every: int = 1  # validate every val_every-th epoch and the last; 0 = not during training
-    # ---- CT-level decision rule (paper: 3 consecutive positive slices)
-    ct_min_run: int = 3
-    slice_threshold: float = 0.5
-    subtype_thresholds: list = dataclasses.field(default_factory=list)  # 5 per-subtype thresholds; [] = slice_threshold
-    calibrate_threshold: bool = False  # after training, set slice_threshold from the training studies
-    # calibrate for series of this many slices (the CT rule fires more often on longer
-    # ones; decision.choose_threshold's `scale`); 0 = for studies like the training studies
-    calibration_series_slices: int = 0
-    # share of the non-held-out studies kept out of training to calibrate the thresholds on
-    # (data.split_of); 0 = calibrate on the training studies themselves. A long run fits its
-    # training studies, and thresholds chosen on them then sit too low (BENCHMARKS.md)
-    calibration_fraction: float = 0.0
-    # ---- served mask (predict's volume and DICOM SEG, the held-out mask metrics): a pixel is
-    # hemorrhage when the fused aux-head mask >= mask_threshold on a slice whose probability
-    # >= its slice threshold, then (mask_opening) opened in-plane with a 3 x 3 square to drop
-    # specks (decision.lesion_mask_np)
-    mask_threshold: float = MASK_THRESHOLD
-    mask_opening: bool = True
-    calibrate_mask_threshold: bool = False  # after training, set mask_threshold from the training studies
+    slice_loss_weight: float = _key(1.0, "Weight of the `any` label's loss.", NON_NEGATIVE)
+    subtype_loss_weight: float = _key(1.0, "Weight of the five subtype labels' loss.", NON_NEGATIVE)
+    subtype_label_weights: list = _key(
+        [],
+        "Five weights within the subtype loss; `[]` = equal.",
+        (
+            lambda v: _numbers(v, (0, 5), lambda x: x >= 0),
+            "must be [] or 5 weights >= 0 (EDH, IPH, IVH, SAH, SDH)",
+        ),
+    )
+    mask_loss_weights: list = _key(
+        [0.5, 0.5, 0.5],
+        "Loss weight of each auxiliary head.",
+        (
+            lambda v: _numbers(v, 3, lambda x: x >= 0),
+            "needs 3 numbers >= 0 (one per auxiliary head)",
+        ),
+    )
+    mask_pos_weight: float = _key(
+        1.0,
+        "Weight of the blood pixels' term in the aux heads' BCE (1 = "
+        "plain BCE; blood is < 1% of a slice).",
+        POSITIVE,
+    )
+    # ---- recipe
+    epochs: int = _key(60, "Epochs.", INT_GE1)
+    batch_size: int = _key(2, "Studies (slice crops) per replica and step.", INT_GE1)
+    crop_slices: int = _key(16, "Consecutive slices per training crop (was `window`).", INT_GE1)
+    steps_per_epoch: int = _key(
+        0, "Steps per epoch; 0 = one pass over the training studies.", INT_GE0
+    )
+    optimizer: str = _key("sgd", "`sgd` (paper: momentum 0.9) or `adam`.", one_of("sgd", "adam"))
+    learning_rate: float = _key(0.01, "Initial learning rate.", POSITIVE)
+    momentum: float = _key(0.9, "SGD momentum.", HALF_OPEN_UNIT)
+    lr_drop_epochs: list = _key(
+        [1 / 3, 2 / 3],
+        "Fractions of the run at which the learning rate drops 10x.",
+        (_fractions, "must be a list of fractions of the run in (0, 1), e.g. [0.33, 0.67]"),
+    )
+    positive_fraction: float = _key(
+        0.5,
+        "Share of positive crops drawn for training (class balancing, by slice labels).",
+        CLOSED_UNIT,
+    )
+    rotation_deg: float = _key(
+        15.0, "Training augmentation: random in-plane rotation up to this, degrees.", NON_NEGATIVE
+    )
+    flip: bool = _key(True, "Training augmentation: random left-right flip.")
+    seed: int = _key(0, "Seed of initialisation, sampling and augmentation.", INT_GE0)
+    mixed_precision: bool = _key(False, "float16 compute on a GPU (ignored on CPU).")
+    early_stopping_patience: int = _key(
+        0, "Stop after this many validations without gain; 0 = off.", INT_GE0
+    )
+    monitor: str = _key(
+        f"val_{OUTPUT_SLICE}_auc", "Validation metric that picks `best.keras`.", STRING
+    )
+    val_every: int = _key(
+        1,
+        "Validate every n-th epoch and the last; 0 = not during training "
+        "(the held-out studies are still evaluated at the end).",
+        INT_GE0,
+    )
+    # ---- CT-level decision rule
+    ct_min_run: int = _key(
+        3,
+        "K: a CT is positive when K or more consecutive slices are "
+        "(K' = min(K, slices) for shorter studies).",
+        INT_GE1,
+    )
+    slice_threshold: float = _key(
+        0.5, "Slice probability at which a slice counts as positive.", OPEN_UNIT
+    )
+    subtype_thresholds: list = _key(
+        [],
+        "Five per-subtype slice thresholds; `[]` = `slice_threshold`.",
+        (
+            lambda v: _numbers(v, (0, 5), lambda x: 0 < x < 1),
+            "must be [] or 5 thresholds in (0, 1) (EDH, IPH, IVH, SAH, SDH)",
+        ),
+    )
+    calibrate_threshold: bool = _key(
+        False, "After training, choose `slice_threshold` on the training (or calibration) studies."
+    )
+    calibration_series_slices: int = _key(
+        0,
+        "Calibrate the threshold for series of this many "
+        "slices (the rule fires more often on longer ones); 0 = "
+        "for studies like the training studies.",
+        (
+            lambda v: _is_int(v) and v >= 0,
+            "must be an integer >= 0 (0: calibrate for series as long as the training studies)",
+        ),
+    )
+    calibration_fraction: float = _key(
+        0.0,
+        "Share of the non-held-out studies kept out of training "
+        "to choose the thresholds on; 0 = the training studies. For "
+        "cohorts of hundreds of studies or more.",
+        HALF_OPEN_UNIT,
+    )
+    # ---- served lesion mask
+    mask_threshold: float = _key(
+        MASK_THRESHOLD,
+        "A pixel is hemorrhage when the fused aux-head "
+        "mask reaches this on a slice at or above its slice threshold.",
+        OPEN_UNIT,
+    )
+    mask_opening: bool = _key(
+        True, "Open the lesion mask in-plane with a 3 x 3 square (drops specks)."
+    )
+    calibrate_mask_threshold: bool = _key(
+        False,
+        "After training, choose `mask_threshold` (best "
+        "Dice) on the training (or calibration) studies.",
+    )
     # ---- end of run
-    export: bool = True
-    export_dir: str = "saved_models/radnet"
+    export: bool = _key(True, "Export a SavedModel after training.")
+    export_dir: str = _key(
+        "saved_models/radnet", "Export root; versions are numbered folders.", STRING
+    )
 
     def validate(self):
         """Checks every field; raises UserError naming the field and echoing its value."""
-
-        def fail(rule, name):
-            raise UserError(f"{name} {rule}. Received: {name}={getattr(self, name)!r}")
-
-        def number(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        for name in ("data", "work_dir", "model_dir", "export_dir", "monitor"):
-            if not isinstance(getattr(self, name), str):
-                fail("must be a string", name)
-        if not self.work_dir:
-            fail("must not be empty", "work_dir")
-        if self.variant not in VARIANTS:
-            fail(f"must be one of {VARIANTS}", "variant")
-        for name, allowed in (("mask_loss", ("bce", "dice_bce")), ("pooling", ("avg", "avgmax")), ("optimizer", ("sgd", "adam")),
-                              ("targets", ("any", "subtypes"))):
-            if getattr(self, name) not in allowed:
-                fail(f"must be one of {allowed}", name)
-        if not isinstance(self.depth, int) or (self.depth - 4) % 3 or self.depth < 7:
-            fail("must be 3n+4 with n >= 1 (DenseNet)", "depth")
+        for field in dataclasses.fields(self):
+            rule = field.metadata.get("rule")
+            value = getattr(self, field.name)
+            if rule and not rule[0](value):
+                raise UserError(f"{field.name} {rule[1]}. Received: {field.name}={value!r}")
         windows = [[self.window_center, self.window_width]] + list(self.extra_windows)
-        for w in windows:
-            if not (isinstance(w, (list, tuple)) and len(w) == 2 and all(number(v) for v in w)) or w[1] <= 0:
-                raise UserError(
-                    f"windows are [centre, width] pairs in HU with width > 0. Received: window "
-                    f"{self.window_center}/{self.window_width}, extra_windows={self.extra_windows}"
-                )
-        for name in ("synth_studies", "synth_slices", "epochs", "batch_size", "crop_slices", "growth_rate",
-                     "initial_filters", "lstm_units", "head_filters", "ct_min_run"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                fail("must be an integer >= 1", name)
-        for name in ("steps_per_epoch", "val_every", "early_stopping_patience", "synth_seed", "seed"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                fail("must be an integer >= 0", name)
-        if self.synth_matrix < 32:
-            fail("must be >= 32", "synth_matrix")
-        for name in ("out_spacing", "fov_mm", "learning_rate"):
-            if not number(getattr(self, name)) or getattr(self, name) <= 0:
-                fail("must be a number > 0", name)
-        if not (isinstance(self.subtype_label_weights, list) and len(self.subtype_label_weights) in (0, 5)
-                and all(number(v) and v >= 0 for v in self.subtype_label_weights)):
-            fail("must be [] or 5 weights >= 0 (EDH, IPH, IVH, SAH, SDH)", "subtype_label_weights")
-        if not (isinstance(self.subtype_thresholds, list) and len(self.subtype_thresholds) in (0, 5)
-                and all(number(v) and 0 < v < 1 for v in self.subtype_thresholds)):
-            fail("must be [] or 5 thresholds in (0, 1) (EDH, IPH, IVH, SAH, SDH)", "subtype_thresholds")
-        if not number(self.mask_pos_weight) or self.mask_pos_weight <= 0:
-            fail("must be a number > 0", "mask_pos_weight")
-        for name in ("weight_decay", "slice_loss_weight", "subtype_loss_weight", "rotation_deg", "intensity_jitter", "hu_shift"):
-            if not number(getattr(self, name)) or getattr(self, name) < 0:
-                fail("must be a number >= 0", name)
-        if self.input_size % 8 or self.input_size < 8:
-            fail("must be a multiple of 8", "input_size")
+        if not all(_window(w) for w in windows):
+            raise UserError(
+                f"windows are [centre, width] pairs in HU with width > 0. Received: window "
+                f"{self.window_center}/{self.window_width}, extra_windows={self.extra_windows}"
+            )
         if self.input_size * self.out_spacing < self.fov_mm:
             raise UserError(
-                f"input_size * out_spacing must cover fov_mm. Received: input_size={self.input_size}, "
-                f"out_spacing={self.out_spacing}, fov_mm={self.fov_mm}"
+                "input_size * out_spacing must cover fov_mm. Received: "
+                f"input_size={self.input_size}, out_spacing={self.out_spacing}, "
+                f"fov_mm={self.fov_mm}"
             )
-        if not (isinstance(self.mask_loss_weights, list) and len(self.mask_loss_weights) == 3
-                and all(number(v) and v >= 0 for v in self.mask_loss_weights)):
-            fail("needs 3 numbers >= 0 (one per auxiliary head)", "mask_loss_weights")
-        if not (isinstance(self.lr_drop_epochs, list) and all(number(v) and 0 < v < 1 for v in self.lr_drop_epochs)):
-            fail("must be a list of fractions of the run in (0, 1), e.g. [0.33, 0.67]", "lr_drop_epochs")
-        open_unit = {"val_fraction": "(0, 1)", "slice_threshold": "(0, 1)", "bn_momentum": "(0, 1)",
-                     "mask_threshold": "(0, 1)"}
-        for name, text in open_unit.items():
-            if not number(getattr(self, name)) or not 0 < getattr(self, name) < 1:
-                fail(f"must be in {text}", name)
-        n = self.calibration_series_slices
-        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
-            fail("must be an integer >= 0 (0: calibrate for series as long as the training studies)",
-                 "calibration_series_slices")
-        for name in ("positive_fraction",):
-            if not number(getattr(self, name)) or not 0 <= getattr(self, name) <= 1:
-                fail("must be in [0, 1]", name)
-        for name in ("dropout", "momentum", "calibration_fraction"):
-            if not number(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
-                fail("must be in [0, 1)", name)
         return self
 
     @property
@@ -281,7 +411,7 @@ def load_config(path=None, overrides=()) -> Config:
         key, value = item.split("=", 1)
         values[key.strip()] = value
     fields = {f.name for f in dataclasses.fields(Config)}
-    values = _renamed(values)
+    values = _without_removed(_renamed(values))
     for key, value in values.items():
         if key not in fields:
             raise UserError(f"unknown config key {key!r} (known: {', '.join(sorted(fields))})")
@@ -300,8 +430,12 @@ def read_config_text(path) -> str:
     if p.is_file():
         return p.read_text()
     if str(path) in BUILTIN_CONFIGS:
-        return importlib.resources.files("radnet_tf").joinpath("configs", f"{path}.yaml").read_text()
-    raise UserError(f"config file not found: {path} (built-in configs: {', '.join(BUILTIN_CONFIGS)})")
+        return (
+            importlib.resources.files("radnet_tf").joinpath("configs", f"{path}.yaml").read_text()
+        )
+    raise UserError(
+        f"config file not found: {path} (built-in configs: {', '.join(BUILTIN_CONFIGS)})"
+    )
 
 
 def to_yaml(cfg: Config) -> str:
@@ -316,6 +450,26 @@ def config_from_dict(values: dict) -> Config:
     return Config(**{k: v for k, v in values.items() if k in fields}).validate()
 
 
+def _without_removed(values: dict) -> dict:
+    """Drops REMOVED_KEYS set to their "off" value (with a warning line); refuses any other
+    value with one line."""
+    out = dict(values)
+    for key, (off, why) in REMOVED_KEYS.items():
+        if key not in out:
+            continue
+        value = out.pop(key)
+        parsed = (
+            yaml.safe_load(value) if isinstance(value, str) and not isinstance(off, str) else value
+        )
+        if parsed != off:
+            raise UserError(
+                f"config key {key!r} was removed ({why}); delete it from the config. "
+                f"Received: {key}={value!r}"
+            )
+        say(f"warning: config key {key!r} was removed ({why}); ignored", err=True)
+    return out
+
+
 def _renamed(values: dict, warn=True) -> dict:
     """Maps renamed keys (RENAMED_KEYS) to their new names, with a deprecation line."""
     out = dict(values)
@@ -327,3 +481,60 @@ def _renamed(values: dict, warn=True) -> dict:
                 say(f"warning: config key {old!r} is deprecated; use {new!r}", err=True)
             out[new] = out.pop(old)
     return out
+
+
+def _flow(value) -> str:
+    """A value as it is written in a flat YAML config."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    return text[: -len("...")].strip() if text.endswith("...") else text
+
+
+def config_reference() -> str:
+    """docs/configuration.md: every key, grouped by concern, with the paper's default
+    (`Config()`), the built-in `default` config's value and what it does."""
+    paper, builtin = Config(), load_config("default")
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `radnet_tf.config.Config` by `python -m radnet_tf.config > "
+        "docs/configuration.md`; a test fails when this page is stale.",
+        "",
+        "A config is a flat YAML file of `key: value` lines. Resolution order: the paper's "
+        "defaults (`Config()`) <- the YAML file (`--config PATH`, or a built-in name: "
+        + ", ".join(f"`{n}`" for n in BUILTIN_CONFIGS)
+        + ") <- `key=value` overrides on the "
+        "command line. Every value is checked before any work starts; the trainer writes the "
+        "resolved config next to the model (`config.json`), and `radnet-train --print-config` "
+        "prints it. Column *paper* is `Config()`; column *built-in* is the `default` config "
+        "that `make run` trains (bold where it differs).",
+    ]
+    fields = dataclasses.fields(Config)
+    starts = {first: title for title, first in SECTIONS}
+    for field in fields:
+        if field.name in starts:
+            lines += [
+                "",
+                f"## {starts[field.name]}",
+                "",
+                "| key | paper | built-in | meaning |",
+                "| --- | --- | --- | --- |",
+            ]
+        ours, theirs = getattr(paper, field.name), getattr(builtin, field.name)
+        shown = f"`{_flow(theirs)}`" if theirs == ours else f"**`{_flow(theirs)}`**"
+        doc = field.metadata["doc"].replace("|", "\\|")
+        lines.append(f"| `{field.name}` | `{_flow(ours)}` | {shown} | {doc} |")
+    lines += ["", "## Renamed and removed keys", "", "| key | now |", "| --- | --- |"]
+    lines += [
+        f"| `{old}` | renamed `{new}` (still read, with a warning) |"
+        for old, new in RENAMED_KEYS.items()
+    ]
+    lines += [
+        f"| `{key}` | removed: {why}; `{_flow(off)}` loads with a warning, any other value is "
+        "refused |"
+        for key, (off, why) in REMOVED_KEYS.items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(config_reference(), end="")

@@ -37,8 +37,18 @@ SUBTYPE_PROBABILITIES = "subtype_probabilities"  # [S, 5]   (subtype models only
 CT_SUBTYPES = "ct_subtypes"  # bool [5]
 CT_SUBTYPE_SCORES = "ct_subtype_scores"  # float32 [5]
 SUBTYPE_MASKS = "subtype_masks"  # float32 [S, N, N, 5], mean of the aux heads' class channels
-SUBTYPE_LESION_MASKS = "subtype_lesion_masks"  # bool [S, N, N, 5], each gated by its subtype's slice verdict
-SERVING_OUTPUTS = (SLICE_PROBABILITIES, MASKS, LESION_MASK, CT_POSITIVE, CT_SCORE, LONGEST_POSITIVE_RUN, MIN_RUN_APPLIED)
+SUBTYPE_LESION_MASKS = (
+    "subtype_lesion_masks"  # bool [S, N, N, 5], each gated by its subtype's slice verdict
+)
+SERVING_OUTPUTS = (
+    SLICE_PROBABILITIES,
+    MASKS,
+    LESION_MASK,
+    CT_POSITIVE,
+    CT_SCORE,
+    LONGEST_POSITIVE_RUN,
+    MIN_RUN_APPLIED,
+)
 # The default mask threshold (Config.mask_threshold; exports from before it was exported):
 # a mask pixel on a positive slice counts as hemorrhage at or above it. Trained models
 # usually carry a calibrated one (Config.calibrate_mask_threshold).

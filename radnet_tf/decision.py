@@ -25,7 +25,9 @@ import numpy as np
 
 # Candidates for the calibrated mask threshold (`choose_mask_threshold`): 0.01-0.04, then
 # 0.05, 0.10, ..., 0.95 (a short run's aux heads can stay below 0.1 on blood).
-MASK_THRESHOLD_CANDIDATES = (0.01, 0.02, 0.03, 0.04) + tuple(round(0.05 * i, 2) for i in range(1, 20))
+MASK_THRESHOLD_CANDIDATES = (0.01, 0.02, 0.03, 0.04) + tuple(
+    round(0.05 * i, 2) for i in range(1, 20)
+)
 
 
 def applied_min_run(num_slices, min_run):
@@ -150,7 +152,9 @@ def choose_threshold(scores, labels, lo=0.05, hi=0.95, scale=1.0) -> float:
     if not scale >= 1:
         raise ValueError(f"scale must be >= 1. Received: {scale}")
     distinct = np.unique(scores)
-    candidates = np.unique(np.clip(np.concatenate([(distinct[1:] + distinct[:-1]) / 2, [0.5]]), lo, hi))
+    candidates = np.unique(
+        np.clip(np.concatenate([(distinct[1:] + distinct[:-1]) / 2, [0.5]]), lo, hi)
+    )
     pred = scores[None, :] >= candidates[:, None]
     r = (pred & (labels == 1)).sum(1) / (labels == 1).sum()
     f = (pred & (labels == 0)).sum(1) / (labels == 0).sum()
@@ -185,7 +189,10 @@ def ct_decision_labels(probs, thresholds, min_run):
 
     probs = tf.convert_to_tensor(probs, tf.float32)
     per_label = [ct_decision(probs[:, j], float(t), min_run) for j, t in enumerate(thresholds)]
-    return {key: tf.stack([d[key] for d in per_label]) for key in ("ct_positive", "ct_score", "longest_positive_run")}
+    return {
+        key: tf.stack([d[key] for d in per_label])
+        for key in ("ct_positive", "ct_score", "longest_positive_run")
+    }
 
 
 def open_np(mask):
@@ -205,10 +212,10 @@ def open_np(mask):
 
     def window(x, fill, reduce):
         padded = np.pad(x, pad, constant_values=fill)
-        out = padded[:, 1:n + 1, 1:m + 1].copy()
+        out = padded[:, 1 : n + 1, 1 : m + 1].copy()
         for dy in range(3):
             for dx in range(3):
-                out = reduce(out, padded[:, dy:dy + n, dx:dx + m])
+                out = reduce(out, padded[:, dy : dy + n, dx : dx + m])
         return out
 
     return window(window(mask, True, np.logical_and), False, np.logical_or)
@@ -277,7 +284,9 @@ def choose_mask_threshold(counts, thresholds, fallback) -> float:
     counts = np.asarray(counts, np.float64)
     thresholds = np.asarray(thresholds, np.float64)
     denom = counts[:, 1] + counts[:, 2]
-    dice = np.round(np.divide(2 * counts[:, 0], denom, out=np.zeros(len(thresholds)), where=denom > 0), 12)
+    dice = np.round(
+        np.divide(2 * counts[:, 0], denom, out=np.zeros(len(thresholds)), where=denom > 0), 12
+    )
     if dice.max() <= 0:
         return float(fallback)
     best = np.flatnonzero(dice == dice.max())

@@ -215,11 +215,17 @@ def resample_class_mask(classes, pixel_spacing, center, cfg, present):
         n = cfg.out_size
         return tf.zeros(tf.stack([tf.shape(classes)[0], n, n]), tf.uint8)
     weights = tf.stack(
-        [resample_to_fov(tf.cast(tf.equal(classes, k), tf.float32), pixel_spacing, center, cfg, fill=0.0)
-         for k in present],
+        [
+            resample_to_fov(
+                tf.cast(tf.equal(classes, k), tf.float32), pixel_spacing, center, cfg, fill=0.0
+            )
+            for k in present
+        ],
         axis=-1,
     )  # [S, N, N, len(present)]
-    best = tf.gather(tf.constant(list(present), tf.int32), tf.argmax(weights, axis=-1, output_type=tf.int32))
+    best = tf.gather(
+        tf.constant(list(present), tf.int32), tf.argmax(weights, axis=-1, output_type=tf.int32)
+    )
     return tf.cast(tf.where(tf.reduce_max(weights, axis=-1) >= 0.5, best, 0), tf.uint8)
 
 

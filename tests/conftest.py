@@ -11,8 +11,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 
 TINY_MODEL = dict(
-    input_size=32, out_spacing=8.0, fov_mm=250.0, depth=7, growth_rate=2, initial_filters=4,
-    lstm_units=3, head_filters=2, crop_slices=4, batch_size=2, epochs=2, steps_per_epoch=2,
+    input_size=32,
+    out_spacing=8.0,
+    fov_mm=250.0,
+    depth=7,
+    growth_rate=2,
+    initial_filters=4,
+    lstm_units=3,
+    head_filters=2,
+    crop_slices=4,
+    batch_size=2,
+    epochs=2,
+    steps_per_epoch=2,
 )
 
 
@@ -44,7 +54,9 @@ def write_tiny_series(folder, num_slices=4, seed=0):
 
     phantom = synth.make_phantom(
         np.random.default_rng(seed),
-        synth.SynthConfig(matrix=64, num_slices=num_slices, pixel_spacing_range=(3.4, 3.4), tilt_fraction=0.0),
+        synth.SynthConfig(
+            matrix=64, num_slices=num_slices, pixel_spacing_range=(3.4, 3.4), tilt_fraction=0.0
+        ),
         positive=False,
     )
     synth.write_dicom_series(phantom, folder, np.random.default_rng(seed))
@@ -61,11 +73,15 @@ def one_slice_png_records(folder, studies):
 
     rows = ["image,label"]
     for i in range(studies):
-        Image.fromarray((np.random.default_rng(i).uniform(size=(64, 64)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+        Image.fromarray(
+            (np.random.default_rng(i).uniform(size=(64, 64)) * 255).astype(np.uint8)
+        ).save(folder / f"{i}.png")
         rows.append(f"{i}.png,{i % 2}")
     (folder / "images.csv").write_text("\n".join(rows) + "\n")
     tasks = image_tasks(folder / "images.csv", folder, (40, 80))
-    run_local(tasks, [], folder / "records", 1, 1, tiny_config().preprocess_config(), progress=False)
+    run_local(
+        tasks, [], folder / "records", 1, 1, tiny_config().preprocess_config(), progress=False
+    )
     return folder / "records"
 
 
@@ -75,7 +91,9 @@ def tiny_cohort(tmp_path_factory):
     from radnet_tf.phantom import generate as synth
 
     out = tmp_path_factory.mktemp("cohort")
-    cfg = synth.SynthConfig(matrix=64, num_slices=6, pixel_spacing_range=(3.3, 3.5), slice_thickness_range=(4.0, 5.0))
+    cfg = synth.SynthConfig(
+        matrix=64, num_slices=6, pixel_spacing_range=(3.3, 3.5), slice_thickness_range=(4.0, 5.0)
+    )
     synth.generate_cohort(out, 10, seed=3, cfg=cfg)
     return out
 
@@ -86,9 +104,21 @@ def tiny_records(tiny_cohort, tmp_path_factory):
     from radnet_tf.records.convert import folder_tasks, run_local
 
     out = tmp_path_factory.mktemp("records")
-    tasks, skipped = folder_tasks(tiny_cohort / "dicom", tiny_cohort / "labels.csv", tiny_cohort / "slice_labels.csv",
-                                  tiny_cohort / "masks")
-    run_local(tasks, skipped, out, shards=2, workers=1, pcfg=tiny_config().preprocess_config(), progress=False)
+    tasks, skipped = folder_tasks(
+        tiny_cohort / "dicom",
+        tiny_cohort / "labels.csv",
+        tiny_cohort / "slice_labels.csv",
+        tiny_cohort / "masks",
+    )
+    run_local(
+        tasks,
+        skipped,
+        out,
+        shards=2,
+        workers=1,
+        pcfg=tiny_config().preprocess_config(),
+        progress=False,
+    )
     return out
 
 
@@ -103,7 +133,9 @@ def trained_tiny(tiny_records, tmp_path_factory):
     return cfg, summary, model, model_dir
 
 
-def write_enhanced_ct(classic_folder, path, frame_order=None, localizer_frame=False, per_frame_rescale=False):
+def write_enhanced_ct(
+    classic_folder, path, frame_order=None, localizer_frame=False, per_frame_rescale=False
+):
     """The classic CT slices of `classic_folder` as one Enhanced CT Image Storage object.
 
     Built by hand, as a scanner would store it: orientation and pixel measures in the shared
@@ -127,9 +159,23 @@ def write_enhanced_ct(classic_folder, path, frame_order=None, localizer_frame=Fa
     slices = [pydicom.dcmread(files[i]) for i in order]
     first = slices[0]
     ds = Dataset()
-    for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
-                    "Modality", "SeriesDescription", "Rows", "Columns", "SamplesPerPixel",
-                    "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"):
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "FrameOfReferenceUID",
+        "Modality",
+        "SeriesDescription",
+        "Rows",
+        "Columns",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+    ):
         if keyword in first:
             setattr(ds, keyword, first.data_element(keyword).value)
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT Image Storage
@@ -145,7 +191,11 @@ def write_enhanced_ct(classic_folder, path, frame_order=None, localizer_frame=Fa
     shared.PlaneOrientationSequence = [plane]
     if not per_frame_rescale:
         rescale = Dataset()
-        rescale.RescaleIntercept, rescale.RescaleSlope, rescale.RescaleType = first.RescaleIntercept, 1, "HU"
+        rescale.RescaleIntercept, rescale.RescaleSlope, rescale.RescaleType = (
+            first.RescaleIntercept,
+            1,
+            "HU",
+        )
         shared.PixelValueTransformationSequence = [rescale]
     ds.SharedFunctionalGroupsSequence = [shared]
     groups, pixels = [], []
@@ -156,13 +206,22 @@ def write_enhanced_ct(classic_folder, path, frame_order=None, localizer_frame=Fa
         group.PlanePositionSequence = [position]
         frame_type = Dataset()
         is_localizer = localizer_frame and k == len(slices)
-        frame_type.FrameType = ["ORIGINAL", "PRIMARY", "LOCALIZER" if is_localizer else "AXIAL", "NONE"]
+        frame_type.FrameType = [
+            "ORIGINAL",
+            "PRIMARY",
+            "LOCALIZER" if is_localizer else "AXIAL",
+            "NONE",
+        ]
         group.CTImageFrameTypeSequence = [frame_type]
         pixels_in = sl.pixel_array
         stored = pixels_in.astype(np.int32)
         if per_frame_rescale:  # intercept moves by 10 * k, stored values the other way: same HU
             rescale = Dataset()
-            rescale.RescaleIntercept, rescale.RescaleSlope, rescale.RescaleType = float(sl.RescaleIntercept) - 10 * k, 1, "HU"
+            rescale.RescaleIntercept, rescale.RescaleSlope, rescale.RescaleType = (
+                float(sl.RescaleIntercept) - 10 * k,
+                1,
+                "HU",
+            )
             group.PixelValueTransformationSequence = [rescale]
             stored = stored + 10 * k
         groups.append(group)

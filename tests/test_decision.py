@@ -29,7 +29,11 @@ CASES = [
 @pytest.mark.parametrize("probs,run,positive,k", CASES)
 def test_rule_on_hand_made_sequences(probs, run, positive, k):
     got = ct_decision_np(probs, 0.5, 3)
-    assert (got["longest_positive_run"], got["ct_positive"], got["min_run_applied"]) == (run, positive, k)
+    assert (got["longest_positive_run"], got["ct_positive"], got["min_run_applied"]) == (
+        run,
+        positive,
+        k,
+    )
     tf_got = ct_decision(np.array(probs, np.float32), 0.5, 3)
     assert int(tf_got["longest_positive_run"]) == run
     assert bool(tf_got["ct_positive"]) == positive
@@ -82,8 +86,11 @@ def test_lesion_mask_gates_pixels_by_their_slice_numpy_and_tf():
     masks[2, 0, 0] = 0.2  # slice 2 positive, one pixel exactly at the cut
     probs = np.array([0.7, 0.69, 0.7], np.float32)
     got = lesion_mask_np(masks, probs, 0.2, 0.7)
-    assert got.tolist() == [[[True, False], [True, True]], [[False, False], [False, False]],
-                            [[True, False], [False, False]]]
+    assert got.tolist() == [
+        [[True, False], [True, True]],
+        [[False, False], [False, False]],
+        [[True, False], [False, False]],
+    ]
     np.testing.assert_array_equal(np.asarray(lesion_mask(masks, probs, 0.2, 0.7)), got)
     # per label: masks [S, N, N, L], probs [S, L], one slice threshold per label
     per_label = np.stack([masks, masks], -1)
@@ -118,4 +125,6 @@ def test_opening_drops_specks_and_thin_lines_keeps_blocks_numpy_and_tf():
     probs = np.array([0.9, 0.1], np.float32)
     got = lesion_mask_np(m.astype(np.float32), probs, 0.5, 0.5, opening=True)
     assert got[0].tolist() == want[0].tolist() and not got[1].any()
-    assert lesion_mask_np(m.astype(np.float32), probs, 0.5, 0.5)[0, 6, 6]  # without opening the speck stays
+    assert lesion_mask_np(m.astype(np.float32), probs, 0.5, 0.5)[
+        0, 6, 6
+    ]  # without opening the speck stays

@@ -19,7 +19,9 @@ def test_reader_returns_phantom_voxels_in_z_order(tmp_path):
     by_name = [pydicom.dcmread(f) for f in sorted(tmp_path.iterdir())]
     by_number = sorted(by_name, key=lambda d: int(d.InstanceNumber))
     for order in (by_name, by_number):
-        assert [float(d.ImagePositionPatient[2]) for d in order] != sorted(phantom.z_positions.tolist())
+        assert [float(d.ImagePositionPatient[2]) for d in order] != sorted(
+            phantom.z_positions.tolist()
+        )
     series = read_series(tmp_path)
     assert series.hu.dtype == np.int16
     np.testing.assert_array_equal(series.hu, phantom.hu)  # sorted by position, not file name
@@ -33,7 +35,13 @@ def test_no_patient_identifiers_leave_the_reader(tmp_path):
     ds = pydicom.dcmread(next(tmp_path.iterdir()))
     series = read_series(tmp_path)
     text = repr(series.summary()) + repr(vars(series).keys()) + series.study_key
-    for value in (str(ds.PatientName), ds.PatientID, ds.PatientBirthDate, ds.AccessionNumber, ds.StudyDate):
+    for value in (
+        str(ds.PatientName),
+        ds.PatientID,
+        ds.PatientBirthDate,
+        ds.AccessionNumber,
+        ds.StudyDate,
+    ):
         assert value not in text
     assert series.study_key == pseudonymize(ds.StudyInstanceUID)
     assert series.study_key != pseudonymize(ds.StudyInstanceUID, salt="other-site")
@@ -67,7 +75,9 @@ def test_shear_removes_known_in_plane_offset():
         assert (out[i] == 100).sum() == 1
 
 
-@pytest.mark.parametrize("case", ["empty", "not_dicom", "truncated", "no_pixels", "mr", "single", "matrix", "sagittal"])
+@pytest.mark.parametrize(
+    "case", ["empty", "not_dicom", "truncated", "no_pixels", "mr", "single", "matrix", "sagittal"]
+)
 def test_bad_input_gives_clear_error(tmp_path, case):
     folder = tmp_path / "study"
     folder.mkdir()
@@ -106,7 +116,8 @@ def test_bad_input_gives_clear_error(tmp_path, case):
     expected = {
         "empty": "folder is empty",
         "not_dicom": "no DICOM files",
-        "truncated": r"IM\d+\.dcm: cannot decode pixel data \(The number of bytes of pixel data is less than expected",
+        "truncated": r"IM\d+\.dcm: cannot decode pixel data \(The number of bytes of pixel data "
+        "is less than expected",
         "no_pixels": "no pixel data",
         "mr": "modality MR is not CT",
         "single": "at least 2 needed",
@@ -138,21 +149,33 @@ def test_enhanced_ct_frames_read_like_the_classic_slices(tmp_path, per_frame_res
     groups: its frames (stored out of z order, one of them a localizer) read as the same
     volume as the classic slices they were made from."""
     phantom = _tiny_series(tmp_path / "classic", num_slices=5)
-    made_from = write_enhanced_ct(tmp_path / "classic", tmp_path / "enhanced" / "mf.dcm", frame_order=[3, 0, 4, 1, 2],
-                                  localizer_frame=True, per_frame_rescale=per_frame_rescale)
+    made_from = write_enhanced_ct(
+        tmp_path / "classic",
+        tmp_path / "enhanced" / "mf.dcm",
+        frame_order=[3, 0, 4, 1, 2],
+        localizer_frame=True,
+        per_frame_rescale=per_frame_rescale,
+    )
     classic, enhanced = read_series(tmp_path / "classic"), read_series(tmp_path / "enhanced")
     np.testing.assert_array_equal(enhanced.hu, phantom.hu)
     np.testing.assert_array_equal(enhanced.hu, classic.hu)
     np.testing.assert_allclose(enhanced.slice_positions, classic.slice_positions)
     assert enhanced.pixel_spacing == classic.pixel_spacing == (3.4, 3.4)
-    assert enhanced.slice_thickness == classic.slice_thickness and enhanced.study_key == classic.study_key
+    assert (
+        enhanced.slice_thickness == classic.slice_thickness
+        and enhanced.study_key == classic.study_key
+    )
     # slice i came from frame frame_numbers[i]: the classic file of that slice
     by_file = {str(f): i for i, f in enumerate(sorted((tmp_path / "classic").iterdir()))}
-    classic_uids = [str(pydicom.dcmread(f).SOPInstanceUID) for f in sorted((tmp_path / "classic").iterdir())]
+    classic_uids = [
+        str(pydicom.dcmread(f).SOPInstanceUID) for f in sorted((tmp_path / "classic").iterdir())
+    ]
     for i, n in enumerate(enhanced.frame_numbers):
         assert classic_uids[by_file[str(made_from[n - 1])]] == classic.sop_instance_uids[i]
     assert sorted(enhanced.frame_numbers) == [1, 2, 3, 4, 5] and classic.frame_numbers == [None] * 5
-    assert set(enhanced.sop_instance_uids) == {str(pydicom.dcmread(tmp_path / "enhanced" / "mf.dcm").SOPInstanceUID)}
+    assert set(enhanced.sop_instance_uids) == {
+        str(pydicom.dcmread(tmp_path / "enhanced" / "mf.dcm").SOPInstanceUID)
+    }
     assert enhanced.skipped == [("mf.dcm frame 6", "localizer/scout image")]
 
 
@@ -175,8 +198,12 @@ def test_legacy_converted_enhanced_ct_reads_like_its_sources(tmp_path):
     phantom = _tiny_series(tmp_path / "classic", num_slices=4, seed=3)
     sources = [pydicom.dcmread(f) for f in sorted((tmp_path / "classic").iterdir())]
     converted = hd.legacy.LegacyConvertedEnhancedCTImage(
-        sources, series_instance_uid=sources[0].SeriesInstanceUID, series_number=1, sop_instance_uid=generate_uid(),
-        instance_number=1)
+        sources,
+        series_instance_uid=sources[0].SeriesInstanceUID,
+        series_number=1,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+    )
     (tmp_path / "legacy").mkdir()
     converted.save_as(tmp_path / "legacy" / "mf.dcm")
     series = read_series(tmp_path / "legacy")
@@ -199,7 +226,9 @@ def test_multi_frame_object_that_is_not_enhanced_ct_is_skipped(tmp_path):
 
 def test_undecodable_slice_refused_or_skipped_as_a_gap(tmp_path):
     _tiny_series(tmp_path, num_slices=5)
-    by_z = sorted(tmp_path.iterdir(), key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
+    by_z = sorted(
+        tmp_path.iterdir(), key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2])
+    )
     middle = by_z[2]
     ds = pydicom.dcmread(middle)
     ds.PixelData = ds.PixelData[:100]  # truncated pixel data
@@ -284,13 +313,20 @@ def test_real_series_as_legacy_converted_enhanced_ct(shared, tmp_path, name):
 
     sources = [pydicom.dcmread(f) for f in sorted((shared / name).glob("*.dcm"))]
     converted = hd.legacy.LegacyConvertedEnhancedCTImage(
-        sources, series_instance_uid=sources[0].SeriesInstanceUID, series_number=1, sop_instance_uid=generate_uid(),
-        instance_number=1)
+        sources,
+        series_instance_uid=sources[0].SeriesInstanceUID,
+        series_number=1,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+    )
     converted.save_as(tmp_path / "mf.dcm")
     classic, enhanced = read_series(shared / name), read_series(tmp_path / "mf.dcm")
     np.testing.assert_array_equal(enhanced.hu, classic.hu)
     np.testing.assert_allclose(enhanced.slice_positions, classic.slice_positions)
-    assert enhanced.tilt_deg == pytest.approx(classic.tilt_deg) and enhanced.tilt_corrected == classic.tilt_corrected
+    assert (
+        enhanced.tilt_deg == pytest.approx(classic.tilt_deg)
+        and enhanced.tilt_corrected == classic.tilt_corrected
+    )
     assert enhanced.irregular_spacing == classic.irregular_spacing and enhanced.gaps == classic.gaps
 
 
@@ -305,7 +341,9 @@ def test_same_image_stored_twice_is_read_once(tmp_path):
     assert any(reason.startswith("duplicate SOPInstanceUID") for _, reason in series.skipped)
 
 
-@pytest.mark.parametrize("shift", [(3.3, -1.7), (0.0, 2.0), (-5.5, 0.25), (10.9, -7.1), (600.0, 0.0)])
+@pytest.mark.parametrize(
+    "shift", [(3.3, -1.7), (0.0, 2.0), (-5.5, 0.25), (10.9, -7.1), (600.0, 0.0)]
+)
 def test_fast_shear_matches_scipy_shift(shift):
     from scipy import ndimage
 
@@ -322,9 +360,17 @@ def test_shear_like_moves_a_stack_by_the_series_shear_exactly():
 
     stack = np.zeros((2, 3, 4), np.uint8)
     stack[:, 1, 1] = 1
-    series = CTSeries(hu=np.zeros((2, 3, 4), np.int16), pixel_spacing=(1.0, 1.0), slice_positions=np.array([0.0, 5.0]),
-                      slice_spacing=5.0, orientation=np.array([1.0, 0, 0, 0, 1, 0]), study_key="k", series_key="s",
-                      sop_instance_uids=["a", "b"], shear_px=np.array([[0.0, 0.0], [1.0, 0.5]]))
+    series = CTSeries(
+        hu=np.zeros((2, 3, 4), np.int16),
+        pixel_spacing=(1.0, 1.0),
+        slice_positions=np.array([0.0, 5.0]),
+        slice_spacing=5.0,
+        orientation=np.array([1.0, 0, 0, 0, 1, 0]),
+        study_key="k",
+        series_key="s",
+        sop_instance_uids=["a", "b"],
+        shear_px=np.array([[0.0, 0.0], [1.0, 0.5]]),
+    )
     assert np.array_equal(shear_like(series, stack), stack)  # not tilt-corrected: unchanged
     series.tilt_corrected = True
     moved = shear_like(series, stack)

@@ -36,7 +36,9 @@ def test_versioned_atomic_layout_and_metadata(exported):
     assert path.name == "1" and (path / "saved_model.pb").exists()
     assert [p.name for p in path.parent.iterdir()] == ["1"]  # no temporary leftovers
     meta = read_metadata(path)
-    assert meta["ct_min_run"] == 3 and meta["slice_threshold"] == 0.5 and meta["window_center"] == 40.0
+    assert (
+        meta["ct_min_run"] == 3 and meta["slice_threshold"] == 0.5 and meta["window_center"] == 40.0
+    )
     assert meta["config_digest"] == cfg.digest()
     assert meta["trained_on"] == "unknown" and meta["held_out"] is None  # export_model was not told
     assert next_version(path.parent) == 2
@@ -51,8 +53,9 @@ def test_lesion_rule_of_reads_the_export_or_the_old_default():
     assert lesion_rule_of({"mask_threshold": 0.04, "mask_opening": True}) == (0.04, True)
 
 
-def test_export_cli_records_the_held_out_figures_and_predict_warns_on_empty_masks(trained_tiny, tiny_cohort, tmp_path,
-                                                                                 capsys):
+def test_export_cli_records_the_held_out_figures_and_predict_warns_on_empty_masks(
+    trained_tiny, tiny_cohort, tmp_path, capsys
+):
     import pandas as pd
 
     from radnet_tf.serving import export
@@ -67,12 +70,19 @@ def test_export_cli_records_the_held_out_figures_and_predict_warns_on_empty_mask
     assert held["studies"] == rows.loc["ct", "n"] and held["threshold"] == meta["slice_threshold"]
     assert held["ct_accuracy"] == pytest.approx(rows.loc["ct", "accuracy"])
     assert held["mask_dice"] == pytest.approx(rows.loc["mask", "dice"])
-    assert held["mask_threshold"] == rows.loc["mask", "threshold"] == meta["mask_threshold"]  # measured as served
+    assert (
+        held["mask_threshold"] == rows.loc["mask", "threshold"] == meta["mask_threshold"]
+    )  # measured as served
     capsys.readouterr()
-    result = predict.main([str(tiny_cohort / "dicom" / "synth-0001"), "--model", str(tmp_path / "sm")])
+    result = predict.main(
+        [str(tiny_cohort / "dicom" / "synth-0001"), "--model", str(tmp_path / "sm")]
+    )
     assert result["model"]["held_out"] == held
     err = capsys.readouterr().err
-    warned = f"warning: this model's masks scored Dice {held['mask_dice']:.3f} on its held-out studies" in err
+    warned = (
+        f"warning: this model's masks scored Dice {held['mask_dice']:.3f} on its held-out studies"
+        in err
+    )
     assert warned == (held["mask_dice"] < predict.UNRELIABLE_MASK_DICE)
 
 
@@ -85,7 +95,9 @@ def test_saved_model_matches_keras(exported, slices):
     x = np.random.default_rng(slices).uniform(size=(slices, 32, 32, 1)).astype(np.float32)
     out = loaded.signatures["serving_default"](slices=tf.constant(x))
     ref = model(x[None])
-    np.testing.assert_allclose(out["slice_probabilities"].numpy(), ref["slice_probability"].numpy()[0], atol=1e-5)
+    np.testing.assert_allclose(
+        out["slice_probabilities"].numpy(), ref["slice_probability"].numpy()[0], atol=1e-5
+    )
     fused = (ref["mask_1"] + ref["mask_2"] + ref["mask_3"]).numpy()[0, ..., 0] / 3
     np.testing.assert_allclose(out["masks"].numpy(), fused, atol=1e-5)
     rule = ct_decision_np(out["slice_probabilities"].numpy(), 0.5, 3)
@@ -95,7 +107,9 @@ def test_saved_model_matches_keras(exported, slices):
 
 
 @pytest.mark.parametrize("opening", [False, True])
-def test_served_lesion_mask_is_the_gated_rule_at_the_exported_thresholds(trained_tiny, tmp_path, opening):
+def test_served_lesion_mask_is_the_gated_rule_at_the_exported_thresholds(
+    trained_tiny, tmp_path, opening
+):
     """lesion_mask = masks >= mask threshold on slices >= slice threshold, in the graph, as
     decision.lesion_mask_np computes it; thresholds picked so that every part of the rule
     matters (a slice gated out though its mask passes, pixels below the mask threshold)."""
@@ -113,13 +127,22 @@ def test_served_lesion_mask_is_the_gated_rule_at_the_exported_thresholds(trained
     fused = (ref["mask_1"] + ref["mask_2"] + ref["mask_3"]).numpy()[0, ..., 0] / 3
     slice_t = float(np.sort(probs)[3] - 1e-4)  # 3 of 6 slices pass
     mask_t = float(np.quantile(fused, 0.6))
-    path = export_model(model, cfg, tmp_path, threshold=slice_t, mask_threshold=mask_t, warmup=False)
-    assert read_metadata(path)["mask_threshold"] == mask_t and read_metadata(path)["mask_opening"] == opening
+    path = export_model(
+        model, cfg, tmp_path, threshold=slice_t, mask_threshold=mask_t, warmup=False
+    )
+    assert (
+        read_metadata(path)["mask_threshold"] == mask_t
+        and read_metadata(path)["mask_opening"] == opening
+    )
     out = tf.saved_model.load(str(path)).signatures["serving_default"](slices=tf.constant(x))
     served = out["lesion_mask"].numpy()
     assert served.dtype == bool and served.shape == (6, 32, 32)
-    np.testing.assert_array_equal(served, lesion_mask_np(out["masks"].numpy(), out["slice_probabilities"].numpy(),
-                                                         mask_t, slice_t, opening))
+    np.testing.assert_array_equal(
+        served,
+        lesion_mask_np(
+            out["masks"].numpy(), out["slice_probabilities"].numpy(), mask_t, slice_t, opening
+        ),
+    )
     below = out["slice_probabilities"].numpy() < slice_t
     assert not served[below].any() and (out["masks"].numpy()[below] >= mask_t).any()  # gated out
     above = served[~below]
@@ -150,15 +173,29 @@ def test_tf1_session_loader_gives_same_outputs_and_core_ops_only(exported):
     for key in ("slice_probabilities", "masks", "ct_score"):
         np.testing.assert_allclose(got[key], expected[key].numpy(), atol=1e-6)
     assert not ops & FORBIDDEN
-    assert all(hasattr(tf.raw_ops, op) for op in ops), sorted(op for op in ops if not hasattr(tf.raw_ops, op))
+    assert all(hasattr(tf.raw_ops, op) for op in ops), sorted(
+        op for op in ops if not hasattr(tf.raw_ops, op)
+    )
 
 
 def test_saved_model_cli_lists_signatures(exported):
     _, _, path = exported
     cli = REPO / ".venv" / "bin" / "saved_model_cli"
-    cmd = [str(cli)] if cli.exists() else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
-    out = subprocess.run(cmd + ["show", "--dir", str(path), "--all"], capture_output=True, text=True, check=True).stdout
-    for name in ("serving_default", "predict_hu", "slice_probabilities", "ct_positive", "pixel_spacing"):
+    cmd = (
+        [str(cli)]
+        if cli.exists()
+        else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+    )
+    out = subprocess.run(
+        cmd + ["show", "--dir", str(path), "--all"], capture_output=True, text=True, check=True
+    ).stdout
+    for name in (
+        "serving_default",
+        "predict_hu",
+        "slice_probabilities",
+        "ct_positive",
+        "pixel_spacing",
+    ):
         assert name in out
 
 
@@ -183,7 +220,9 @@ def test_client_requests_match_serving_formats_and_run_end_to_end(exported):
     hu = np.random.default_rng(1).integers(-1024, 90, size=(3, 40, 44)).astype(np.int16)
     body = rest_request(hu, (3.4, 3.4))
     assert json.loads(json.dumps(body))["signature_name"] == "predict_hu"
-    assert np.array(body["inputs"]["hu"]).shape == (3, 40, 44) and body["inputs"]["pixel_spacing"] == [3.4, 3.4]
+    assert np.array(body["inputs"]["hu"]).shape == (3, 40, 44) and body["inputs"][
+        "pixel_spacing"
+    ] == [3.4, 3.4]
     request = grpc_request(hu, (3.4, 3.4), model="radnet", version=1)
     assert request.model_spec.name == "radnet" and request.model_spec.version.value == 1
     assert request.inputs["hu"].dtype == tf.int16.as_datatype_enum
@@ -194,8 +233,12 @@ def test_client_requests_match_serving_formats_and_run_end_to_end(exported):
         feeds = {sig.inputs[k].name: tf.make_ndarray(v) for k, v in request.inputs.items()}
         outputs = sess.run({k: v.name for k, v in sig.outputs.items()}, feeds)
     verdict = parse_outputs(outputs)
-    direct = tf.saved_model.load(str(path)).signatures["predict_hu"](hu=tf.constant(hu), pixel_spacing=tf.constant([3.4, 3.4]))
-    np.testing.assert_allclose(verdict["slice_probabilities"], direct["slice_probabilities"].numpy(), atol=1e-4)
+    direct = tf.saved_model.load(str(path)).signatures["predict_hu"](
+        hu=tf.constant(hu), pixel_spacing=tf.constant([3.4, 3.4])
+    )
+    np.testing.assert_allclose(
+        verdict["slice_probabilities"], direct["slice_probabilities"].numpy(), atol=1e-4
+    )
     assert verdict["ct_positive"] == bool(direct["ct_positive"])
     lesion = direct["lesion_mask"].numpy()
     assert verdict["lesion_mask_pixels"] == int(lesion.sum())
@@ -203,8 +246,13 @@ def test_client_requests_match_serving_formats_and_run_end_to_end(exported):
     lesion = np.zeros((3, 4, 4), bool)
     lesion[2, :2, :3] = True  # hand-made: 6 pixels on slice 2
     hand = {**outputs, "lesion_mask": lesion}
-    assert (parse_outputs(hand)["lesion_mask_pixels"], parse_outputs(hand)["lesion_slices"]) == (6, [2])
-    rest_like = {k: np.asarray(v).tolist() for k, v in outputs.items()}  # REST returns nested lists of bools
+    assert (parse_outputs(hand)["lesion_mask_pixels"], parse_outputs(hand)["lesion_slices"]) == (
+        6,
+        [2],
+    )
+    rest_like = {
+        k: np.asarray(v).tolist() for k, v in outputs.items()
+    }  # REST returns nested lists of bools
     assert parse_outputs(rest_like)["lesion_mask_pixels"] == verdict["lesion_mask_pixels"]
 
 
@@ -221,7 +269,10 @@ def test_multi_window_export_takes_channels_and_windows_hu_in_graph(tmp_path):
     assert meta["extra_windows"] == [[80, 200]]
     loaded = tf.saved_model.load(str(path))
     one_channel = tf.zeros([3, 32, 32, 1])
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"slices must be float32 \[S, 32, 32, 2\]: wrong slice size or channel count"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"slices must be float32 \[S, 32, 32, 2\]: wrong slice size or channel count",
+    ):
         loaded.signatures["serving_default"](slices=one_channel)
     hu = np.random.default_rng(0).integers(-1024, 1400, size=(3, 70, 60)).astype(np.int16)
     out = loaded.signatures["predict_hu"](hu=tf.constant(hu), pixel_spacing=tf.constant([3.5, 3.5]))
@@ -256,17 +307,39 @@ def test_subtype_model_adds_outputs_and_keeps_the_old_ones(tmp_path):
     np.testing.assert_allclose(out["ct_subtype_scores"].numpy(), rule["ct_score"], atol=1e-6)
     assert out["ct_subtypes"].dtype == tf.bool and out["ct_subtype_scores"].shape == (5,)
     any_rule = ct_decision_np(out["slice_probabilities"].numpy(), 0.5, 3)
-    assert bool(out["ct_positive"]) == any_rule["ct_positive"] and out["slice_probabilities"].shape == (5,)
+    assert bool(out["ct_positive"]) == any_rule["ct_positive"] and out[
+        "slice_probabilities"
+    ].shape == (5,)
     with tf.compat.v1.Session(graph=tf.Graph()) as sess:  # as TF Serving loads it
-        sig = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path)).signature_def["predict_hu"]
-        assert set(sig.outputs) == {"slice_probabilities", "masks", "lesion_mask", "ct_positive", "ct_score",
-                                    "longest_positive_run", "min_run_applied", "subtype_probabilities", "ct_subtypes",
-                                    "ct_subtype_scores", "subtype_masks", "subtype_lesion_masks"}
+        sig = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path)).signature_def[
+            "predict_hu"
+        ]
+        assert set(sig.outputs) == {
+            "slice_probabilities",
+            "masks",
+            "lesion_mask",
+            "ct_positive",
+            "ct_score",
+            "longest_positive_run",
+            "min_run_applied",
+            "subtype_probabilities",
+            "ct_subtypes",
+            "ct_subtype_scores",
+            "subtype_masks",
+            "subtype_lesion_masks",
+        }
     heads = [ref[f"mask_{i}"].numpy()[0] for i in (1, 2, 3)]
     np.testing.assert_allclose(out["masks"].numpy(), sum(h[..., 0] for h in heads) / 3, atol=1e-5)
-    np.testing.assert_allclose(out["subtype_masks"].numpy(), sum(h[..., 1:] for h in heads) / 3, atol=1e-5)
-    expected = lesion_mask_np(out["subtype_masks"].numpy(), sub, cfg.mask_threshold, [0.5, 0.4, 0.3, 0.6, 0.45],
-                              cfg.mask_opening)
+    np.testing.assert_allclose(
+        out["subtype_masks"].numpy(), sum(h[..., 1:] for h in heads) / 3, atol=1e-5
+    )
+    expected = lesion_mask_np(
+        out["subtype_masks"].numpy(),
+        sub,
+        cfg.mask_threshold,
+        [0.5, 0.4, 0.3, 0.6, 0.45],
+        cfg.mask_opening,
+    )
     np.testing.assert_array_equal(out["subtype_lesion_masks"].numpy(), expected)
 
 
@@ -278,7 +351,15 @@ def test_predict_on_a_subtype_export_reports_every_subtype_and_draws_them(tmp_pa
 
     cfg = tiny_config(targets="subtypes")
     path = export_model(build_model(cfg), cfg, tmp_path / "sm", warmup=False)
-    result = predict.main([str(tiny_cohort / "dicom" / "synth-0001"), "--model", str(path), "--out", str(tmp_path / "o")])
+    result = predict.main(
+        [
+            str(tiny_cohort / "dicom" / "synth-0001"),
+            "--model",
+            str(path),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert list(result["subtypes"]) == ["EDH", "IPH", "IVH", "SAH", "SDH"]
     for name, entry in result["subtypes"].items():
         assert set(entry) == {"ct_positive", "ct_score", "threshold", "slices", "volume_ml"}

@@ -14,14 +14,21 @@ from radnet_tf.phantom import generate as synth
 from radnet_tf.phantom.layouts import PLANTED, write_layout
 
 # every DICOM study gantry-tilted: the layouts must agree on sheared geometry too
-CFG = synth.SynthConfig(matrix=64, num_slices=5, pixel_spacing_range=(3.3, 3.5), positive_fraction=0.75,
-                        tilt_fraction=1.0)
+CFG = synth.SynthConfig(
+    matrix=64,
+    num_slices=5,
+    pixel_spacing_range=(3.3, 3.5),
+    positive_fraction=0.75,
+    tilt_fraction=1.0,
+)
 STUDIES, SEED = 4, 7
 
 
 def _records(folder):
     out = {}
-    for raw in tf.data.TFRecordDataset(sorted(map(str, folder.glob("*.tfrecord.gz"))), compression_type=records.COMPRESSION):
+    for raw in tf.data.TFRecordDataset(
+        sorted(map(str, folder.glob("*.tfrecord.gz"))), compression_type=records.COMPRESSION
+    ):
         study = {k: v.numpy() for k, v in records.decode_study(raw).items()}
         out[study["study_key"].decode()] = study
     return out
@@ -30,24 +37,55 @@ def _records(folder):
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """The cohort as folders and as RSNA, each converted on the tiny grid."""
-    from radnet_tf.records.build import main
+    from radnet_tf.datasets.build import main
 
     root = tmp_path_factory.mktemp("layouts")
     write_layout(root / "folders", "folders", STUDIES, SEED, CFG)
     write_layout(root / "rsna", "rsna", STUDIES, SEED, CFG)
     (root / "tiny.yaml").write_text("input_size: 32\nout_spacing: 8.0\n")
-    common = ["--config", str(root / "tiny.yaml"), "--workers", "1", "--shards", "2", "--no-progress"]
-    main(["--dicom-root", str(root / "folders" / "dicom"), "--labels", str(root / "folders" / "labels.csv"),
-          "--slice-labels", str(root / "folders" / "slice_labels.csv"), "--masks", str(root / "folders" / "masks"),
-          "--out", str(root / "rec-folders"), *common])
-    main(["--rsna-root", str(root / "rsna" / "stage_2_train"), "--rsna-labels", str(root / "rsna" / "stage_2_train.csv"),
-          "--out", str(root / "rec-rsna"), *common])
+    common = [
+        "--config",
+        str(root / "tiny.yaml"),
+        "--workers",
+        "1",
+        "--shards",
+        "2",
+        "--no-progress",
+    ]
+    main(
+        [
+            "--dicom-root",
+            str(root / "folders" / "dicom"),
+            "--labels",
+            str(root / "folders" / "labels.csv"),
+            "--slice-labels",
+            str(root / "folders" / "slice_labels.csv"),
+            "--masks",
+            str(root / "folders" / "masks"),
+            "--out",
+            str(root / "rec-folders"),
+            *common,
+        ]
+    )
+    main(
+        [
+            "--rsna-root",
+            str(root / "rsna" / "stage_2_train"),
+            "--rsna-labels",
+            str(root / "rsna" / "stage_2_train.csv"),
+            "--out",
+            str(root / "rec-rsna"),
+            *common,
+        ]
+    )
     return root
 
 
 def test_rsna_layout_gives_the_same_studies_labels_and_voxels(converted):
     folders, rsna = _records(converted / "rec-folders"), _records(converted / "rec-rsna")
-    assert (pd.read_csv(converted / "rec-folders" / "manifest.csv").tilt_deg > 4).all()  # all tilted (CFG)
+    assert (
+        pd.read_csv(converted / "rec-folders" / "manifest.csv").tilt_deg > 4
+    ).all()  # all tilted (CFG)
     assert sorted(folders) == sorted(rsna) and len(folders) == STUDIES  # same pseudonymous keys
     differing = []
     for key, a in folders.items():
@@ -132,7 +170,14 @@ def test_labels_are_mapped_by_name_and_contradictions_refused(tmp_path):
     (tmp_path / "l.csv").write_text("ID,Label\n" + "\n".join(rows + rows[:2]) + "\n")
     wide, duplicates = load_labels(tmp_path / "l.csv")
     assert duplicates == 2
-    assert wide.loc["ID_a"].to_dict() == {"EDH": 0, "IPH": 0, "IVH": 0, "SAH": 0, "SDH": 1, "any": 1}
+    assert wide.loc["ID_a"].to_dict() == {
+        "EDH": 0,
+        "IPH": 0,
+        "IVH": 0,
+        "SAH": 0,
+        "SDH": 1,
+        "any": 1,
+    }
     (tmp_path / "bad.csv").write_text("ID,Label\nID_a_any,1\nID_a_any,0\n")
     with pytest.raises(UserError, match="contradicting label rows for ID_a"):
         load_labels(tmp_path / "bad.csv")
@@ -140,45 +185,80 @@ def test_labels_are_mapped_by_name_and_contradictions_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def cq500_converted(converted):
-    from radnet_tf.records.build import main
+    from radnet_tf.datasets.build import main
 
     root = converted
     write_layout(root / "cq500", "cq500", STUDIES, SEED, CFG)
-    common = ["--config", str(root / "tiny.yaml"), "--workers", "1", "--shards", "2", "--no-progress"]
+    common = [
+        "--config",
+        str(root / "tiny.yaml"),
+        "--workers",
+        "1",
+        "--shards",
+        "2",
+        "--no-progress",
+    ]
     for rule in ("majority", "any-reader"):
-        main(["--cq500-root", str(root / "cq500"), "--cq500-reads", str(root / "cq500" / "reads.csv"),
-              "--reads-label", rule, "--out", str(root / f"rec-cq500-{rule}"), *common])
+        main(
+            [
+                "--cq500-root",
+                str(root / "cq500"),
+                "--cq500-reads",
+                str(root / "cq500" / "reads.csv"),
+                "--reads-label",
+                rule,
+                "--out",
+                str(root / f"rec-cq500-{rule}"),
+                *common,
+            ]
+        )
     return root
 
 
 def test_cq500_layout_gives_the_same_studies_and_voxels(cq500_converted):
-    folders, cq = _records(cq500_converted / "rec-folders"), _records(cq500_converted / "rec-cq500-majority")
+    folders, cq = (
+        _records(cq500_converted / "rec-folders"),
+        _records(cq500_converted / "rec-cq500-majority"),
+    )
     assert sorted(folders) == sorted(cq) and (cq500_converted / "cq500" / "CQ500-CT-0.zip").exists()
     for key, a in folders.items():
-        np.testing.assert_array_equal(a["image"], cq[key]["image"])  # the plain series, not bone or 10 mm
+        np.testing.assert_array_equal(
+            a["image"], cq[key]["image"]
+        )  # the plain series, not bone or 10 mm
         assert a["label"] == cq[key]["label"]
         positive = bool(a["label"])
-        assert (cq[key]["slice_labels"] == (-1 if positive else 0)).all()  # CQ500 has study reads only
+        assert (
+            cq[key]["slice_labels"] == (-1 if positive else 0)
+        ).all()  # CQ500 has study reads only
         assert (cq[key]["slice_subtypes"] == -1).all() and set(cq[key]["study_subtypes"]) <= {0, 1}
 
 
 def test_cq500_series_choice_and_reads_in_the_manifest(cq500_converted):
-    table = pd.read_csv(cq500_converted / "rec-cq500-majority" / "manifest.csv").set_index("study_id")
+    table = pd.read_csv(cq500_converted / "rec-cq500-majority" / "manifest.csv").set_index(
+        "study_id"
+    )
     assert list(table.index) == [f"CQ500-CT-{i}" for i in range(STUDIES)]
     for _, row in table.iterrows():
         assert row.series.startswith("CT Plain [STANDARD, ")
         rejected = row.series_rejected.split("; ")
-        assert rejected[0].startswith("CT BONE [BONE") and rejected[0].endswith(": kernel 'BONE' is not a soft-tissue reconstruction")
+        assert rejected[0].startswith("CT BONE [BONE") and rejected[0].endswith(
+            ": kernel 'BONE' is not a soft-tissue reconstruction"
+        )
         assert rejected[1].startswith("CT 10mm [STANDARD, 10.0 mm") and rejected[1].endswith(
-            ": slice thickness 10 mm outside 0.5-5.5 mm")
+            ": slice thickness 10 mm outside 0.5-5.5 mm"
+        )
     reads = pd.read_csv(cq500_converted / "cq500" / "reads.csv").set_index("name")
     for column in ("R1:ICH", "R2:ICH", "R3:ICH", "R3:SAH"):
         assert (table[column] == reads.loc[table.index, column]).all()
 
 
 def test_cq500_reads_label_rules(cq500_converted):
-    majority = pd.read_csv(cq500_converted / "rec-cq500-majority" / "manifest.csv").set_index("study_id")
-    anyone = pd.read_csv(cq500_converted / "rec-cq500-any-reader" / "manifest.csv").set_index("study_id")
+    majority = pd.read_csv(cq500_converted / "rec-cq500-majority" / "manifest.csv").set_index(
+        "study_id"
+    )
+    anyone = pd.read_csv(cq500_converted / "rec-cq500-any-reader" / "manifest.csv").set_index(
+        "study_id"
+    )
     reads = pd.read_csv(cq500_converted / "cq500" / "reads.csv").set_index("name")
     votes = reads[["R1:ICH", "R2:ICH", "R3:ICH"]]
     assert (majority.label == (votes.sum(axis=1) >= 2).astype(int)).all()
@@ -190,34 +270,76 @@ def test_real_cq500_reads_and_study_names(shared):
     from radnet_tf.datasets.cq500 import load_reads, study_name, study_tasks
 
     reads = load_reads(shared / "cq500" / "reads.csv", "majority")
-    assert reads.loc["CQ500-CT-0", "ICH"] == 0 and reads.loc["CQ500-CT-0", "R1:ICH"] == 1  # R1 alone
+    assert (
+        reads.loc["CQ500-CT-0", "ICH"] == 0 and reads.loc["CQ500-CT-0", "R1:ICH"] == 1
+    )  # R1 alone
     assert load_reads(shared / "cq500" / "reads.csv", "R1").loc["CQ500-CT-0", "ICH"] == 1
     assert study_name("CQ500CT12 CQ500CT12") == study_name("CQ500-CT-12.zip") == "CQ500-CT-12"
     tasks, skipped = study_tasks(shared / "cq500", reads)
-    assert [t.study_id for t in tasks] == sorted(set(reads.index) & {"CQ500-CT-0", "CQ500-CT-1", "CQ500-CT-310"},
-                                                 key=lambda n: (len(n), n))
+    assert [t.study_id for t in tasks] == sorted(
+        set(reads.index) & {"CQ500-CT-0", "CQ500-CT-1", "CQ500-CT-310"}, key=lambda n: (len(n), n)
+    )
 
 
 @pytest.fixture(scope="module")
 def nifti_converted(converted):
     pytest.importorskip("nibabel")
-    from radnet_tf.records.build import main
+    from radnet_tf.datasets.build import main
 
     root = converted
     write_layout(root / "nifti", "nifti", STUDIES, SEED, CFG)
-    common = ["--config", str(root / "tiny.yaml"), "--workers", "1", "--shards", "2", "--no-progress"]
+    common = [
+        "--config",
+        str(root / "tiny.yaml"),
+        "--workers",
+        "1",
+        "--shards",
+        "2",
+        "--no-progress",
+    ]
     # NIfTI sets ship tilt-corrected volumes, so the NIfTI layout draws untilted studies:
     # compared with the same cohort as untilted DICOM folders
     untilted = root / "folders-untilted"
     write_layout(untilted, "folders", STUDIES, SEED, dataclasses.replace(CFG, tilt_fraction=0.0))
-    main(["--dicom-root", str(untilted / "dicom"), "--labels", str(untilted / "labels.csv"),
-          "--slice-labels", str(untilted / "slice_labels.csv"), "--masks", str(untilted / "masks"),
-          "--out", str(root / "rec-folders-untilted"), *common])
-    main(["--nifti-volumes", str(root / "nifti" / "ct_scans"), "--nifti-masks", str(root / "nifti" / "masks"),
-          "--nifti-slice-labels", str(root / "nifti" / "hemorrhage_diagnosis_raw_ct.csv"), "--out", str(root / "rec-nifti"),
-          *common])
-    main(["--nifti-volumes", str(root / "nifti" / "ct_scans"), "--nifti-masks", str(root / "nifti" / "masks"),
-          "--out", str(root / "rec-nifti-masks-only"), *common])
+    main(
+        [
+            "--dicom-root",
+            str(untilted / "dicom"),
+            "--labels",
+            str(untilted / "labels.csv"),
+            "--slice-labels",
+            str(untilted / "slice_labels.csv"),
+            "--masks",
+            str(untilted / "masks"),
+            "--out",
+            str(root / "rec-folders-untilted"),
+            *common,
+        ]
+    )
+    main(
+        [
+            "--nifti-volumes",
+            str(root / "nifti" / "ct_scans"),
+            "--nifti-masks",
+            str(root / "nifti" / "masks"),
+            "--nifti-slice-labels",
+            str(root / "nifti" / "hemorrhage_diagnosis_raw_ct.csv"),
+            "--out",
+            str(root / "rec-nifti"),
+            *common,
+        ]
+    )
+    main(
+        [
+            "--nifti-volumes",
+            str(root / "nifti" / "ct_scans"),
+            "--nifti-masks",
+            str(root / "nifti" / "masks"),
+            "--out",
+            str(root / "rec-nifti-masks-only"),
+            *common,
+        ]
+    )
     return root
 
 
@@ -228,7 +350,11 @@ def _nifti_max(path):
 
 
 def _by_study_id(folder):
-    keys = pd.read_csv(folder / "manifest.csv", dtype={"study_id": str}).set_index("study_id").study_key
+    keys = (
+        pd.read_csv(folder / "manifest.csv", dtype={"study_id": str})
+        .set_index("study_id")
+        .study_key
+    )
     studies = _records(folder)
     return {sid: studies[key] for sid, key in keys.items() if key in studies}
 
@@ -255,7 +381,9 @@ def test_nifti_layout_gives_the_same_voxels_masks_and_labels(nifti_converted, va
             # a class mask holding only class 1 (EDH): it reads as binary
             assert (b["slice_subtypes"] == -1).all()
         else:  # from class masks: a type overdrawn by a later lesion can vanish, none appears
-            assert (b["slice_subtypes"] <= a["slice_subtypes"]).all() and (b["slice_subtypes"] >= 0).all()
+            assert (b["slice_subtypes"] <= a["slice_subtypes"]).all() and (
+                b["slice_subtypes"] >= 0
+            ).all()
         if i != 2:
             assert (a["mask_classes"] != b["mask_classes"]).mean() < 0.005
         else:
@@ -284,11 +412,25 @@ def test_nifti_orientation_from_the_affine():
 @pytest.mark.slow
 def test_rsna_on_beam_gives_the_local_runners_records_and_counts(converted, tmp_path):
     pytest.importorskip("apache_beam")
-    from radnet_tf.records.build import main
+    from radnet_tf.datasets.build import main
 
-    main(["--rsna-root", str(converted / "rsna" / "stage_2_train"), "--rsna-labels", str(converted / "rsna" / "stage_2_train.csv"),
-          "--config", str(converted / "tiny.yaml"), "--shards", "2", "--no-progress", "--runner", "DirectRunner",
-          "--out", str(tmp_path / "beam")])
+    main(
+        [
+            "--rsna-root",
+            str(converted / "rsna" / "stage_2_train"),
+            "--rsna-labels",
+            str(converted / "rsna" / "stage_2_train.csv"),
+            "--config",
+            str(converted / "tiny.yaml"),
+            "--shards",
+            "2",
+            "--no-progress",
+            "--runner",
+            "DirectRunner",
+            "--out",
+            str(tmp_path / "beam"),
+        ]
+    )
     local, beam = _records(converted / "rec-rsna"), _records(tmp_path / "beam")
     assert sorted(local) == sorted(beam)
     for key in local:
@@ -298,5 +440,7 @@ def test_rsna_on_beam_gives_the_local_runners_records_and_counts(converted, tmp_
     beam_json = json.loads((tmp_path / "beam" / "manifest.json").read_text())
     assert beam_json["rsna"] == local_json["rsna"]
     drop = ["shard", "bytes"]
-    pd.testing.assert_frame_equal(pd.read_csv(converted / "rec-rsna" / "manifest.csv").drop(columns=drop),
-                                  pd.read_csv(tmp_path / "beam" / "manifest.csv").drop(columns=drop))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(converted / "rec-rsna" / "manifest.csv").drop(columns=drop),
+        pd.read_csv(tmp_path / "beam" / "manifest.csv").drop(columns=drop),
+    )

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import tiny_config
 from radnet_tf.config import Config
-from radnet_tf.modeling.losses import MaskedBinaryCrossentropy, MaskedDiceBCE, compile_losses
+from radnet_tf.modeling.losses import MaskedBinaryCrossentropy, compile_losses
 from radnet_tf.modeling.model import PAD_VALUE, build_model
 
 
@@ -39,8 +39,12 @@ def test_weights_shared_across_slices():
     perm = [2, 0, 3, 1]
     out = model(x)
     out_perm = model(x[:, perm])
-    np.testing.assert_allclose(out_perm["slice_probability"].numpy(), out["slice_probability"].numpy()[:, perm], atol=1e-6)
-    np.testing.assert_allclose(out_perm["mask_2"].numpy(), out["mask_2"].numpy()[:, perm], atol=1e-6)
+    np.testing.assert_allclose(
+        out_perm["slice_probability"].numpy(), out["slice_probability"].numpy()[:, perm], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        out_perm["mask_2"].numpy(), out["mask_2"].numpy()[:, perm], atol=1e-6
+    )
 
 
 def test_masked_loss_ignores_padding_and_missing_masks():
@@ -64,20 +68,13 @@ def test_mask_pos_weight_scales_only_the_blood_term():
     assert losses["mask_1"].pos_weight == 5.0 and losses["slice_probability"].pos_weight == 1.0
 
 
-def test_dice_bce_per_study_values():
-    loss = MaskedDiceBCE(reduction=None)
-    y_true = np.array([[1.0, 0.0, -1.0, 1.0], [0.0, 0.0, -1.0, -1.0], [-1.0, -1.0, -1.0, -1.0]], np.float32)
-    y_pred = np.array([[0.5, 0.5, 0.9, 0.5], [0.5, 0.5, 0.9, 0.9], [0.5, 0.5, 0.5, 0.5]], np.float32)
-    # study 1: BCE ln 2; Dice 1 - (2 * 1.0 + 1) / (1.5 + 2 + 1) = 1/3 (the -1 pixel ignored)
-    # study 2 (no blood): BCE ln 2; Dice 1 - 1 / (1.0 + 1) = 1/2
-    # study 3 (no valid pixel): 0
-    np.testing.assert_allclose(loss(y_true, y_pred), [np.log(2) + 1 / 3, np.log(2) + 0.5, 0.0], rtol=1e-5)
-
-
 def test_pooling_avgmax_adds_max_features():
     avg = build_model(tiny_config(pooling="avg"))
     both = build_model(tiny_config(pooling="avgmax"))
-    assert both.get_layer("avgmax_pool").output.shape[-1] == 2 * avg.get_layer("avg_pool").output.shape[-1]
+    assert (
+        both.get_layer("avgmax_pool").output.shape[-1]
+        == 2 * avg.get_layer("avg_pool").output.shape[-1]
+    )
 
 
 def test_extra_windows_are_input_channels():
@@ -93,7 +90,9 @@ def test_config_round_trip_and_keras_save_load(tmp_path):
     clone = keras.Model.from_config(config)
     clone.set_weights(model.get_weights())
     x = np.random.default_rng(4).uniform(size=(1, 3, 32, 32, 1)).astype("float32")
-    np.testing.assert_allclose(clone(x)["slice_probability"], model(x)["slice_probability"], atol=1e-6)
+    np.testing.assert_allclose(
+        clone(x)["slice_probability"], model(x)["slice_probability"], atol=1e-6
+    )
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     for name, value in model(x).items():
@@ -104,15 +103,27 @@ def test_full_size_densenet40_parameter_count():
     # Parameter count does not depend on the input size; 1,319,492 matches the H100 run.
     model = build_model(Config())
     assert model.count_params() == 1_319_492
-    assert len([layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D) and "layer" in layer.name]) == 36
+    assert (
+        len(
+            [
+                layer
+                for layer in model.layers
+                if isinstance(layer, keras.layers.Conv2D) and "layer" in layer.name
+            ]
+        )
+        == 36
+    )
 
 
 def test_sync_batchnorm_is_a_build_option():
     model = build_model(tiny_config(), sync_batchnorm=True)
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms and all(layer.synchronized for layer in norms)
-    assert not any(layer.synchronized for layer in build_model(tiny_config()).layers
-                   if isinstance(layer, keras.layers.BatchNormalization))
+    assert not any(
+        layer.synchronized
+        for layer in build_model(tiny_config()).layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    )
 
 
 def test_bad_variant_echoes_value():
@@ -131,7 +142,9 @@ def test_multi_label_loss_ignores_unknown_labels_per_column_and_weighs_labels():
     np.testing.assert_allclose(got, [np.mean(bce)], rtol=1e-5)
     weights = [2.0, 1.0, 0.5]  # per label: column 0 twice, column 2 half
     w = [2.0, 1.0, 1.0, 0.5]
-    weighted = MaskedBinaryCrossentropy(reduction=None, label_weights=weights)(y_true, y_pred).numpy()
+    weighted = MaskedBinaryCrossentropy(reduction=None, label_weights=weights)(
+        y_true, y_pred
+    ).numpy()
     np.testing.assert_allclose(weighted, [np.dot(w, bce) / sum(w)], rtol=1e-5)
     all_unknown = MaskedBinaryCrossentropy(reduction=None)(-np.ones_like(y_true), y_pred).numpy()
     np.testing.assert_array_equal(all_unknown, [0.0])

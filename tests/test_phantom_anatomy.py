@@ -17,11 +17,15 @@ def atlas():
 
 
 def channels_at(atlas, *points):
-    return [dict(zip(anatomy.CHANNELS, row)) for row in atlas.sample(np.array(points, np.float32).T)]
+    return [
+        dict(zip(anatomy.CHANNELS, row)) for row in atlas.sample(np.array(points, np.float32).T)
+    ]
 
 
 def test_atlas_compartments(atlas):
-    wm, vent, falx, skull = channels_at(atlas, (25, -10, 25), (8, 0, 18), (0, -20, 78), (0, -20, 88))
+    wm, vent, falx, skull = channels_at(
+        atlas, (25, -10, 25), (8, 0, 18), (0, -20, 78), (0, -20, 88)
+    )
     assert wm["icv"] == 1 and wm["wm"] > 0.9 and wm["frame"] == 0  # deep white matter
     assert vent["vent"] == 1 and vent["gm"] + vent["wm"] == 0  # body of a lateral ventricle
     assert falx["dense"] > 0.9 and falx["depth"] < 8  # falx and superior sagittal sinus
@@ -53,7 +57,9 @@ def test_atlas_straight_sinus(atlas):
     pts = np.stack([x.ravel(), y.ravel(), z.ravel()]).astype(np.float32)
     ch = atlas.sample(pts)
     # away from the inner table, so neither the transverse sinuses nor the torcula count
-    dense = (ch[:, anatomy.CHANNELS.index("dense")] > 0.5) & (ch[:, anatomy.CHANNELS.index("depth")] > 8)
+    dense = (ch[:, anatomy.CHANNELS.index("dense")] > 0.5) & (
+        ch[:, anatomy.CHANNELS.index("depth")] > 8
+    )
     assert np.count_nonzero(dense) > 1000  # 189 before the straight sinus was drawn
     assert np.ptp(pts[1, dense]) > 25  # runs front to back
 
@@ -83,7 +89,12 @@ def test_sample_is_trilinear(atlas):
     mm = atlas.origin + np.array([i + 0.25, j, k + 0.5])
     got = atlas.sample(mm.astype(np.float32)[:, None])[0]
     c = atlas.channels
-    want = 0.75 * 0.5 * c[i, j, k] + 0.25 * 0.5 * c[i + 1, j, k] + 0.75 * 0.5 * c[i, j, k + 1] + 0.25 * 0.5 * c[i + 1, j, k + 1]
+    want = (
+        0.75 * 0.5 * c[i, j, k]
+        + 0.25 * 0.5 * c[i + 1, j, k]
+        + 0.75 * 0.5 * c[i, j, k + 1]
+        + 0.25 * 0.5 * c[i + 1, j, k + 1]
+    )
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
 
 
@@ -97,12 +108,14 @@ def test_upsample_matches_scipy_zoom(factor):
 def test_thin_slices_are_noisier():
     thin = synth_scanner.draw_scanner(np.random.default_rng(0), 0.625, 95.0, noise_range=(3.0, 3.0))
     thick = synth_scanner.draw_scanner(np.random.default_rng(0), 5.0, 95.0, noise_range=(3.0, 3.0))
-    assert thick.noise_hu == 3.0 and thin.noise_hu == pytest.approx(3.0 * 8.0 ** 0.25)
+    assert thick.noise_hu == 3.0 and thin.noise_hu == pytest.approx(3.0 * 8.0**0.25)
 
 
 @pytest.mark.parametrize("factor", [1, 3])
 def test_noise_has_the_asked_standard_deviation(factor):
-    scanner = synth_scanner.Scanner(noise_hu=10.0, grain=0.6, cupping_hu=0, streak_hu=0, band_hu=0, holder=None)
+    scanner = synth_scanner.Scanner(
+        noise_hu=10.0, grain=0.6, cupping_hu=0, streak_hu=0, band_hu=0, holder=None
+    )
     noise = synth_scanner.noise(np.random.default_rng(1), (600, 600), scanner, factor)
     assert noise.std() == pytest.approx(10.0, rel=0.03)
 
@@ -112,7 +125,9 @@ def test_holder_is_drawn_only_in_air():
     yy, xx = np.mgrid[:100, :100]
     head = (yy - 50) ** 2 + (xx - 50) ** 2 < 30**2
     img[head] = 30.0
-    scanner = synth_scanner.Scanner(3.0, 0.5, 0, 0, 0, holder=(35.0, 4.0, np.deg2rad(60), 200.0, -800.0, 5.0))
+    scanner = synth_scanner.Scanner(
+        3.0, 0.5, 0, 0, 0, holder=(35.0, 4.0, np.deg2rad(60), 200.0, -800.0, 5.0)
+    )
     axis = -(np.arange(100, dtype=np.float32) - 49.5)  # patient x of columns, y of rows (1 mm)
     synth_scanner.add_holder(img, axis, axis, (0.0, 0.0), scanner)
     assert np.all(img[head] == 30.0)
@@ -122,7 +137,9 @@ def test_holder_is_drawn_only_in_air():
 
 
 def test_mass_effect_displacement_is_exact():
-    les = synth_lesions.Lesion("SDH", np.array([50.0, 0, 0], np.float32), 20.0, 70.0, push=8.0, reach=40.0, params={})
+    les = synth_lesions.Lesion(
+        "SDH", np.array([50.0, 0, 0], np.float32), 20.0, 70.0, push=8.0, reach=40.0, params={}
+    )
     m = np.zeros((3, 1), np.float32)
     src = synth_lesions.displacement([les], m)
     # The brain at the origin is sampled 8 exp(-0.5 (50/40)^2) mm toward the lesion: pushed away.
@@ -162,18 +179,23 @@ def test_each_bleed_sits_in_its_compartment(atlas, kind):
 def test_phantom_spans_skull_base_to_vertex():
     """Whole-head studies: slices from the posterior fossa (bone and air around a small
     brain) to the vertex; a slab longer than the head is centred on it."""
-    cfg = synth.SynthConfig(matrix=96, num_slices=48, pixel_spacing_range=(2.6, 2.6), slice_thickness_range=(4.0, 4.0))
+    cfg = synth.SynthConfig(
+        matrix=96, num_slices=48, pixel_spacing_range=(2.6, 2.6), slice_thickness_range=(4.0, 4.0)
+    )
     ph = synth.make_phantom(np.random.default_rng(3), cfg, positive=False)
     head = (ph.hu > -300).reshape(48, -1).sum(1)
-    air_inside = [(s < -300).sum() - (ndimage.binary_fill_holes(s > -300) == 0).sum() for s in ph.hu]
+    air_inside = [
+        (s < -300).sum() - (ndimage.binary_fill_holes(s > -300) == 0).sum() for s in ph.hu
+    ]
     widest = int(np.argmax(head))
     assert head[-1] < head[widest] / 3  # the vertex tapers (or the slab passes it)
     assert max(air_inside[:widest]) > 20  # sinuses / mastoid air below the widest slice
 
 
-
 def test_cupping_profile_is_exact():
-    scanner = synth_scanner.Scanner(3.0, 0.5, cupping_hu=10.0, streak_hu=0, band_hu=0, holder=None, cupping_mm=4.0)
+    scanner = synth_scanner.Scanner(
+        3.0, 0.5, cupping_hu=10.0, streak_hu=0, band_hu=0, holder=None, cupping_mm=4.0
+    )
     got = synth_scanner.cupping_profile(np.array([3.0, 7.0, 0.0], np.float32), scanner)
     np.testing.assert_allclose(got, [10.0, 10.0 / np.e, 10.0 * np.exp(0.75)], rtol=1e-6)
 
@@ -184,8 +206,14 @@ def test_brain_brightens_toward_the_skull():
     # base included): generator 11 +1 HU, generator 12 +5 HU.
     from scipy import ndimage
 
-    cfg = synth.SynthConfig(matrix=176, num_slices=36, pixel_spacing_range=(1.5, 1.5), slice_thickness_range=(5.0, 5.0),
-                            noise_hu_range=(1.0, 1.0), tilt_fraction=0.0)
+    cfg = synth.SynthConfig(
+        matrix=176,
+        num_slices=36,
+        pixel_spacing_range=(1.5, 1.5),
+        slice_thickness_range=(5.0, 5.0),
+        noise_hu_range=(1.0, 1.0),
+        tilt_fraction=0.0,
+    )
     rim, deep = [], []
     for i in range(2):  # two whole heads, 5 mm slices
         ph = synth.make_phantom(np.random.default_rng([4, i]), cfg, positive=False)

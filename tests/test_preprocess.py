@@ -48,7 +48,10 @@ def test_head_center_matches_reference_on_asymmetric_blob():
     np.testing.assert_allclose(P.head_center(empty).numpy(), [4.0, 2.0])
 
 
-@pytest.mark.parametrize("spacing,center", [((0.7, 1.3), (17.2, 25.9)), ((2.0, 2.0), (3.0, 40.0)), ((0.45, 0.45), (18.0, 26.0))])
+@pytest.mark.parametrize(
+    "spacing,center",
+    [((0.7, 1.3), (17.2, 25.9)), ((2.0, 2.0), (3.0, 40.0)), ((0.45, 0.45), (18.0, 26.0))],
+)
 def test_resample_tf_matches_numpy_reference(spacing, center):
     x = np.random.default_rng(0).normal(size=(2, 37, 53)).astype(np.float32) * 100
     cfg = pcfg(out_size=32, fov_mm=30, out_spacing=1.0)
@@ -67,7 +70,9 @@ def test_disk_is_resampled_to_1mm_and_centred_on_the_head():
     area_mm2 = inside.sum()  # 1 mm pixels
     assert area_mm2 == pytest.approx(np.pi * 50**2, rel=0.02)
     rows, cols = np.nonzero(inside)
-    assert rows.mean() == pytest.approx(127.5, abs=0.5) and cols.mean() == pytest.approx(127.5, abs=0.5)
+    assert rows.mean() == pytest.approx(127.5, abs=0.5) and cols.mean() == pytest.approx(
+        127.5, abs=0.5
+    )
 
 
 def test_outside_fov_and_outside_image_is_air():

@@ -29,16 +29,33 @@ def test_smoke_training_writes_checkpoint_log_and_metrics(trained_tiny):
     # validated every epoch: the model is the best epoch on held-out studies
     assert info["model_file"] == summary["model_file"] == "best.keras"
     metrics = pd.read_csv(model_dir / "val_metrics.csv")
-    assert list(metrics.level) == ["slice", "ct", "mask"]  # the phantom's records hold reference masks
+    assert list(metrics.level) == [
+        "slice",
+        "ct",
+        "mask",
+    ]  # the phantom's records hold reference masks
     mask_row = metrics.set_index("level").loc["mask"]
     assert mask_row["n"] == summary["mask_metrics"]["n"] > 0
-    assert 0.0 <= mask_row["dice"] <= 1.0 and mask_row["dice"] == pytest.approx(summary["mask_metrics"]["dice"])
+    assert 0.0 <= mask_row["dice"] <= 1.0 and mask_row["dice"] == pytest.approx(
+        summary["mask_metrics"]["dice"]
+    )
     studies = pd.read_csv(model_dir / "val_studies.csv")
-    assert set(studies.columns) >= {"study_key", "label", "ct_positive", "ct_score", "longest_positive_run"}
-    assert summary["ct_metrics"]["accuracy"] == pytest.approx(metrics.set_index("level").loc["ct", "accuracy"])
+    assert set(studies.columns) >= {
+        "study_key",
+        "label",
+        "ct_positive",
+        "ct_score",
+        "longest_positive_run",
+    }
+    assert summary["ct_metrics"]["accuracy"] == pytest.approx(
+        metrics.set_index("level").loc["ct", "accuracy"]
+    )
     seconds = summary["seconds"]  # wall time per phase
     assert {"data", "training", "evaluation", "total"} <= set(seconds)
-    assert seconds["training"] > 0 and seconds["total"] >= sum(v for k, v in seconds.items() if k != "total") - 0.2
+    assert (
+        seconds["training"] > 0
+        and seconds["total"] >= sum(v for k, v in seconds.items() if k != "total") - 0.2
+    )
 
 
 def test_validation_epochs_keep_every_kth_and_last():
@@ -52,7 +69,11 @@ def test_validation_epochs_keep_every_kth_and_last():
 
 @pytest.mark.parametrize(
     "drops, expected",
-    [([0.5], [0.01, 0.01, 0.001, 0.001]), ([0.25, 0.75], [0.01, 0.001, 0.001, 0.0001]), ([], [0.01] * 4)],
+    [
+        ([0.5], [0.01, 0.01, 0.001, 0.001]),
+        ([0.25, 0.75], [0.01, 0.001, 0.001, 0.0001]),
+        ([], [0.01] * 4),
+    ],
 )
 def test_learning_rate_drops_tenfold_at_the_given_fractions(drops, expected):
     from radnet_tf.training.train import learning_rate_schedule
@@ -70,8 +91,15 @@ def test_csv_log_has_validation_columns_when_the_first_epoch_skips_validation(tm
     model.compile("sgd", "mse")
     x, y = np.ones((4, 2), "float32"), np.zeros((4, 1), "float32")
     log = tmp_path / "history.csv"
-    model.fit(x, y, epochs=3, validation_data=(x, y), validation_freq=[2, 3], verbose=0,
-              callbacks=[keras.callbacks.CSVLogger(str(log))])
+    model.fit(
+        x,
+        y,
+        epochs=3,
+        validation_data=(x, y),
+        validation_freq=[2, 3],
+        verbose=0,
+        callbacks=[keras.callbacks.CSVLogger(str(log))],
+    )
     history = pd.read_csv(log)
     assert list(history["val_loss"].isna()) == [True, False, False]
 
@@ -81,14 +109,34 @@ def test_same_seed_same_metrics(tiny_records, tmp_path):
 
     runs = []
     for name in ("a", "b"):
-        cfg = tiny_config(data=str(tiny_records), model_dir=str(tmp_path / name), val_fraction=0.4, epochs=1,
-                          calibrate_threshold=True, calibrate_mask_threshold=True)
+        cfg = tiny_config(
+            data=str(tiny_records),
+            model_dir=str(tmp_path / name),
+            val_fraction=0.4,
+            epochs=1,
+            calibrate_threshold=True,
+            calibrate_mask_threshold=True,
+        )
         summary, model = train(cfg, progress=False)
-        runs.append((summary["history"], summary["slice_threshold"], summary["mask_threshold"], summary["ct_metrics"]))
+        runs.append(
+            (
+                summary["history"],
+                summary["slice_threshold"],
+                summary["mask_threshold"],
+                summary["ct_metrics"],
+            )
+        )
         # the calibrated thresholds are the ones written into the resolved config (and exported)
         saved = json.loads((tmp_path / name / "config.json").read_text())
-        assert saved["slice_threshold"] == summary["slice_threshold"] and 0.05 <= saved["slice_threshold"] <= 0.95
-        assert saved["mask_threshold"] == summary["mask_threshold"] == summary["mask_metrics"]["threshold"]
+        assert (
+            saved["slice_threshold"] == summary["slice_threshold"]
+            and 0.05 <= saved["slice_threshold"] <= 0.95
+        )
+        assert (
+            saved["mask_threshold"]
+            == summary["mask_threshold"]
+            == summary["mask_metrics"]["threshold"]
+        )
         mask_row = pd.read_csv(tmp_path / name / "val_metrics.csv").set_index("level").loc["mask"]
         assert mask_row["threshold"] == saved["mask_threshold"]
     assert runs[0] == runs[1]
@@ -97,23 +145,40 @@ def test_same_seed_same_metrics(tiny_records, tmp_path):
     from radnet_tf.evaluation import scoring
     from radnet_tf.decision import MASK_THRESHOLD_CANDIDATES
 
-    preds = scoring.predict_studies(scoring.keras_slice_fn(model, cfg, masks=True), data.list_shards(str(tiny_records)),
-                                    cfg, "train", with_masks=True, mask_thresholds=MASK_THRESHOLD_CANDIDATES)
-    dice = [scoring.mask_scores(preds, cfg.slice_threshold, t)["dice"] for t in MASK_THRESHOLD_CANDIDATES]
+    preds = scoring.predict_studies(
+        scoring.keras_slice_fn(model, cfg, masks=True),
+        data.list_shards(str(tiny_records)),
+        cfg,
+        "train",
+        with_masks=True,
+        mask_thresholds=MASK_THRESHOLD_CANDIDATES,
+    )
+    dice = [
+        scoring.mask_scores(preds, cfg.slice_threshold, t)["dice"]
+        for t in MASK_THRESHOLD_CANDIDATES
+    ]
     assert max(dice) > 0 and cfg.mask_threshold in MASK_THRESHOLD_CANDIDATES
-    assert scoring.mask_scores(preds, cfg.slice_threshold, cfg.mask_threshold)["dice"] == pytest.approx(max(dice))
+    assert scoring.mask_scores(preds, cfg.slice_threshold, cfg.mask_threshold)[
+        "dice"
+    ] == pytest.approx(max(dice))
 
 
 def test_val_every_zero_trains_without_validation_and_evaluates_at_the_end(tiny_records, tmp_path):
     from radnet_tf.training.train import train
 
-    cfg = tiny_config(data=str(tiny_records), model_dir=str(tmp_path), val_fraction=0.4, epochs=1, val_every=0)
+    cfg = tiny_config(
+        data=str(tiny_records), model_dir=str(tmp_path), val_fraction=0.4, epochs=1, val_every=0
+    )
     summary, _ = train(cfg, progress=False)
     assert not any(k.startswith("val_") for k in summary["history"])
     studies = pd.read_csv(tmp_path / "val_studies.csv")
-    assert summary["ct_metrics"]["accuracy"] == pytest.approx((studies.ct_positive == (studies.label == 1)).mean())
+    assert summary["ct_metrics"]["accuracy"] == pytest.approx(
+        (studies.ct_positive == (studies.label == 1)).mean()
+    )
     metrics = pd.read_csv(tmp_path / "val_metrics.csv")
-    assert summary["ct_metrics"]["accuracy"] == pytest.approx(metrics.set_index("level").loc["ct", "accuracy"])
+    assert summary["ct_metrics"]["accuracy"] == pytest.approx(
+        metrics.set_index("level").loc["ct", "accuracy"]
+    )
 
 
 def test_without_validation_every_loader_uses_the_model_that_was_evaluated(tiny_records, tmp_path):
@@ -123,7 +188,9 @@ def test_without_validation_every_loader_uses_the_model_that_was_evaluated(tiny_
     from radnet_tf.training.train import train
 
     (tmp_path / "best.keras").write_text("an older run's file, not this run's model")
-    cfg = tiny_config(data=str(tiny_records), model_dir=str(tmp_path), val_fraction=0.4, epochs=2, val_every=0)
+    cfg = tiny_config(
+        data=str(tiny_records), model_dir=str(tmp_path), val_fraction=0.4, epochs=2, val_every=0
+    )
     summary, model = train(cfg, progress=False)
     assert json.loads((tmp_path / "run_info.json").read_text())["model_file"] == "final.keras"
     loaded, loaded_cfg = load_trained(tmp_path)
@@ -148,8 +215,12 @@ def test_backup_callback_relies_only_on_keras_members_that_exist():
 
 def _run(args, env=None, **kw):
     return subprocess.run(
-        [sys.executable, "-m", "radnet_tf.training.train", *args], cwd=REPO, capture_output=True, text=True,
-        env={**os.environ, **(env or {})}, **kw,
+        [sys.executable, "-m", "radnet_tf.train", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        **kw,
     )
 
 
@@ -171,7 +242,9 @@ def test_bad_config_or_missing_data_is_one_line(args, message):
     assert "Traceback" not in proc.stderr
 
 
-def test_the_trainers_export_carries_the_held_out_figures_without_a_model_dir(tiny_records, tmp_path):
+def test_the_trainers_export_carries_the_held_out_figures_without_a_model_dir(
+    tiny_records, tmp_path
+):
     """Regression: with no model_dir (the built-in default: {work_dir}/model) the export's
     `held_out` was read from the working directory and came out null."""
     from conftest import TINY_MODEL
@@ -180,54 +253,124 @@ def test_the_trainers_export_carries_the_held_out_figures_without_a_model_dir(ti
     from radnet_tf.training.train import main
 
     tiny = {**TINY_MODEL, "epochs": 1, "val_fraction": 0.4}
-    summary = main(["--config", str(REPO / "configs" / "default.yaml"), "--data", str(tiny_records), "--quiet",
-                    f"work_dir={tmp_path / 'work'}", f"export_dir={tmp_path / 'sm'}", "extra_windows=[]",
-                    *[f"{k}={v}" for k, v in tiny.items()]])
+    summary = main(
+        [
+            "--config",
+            str(REPO / "configs" / "default.yaml"),
+            "--data",
+            str(tiny_records),
+            "--quiet",
+            f"work_dir={tmp_path / 'work'}",
+            f"export_dir={tmp_path / 'sm'}",
+            "extra_windows=[]",
+            *[f"{k}={v}" for k, v in tiny.items()],
+        ]
+    )
     assert summary["model_dir"] == str(tmp_path / "work" / "model")
     meta = read_metadata(summary["export"])
     rows = pd.read_csv(tmp_path / "work" / "model" / "val_metrics.csv").set_index("level")
-    assert meta["held_out"] is not None and meta["held_out"]["ct_accuracy"] == pytest.approx(rows.loc["ct", "accuracy"])
+    assert meta["held_out"] is not None and meta["held_out"]["ct_accuracy"] == pytest.approx(
+        rows.loc["ct", "accuracy"]
+    )
     assert meta["held_out"]["mask_threshold"] == meta["mask_threshold"] == summary["mask_threshold"]
 
 
-def test_calibration_studies_set_the_thresholds_and_are_not_trained_on(tiny_records, tmp_path, capsys):
+def test_calibration_studies_set_the_thresholds_and_are_not_trained_on(
+    tiny_records, tmp_path, capsys
+):
     from conftest import TINY_MODEL
 
     from radnet_tf.training.train import main
 
     tiny = {**TINY_MODEL, "epochs": 1, "val_fraction": 0.3}
-    args = ["--config", str(REPO / "configs" / "default.yaml"), "--data", str(tiny_records), "--quiet",
-            f"work_dir={tmp_path / 'work'}", "export=false", "extra_windows=[]", *[f"{k}={v}" for k, v in tiny.items()]]
+    args = [
+        "--config",
+        str(REPO / "configs" / "default.yaml"),
+        "--data",
+        str(tiny_records),
+        "--quiet",
+        f"work_dir={tmp_path / 'work'}",
+        "export=false",
+        "extra_windows=[]",
+        *[f"{k}={v}" for k, v in tiny.items()],
+    ]
     summary = main(args + ["calibration_fraction=0.4"])
     info = json.loads((tmp_path / "work" / "model" / "run_info.json").read_text())
     assert (info["train_studies"], info["calibration_studies"], info["val_studies"]) == (4, 3, 3)
     assert summary["calibration_studies"] == 3 and 0 < summary["slice_threshold"] < 1
-    assert "[radnet] slice threshold from 3 calibration studies for 100-slice series" in capsys.readouterr().out
-    main(args + ["calibration_fraction=0.4", "calibrate_threshold=false", "calibrate_mask_threshold=false"])
-    assert "calibration_fraction: 3 studies kept out of training, but no threshold is calibrated" in capsys.readouterr().out
+    assert (
+        "[radnet] slice threshold from 3 calibration studies for 100-slice series"
+        in capsys.readouterr().out
+    )
+    main(
+        args
+        + [
+            "calibration_fraction=0.4",
+            "calibrate_threshold=false",
+            "calibrate_mask_threshold=false",
+        ]
+    )
+    assert (
+        "calibration_fraction: 3 studies kept out of training, but no threshold is calibrated"
+        in capsys.readouterr().out
+    )
     proc = _run(args + ["calibration_fraction=0.3"])  # no study falls in calibration at this seed
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("[radnet] error:")]
-    assert len(errors) == 1 and "calibration split needs positive and negative studies (calibration=0" in errors[0]
-    proc = _run(args + ["calibration_fraction=0.3", "calibrate_threshold=false"])  # the mask threshold alone
+    assert (
+        len(errors) == 1
+        and "calibration split needs positive and negative studies (calibration=0" in errors[0]
+    )
+    proc = _run(
+        args + ["calibration_fraction=0.3", "calibrate_threshold=false"]
+    )  # the mask threshold alone
     errors = [line for line in proc.stderr.splitlines() if line.startswith("[radnet] error:")]
-    assert proc.returncode == 2 and len(errors) == 1 and "the calibration split holds no study" in errors[0]
+    assert (
+        proc.returncode == 2
+        and len(errors) == 1
+        and "the calibration split holds no study" in errors[0]
+    )
 
 
 def _tiny_args(records, model_dir, epochs):
     keys = tiny_config(val_fraction=0.4, epochs=epochs, steps_per_epoch=3)
-    fields = ["input_size", "out_spacing", "depth", "growth_rate", "initial_filters", "lstm_units", "head_filters",
-              "crop_slices", "batch_size", "epochs", "steps_per_epoch", "val_fraction"]
-    return ["--data", str(records), "--model-dir", str(model_dir), "--quiet", "export=false", "val_every=1",
-            *[f"{k}={getattr(keys, k)}" for k in fields]]
+    fields = [
+        "input_size",
+        "out_spacing",
+        "depth",
+        "growth_rate",
+        "initial_filters",
+        "lstm_units",
+        "head_filters",
+        "crop_slices",
+        "batch_size",
+        "epochs",
+        "steps_per_epoch",
+        "val_fraction",
+    ]
+    return [
+        "--data",
+        str(records),
+        "--model-dir",
+        str(model_dir),
+        "--quiet",
+        "export=false",
+        "val_every=1",
+        *[f"{k}={getattr(keys, k)}" for k in fields],
+    ]
 
 
 @pytest.mark.slow
 def test_killed_run_resumes_from_saved_epoch(tiny_records, tmp_path):
     model_dir = tmp_path / "model"
     args = _tiny_args(tiny_records, model_dir, epochs=4)
-    proc = subprocess.Popen([sys.executable, "-m", "radnet_tf.training.train", *args], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radnet_tf.train", *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     log = model_dir / "history.csv"
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -268,11 +411,20 @@ def test_two_workers_train_with_identical_weights(tiny_records, tmp_path):
     args = _tiny_args(tiny_records, model_dir, epochs=2)
     procs = []
     for index in range(2):
-        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "radnet_tf.training.train", *args], cwd=REPO, env={**os.environ, "TF_CONFIG": tf_config},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        ))
+        tf_config = json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "radnet_tf.train", *args],
+                cwd=REPO,
+                env={**os.environ, "TF_CONFIG": tf_config},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        )
     try:
         outputs = [p.communicate(timeout=300)[0] for p in procs]
     finally:
@@ -282,7 +434,11 @@ def test_two_workers_train_with_identical_weights(tiny_records, tmp_path):
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
     info = json.loads((model_dir / "run_info.json").read_text())
-    assert info["strategy"] == "CollectiveAllReduceStrategy" and info["replicas"] == 2 and info["global_batch"] == 4
+    assert (
+        info["strategy"] == "CollectiveAllReduceStrategy"
+        and info["replicas"] == 2
+        and info["global_batch"] == 4
+    )
     chief = radnet_tf.load_model(model_dir / "final.keras")
     other = radnet_tf.load_model(model_dir / "workers" / "worker-1" / "final.keras")
     assert all(np.array_equal(a, b) for a, b in zip(chief.get_weights(), other.get_weights()))
@@ -314,25 +470,39 @@ def test_training_on_one_slice_studies_reports_the_shortened_rule(tmp_path):
     from radnet_tf.training.train import train
 
     records = one_slice_png_records(tmp_path, 16)
-    cfg = tiny_config(data=str(records), model_dir=str(tmp_path / "model"), val_fraction=0.4, epochs=1,
-                      steps_per_epoch=1)
+    cfg = tiny_config(
+        data=str(records),
+        model_dir=str(tmp_path / "model"),
+        val_fraction=0.4,
+        epochs=1,
+        steps_per_epoch=1,
+    )
     summary, _ = train(cfg, progress=False)
     studies = pd.read_csv(tmp_path / "model" / "val_studies.csv")
     assert len(studies) and (studies.min_run_applied == 1).all()
     assert summary["short_studies_note"] == (
-        f"{len(studies)} of {len(studies)} studies have fewer than K=3 slices; the CT rule was applied to them "
+        f"{len(studies)} of {len(studies)} studies have fewer than K=3 slices; the CT rule was "
+        "applied to them "
         "with K = their slice count"
     )
     slices = pd.read_csv(tmp_path / "model" / "val_slices.csv").set_index("study_key")
-    assert studies.ct_positive.tolist() == [slices.loc[k, "probability"] >= cfg.slice_threshold for k in studies.study_key]
+    assert studies.ct_positive.tolist() == [
+        slices.loc[k, "probability"] >= cfg.slice_threshold for k in studies.study_key
+    ]
 
 
 def test_subtype_training_adds_a_masked_subtype_loss(tiny_records, tmp_path):
     from radnet_tf.serving.loader import load_trained
     from radnet_tf.training.train import train
 
-    cfg = tiny_config(data=str(tiny_records), model_dir=str(tmp_path), val_fraction=0.4, epochs=1, targets="subtypes",
-                      slice_loss_weight=2.0)
+    cfg = tiny_config(
+        data=str(tiny_records),
+        model_dir=str(tmp_path),
+        val_fraction=0.4,
+        epochs=1,
+        targets="subtypes",
+        slice_loss_weight=2.0,
+    )
     summary, model = train(cfg, progress=False)
     assert np.isfinite(summary["history"]["subtype_probability_loss"]).all()
     assert "subtype_probability" in model.output_names
@@ -345,8 +515,14 @@ def test_subtype_evaluation_tables_and_calibration(tiny_records, tmp_path):
     studies and writes per-subtype metrics, the confusion table and RSNA's log loss."""
     from radnet_tf.training.train import train
 
-    cfg = tiny_config(data=str(tiny_records), model_dir=str(tmp_path), val_fraction=0.4, epochs=1, targets="subtypes",
-                      calibrate_threshold=True)
+    cfg = tiny_config(
+        data=str(tiny_records),
+        model_dir=str(tmp_path),
+        val_fraction=0.4,
+        epochs=1,
+        targets="subtypes",
+        calibrate_threshold=True,
+    )
     summary, _ = train(cfg, progress=False)
     assert len(cfg.subtype_thresholds) == 5 and all(0 < t < 1 for t in cfg.subtype_thresholds)
     saved = json.loads((tmp_path / "config.json").read_text())
@@ -354,9 +530,18 @@ def test_subtype_evaluation_tables_and_calibration(tiny_records, tmp_path):
     table = pd.read_csv(tmp_path / "val_subtypes.csv")
     assert list(table.subtype) == ["EDH", "IPH", "IVH", "SAH", "SDH"]
     rated = table.dropna(subset=["ct_roc_auc_lo"])
-    assert ((rated.ct_roc_auc_lo <= rated.ct_roc_auc + 1e-9) & (rated.ct_roc_auc <= rated.ct_roc_auc_hi + 1e-9)).all()
+    assert (
+        (rated.ct_roc_auc_lo <= rated.ct_roc_auc + 1e-9)
+        & (rated.ct_roc_auc <= rated.ct_roc_auc_hi + 1e-9)
+    ).all()
     confusion = pd.read_csv(tmp_path / "val_subtype_confusion.csv", index_col=0)
-    assert confusion.shape == (5, 5) and list(confusion.columns) == ["EDH", "IPH", "IVH", "SAH", "SDH"]
+    assert confusion.shape == (5, 5) and list(confusion.columns) == [
+        "EDH",
+        "IPH",
+        "IVH",
+        "SAH",
+        "SDH",
+    ]
     assert 0 < summary["rsna_log_loss"] < 5
 
 
@@ -364,8 +549,12 @@ def test_rsna_log_loss_exact():
     from radnet_tf.evaluation.scoring import StudyPredictions, rsna_log_loss
 
     preds = StudyPredictions(
-        keys=["a"], labels=[1], probs=[np.array([0.5, 0.9])], slice_labels=[np.array([1.0, -1.0])],
-        subtype_probs=[np.full((2, 5), 0.5)], subtype_labels=[np.zeros(5)],
+        keys=["a"],
+        labels=[1],
+        probs=[np.array([0.5, 0.9])],
+        slice_labels=[np.array([1.0, -1.0])],
+        subtype_probs=[np.full((2, 5), 0.5)],
+        subtype_labels=[np.zeros(5)],
         slice_subtype_labels=[np.array([[1, 0, 0, 0, 0], [-1, -1, -1, -1, -1]], float)],
     )
     # known: any slice 0 (p 0.5, y 1) weight 2; subtypes slice 0, each p 0.5: every loss is ln 2

@@ -33,7 +33,7 @@ _NAME = re.compile(r"CQ500[-_ ]?CT[-_ ]?(\d+)", re.IGNORECASE)
 
 
 def study_name(path) -> str | None:
-    """"CQ500-CT-<n>" for a study folder or zip name (CQ500-CT-12, CQ500CT12 CQ500CT12,
+    """ "CQ500-CT-<n>" for a study folder or zip name (CQ500-CT-12, CQ500CT12 CQ500CT12,
     CQ500-CT-12.zip), else None."""
     match = _NAME.search(Path(path).name)
     return f"CQ500-CT-{int(match.group(1))}" if match else None

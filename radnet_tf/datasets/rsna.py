@@ -47,14 +47,31 @@ LABEL_NAMES = {
     "any": "any",
 }
 INDEX_COLUMNS = [
-    "file", "image_id", "status", "reason", "study_uid", "series_uid", "sop_uid", "position",
-    "rows", "columns", "fix_12bit",
+    "file",
+    "image_id",
+    "status",
+    "reason",
+    "study_uid",
+    "series_uid",
+    "sop_uid",
+    "position",
+    "rows",
+    "columns",
+    "fix_12bit",
 ]
 INDEX_PART_FILES = 5000  # files per index part (the unit of resumption)
 _TAGS = [
-    "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "ImagePositionPatient",
-    "ImageOrientationPatient", "Rows", "Columns", "BitsStored", "PixelRepresentation",
-    "RescaleIntercept", "Modality",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "Rows",
+    "Columns",
+    "BitsStored",
+    "PixelRepresentation",
+    "RescaleIntercept",
+    "Modality",
 ]
 
 
@@ -91,7 +108,9 @@ def header_row(path: Path, root: Path) -> dict:
             study_uid=str(ds.StudyInstanceUID),
             series_uid=str(ds.SeriesInstanceUID),
             sop_uid=str(ds.SOPInstanceUID),
-            position=float(np.asarray(ds.ImagePositionPatient, np.float64) @ (normal / np.linalg.norm(normal))),
+            position=float(
+                np.asarray(ds.ImagePositionPatient, np.float64) @ (normal / np.linalg.norm(normal))
+            ),
             rows=int(ds.Rows),
             columns=int(ds.Columns),
             fix_12bit=bool(needs_12bit_intercept_fix(ds)),
@@ -149,8 +168,19 @@ def index_headers(root, out_dir, workers=1, progress=False):
         else:
             for job in show_progress(todo, progress, len(todo), "index", "part"):
                 _index_part(job)
-    frames = [pd.read_csv(job[2], dtype={"file": str, "image_id": str, "study_uid": str, "series_uid": str, "sop_uid": str})
-              for job in jobs]
+    frames = [
+        pd.read_csv(
+            job[2],
+            dtype={
+                "file": str,
+                "image_id": str,
+                "study_uid": str,
+                "series_uid": str,
+                "sop_uid": str,
+            },
+        )
+        for job in jobs
+    ]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -176,7 +206,9 @@ def load_labels(labels_csv):
     table = table.assign(image_id=parts[0], name=parts[1].map(LABEL_NAMES))
     unknown = sorted(set(parts[1][table["name"].isna()]))
     if unknown:
-        raise UserError(f"{labels_csv}: unknown label names {unknown[:5]} (expected {sorted(LABEL_NAMES)})")
+        raise UserError(
+            f"{labels_csv}: unknown label names {unknown[:5]} (expected {sorted(LABEL_NAMES)})"
+        )
     if not table["Label"].isin([0, 1]).all():
         raise UserError(f"{labels_csv}: Label must be 0 or 1")
     before = len(table)
@@ -198,7 +230,10 @@ def label_map(labels) -> dict:
     workers and Beam)."""
     if labels is None:
         return {}
-    return {i: tuple(int(v) for v in row) for i, row in zip(labels.index, labels[[*SUBTYPES, "any"]].to_numpy())}
+    return {
+        i: tuple(int(v) for v in row)
+        for i, row in zip(labels.index, labels[[*SUBTYPES, "any"]].to_numpy())
+    }
 
 
 def series_task(root, rows, labels: dict):
@@ -244,14 +279,18 @@ def series_tasks(root, index, labels, report: RsnaReport | None = None):
     report.non_512_matrix_files = int(((ok["rows"] != 512) | (ok["columns"] != 512)).sum())
     report.label_rows_without_file = len(set(labels_by_id) - set(index.image_id))
     report.files_without_label_rows = len(set(ok.image_id) - set(labels_by_id))
-    skipped = [(f"file {f}", f"unparsable DICOM header ({r})") for f, r in zip(bad.file, bad.reason)]
+    skipped = [
+        (f"file {f}", f"unparsable DICOM header ({r})") for f, r in zip(bad.file, bad.reason)
+    ]
     tasks = []
     for (study_uid, series_uid), group in ok.groupby(["study_uid", "series_uid"], sort=True):
         report.series += 1
         task = series_task(root, group.to_dict("records"), labels_by_id)
         if task is None:
             report.unlabelled_series += 1
-            skipped.append((f"{study_uid}/{series_uid}", "no label rows (unlabelled, e.g. the test set)"))
+            skipped.append(
+                (f"{study_uid}/{series_uid}", "no label rows (unlabelled, e.g. the test set)")
+            )
         else:
             tasks.append(task)
     return tasks, skipped
@@ -269,4 +308,3 @@ def write_index_table(index, out_dir):
     except ImportError:
         atomic.write_csv(index, out / "rsna_index.csv")
         return out / "rsna_index.csv"
-

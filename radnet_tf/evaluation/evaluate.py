@@ -35,8 +35,14 @@ import pandas as pd
 
 from radnet_tf import atomic
 from radnet_tf.cli import add_verbose, cli_main, say
-from radnet_tf.contract import (MASKS, OUTPUT_SLICE, OUTPUT_SUBTYPES, SLICE_PROBABILITIES,
-                                SUBTYPE_PROBABILITIES, SUBTYPES)
+from radnet_tf.contract import (
+    MASKS,
+    OUTPUT_SLICE,
+    OUTPUT_SUBTYPES,
+    SLICE_PROBABILITIES,
+    SUBTYPE_PROBABILITIES,
+    SUBTYPES,
+)
 from radnet_tf.errors import UserError
 from radnet_tf.evaluation.metrics import binary_metrics, bootstrap_ci, ct_metrics, study_table
 
@@ -129,6 +135,41 @@ def expected_calibration_error(labels, probs, bins=10) -> float:
     return float(ece)
 
 
+def _target_row(pred, preds, studies, target, val_files):
+    """The CT-level row at the threshold that reaches `target` sensitivity, chosen on the
+    validation records when given (else on the evaluated set: optimistic)."""
+    cfg = pred.cfg
+    if val_files is not None:
+        vp = pred.predict(val_files, "validation")
+        basis = study_table(vp.keys, vp.labels, vp.probs, cfg.slice_threshold, cfg.ct_min_run)
+        note = "validation"
+    else:
+        basis, note = studies, "optimistic: chosen on the evaluated set"
+    t = threshold_for_sensitivity(basis, target)
+    at = study_table(preds.keys, preds.labels, preds.probs, t, cfg.ct_min_run)
+    return {"level": "ct@target", "threshold": t, "min_run": cfg.ct_min_run,
+            "threshold_basis": note, **ct_metrics(at)}
+
+
+def _write_subtypes(preds, studies, cfg, out):
+    """Per subtype: the CT calls in studies.csv, AUCs and operating points (subtypes.csv),
+    confusion (subtype_confusion.csv) and RSNA's weighted log loss."""
+    from radnet_tf.decision import ct_decision_labels_np
+    from radnet_tf.evaluation.scoring import rsna_log_loss, subtype_tables
+
+    thresholds = cfg.resolved_subtype_thresholds
+    calls = [ct_decision_labels_np(p, thresholds, cfg.ct_min_run) for p in preds.subtype_probs]
+    for j, name in enumerate(SUBTYPES):
+        studies[f"ct_{name}"] = [bool(c["ct_positive"][j]) for c in calls]
+        studies[f"ct_score_{name}"] = [float(c["ct_score"][j]) for c in calls]
+    _atomic_table(studies, out / "studies.csv")
+    per_label, confusion = subtype_tables(preds, thresholds, cfg.ct_min_run)
+    per_label["rsna_weighted_log_loss_slices"] = rsna_log_loss(preds)
+    _atomic_table(per_label, out / "subtypes.csv")
+    with atomic.atomic_path(out / "subtype_confusion.csv") as tmp:
+        confusion.to_csv(tmp)
+
+
 def evaluate_one(pred: Predictor, files, split, out: Path, target, val_files=None, n_boot=500):
     """Tables and figures for one model at `pred.cfg`'s threshold and K; returns
     (summary frame, studies frame, number of studies shorter than K)."""
@@ -139,19 +180,28 @@ def evaluate_one(pred: Predictor, files, split, out: Path, target, val_files=Non
     scored = score_studies(preds, cfg.slice_threshold, cfg.ct_min_run)
     studies, slices = scored["studies"], scored["slices"]
     known = slices[slices.label >= 0]
-    rows = [{"level": "slice", "threshold": cfg.slice_threshold, "min_run": np.nan, **scored["slice_metrics"]}]
-    ci = bootstrap_ci(studies, lambda t: {k: ct_metrics(t)[k] for k in PAPER_METRICS}, n_boot=n_boot)
+    rows = [
+        {
+            "level": "slice",
+            "threshold": cfg.slice_threshold,
+            "min_run": np.nan,
+            **scored["slice_metrics"],
+        }
+    ]
+    ci = bootstrap_ci(
+        studies, lambda t: {k: ct_metrics(t)[k] for k in PAPER_METRICS}, n_boot=n_boot
+    )
     ci_cols = {f"{k}_{side}": ci[k][i] for k in ci for i, side in enumerate(("lo", "hi"))}
-    rows.append({"level": "ct", "threshold": cfg.slice_threshold, "min_run": cfg.ct_min_run, **scored["ct_metrics"], **ci_cols})
-    # operating point for a target sensitivity
-    if val_files is not None:
-        vp = pred.predict(val_files, "validation")
-        basis, note = study_table(vp.keys, vp.labels, vp.probs, cfg.slice_threshold, cfg.ct_min_run), "validation"
-    else:
-        basis, note = studies, "optimistic: chosen on the evaluated set"
-    t = threshold_for_sensitivity(basis, target)
-    at = study_table(preds.keys, preds.labels, preds.probs, t, cfg.ct_min_run)
-    rows.append({"level": "ct@target", "threshold": t, "min_run": cfg.ct_min_run, "threshold_basis": note, **ct_metrics(at)})
+    rows.append(
+        {
+            "level": "ct",
+            "threshold": cfg.slice_threshold,
+            "min_run": cfg.ct_min_run,
+            **scored["ct_metrics"],
+            **ci_cols,
+        }
+    )
+    rows.append(_target_row(pred, preds, studies, target, val_files))
     ece = expected_calibration_error(known.label, known.probability)
     rows[0]["ece"] = ece
     masks = mask_scores(preds, cfg.slice_threshold) if preds.mask_counts else {"n": 0}
@@ -162,21 +212,18 @@ def evaluate_one(pred: Predictor, files, split, out: Path, target, val_files=Non
     _atomic_table(slices, out / "slices.csv")
     _atomic_table(studies, out / "studies.csv")
     _atomic_table(summary, out / "summary.csv")
-    plot_all(out, studies, known, preds.probs, preds.keys, cfg, pred.history, ci_auc=_auc_ci(studies, n_boot))
-    if preds.subtype_probs:  # per subtype: AUCs, operating point, confusion; RSNA's metric
-        from radnet_tf.decision import ct_decision_labels_np
-        from radnet_tf.evaluation.scoring import rsna_log_loss, subtype_tables
-
-        calls = [ct_decision_labels_np(p, cfg.resolved_subtype_thresholds, cfg.ct_min_run) for p in preds.subtype_probs]
-        for j, name in enumerate(SUBTYPES):
-            studies[f"ct_{name}"] = [bool(c["ct_positive"][j]) for c in calls]
-            studies[f"ct_score_{name}"] = [float(c["ct_score"][j]) for c in calls]
-        _atomic_table(studies, out / "studies.csv")
-        per_label, confusion = subtype_tables(preds, cfg.resolved_subtype_thresholds, cfg.ct_min_run)
-        per_label["rsna_weighted_log_loss_slices"] = rsna_log_loss(preds)
-        _atomic_table(per_label, out / "subtypes.csv")
-        with atomic.atomic_path(out / "subtype_confusion.csv") as tmp:
-            confusion.to_csv(tmp)
+    plot_all(
+        out,
+        studies,
+        known,
+        preds.probs,
+        preds.keys,
+        cfg,
+        pred.history,
+        ci_auc=_auc_ci(studies, n_boot),
+    )
+    if preds.subtype_probs:
+        _write_subtypes(preds, studies, cfg, out)
     return summary, studies, scored["short_studies"]
 
 
@@ -212,7 +259,9 @@ def plot_all(out, studies, known_slices, probs, keys, cfg, history, ci_auc=None)
         b.set(xlabel="recall", ylabel="precision", title="CT-level PR")
         _savefig(fig, out / "roc_pr.png")
     fig, ax = plt.subplots(figsize=(4, 4))
-    ConfusionMatrixDisplay.from_predictions(studies.label, studies.ct_positive.astype(int), labels=[0, 1], ax=ax, colorbar=False)
+    ConfusionMatrixDisplay.from_predictions(
+        studies.label, studies.ct_positive.astype(int), labels=[0, 1], ax=ax, colorbar=False
+    )
     ax.set_title(f"CT level (K={cfg.ct_min_run}, t={cfg.slice_threshold})")
     _savefig(fig, out / "confusion.png")
     if known_slices.label.nunique() == 2:
@@ -220,7 +269,9 @@ def plot_all(out, studies, known_slices, probs, keys, cfg, history, ci_auc=None)
         frac, mean = calibration_curve(known_slices.label, known_slices.probability, n_bins=10)
         ax.plot(mean, frac, "o-")
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax.set(xlabel="predicted probability", ylabel="observed frequency", title="slice reliability")
+        ax.set(
+            xlabel="predicted probability", ylabel="observed frequency", title="slice reliability"
+        )
         _savefig(fig, out / "reliability.png")
     if history is not None and len(history):
         cols = [c for c in history.columns if c.endswith("loss") and "mask" not in c]
@@ -238,7 +289,9 @@ def plot_all(out, studies, known_slices, probs, keys, cfg, history, ci_auc=None)
         ax.axhline(cfg.slice_threshold, color="k", lw=0.6, ls="--")
         ax.set_ylim(0, 1)
         ax.set_ylabel(f"{k[:6]}\ny={lab}", fontsize=7)
-    axes[-1, 0].set_xlabel(f"slice; red = p >= threshold; CT positive if >= {cfg.ct_min_run} consecutive red")
+    axes[-1, 0].set_xlabel(
+        f"slice; red = p >= threshold; CT positive if >= {cfg.ct_min_run} consecutive red"
+    )
     _savefig(fig, out / "study_strips.png")
 
 
@@ -287,12 +340,18 @@ def reader_table_by_finding(readers_csv, manifest_csv, studies: pd.DataFrame) ->
     if "name" not in reads.columns:
         raise UserError(f"{readers_csv}: needs a 'name' column with the study ids")
     manifest = pd.read_csv(manifest_csv, dtype={"study_id": str})
-    merged = reads.merge(manifest[["study_id", "study_key"]], left_on="name", right_on="study_id").merge(studies, on="study_key")
+    merged = reads.merge(
+        manifest[["study_id", "study_key"]], left_on="name", right_on="study_id"
+    ).merge(studies, on="study_key")
     if merged.empty:
         raise UserError("no study of the readers file is in the evaluated set")
     rows = []
     for finding in FINDINGS:
-        readers = {r: merged[f"{r}:{finding}"].astype(int) for r in ("R1", "R2", "R3") if f"{r}:{finding}" in merged}
+        readers = {
+            r: merged[f"{r}:{finding}"].astype(int)
+            for r in ("R1", "R2", "R3")
+            if f"{r}:{finding}" in merged
+        }
         if len(readers) < 3:
             continue
         majority = (sum(readers.values()) >= 2).astype(int)
@@ -302,11 +361,19 @@ def reader_table_by_finding(readers_csv, manifest_csv, studies: pd.DataFrame) ->
             raters["model"] = merged[model_col].astype(int)
         for name, calls in raters.items():
             m = binary_metrics(majority, calls)
-            row = {"finding": finding, "rater": name, "n": len(calls), **{k: round(m[k], 4) for k in PAPER_METRICS}}
+            row = {
+                "finding": finding,
+                "rater": name,
+                "n": len(calls),
+                **{k: round(m[k], 4) for k in PAPER_METRICS},
+            }
             for other, ref in (*readers.items(), ("majority", majority)):
                 both_constant = calls.nunique() == 1 and ref.nunique() == 1
-                row[f"kappa_{other}"] = 1.0 if (both_constant and (calls.values == ref.values).all()) else round(
-                    float(cohen_kappa_score(ref, calls)), 4)
+                row[f"kappa_{other}"] = (
+                    1.0
+                    if (both_constant and (calls.values == ref.values).all())
+                    else round(float(cohen_kappa_score(ref, calls)), 4)
+                )
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -340,7 +407,10 @@ def reader_table(readers_csv, manifest_csv, studies: pd.DataFrame, finding="ICH"
         table[name] = [round(m[k], 4) for k in PAPER_METRICS]
     names = list(raters)
     kappa = pd.DataFrame(
-        [[cohen_kappa_score(raters[a], raters[b]) if a != b else 1.0 for b in names] for a in names],
+        [
+            [cohen_kappa_score(raters[a], raters[b]) if a != b else 1.0 for b in names]
+            for a in names
+        ],
         index=names,
         columns=names,
     )
@@ -348,19 +418,36 @@ def reader_table(readers_csv, manifest_csv, studies: pd.DataFrame, finding="ICH"
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m radnet_tf.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m radnet_tf.evaluate", description=__doc__.split("\n")[0]
+    )
     add_verbose(parser)
-    parser.add_argument("--model", action="append", required=True, help="model dir or SavedModel (repeat)")
+    parser.add_argument(
+        "--model", action="append", required=True, help="model dir or SavedModel (repeat)"
+    )
     parser.add_argument("--data", required=True, help="TFRecord folder or glob")
-    parser.add_argument("--split", default="validation", choices=["validation", "train", "calibration", "all"])
-    parser.add_argument("--val-data", help="records to choose the operating point on (validation split)")
-    parser.add_argument("--threshold", type=float, help="slice threshold of the CT rule (default: the model's)")
-    parser.add_argument("--min-run", type=int, help="K consecutive slices of the CT rule (default: the model's)")
-    parser.add_argument("--mask-threshold", type=float,
-                        help="mask threshold of the lesion mask (default: the model's)")
+    parser.add_argument(
+        "--split", default="validation", choices=["validation", "train", "calibration", "all"]
+    )
+    parser.add_argument(
+        "--val-data", help="records to choose the operating point on (validation split)"
+    )
+    parser.add_argument(
+        "--threshold", type=float, help="slice threshold of the CT rule (default: the model's)"
+    )
+    parser.add_argument(
+        "--min-run", type=int, help="K consecutive slices of the CT rule (default: the model's)"
+    )
+    parser.add_argument(
+        "--mask-threshold",
+        type=float,
+        help="mask threshold of the lesion mask (default: the model's)",
+    )
     parser.add_argument("--target-sensitivity", type=float, default=0.95)
     parser.add_argument("--readers", help="reader calls CSV (CQ500 reads.csv format)")
-    parser.add_argument("--manifest", help="records manifest.csv (study_id -> study_key), with --readers")
+    parser.add_argument(
+        "--manifest", help="records manifest.csv (study_id -> study_key), with --readers"
+    )
     parser.add_argument("--bootstrap", type=int, default=500)
     parser.add_argument("--out", required=True)
     return parser
@@ -369,7 +456,9 @@ def build_parser():
 def _check_args(args):
     """One clear line for each out-of-range flag."""
     if not 0 < args.target_sensitivity <= 1:
-        raise UserError(f"--target-sensitivity must be in (0, 1]. Received: {args.target_sensitivity}")
+        raise UserError(
+            f"--target-sensitivity must be in (0, 1]. Received: {args.target_sensitivity}"
+        )
     for name in ("threshold", "mask_threshold"):
         value = getattr(args, name)
         if value is not None and not 0 < value < 1:
@@ -388,24 +477,32 @@ def _evaluate_model_arg(path, args, files, val_files, out):
     from radnet_tf.evaluation.scoring import short_study_note
 
     pred = Predictor(path)
-    for flag, key in (("threshold", "slice_threshold"), ("min_run", "ct_min_run"),
-                      ("mask_threshold", "mask_threshold")):
+    for flag, key in (
+        ("threshold", "slice_threshold"),
+        ("min_run", "ct_min_run"),
+        ("mask_threshold", "mask_threshold"),
+    ):
         if getattr(args, flag) is not None:
             setattr(pred.cfg, key, getattr(args, flag))
-    summary, studies, short = evaluate_one(pred, files, args.split, out / pred.name, args.target_sensitivity,
-                                           val_files, args.bootstrap)
+    summary, studies, short = evaluate_one(
+        pred, files, args.split, out / pred.name, args.target_sensitivity, val_files, args.bootstrap
+    )
     ct = summary[summary.level == "ct"].iloc[0]
     note = short_study_note(short, len(studies), pred.cfg.ct_min_run)
     if note:
         say(f"{pred.name}: note: {note}")
     say(
-        f"{pred.name}: CT " + ", ".join(f"{k} {ct[k]:.3f}" for k in PAPER_METRICS)
+        f"{pred.name}: CT "
+        + ", ".join(f"{k} {ct[k]:.3f}" for k in PAPER_METRICS)
         + f" (n={int(ct['n'])}, threshold {pred.cfg.slice_threshold:.3f}, K={pred.cfg.ct_min_run})"
     )
     if (summary.level == "mask").any():
         m = summary[summary.level == "mask"].iloc[0]
-        say(f"{pred.name}: mask (>= {m['threshold']:.2f} on positive slices) Dice {m['dice']:.3f}, "
-            f"positive studies' mean {m['study_dice']:.3f} (n={int(m['n'])} studies with a reference mask)")
+        say(
+            f"{pred.name}: mask (>= {m['threshold']:.2f} on positive slices) Dice {m['dice']:.3f}, "
+            f"positive studies' mean {m['study_dice']:.3f} (n={int(m['n'])} studies with a "
+            "reference mask)"
+        )
     return pred.name, summary, studies
 
 
@@ -430,8 +527,13 @@ def write_reader_comparison(readers, manifest, studies, out):
     atomic.write_text(out / "table2_by_finding.md", table_markdown(by_finding))
     fig, ax = plt.subplots(figsize=(7, 3.5))
     by_finding.pivot(index="finding", columns="rater", values="kappa_majority").reindex(
-        [f for f in FINDINGS if f in set(by_finding.finding)]).plot.bar(ax=ax)
-    ax.set(ylim=(-1, 1), ylabel="Cohen's kappa with the majority", title="readers and model per finding")
+        [f for f in FINDINGS if f in set(by_finding.finding)]
+    ).plot.bar(ax=ax)
+    ax.set(
+        ylim=(-1, 1),
+        ylabel="Cohen's kappa with the majority",
+        title="readers and model per finding",
+    )
     _savefig(fig, out / "readers_by_finding.png")
 
 

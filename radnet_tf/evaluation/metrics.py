@@ -38,7 +38,14 @@ def study_table(study_keys, labels, slice_probs, threshold, min_run) -> pd.DataF
     longest_positive_run, min_run_applied (K' = min(K, S): the rule for short studies)."""
     rows = []
     for key, label, probs in zip(study_keys, labels, slice_probs):
-        rows.append({"study_key": key, "label": int(label), "num_slices": len(probs), **ct_decision_np(probs, threshold, min_run)})
+        rows.append(
+            {
+                "study_key": key,
+                "label": int(label),
+                "num_slices": len(probs),
+                **ct_decision_np(probs, threshold, min_run),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -71,7 +78,9 @@ def mask_counts(predicted, truth, thresholds, opening=False) -> np.ndarray:
         p = predicted >= threshold
         if opening:
             p = open_np(p)
-        out[:, j] = np.stack([np.count_nonzero(p & t, axis=(1, 2)), np.count_nonzero(p, axis=(1, 2)), true], -1)
+        out[:, j] = np.stack(
+            [np.count_nonzero(p & t, axis=(1, 2)), np.count_nonzero(p, axis=(1, 2)), true], -1
+        )
     return out
 
 
@@ -112,10 +121,14 @@ def mask_metrics(overlaps, labels) -> dict:
     return {
         "n": len(known),
         "dice": 2 * inter / (pred + true) if pred + true else float("nan"),
-        "study_dice": float(np.mean([2 * o[0] / (o[1] + o[2]) for o in pos])) if pos else float("nan"),
+        "study_dice": float(np.mean([2 * o[0] / (o[1] + o[2]) for o in pos]))
+        if pos
+        else float("nan"),
         "recall": inter / true if true else float("nan"),
         "precision": inter / pred if pred else float("nan"),
-        "negative_studies_with_mask": float(np.mean([o[1] > 0 for o in neg])) if neg else float("nan"),
+        "negative_studies_with_mask": float(np.mean([o[1] > 0 for o in neg]))
+        if neg
+        else float("nan"),
     }
 
 

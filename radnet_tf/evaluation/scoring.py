@@ -17,8 +17,14 @@ import dataclasses
 
 import numpy as np
 
-from radnet_tf.contract import (IGNORE_LABEL, MASK_OUTPUTS, MASKS, OUTPUT_SLICE, OUTPUT_SUBTYPES,
-                                SUBTYPES)
+from radnet_tf.contract import (
+    IGNORE_LABEL,
+    MASK_OUTPUTS,
+    MASKS,
+    OUTPUT_SLICE,
+    OUTPUT_SUBTYPES,
+    SUBTYPES,
+)
 from radnet_tf.errors import UserError
 
 
@@ -69,13 +75,17 @@ def keras_slice_fn(model, cfg, masks=False):
             result[MASKS] = tf.add_n([out[k][0, ..., 0] for k in heads]) / len(heads)
         return result
 
-    fn = tf.function(run, input_signature=[tf.TensorSpec([1, None, n, n, cfg.input_channels], tf.float32)])
+    fn = tf.function(
+        run, input_signature=[tf.TensorSpec([1, None, n, n, cfg.input_channels], tf.float32)]
+    )
     if names == [OUTPUT_SLICE] and not heads:
         return lambda x: fn(x)[OUTPUT_SLICE].numpy()
     return lambda x: {k: v.numpy() for k, v in fn(x).items()}
 
 
-def predict_studies(slice_fn, files, cfg, split="validation", with_masks=False, mask_thresholds=None) -> StudyPredictions:
+def predict_studies(
+    slice_fn, files, cfg, split="validation", with_masks=False, mask_thresholds=None
+) -> StudyPredictions:
     """Runs `slice_fn` over every whole study of `split` ("validation", "train", "all").
 
     With `with_masks`, also compares each study's fused mask (the slice function's MASKS)
@@ -92,14 +102,21 @@ def predict_studies(slice_fn, files, cfg, split="validation", with_masks=False, 
     out = StudyPredictions([], [], [], [])
     if with_masks:
         out.mask_thresholds = tuple(float(t) for t in (mask_thresholds or (cfg.mask_threshold,)))
-    for x, y, meta in data.eval_dataset(files, cfg, 1, with_masks=with_masks, split=split, with_keys=True):
+    for x, y, meta in data.eval_dataset(
+        files, cfg, 1, with_masks=with_masks, split=split, with_keys=True
+    ):
         s = int(x.shape[1])
         result = slice_fn(x)
         if with_masks:  # a model without aux heads serves no mask: nothing to compare
             truth = y[MASK_OUTPUTS[0]].numpy()[0, :s, ..., 0]
-            known = truth.size and truth.min() >= 0 and isinstance(result, dict) and MASKS in result  # -1: no mask
-            out.mask_counts.append(mask_counts(result[MASKS][:s], truth, out.mask_thresholds, cfg.mask_opening)
-                                   if known else None)
+            known = (
+                truth.size and truth.min() >= 0 and isinstance(result, dict) and MASKS in result
+            )  # -1: no mask
+            out.mask_counts.append(
+                mask_counts(result[MASKS][:s], truth, out.mask_thresholds, cfg.mask_opening)
+                if known
+                else None
+            )
         if isinstance(result, dict):
             if OUTPUT_SUBTYPES in result:
                 out.subtype_probs.append(np.asarray(result[OUTPUT_SUBTYPES])[:s])
@@ -132,7 +149,9 @@ def score_studies(preds: StudyPredictions, threshold, min_run) -> dict:
     return {
         "studies": studies,
         "slices": slices,
-        "slice_metrics": binary_metrics(known.label, known.probability >= threshold, known.probability),
+        "slice_metrics": binary_metrics(
+            known.label, known.probability >= threshold, known.probability
+        ),
         "ct_metrics": ct_metrics(studies),
         "short_studies": int((studies.num_slices < min_run).sum()),
     }
@@ -145,8 +164,10 @@ def mask_scores(preds: StudyPredictions, slice_threshold, mask_threshold=None) -
     from radnet_tf.evaluation.metrics import gate_mask_counts, mask_metrics
 
     j = 0 if mask_threshold is None else preds.mask_thresholds.index(float(mask_threshold))
-    sums = [None if c is None else gate_mask_counts(c[:, j], p, slice_threshold).sum(0)
-            for c, p in zip(preds.mask_counts, preds.probs)]
+    sums = [
+        None if c is None else gate_mask_counts(c[:, j], p, slice_threshold).sum(0)
+        for c, p in zip(preds.mask_counts, preds.probs)
+    ]
     return mask_metrics(sums, preds.labels)
 
 
@@ -157,8 +178,11 @@ def calibrate_mask_threshold(preds: StudyPredictions, slice_threshold, fallback)
     from radnet_tf.decision import choose_mask_threshold
     from radnet_tf.evaluation.metrics import gate_mask_counts
 
-    gated = [gate_mask_counts(c, p, slice_threshold).sum(0) for c, p in zip(preds.mask_counts, preds.probs)
-             if c is not None]
+    gated = [
+        gate_mask_counts(c, p, slice_threshold).sum(0)
+        for c, p in zip(preds.mask_counts, preds.probs)
+        if c is not None
+    ]
     if not gated:
         return float(fallback)
     return choose_mask_threshold(np.sum(gated, axis=0), preds.mask_thresholds, fallback)
@@ -173,13 +197,18 @@ def calibrate_subtype_thresholds(preds: StudyPredictions, min_run, fallback, sca
 
     thresholds, fell_back = [], []
     for j, name in enumerate(SUBTYPES):
-        pairs = [(ct_score_np(p[:, j], min_run), int(lab[j])) for p, lab in zip(preds.subtype_probs, preds.subtype_labels)
-                 if lab[j] in (0, 1)]
+        pairs = [
+            (ct_score_np(p[:, j], min_run), int(lab[j]))
+            for p, lab in zip(preds.subtype_probs, preds.subtype_labels)
+            if lab[j] in (0, 1)
+        ]
         if len({y for _, y in pairs}) < 2:
             thresholds.append(float(fallback))
             fell_back.append(name)
         else:
-            thresholds.append(choose_threshold([s for s, _ in pairs], [y for _, y in pairs], scale=scale))
+            thresholds.append(
+                choose_threshold([s for s, _ in pairs], [y for _, y in pairs], scale=scale)
+            )
     return thresholds, fell_back
 
 
@@ -190,7 +219,9 @@ def rsna_log_loss(preds: StudyPredictions, eps=1e-7) -> float:
     any_y = np.concatenate(preds.slice_labels)
     sub_p = np.concatenate(preds.subtype_probs)
     sub_y = np.concatenate(preds.slice_subtype_labels)
-    columns = [(any_p, any_y, 2.0)] + [(sub_p[:, j], sub_y[:, j], 1.0) for j in range(len(SUBTYPES))]
+    columns = [(any_p, any_y, 2.0)] + [
+        (sub_p[:, j], sub_y[:, j], 1.0) for j in range(len(SUBTYPES))
+    ]
     total = weight = 0.0
     for p, y, w in columns:
         known = y >= 0
@@ -220,8 +251,14 @@ def subtype_tables(preds: StudyPredictions, thresholds, min_run, n_boot=200):
     called = np.array([d["ct_positive"] for d in decisions], bool).reshape(-1, len(SUBTYPES))
     scores = np.array([d["ct_score"] for d in decisions]).reshape(-1, len(SUBTYPES))
     truth = np.array(preds.subtype_labels).reshape(-1, len(SUBTYPES))
-    slice_p = np.concatenate(preds.subtype_probs) if preds.subtype_probs else np.zeros((0, len(SUBTYPES)))
-    slice_y = np.concatenate(preds.slice_subtype_labels) if preds.slice_subtype_labels else np.full(slice_p.shape, -1)
+    slice_p = (
+        np.concatenate(preds.subtype_probs) if preds.subtype_probs else np.zeros((0, len(SUBTYPES)))
+    )
+    slice_y = (
+        np.concatenate(preds.slice_subtype_labels)
+        if preds.slice_subtype_labels
+        else np.full(slice_p.shape, -1)
+    )
     rows = []
     for j, name in enumerate(SUBTYPES):
         known = truth[:, j] >= 0
@@ -233,24 +270,32 @@ def subtype_tables(preds: StudyPredictions, thresholds, min_run, n_boot=200):
             frame = pd.DataFrame({"label": y, "score": s})
 
             def auc(t):
-                return {"auc": roc_auc_score(t.label, t.score) if t.label.nunique() == 2 else np.nan}
+                return {
+                    "auc": roc_auc_score(t.label, t.score) if t.label.nunique() == 2 else np.nan
+                }
 
             ci = bootstrap_ci(frame, auc, n_boot=n_boot)["auc"]
         slice_both = len(set(slice_y[ks, j])) == 2
-        rows.append({
-            "subtype": name,
-            "threshold": float(thresholds[j]),
-            "studies": int(known.sum()),
-            "positive_studies": int((y == 1).sum()),
-            "slice_roc_auc": roc_auc_score(slice_y[ks, j], slice_p[ks, j]) if slice_both else np.nan,
-            "slice_pr_auc": average_precision_score(slice_y[ks, j], slice_p[ks, j]) if slice_both else np.nan,
-            "ct_roc_auc": roc_auc_score(y, s) if both else np.nan,
-            "ct_roc_auc_lo": ci[0],
-            "ct_roc_auc_hi": ci[1],
-            "ct_pr_auc": average_precision_score(y, s) if both else np.nan,
-            "ct_sensitivity": float(c[y == 1].mean()) if (y == 1).any() else np.nan,
-            "ct_specificity": float((~c[y == 0]).mean()) if (y == 0).any() else np.nan,
-        })
+        rows.append(
+            {
+                "subtype": name,
+                "threshold": float(thresholds[j]),
+                "studies": int(known.sum()),
+                "positive_studies": int((y == 1).sum()),
+                "slice_roc_auc": roc_auc_score(slice_y[ks, j], slice_p[ks, j])
+                if slice_both
+                else np.nan,
+                "slice_pr_auc": average_precision_score(slice_y[ks, j], slice_p[ks, j])
+                if slice_both
+                else np.nan,
+                "ct_roc_auc": roc_auc_score(y, s) if both else np.nan,
+                "ct_roc_auc_lo": ci[0],
+                "ct_roc_auc_hi": ci[1],
+                "ct_pr_auc": average_precision_score(y, s) if both else np.nan,
+                "ct_sensitivity": float(c[y == 1].mean()) if (y == 1).any() else np.nan,
+                "ct_specificity": float((~c[y == 0]).mean()) if (y == 0).any() else np.nan,
+            }
+        )
     confusion = pd.DataFrame(0, index=list(SUBTYPES), columns=list(SUBTYPES))
     for t_row, c_row in zip(truth, called):
         for a in np.flatnonzero(t_row == 1):

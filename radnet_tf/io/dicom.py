@@ -99,13 +99,17 @@ class SeriesPolicy:
             try:
                 low, high = (float(v) for v in value.split("-"))
             except ValueError:
-                raise UserError(f"series policy thickness must be MIN-MAX in mm. Received: {value!r}") from None
+                raise UserError(
+                    f"series policy thickness must be MIN-MAX in mm. Received: {value!r}"
+                ) from None
             policy = dataclasses.replace(policy, thickness_mm=(low, high))
         if "exclude=" in text:
             try:
                 re.compile(exclude)
             except re.error as err:
-                raise UserError(f"series policy exclude is not a regular expression ({err})") from None
+                raise UserError(
+                    f"series policy exclude is not a regular expression ({err})"
+                ) from None
             policy = dataclasses.replace(policy, exclude=exclude)
         return policy
 
@@ -238,7 +242,9 @@ def _skip_reason(ds) -> str | None:
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     if "LOCALIZER" in image_type or "SCOUT" in image_type:
         return "localizer/scout image"
-    if _frame_count(ds) > 1:  # a FrameView counts 1: only non-enhanced multi-frame objects land here
+    if (
+        _frame_count(ds) > 1
+    ):  # a FrameView counts 1: only non-enhanced multi-frame objects land here
         return "multi-frame object that is not an enhanced CT image"
     for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         if tag not in ds:
@@ -303,7 +309,10 @@ class FrameView:
         if keyword in self._GROUPS:
             inner = self._IN_GROUP.get(keyword, keyword)
             for group, unassigned in self._groups():
-                for sequence, name in ((group.get(self._GROUPS[keyword]), inner), (group.get(unassigned), keyword)):
+                for sequence, name in (
+                    (group.get(self._GROUPS[keyword]), inner),
+                    (group.get(unassigned), keyword),
+                ):
                     if sequence and name in sequence[0]:
                         return sequence[0].get(name)
         return self.dataset.get(keyword, default)
@@ -330,7 +339,9 @@ class FrameView:
 def _slices_of(ds):
     """The slices one dataset holds: [ds] for a classic image, one `FrameView` per frame for
     an enhanced (multi-frame) CT object."""
-    if str(ds.get("SOPClassUID", "")) in ENHANCED_CT_STORAGE and "PixelData" in ds:  # 1 frame or more
+    if (
+        str(ds.get("SOPClassUID", "")) in ENHANCED_CT_STORAGE and "PixelData" in ds
+    ):  # 1 frame or more
         return [FrameView(ds, i) for i in range(_frame_count(ds))]
     return [ds]
 
@@ -365,9 +376,11 @@ def needs_12bit_intercept_fix(ds) -> bool:
     """Whether a slice is one of RSNA-2019's mis-stored images: 12-bit unsigned pixels with
     a RescaleIntercept above -100, whose HU come out ~1000 too high."""
     try:
-        return int(ds.get("BitsStored", 16)) == 12 and int(ds.get("PixelRepresentation", 1)) == 0 and float(
-            ds.get("RescaleIntercept", -1024)
-        ) > -100
+        return (
+            int(ds.get("BitsStored", 16)) == 12
+            and int(ds.get("PixelRepresentation", 1)) == 0
+            and float(ds.get("RescaleIntercept", -1024)) > -100
+        )
     except (TypeError, ValueError):
         return False
 
@@ -397,11 +410,16 @@ def _hu(ds, path: Path, fix_12bit=False):
     fixed = bool(fix_12bit and needs_12bit_intercept_fix(ds))
     try:
         slope = float(ds.get("RescaleSlope", 1) if ds.get("RescaleSlope") is not None else 1)
-        intercept = float(ds.get("RescaleIntercept", 0) if ds.get("RescaleIntercept") is not None else 0)
+        intercept = float(
+            ds.get("RescaleIntercept", 0) if ds.get("RescaleIntercept") is not None else 0
+        )
     except (TypeError, ValueError):
         raise DicomReadError(f"{path}: RescaleSlope/RescaleIntercept are not numbers") from None
     if not (np.isfinite(slope) and np.isfinite(intercept)) or slope <= 0:
-        raise DicomReadError(f"{path}: RescaleSlope {slope} / RescaleIntercept {intercept}: slope must be > 0 and both finite")
+        raise DicomReadError(
+            f"{path}: RescaleSlope {slope} / RescaleIntercept {intercept}: slope must be > 0 and "
+            "both finite"
+        )
     pad = ds.get("PixelPaddingValue")
     padding = None if pad is None else stored == pad
     if fixed:
@@ -453,7 +471,9 @@ def _pixel_spacing(ds, path) -> tuple:
     except (TypeError, ValueError):
         values = ()
     if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
-        raise DicomReadError(f"{path}: PixelSpacing must be two numbers > 0 (mm). Received: {ds.get('PixelSpacing')}")
+        raise DicomReadError(
+            f"{path}: PixelSpacing must be two numbers > 0 (mm). Received: {ds.get('PixelSpacing')}"
+        )
     return values
 
 
@@ -503,7 +523,9 @@ def _shear_to_normal(hu, positions, orientation, pixel_spacing):
     (bilinear, air outside; as scipy.ndimage.shift(order=1) but ~6x faster: two separable
     NumPy passes per slice)."""
     out = np.empty_like(hu)
-    for i, (shift_rows, shift_cols) in enumerate(shear_shifts(positions, orientation, pixel_spacing)):
+    for i, (shift_rows, shift_cols) in enumerate(
+        shear_shifts(positions, orientation, pixel_spacing)
+    ):
         moved = _shift_axis(hu[i].astype(np.float32), shift_rows, 0, AIR_HU)
         moved = _shift_axis(moved, shift_cols, 1, AIR_HU)
         out[i] = np.rint(moved)
@@ -526,7 +548,12 @@ def shear_like(series, stack, fill=0.0):
         return out.copy()
     if out.shape[0] != len(series.shear_px):
         raise ValueError(f"stack has {out.shape[0]} slices, the series {len(series.shear_px)}")
-    return np.stack([_shift_axis(_shift_axis(m, dr, 0, fill), dc, 1, fill) for m, (dr, dc) in zip(out, series.shear_px)])
+    return np.stack(
+        [
+            _shift_axis(_shift_axis(m, dr, 0, fill), dc, 1, fill)
+            for m, (dr, dc) in zip(out, series.shear_px)
+        ]
+    )
 
 
 def read_series(
@@ -569,11 +596,15 @@ def read_series(
         raise ValueError(f"tilt must be 'correct' or 'reject'. Received: tilt={tilt!r}")
     root, files = _list_files(folder)
     series, skipped = _scan(files, root)
-    chosen_uid, series_choice = _choose_series(series, root, salt, series_uid, series_policy, skipped)
+    chosen_uid, series_choice = _choose_series(
+        series, root, salt, series_uid, series_policy, skipped
+    )
     members, pixel_spacing, warnings = _check_members(series[chosen_uid], root, min_slices, skipped)
     orientation = np.asarray(members[0][1].ImageOrientationPatient, np.float64)
     members, along, ipp = _order(members, _normal(orientation))
-    hu, members, keep, fixed_names = _decode(members, root, min_slices, fix_12bit, skip_undecodable, skipped)
+    hu, members, keep, fixed_names = _decode(
+        members, root, min_slices, fix_12bit, skip_undecodable, skipped
+    )
     along, ipp = along[keep], ipp[keep]
     first = members[0][1]
     geometry = _geometry(hu, ipp, along, orientation, pixel_spacing, tilt, root, first)
@@ -628,7 +659,9 @@ def _scan(files, root):
             ) from None
         for item in _slices_of(ds):  # a classic slice, or each frame of an enhanced CT object
             reason = _skip_reason(item)
-            if reason is None and not _is_axial(np.asarray(item.ImageOrientationPatient, np.float64)):
+            if reason is None and not _is_axial(
+                np.asarray(item.ImageOrientationPatient, np.float64)
+            ):
                 reason = "not an axial slice"
             sop = str(item.get("SOPInstanceUID", ""))
             key = (sop, _frame_number(item))
@@ -656,7 +689,11 @@ def _described(members):
         thickness = float(thickness) if thickness not in (None, "") else float("nan")
     except (TypeError, ValueError):
         thickness = float("nan")
-    return str(ds.get("SeriesDescription", "") or ""), str(ds.get("ConvolutionKernel", "") or ""), thickness
+    return (
+        str(ds.get("SeriesDescription", "") or ""),
+        str(ds.get("ConvolutionKernel", "") or ""),
+        thickness,
+    )
 
 
 def _choose_series(series, root, salt, series_uid, policy, skipped):
@@ -667,15 +704,21 @@ def _choose_series(series, root, salt, series_uid, policy, skipped):
         if series_uid not in series:
             raise DicomReadError(f"{root}: series {series_uid} not found")
         chosen_uid = series_uid
-        decisions = {uid: "another series (series_uid given)" for uid in series if uid != chosen_uid}
+        decisions = {
+            uid: "another series (series_uid given)" for uid in series if uid != chosen_uid
+        }
     else:
         policy = policy or SeriesPolicy()
         decisions = {uid: policy.rejects(*described[uid]) for uid in series}
         passing = [uid for uid, why in decisions.items() if why is None]
         if not passing:
-            why = "; ".join(f"{described[uid][0] or 'series'}: {decisions[uid]}" for uid in sorted(series))
+            why = "; ".join(
+                f"{described[uid][0] or 'series'}: {decisions[uid]}" for uid in sorted(series)
+            )
             raise DicomReadError(f"{root}: no series passes the series policy ({why})")
-        chosen_uid = max(passing, key=lambda u: (len(series[u]), -np.nan_to_num(described[u][2], nan=0.0)))
+        chosen_uid = max(
+            passing, key=lambda u: (len(series[u]), -np.nan_to_num(described[u][2], nan=0.0))
+        )
         for uid in passing:
             if uid != chosen_uid:
                 decisions[uid] = "fewer slices than the chosen series"
@@ -683,11 +726,16 @@ def _choose_series(series, root, salt, series_uid, policy, skipped):
     for uid in sorted(series, key=lambda u: -len(series[u])):
         description, kernel, thickness = described[uid]
         decision = "chosen" if uid == chosen_uid else decisions[uid]
-        rows.append({
-            "series_key": pseudonymize(uid, salt), "description": description, "kernel": kernel,
-            "thickness_mm": None if np.isnan(thickness) else round(thickness, 3),
-            "slices": len(series[uid]), "decision": decision,
-        })
+        rows.append(
+            {
+                "series_key": pseudonymize(uid, salt),
+                "description": description,
+                "kernel": kernel,
+                "thickness_mm": None if np.isnan(thickness) else round(thickness, 3),
+                "slices": len(series[uid]),
+                "decision": decision,
+            }
+        )
         if uid != chosen_uid:
             skipped.extend((_name(p, d), f"another series: {decision}") for p, d in series[uid])
     return chosen_uid, rows
@@ -698,31 +746,45 @@ def _check_members(members, root, min_slices, skipped):
     pixel spacing [2] and warnings. Raises DicomReadError for too few slices or mixed
     matrix sizes or spacings."""
     if len(members) < min_slices:
-        raise DicomReadError(f"{root}: series has {len(members)} slice(s); at least {min_slices} needed")
-    orients = [tuple(np.round(np.asarray(ds.ImageOrientationPatient, np.float64), 3)) for _, ds in members]
+        raise DicomReadError(
+            f"{root}: series has {len(members)} slice(s); at least {min_slices} needed"
+        )
+    orients = [
+        tuple(np.round(np.asarray(ds.ImageOrientationPatient, np.float64), 3)) for _, ds in members
+    ]
     common = max(set(orients), key=orients.count)
     same = [np.allclose(o, common, atol=1e-3) for o in orients]
-    skipped.extend((_name(p, d), "orientation differs from the rest of the series")
-                   for (p, d), ok in zip(members, same) if not ok)
+    skipped.extend(
+        (_name(p, d), "orientation differs from the rest of the series")
+        for (p, d), ok in zip(members, same)
+        if not ok
+    )
     members = [m for m, ok in zip(members, same) if ok]
     if len(members) < min_slices:
         raise DicomReadError(
-            f"{root}: series has {len(members)} slice(s) of one orientation; at least {min_slices} needed"
+            f"{root}: series has {len(members)} slice(s) of one orientation; at least "
+            f"{min_slices} needed"
         )
     first = members[0][1]
     shape = (int(first.Rows), int(first.Columns))
     pixel_spacing = _pixel_spacing(first, _where(*members[0]))
     for path, ds in members:
         if (int(ds.Rows), int(ds.Columns)) != shape:
-            raise DicomReadError(f"{_where(path, ds)}: matrix {ds.Rows}x{ds.Columns} differs from "
-                                 f"the series' {shape[0]}x{shape[1]}")
+            raise DicomReadError(
+                f"{_where(path, ds)}: matrix {ds.Rows}x{ds.Columns} differs from "
+                f"the series' {shape[0]}x{shape[1]}"
+            )
         if not np.allclose(_pixel_spacing(ds, _where(path, ds)), pixel_spacing, rtol=1e-3):
-            raise DicomReadError(f"{_where(path, ds)}: pixel spacing differs from the rest of the series")
+            raise DicomReadError(
+                f"{_where(path, ds)}: pixel spacing differs from the rest of the series"
+            )
     warnings = []
     no_rescale = sum("RescaleSlope" not in ds or "RescaleIntercept" not in ds for _, ds in members)
     if no_rescale:
-        warnings.append(f"{no_rescale} slice(s) without RescaleSlope/RescaleIntercept: "
-                        "read as slope 1, intercept 0")
+        warnings.append(
+            f"{no_rescale} slice(s) without RescaleSlope/RescaleIntercept: "
+            "read as slope 1, intercept 0"
+        )
     return members, pixel_spacing, warnings
 
 
@@ -768,8 +830,14 @@ def _geometry(hu, ipp, along, orientation, pixel_spacing, tilt, root, first) -> 
     """The CTSeries fields that depend on slice positions: hu (sheared onto an orthogonal
     grid when the gantry was tilted and tilt="correct"), slice_spacing, tilt_deg,
     tilt_corrected, gaps, irregular_spacing, shear_px."""
-    out = dict(hu=hu, tilt_deg=0.0, tilt_corrected=False, gaps=[], irregular_spacing=False,
-               shear_px=np.zeros((len(hu), 2)))
+    out = dict(
+        hu=hu,
+        tilt_deg=0.0,
+        tilt_corrected=False,
+        gaps=[],
+        irregular_spacing=False,
+        shear_px=np.zeros((len(hu), 2)),
+    )
     if len(hu) < 2:
         out["slice_spacing"] = float(first.get("SliceThickness", float("nan")) or float("nan"))
         return out

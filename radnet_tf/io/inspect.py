@@ -1,4 +1,4 @@
-"""`python -m radnet_tf.inspect_series DICOM_DIR [--out DIR]`: what the reader and preprocessing did.
+"""`python -m radnet_tf.inspect_series DICOM_DIR [--out DIR]`: what reader and preprocessing did.
 
 (Named `inspect_series`, not `inspect`: a module named `inspect` shadows the standard
 library's when the package folder is on sys.path.)
@@ -37,7 +37,9 @@ def write_montage(path, slices, max_slices=64, title=""):
 
 @cli_main
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m radnet_tf.inspect_series", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m radnet_tf.inspect_series", description=__doc__.split("\n")[0]
+    )
     add_verbose(parser)
     parser.add_argument("dicom_dir")
     parser.add_argument("--out", help="folder for montage.png")

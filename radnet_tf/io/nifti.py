@@ -31,8 +31,13 @@ import numpy as np
 from radnet_tf.contract import SUBTYPES
 from radnet_tf.errors import UserError
 
-PHYSIONET_COLUMNS = {"Epidural": "EDH", "Intraparenchymal": "IPH", "Intraventricular": "IVH",
-                     "Subarachnoid": "SAH", "Subdural": "SDH"}
+PHYSIONET_COLUMNS = {
+    "Epidural": "EDH",
+    "Intraparenchymal": "IPH",
+    "Intraventricular": "IVH",
+    "Subarachnoid": "SAH",
+    "Subdural": "SDH",
+}
 SUFFIXES = (".nii.gz", ".nii")
 
 
@@ -109,13 +114,17 @@ def read_mask(path, shape):
     nib = _nibabel()
     try:
         image = nib.load(str(path))
-        values, _, _, _ = to_reader_order(nib.Nifti1Image(np.rint(np.asarray(image.dataobj)).astype(np.int16), image.affine))
+        values, _, _, _ = to_reader_order(
+            nib.Nifti1Image(np.rint(np.asarray(image.dataobj)).astype(np.int16), image.affine)
+        )
     except UserError:
         raise
     except Exception as err:
         raise UserError(f"{path}: cannot read NIfTI mask ({type(err).__name__}: {err})") from None
     if values.shape != tuple(shape):
-        raise UserError(f"{path}: mask shape {values.shape} differs from the volume's {tuple(shape)}")
+        raise UserError(
+            f"{path}: mask shape {values.shape} differs from the volume's {tuple(shape)}"
+        )
     if values.min() < 0 or values.max() > len(SUBTYPES):
         raise UserError(f"{path}: mask values must be 0/1 or class labels 0..{len(SUBTYPES)}")
     return values.astype(np.uint8)
@@ -148,7 +157,9 @@ def load_slice_csv(path):
 def nifti_tasks(volumes_dir, masks_dir=None, slice_csv=None, mask_kind="auto"):
     """(tasks sorted by study id, skipped rows) for every volume under `volumes_dir`."""
     if mask_kind not in ("auto", "binary", "classes"):
-        raise UserError(f"--nifti-mask-kind must be auto, binary or classes. Received: {mask_kind!r}")
+        raise UserError(
+            f"--nifti-mask-kind must be auto, binary or classes. Received: {mask_kind!r}"
+        )
     volumes_dir = Path(volumes_dir)
     if not volumes_dir.is_dir():
         raise UserError(f"NIfTI volume folder not found: {volumes_dir}")
@@ -157,7 +168,9 @@ def nifti_tasks(volumes_dir, masks_dir=None, slice_csv=None, mask_kind="auto"):
         raise UserError(f"{volumes_dir}: no .nii or .nii.gz files")
     masks = {}
     if masks_dir:
-        masks = {_stem(p): p for p in sorted(Path(masks_dir).iterdir()) if p.name.endswith(SUFFIXES)}
+        masks = {
+            _stem(p): p for p in sorted(Path(masks_dir).iterdir()) if p.name.endswith(SUFFIXES)
+        }
     rows = load_slice_csv(slice_csv) if slice_csv else {}
     tasks, skipped = [], []
     for sid, path in volumes.items():
@@ -167,6 +180,10 @@ def nifti_tasks(volumes_dir, masks_dir=None, slice_csv=None, mask_kind="auto"):
         if not slice_csv and sid not in masks:
             skipped.append((sid, "volume has neither a mask nor slice labels"))
             continue
-        tasks.append(NiftiStudyTask(sid, str(path), str(masks[sid]) if sid in masks else None, rows.get(sid), mask_kind))
+        tasks.append(
+            NiftiStudyTask(
+                sid, str(path), str(masks[sid]) if sid in masks else None, rows.get(sid), mask_kind
+            )
+        )
     skipped += [(sid, "mask has no volume") for sid in sorted(set(masks) - set(volumes))]
     return tasks, skipped

@@ -30,8 +30,17 @@ import numpy as np
 from radnet_tf import atomic
 from radnet_tf.errors import UserError
 
-TYPE2_COPIED = ("StudyID", "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
-                "StudyDate", "StudyTime", "ReferringPhysicianName")
+TYPE2_COPIED = (
+    "StudyID",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 HEMORRHAGE = ("50960005", "SCT", "Hemorrhage")
 CATEGORY = ("49755003", "SCT", "Morphologically Altered Structure")
 
@@ -81,8 +90,11 @@ def unsupported_sources(series):
         return None
     objects = set(series.sop_instance_uids)
     if len(objects) != 1 or any(n is None for n in numbers):
-        return (f"the series spans {len(objects)} DICOM objects, some of them multi-frame: a segmentation can "
-                "reference single-frame images or one multi-frame image")
+        return (
+            f"the series spans {len(objects)} DICOM objects, some of them multi-frame: a "
+            "segmentation can "
+            "reference single-frame images or one multi-frame image"
+        )
     return None
 
 
@@ -116,6 +128,50 @@ def source_frames(frames, series, source_files):
     return ordered, [source]
 
 
+def _prepared_sources(frames, series, source_files):
+    """(frames in the sources' order, the source datasets) with the type-2 attributes the
+    SEG copies present (empty when the source lacks them) and one Frame of Reference UID."""
+    frames, sources = source_frames(frames, series, source_files)
+    for ds in sources:
+        for keyword in TYPE2_COPIED:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    frame_uid, derived = frame_of_reference_for(sources)
+    if derived:
+        from radnet_tf.cli import say
+
+        say("note: the source series has no Frame of Reference UID; the segmentation uses one "
+            "derived from its Series Instance UID", err=True)
+    for ds in sources:
+        ds.FrameOfReferenceUID = frame_uid
+    return frames, sources
+
+
+def _segment_descriptions(labels, meta):
+    """One highdicom SegmentDescription per segment label, numbered from 1."""
+    import highdicom as hd
+    from pydicom.sr.coding import Code
+
+    from radnet_tf import __version__
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=f"radnet-tf {meta.get('model', 'radnet')}",
+        family=Code("123110", "DCM", "Artificial Intelligence"),
+        version=f"{__version__} (export {meta.get('version', '?')})",
+    )
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=k + 1,
+            segment_label=str(label),
+            segmented_property_category=Code(*CATEGORY),
+            segmented_property_type=Code(*HEMORRHAGE),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for k, label in enumerate(labels)
+    ]
+
+
 def write_segmentation(path, series, source_files, masks, names, pcfg, meta):
     """Writes a binary DICOM SEG (atomically) with one segment per non-empty label.
 
@@ -128,10 +184,11 @@ def write_segmentation(path, series, source_files, masks, names, pcfg, meta):
     """
     try:
         import highdicom as hd
-        from pydicom.sr.coding import Code
         from pydicom.uid import generate_uid
     except ImportError:
-        raise UserError("DICOM SEG output needs highdicom: pip install 'radnet-tf[dicom-seg]'") from None
+        raise UserError(
+            "DICOM SEG output needs highdicom: pip install 'radnet-tf[dicom-seg]'"
+        ) from None
     from radnet_tf import __version__
     from radnet_tf.preprocess import head_center_np
 
@@ -140,39 +197,16 @@ def write_segmentation(path, series, source_files, masks, names, pcfg, meta):
     if not present:
         return []
     center = head_center_np(series.hu)
-    frames = np.stack([to_source_grid(masks[..., j], series, pcfg, center) for j in present], axis=-1)
+    frames = np.stack(
+        [to_source_grid(masks[..., j], series, pcfg, center) for j in present], axis=-1
+    )
     missing = sorted({uid for uid in series.sop_instance_uids if uid not in source_files})
     if missing:
-        raise UserError(f"{len(missing)} source image(s) of the series not found for the segmentation")
-    frames, sources = source_frames(frames, series, source_files)
-    for ds in sources:  # type-2 attributes the SEG copies: present, empty when the source lacks them
-        for keyword in TYPE2_COPIED:
-            if keyword not in ds:
-                setattr(ds, keyword, "")
-    frame_uid, derived = frame_of_reference_for(sources)
-    if derived:
-        from radnet_tf.cli import say
-
-        say("note: the source series has no Frame of Reference UID; the segmentation uses one derived from its "
-            "Series Instance UID", err=True)
-    for ds in sources:
-        ds.FrameOfReferenceUID = frame_uid
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=f"radnet-tf {meta.get('model', 'radnet')}",
-        family=Code("123110", "DCM", "Artificial Intelligence"),
-        version=f"{__version__} (export {meta.get('version', '?')})",
-    )
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=k + 1,
-            segment_label=str(names[j]),
-            segmented_property_category=Code(*CATEGORY),
-            segmented_property_type=Code(*HEMORRHAGE),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
+        raise UserError(
+            f"{len(missing)} source image(s) of the series not found for the segmentation"
         )
-        for k, j in enumerate(present)
-    ]
+    frames, sources = _prepared_sources(frames, series, source_files)
+    descriptions = _segment_descriptions([names[j] for j in present], meta)
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=frames.astype(np.uint8),

@@ -45,44 +45,11 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
         return total / ops.maximum(count, 1e-7)
 
     def get_config(self):
-        return {**super().get_config(), "label_weights": self.label_weights, "pos_weight": self.pos_weight}
-
-
-@keras.saving.register_keras_serializable(package="radnet_tf")
-class MaskedDiceBCE(MaskedBinaryCrossentropy):
-    """Masked BCE plus soft Dice, per study, for the sparse hemorrhage masks.
-
-    Blood covers well under 1% of a slice, so pixel BCE alone is minimised early by
-    predicting "no blood" everywhere, and the auxiliary heads stop guiding the encoder.
-    The Dice term, 1 - (2 sum(p t) + s) / (sum(p) + sum(t) + s) over a study's valid
-    pixels, weighs the blood pixels as a whole; on a study without blood it pushes the
-    predicted blood volume to 0. s = `smooth` (pixels). `pos_weight` weighs the BCE
-    part's blood term as in `MaskedBinaryCrossentropy`.
-
-    y_true: float [B, ...] in {0, 1} or -1 (ignore). y_pred: probabilities, same shape.
-    Returns per-study loss [B].
-    """
-
-    def __init__(self, name="masked_dice_bce", smooth=1.0, **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.smooth = float(smooth)
-
-    def call(self, y_true, y_pred):
-        bce = super().call(y_true, y_pred)
-        y_true = ops.cast(y_true, "float32")
-        y_pred = ops.cast(y_pred, "float32")
-        valid = ops.cast(y_true >= 0, "float32")
-        target = ops.clip(y_true, 0.0, 1.0) * valid
-        pred = y_pred * valid
-        axes = tuple(range(1, len(y_true.shape)))
-        inter = ops.sum(pred * target, axis=axes)
-        denom = ops.sum(pred, axis=axes) + ops.sum(target, axis=axes)
-        dice = 1.0 - (2.0 * inter + self.smooth) / (denom + self.smooth)
-        has_valid = ops.cast(ops.sum(valid, axis=axes) > 0, "float32")
-        return bce + dice * has_valid
-
-    def get_config(self):
-        return {**super().get_config(), "smooth": self.smooth}
+        return {
+            **super().get_config(),
+            "label_weights": self.label_weights,
+            "pos_weight": self.pos_weight,
+        }
 
 
 @keras.saving.register_keras_serializable(package="radnet_tf")
@@ -122,13 +89,12 @@ def compile_losses(config, output_names):
             weights[name] = float(config.slice_loss_weight)
         elif name == OUTPUT_SUBTYPES:  # per label and slice; -1 (unknown) ignored per column
             weights_per_label = list(getattr(config, "subtype_label_weights", []) or []) or None
-            losses[name] = MaskedBinaryCrossentropy(name=f"{name}_bce", label_weights=weights_per_label)
+            losses[name] = MaskedBinaryCrossentropy(
+                name=f"{name}_bce", label_weights=weights_per_label
+            )
             weights[name] = float(getattr(config, "subtype_loss_weight", 1.0))
         else:
             pos_weight = float(getattr(config, "mask_pos_weight", 1.0))
-            if getattr(config, "mask_loss", "bce") == "dice_bce":
-                losses[name] = MaskedDiceBCE(name=f"{name}_dice_bce", pos_weight=pos_weight)
-            else:
-                losses[name] = MaskedBinaryCrossentropy(name=f"{name}_bce", pos_weight=pos_weight)
+            losses[name] = MaskedBinaryCrossentropy(name=f"{name}_bce", pos_weight=pos_weight)
             weights[name] = float(config.mask_loss_weights[int(name[-1]) - 1])
     return losses, weights

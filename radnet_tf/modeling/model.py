@@ -162,7 +162,12 @@ def apply_aux_head(x, factor, head_filters, weight_decay, bn, name, channels=1):
         head_filters, 1, activation="relu", kernel_initializer="he_normal", name=f"{name}_conv"
     )(x)
     x = layers.Conv2DTranspose(
-        channels, 2 * factor, strides=factor, padding="same", kernel_initializer="he_normal", name=f"{name}_deconv"
+        channels,
+        2 * factor,
+        strides=factor,
+        padding="same",
+        kernel_initializer="he_normal",
+        name=f"{name}_deconv",
     )(x)
     return layers.Activation("sigmoid", dtype="float32", name=f"{name}_sigmoid")(x)
 
@@ -170,6 +175,58 @@ def apply_aux_head(x, factor, head_filters, weight_decay, bn, name, channels=1):
 def mask_channels(config) -> int:
     """Channels of the auxiliary heads: 1 (blood), or 1 + 5 class masks for subtype models."""
     return 1 + len(SUBTYPES) if getattr(config, "targets", "any") == "subtypes" else 1
+
+
+def _check_model_config(config):
+    """Raises ValueError, echoing the value, for a variant, depth or input size the network
+    cannot be built with."""
+    if config.variant not in ("densenet", "densenet_a", "radnet"):
+        raise ValueError(
+            f"variant must be densenet, densenet_a or radnet. Received: variant={config.variant!r}"
+        )
+    if (config.depth - 4) % 3:
+        raise ValueError(f"depth must be 3n+4. Received: depth={config.depth}")
+    if config.input_size % 8:
+        raise ValueError(
+            f"input_size must be a multiple of 8. Received: input_size={config.input_size}"
+        )
+    pooling = getattr(config, "pooling", "avg")
+    if pooling not in ("avg", "avgmax"):
+        raise ValueError(f"pooling must be 'avg' or 'avgmax'. Received: pooling={pooling!r}")
+
+
+def apply_encoder(x, config, bn, with_heads):
+    """Stem, three dense blocks and their transitions on folded slices [B * S, N, N, C];
+    returns (features [B * S, N / 8, N / 8, F], the aux heads' masks [B * S, N, N, M] after
+    each block when `with_heads`, else [])."""
+    wd = config.weight_decay
+    layers_per_block = (config.depth - 4) // 3
+    x = _conv(config.initial_filters, 3, "stem_conv", wd, strides=2)(x)
+    heads = []
+    for block in range(3):
+        if block:
+            x = apply_transition(x, config.dropout, wd, bn, name=f"transition{block}")
+        x = apply_dense_block(
+            x, layers_per_block, config.growth_rate, config.dropout, wd, bn, f"block{block + 1}"
+        )
+        if with_heads:
+            heads.append(
+                apply_aux_head(x, 2 ** (block + 1), config.head_filters, wd, bn,
+                               name=f"aux{block + 1}", channels=mask_channels(config))
+            )
+    x = _batch_norm(bn, "final_bn")(x)
+    return layers.Activation("relu", name="final_relu")(x), heads
+
+
+def apply_pooling(x, pooling):
+    """Global pooling of feature maps [B', H, W, F] to [B', F] (`avg`) or [B', 2F] (`avgmax`:
+    average and max, concatenated)."""
+    pooled = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "avgmax":
+        pooled = layers.Concatenate(name="avgmax_pool")(
+            [pooled, layers.GlobalMaxPooling2D(name="max_pool")(x)]
+        )
+    return pooled
 
 
 def build_model(config, use_cudnn="auto", sync_batchnorm=False) -> keras.Model:
@@ -197,44 +254,22 @@ def build_model(config, use_cudnn="auto", sync_batchnorm=False) -> keras.Model:
       mask, or 6 for subtype models: the hemorrhage mask then the five class masks).
     """
     variant = config.variant
-    if variant not in ("densenet", "densenet_a", "radnet"):
-        raise ValueError(f"variant must be densenet, densenet_a or radnet. Received: variant={variant!r}")
-    if (config.depth - 4) % 3:
-        raise ValueError(f"depth must be 3n+4. Received: depth={config.depth}")
+    _check_model_config(config)
     n = config.input_size
-    if n % 8:
-        raise ValueError(f"input_size must be a multiple of 8. Received: input_size={n}")
-    layers_per_block = (config.depth - 4) // 3
-    bn = {"momentum": float(getattr(config, "bn_momentum", 0.99)), "synchronized": bool(sync_batchnorm)}
-    wd = config.weight_decay
-
+    bn = {
+        "momentum": float(getattr(config, "bn_momentum", 0.99)),
+        "synchronized": bool(sync_batchnorm),
+    }
     slices = keras.Input(shape=(None, n, n, getattr(config, "input_channels", 1)), name="slices")
     slice_mask = SliceMask(name="slice_mask")(slices)
     x = FoldSlices(name="fold_slices")(slices)
-    x = _conv(config.initial_filters, 3, "stem_conv", wd, strides=2)(x)
-
-    heads = []
-    for block in range(3):
-        if block:
-            x = apply_transition(x, config.dropout, wd, bn, name=f"transition{block}")
-        x = apply_dense_block(x, layers_per_block, config.growth_rate, config.dropout, wd, bn, f"block{block + 1}")
-        if variant != "densenet":
-            heads.append(apply_aux_head(x, 2 ** (block + 1), config.head_filters, wd, bn, name=f"aux{block + 1}",
-                                        channels=mask_channels(config)))
-
-    x = _batch_norm(bn, "final_bn")(x)
-    x = layers.Activation("relu", name="final_relu")(x)
-    pooling = getattr(config, "pooling", "avg")
-    if pooling not in ("avg", "avgmax"):
-        raise ValueError(f"pooling must be 'avg' or 'avgmax'. Received: pooling={pooling!r}")
-    pooled = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    if pooling == "avgmax":
-        pooled = layers.Concatenate(name="avgmax_pool")([pooled, layers.GlobalMaxPooling2D(name="max_pool")(x)])
-    x = pooled
+    x, heads = apply_encoder(x, config, bn, with_heads=variant != "densenet")
+    x = apply_pooling(x, getattr(config, "pooling", "avg"))
     features = UnfoldSlices(name="unfold_features")(x, slices)  # [B, S, C]
     if variant == "radnet":
         features = layers.Bidirectional(
-            layers.LSTM(config.lstm_units, return_sequences=True, use_cudnn=use_cudnn), name="bilstm"
+            layers.LSTM(config.lstm_units, return_sequences=True, use_cudnn=use_cudnn),
+            name="bilstm",
         )(features, mask=slice_mask)
     logits = layers.Dense(1, name="classifier")(features)
     prob = layers.Activation("sigmoid", dtype="float32", name="classifier_sigmoid")(logits)

@@ -11,7 +11,8 @@
 `atlas()` returns an `Atlas` on the ICBM 1 mm grid extended 24 mm down to the second
 cervical vertebra (RAS, mm; 197 x 233 x 213 voxels, origin (-98, -134, -96); below the
 templates' last slice, z = -72, the scct neck level is continued): per-voxel channels the
-phantom samples after a per-study warp (`radnet_tf.phantom.generate`), and labels that say where each
+phantom samples after a per-study warp (`radnet_tf.phantom.generate`), and labels that say where
+each
 kind of lesion can sit. Built from the templates in ~7 s and cached (float16, ~120 MB)
 under `$RADNET_CACHE` (default ~/.cache/radnet_tf), keyed by ATLAS_VERSION.
 """
@@ -40,7 +41,14 @@ CHANNELS = ("frame", "icv", "gm", "wm", "dense", "depth", "vent", "fascia")
 BELOW_MM = 24
 NECK_MM = -66.0
 # Integer labels of `Atlas.labels`: candidate places for each lesion type.
-LABEL_PARENCHYMA, LABEL_VENTRICLE, LABEL_CISTERN, LABEL_SULCUS, LABEL_SURFACE, LABEL_FALX = 1, 2, 3, 4, 5, 6
+LABEL_PARENCHYMA, LABEL_VENTRICLE, LABEL_CISTERN, LABEL_SULCUS, LABEL_SURFACE, LABEL_FALX = (
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+)
 
 
 @dataclasses.dataclass
@@ -84,7 +92,9 @@ class Atlas:
     def points(self, label):
         """float32 [N, 3] mm (RAS) of the voxels with this label (cached)."""
         if label not in self._points:
-            self._points[label] = (np.argwhere(self.labels == label) + self.origin).astype(np.float32)
+            self._points[label] = (np.argwhere(self.labels == label) + self.origin).astype(
+                np.float32
+            )
         return self._points[label]
 
     def sample(self, mm):
@@ -113,7 +123,10 @@ class Atlas:
                 wxy = wx * (frac[1] if dy else 1 - frac[1])
                 for dz in (0, 1):
                     w = wxy * (frac[2] if dz else 1 - frac[2])
-                    out += np.take(flat, index + (dx * strides[0] + dy * strides[1] + dz), axis=0) * w[:, None]
+                    out += (
+                        np.take(flat, index + (dx * strides[0] + dy * strides[1] + dz), axis=0)
+                        * w[:, None]
+                    )
         return out
 
 
@@ -124,7 +137,9 @@ def _icbm_dir():
     if spec is None or not spec.submodule_search_locations:
         from radnet_tf.errors import UserError
 
-        raise UserError("the phantom needs the ICBM152 templates of the nilearn package: pip install nilearn")
+        raise UserError(
+            "the phantom needs the ICBM152 templates of the nilearn package: pip install nilearn"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
 
 
@@ -158,8 +173,9 @@ def _resample_to_icbm(vol, affine, shape, origin, order=1, z_min=None):
 def build_atlas() -> Atlas:
     """Builds the atlas from the templates (see the module docstring)."""
     gm, wm, t1, frame, origin = _templates()
-    X, Y, Z = np.meshgrid(*[np.arange(n, dtype=np.float32) + o for n, o in zip(gm.shape, origin)],
-                          indexing="ij")
+    X, Y, Z = np.meshgrid(
+        *[np.arange(n, dtype=np.float32) + o for n, o in zip(gm.shape, origin)], indexing="ij"
+    )
     tissue = np.clip(gm + wm, 0, 1)
     icv, icv_f, depth = _intracranial(tissue, t1, frame, origin, Z)
     gm = np.minimum(gm, icv_f)
@@ -170,7 +186,9 @@ def build_atlas() -> Atlas:
     dense, falx = _dense_structures(icv, icv_f, csf, vent, tissue, depth, X, Y, Z)
     fascia = _fascia(frame, icv, Z)
     labels = _labels(icv, tissue, csf, vent, falx, depth, Z)
-    channels = np.stack([frame, icv_f, gm, wm, dense, np.minimum(depth, 60.0), vent_f, fascia], axis=-1)
+    channels = np.stack(
+        [frame, icv_f, gm, wm, dense, np.minimum(depth, 60.0), vent_f, fascia], axis=-1
+    )
     # float16 precision whether built or read from the cache: the same cohort either way.
     channels = channels.astype(np.float16).astype(np.float32)
     return Atlas(channels=channels, labels=labels, origin=origin)
@@ -256,11 +274,13 @@ def _dense_structures(icv, icv_f, csf, vent, tissue, depth, X, Y, Z):
     transverse = icv & (depth < 5) & (Y < -70) & (Z > -25) & (Z < -5)
     # Straight sinus and vein of Galen: where falx meets tentorium, the midline CSF gap
     # between the occipital lobes above and the cerebellum below, from behind the splenium.
-    straight = (icv & (np.abs(X) < 2.5) & (csf > 0.3) & (Y < -38) & (Z > -30) & (Z < 15)
-                & above & below)
+    straight = (
+        icv & (np.abs(X) < 2.5) & (csf > 0.3) & (Y < -38) & (Z > -30) & (Z < 15) & above & below
+    )
     straight = ndimage.binary_dilation(straight, iterations=1) & icv
-    sinus = np.minimum(ndimage.gaussian_filter((sss | transverse | straight).astype(np.float32), 0.7),
-                       icv_f)
+    sinus = np.minimum(
+        ndimage.gaussian_filter((sss | transverse | straight).astype(np.float32), 0.7), icv_f
+    )
     return np.maximum(dura, sinus), falx
 
 
@@ -275,7 +295,9 @@ def _fascia(frame, icv, Z):
     field /= field.std()
     soft_tissue = (frame > -60.0) & (frame < 200.0) & ~icv
     below_orbits = np.clip((-35.0 - Z) / 15.0, 0, 1)
-    return np.where(soft_tissue, np.exp(-((field / 0.15) ** 2)) * below_orbits, 0.0).astype(np.float32)
+    return np.where(soft_tissue, np.exp(-((field / 0.15) ** 2)) * below_orbits, 0.0).astype(
+        np.float32
+    )
 
 
 def _labels(icv, tissue, csf, vent, falx, depth, Z):
@@ -305,7 +327,11 @@ def atlas() -> Atlas:
     if path.exists():
         try:
             with np.load(path) as z:
-                return Atlas(channels=z["channels"].astype(np.float32), labels=z["labels"], origin=z["origin"])
+                return Atlas(
+                    channels=z["channels"].astype(np.float32),
+                    labels=z["labels"],
+                    origin=z["origin"],
+                )
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache is rebuilt
     result = build_atlas()
@@ -314,7 +340,12 @@ def atlas() -> Atlas:
 
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic.atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, channels=result.channels.astype(np.float16), labels=result.labels, origin=result.origin)
+            np.savez(
+                fh,
+                channels=result.channels.astype(np.float16),
+                labels=result.labels,
+                origin=result.origin,
+            )
     except OSError:
         pass  # a read-only home: build per process
     return result

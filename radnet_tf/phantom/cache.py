@@ -56,7 +56,9 @@ def prepare_synthetic(cfg, progress=True) -> str:
         os.replace(partial, spec_path)  # the spec file's final rename marks the cohort complete
     pcfg = cfg.preprocess_config()
     rec_dir = work / f"records-{pcfg.out_size}px-{pcfg.out_spacing:g}mm"
-    tasks, skipped = folder_tasks(cohort / "dicom", cohort / "labels.csv", cohort / "slice_labels.csv", cohort / "masks")
+    tasks, skipped = folder_tasks(
+        cohort / "dicom", cohort / "labels.csv", cohort / "slice_labels.csv", cohort / "masks"
+    )
     source = build_source(pcfg, tasks, {"cohort": spec})
     if (rec_dir / "manifest.json").exists() and matches(rec_dir / SOURCE_FILE, source):
         return str(rec_dir)
@@ -64,5 +66,7 @@ def prepare_synthetic(cfg, progress=True) -> str:
         shutil.rmtree(rec_dir)  # records of another cohort or geometry: a cache, rebuilt
     say(f"converting to TFRecords in {rec_dir}")
     workers = min(2, os.cpu_count() or 1)
-    run_local(tasks, skipped, rec_dir, 4, workers, pcfg, progress=progress, source_extra={"cohort": spec})
+    run_local(
+        tasks, skipped, rec_dir, 4, workers, pcfg, progress=progress, source_extra={"cohort": spec}
+    )
     return str(rec_dir)

@@ -26,19 +26,35 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--studies", type=int, default=20, help="number of studies (default 20)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--slices", type=int, default=SynthConfig.num_slices, help="slices per study")
+    parser.add_argument(
+        "--slices", type=int, default=SynthConfig.num_slices, help="slices per study"
+    )
     parser.add_argument("--matrix", type=int, default=SynthConfig.matrix, help="in-plane matrix")
     parser.add_argument(
-        "--thickness", type=float, nargs=2, default=SynthConfig.slice_thickness_range, metavar=("MIN", "MAX")
+        "--thickness",
+        type=float,
+        nargs=2,
+        default=SynthConfig.slice_thickness_range,
+        metavar=("MIN", "MAX"),
     )
     parser.add_argument("--positive-fraction", type=float, default=SynthConfig.positive_fraction)
-    parser.add_argument("--tilt-fraction", type=float, default=SynthConfig.tilt_fraction,
-                        help=f"fraction of studies acquired with gantry tilt (default {SynthConfig.tilt_fraction})")
-    parser.add_argument("--workers", type=int, default=1, help="processes (the cohort does not depend on it)")
-    parser.add_argument("--layout", default="folders", choices=["folders", "rsna", "cq500", "nifti"],
-                        help="folders: one folder per study + labels.csv (default); rsna: the RSNA-2019 flat layout "
-                             "with its known defects planted; cq500: zips/folders with several series and "
-                             "reads.csv; nifti: volumes + masks + slice CSV (radnet_tf.phantom.layouts)")
+    parser.add_argument(
+        "--tilt-fraction",
+        type=float,
+        default=SynthConfig.tilt_fraction,
+        help=f"fraction of studies acquired with gantry tilt (default {SynthConfig.tilt_fraction})",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes (the cohort does not depend on it)"
+    )
+    parser.add_argument(
+        "--layout",
+        default="folders",
+        choices=["folders", "rsna", "cq500", "nifti"],
+        help="folders: one folder per study + labels.csv (default); rsna: the RSNA-2019 flat "
+        "layout with its known defects planted; cq500: zips/folders with several series and "
+        "reads.csv; nifti: volumes + masks + slice CSV (radnet_tf.phantom.layouts)",
+    )
     args = parser.parse_args(argv)
     if args.studies < 1 or args.slices < 1 or args.matrix < 32:
         raise UserError("--studies and --slices must be >= 1 and --matrix >= 32")
@@ -56,11 +72,17 @@ def main(argv=None):
     start = time.perf_counter()
     if args.layout != "folders":
         write_layout(args.out, args.layout, args.studies, args.seed, cfg)
-        say(f"wrote {args.studies} studies in the {args.layout} layout to {args.out} in {time.perf_counter() - start:.1f} s")
+        say(
+            f"wrote {args.studies} studies in the {args.layout} layout to {args.out} in "
+            f"{time.perf_counter() - start:.1f} s"
+        )
         return
-    rows = generate_cohort(args.out, args.studies, args.seed, cfg, progress=True, workers=max(1, args.workers))
+    rows = generate_cohort(
+        args.out, args.studies, args.seed, cfg, progress=True, workers=max(1, args.workers)
+    )
     positives = sum(r[1] for r in rows)
-    say(f"wrote {len(rows)} studies ({positives} positive) to {args.out} in {time.perf_counter() - start:.1f} s")
+    elapsed = time.perf_counter() - start
+    say(f"wrote {len(rows)} studies ({positives} positive) to {args.out} in {elapsed:.1f} s")
 
 
 if __name__ == "__main__":

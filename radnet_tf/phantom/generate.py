@@ -209,12 +209,22 @@ def tilt_drifts(tilt_deg, z_positions):
 _HEAD_CENTRE = np.array([0.0, -18.0, 12.0], np.float32)
 # Atlas levels that bound the slab centres: the foramen magnum (real series start at the
 # first or second cervical vertebra) and the top of the skull (real series end above it).
-_LOWEST, _HIGHEST = np.array([0.0, -35.0, -68.0], np.float32), np.array([0.0, -18.0, 90.0], np.float32)
+_LOWEST, _HIGHEST = (
+    np.array([0.0, -35.0, -68.0], np.float32),
+    np.array([0.0, -18.0, 90.0], np.float32),
+)
 _VENTRICLE_CENTRE = np.array([0.0, -10.0, 15.0], np.float32)
 
 
 def _rotation(yaw, roll, pitch):
-    cz, sz, cy, sy, cx, sx = np.cos(yaw), np.sin(yaw), np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch)
+    cz, sz, cy, sy, cx, sx = (
+        np.cos(yaw),
+        np.sin(yaw),
+        np.cos(roll),
+        np.sin(roll),
+        np.cos(pitch),
+        np.sin(pitch),
+    )
     rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
@@ -230,14 +240,19 @@ class _Pose:
 
     def __init__(self, rng):
         deg = np.deg2rad
-        rot = _rotation(deg(rng.uniform(-10, 10)), deg(rng.uniform(-8, 8)), deg(rng.uniform(-25, 12)))
+        rot = _rotation(
+            deg(rng.uniform(-10, 10)), deg(rng.uniform(-8, 8)), deg(rng.uniform(-25, 12))
+        )
         scale = rng.uniform(0.9, 1.08) * (1 + rng.uniform(-0.04, 0.04, size=3))
         self.a = (rot @ np.diag(scale)).astype(np.float32)
         self.a_inv = np.linalg.inv(self.a).astype(np.float32)
         self.t = np.array([rng.uniform(-15, 15), rng.uniform(-20, 12), 0.0], np.float32)
         waves = rng.normal(size=(3, 3))
-        self.wave = (waves / np.linalg.norm(waves, axis=1, keepdims=True)
-                     * (2 * np.pi / rng.uniform(40, 90, size=(3, 1)))).astype(np.float32)
+        self.wave = (
+            waves
+            / np.linalg.norm(waves, axis=1, keepdims=True)
+            * (2 * np.pi / rng.uniform(40, 90, size=(3, 1)))
+        ).astype(np.float32)
         self.wave_phase = rng.uniform(0, 2 * np.pi, size=3).astype(np.float32)
         self.wave_amp = rng.uniform(0, 2.5, size=3).astype(np.float32)
         self.inflate = float(rng.uniform(0, 0.25))
@@ -273,8 +288,14 @@ class _Tissue:
     @classmethod
     def draw(cls, rng):
         gm = rng.uniform(33, 42)
-        return cls(gm=gm, wm=gm - rng.uniform(5, 11), csf=rng.uniform(0, 10), dense=rng.uniform(48, 75),
-                   bone_gain=rng.uniform(0.85, 1.2), soft=rng.uniform(35, 70))
+        return cls(
+            gm=gm,
+            wm=gm - rng.uniform(5, 11),
+            csf=rng.uniform(0, 10),
+            dense=rng.uniform(48, 75),
+            bone_gain=rng.uniform(0.85, 1.2),
+            soft=rng.uniform(35, 70),
+        )
 
 
 _CH = {name: i for i, name in enumerate(anatomy.CHANNELS)}
@@ -310,9 +331,14 @@ def _box(pose, spacing, matrix, factor, scanner, atlas, drift=0.0):
     """Pixel box (rows, cols) holding the head and the holder, aligned to `factor` (on
     every slice: the head drifts by up to `drift` mm along -y with a tilted gantry)."""
     lo, hi = atlas.head_extent()
-    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])], np.float32)
+    corners = np.array(
+        [[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])],
+        np.float32,
+    )
     p = pose.to_patient(corners)
-    reach = (scanner.holder[0] + scanner.holder[1] if scanner.holder else pose.radius) + 2  # holder's outer edge
+    reach = (
+        scanner.holder[0] + scanner.holder[1] if scanner.holder else pose.radius
+    ) + 2  # holder's outer edge
     xs = np.concatenate([p[:, 0], [pose.t[0] - reach, pose.t[0] + reach]])
     ys = np.concatenate([p[:, 1], [pose.t[1] - reach]])
     half = (matrix - 1) / 2
@@ -328,7 +354,9 @@ def _box(pose, spacing, matrix, factor, scanner, atlas, drift=0.0):
     return span(rows), span(cols)
 
 
-def make_phantom(rng: np.random.Generator, cfg: SynthConfig = SynthConfig(), positive=None) -> Phantom:
+def make_phantom(
+    rng: np.random.Generator, cfg: SynthConfig = SynthConfig(), positive=None
+) -> Phantom:
     """Draws one synthetic study.
 
     Args:
@@ -361,24 +389,45 @@ def _draw(rng, cfg, positive):
     type_px = np.zeros((cfg.num_slices, len(SUBTYPES)), np.int64)
     for k, z in enumerate(study.z_positions):
         img, brain, near_table, frac, raise_hu = _render_plane(study, grid, atlas, k, z)
-        level = float(study.pose.to_atlas(np.array([[study.pose.t[0]], [study.pose.t[1]], [z]], np.float32))[2, 0])
+        level = float(
+            study.pose.to_atlas(np.array([[study.pose.t[0]], [study.pose.t[1]], [z]], np.float32))[
+                2, 0
+            ]
+        )
         if -50.0 < level < -5.0:  # skull base: petrous bones, clivus
             synth_scanner.add_bone_artifacts(img, img > 1000, brain, grid.step, rng, study.scanner)
         # the holder is fixed to the table: where it is on slice 0, on every raw image
-        synth_scanner.add_holder(img, grid.px.astype(np.float32), grid.py.astype(np.float32), study.pose.t,
-                                 study.scanner)
+        synth_scanner.add_holder(
+            img, grid.px.astype(np.float32), grid.py.astype(np.float32), study.pose.t, study.scanner
+        )
         img = grid.full(img)
         clean = img.copy()
         img += synth_scanner.noise(rng, img.shape, study.scanner, grid.factor)
         hu[k][grid.rows, grid.cols] = np.clip(np.rint(img), -1024, 3071)
-        owner = _slice_owner(study, grid, cfg, frac, raise_hu, clean, near_table, min_px, type_px[k])
+        owner = _slice_owner(
+            study, grid, cfg, frac, raise_hu, clean, near_table, min_px, type_px[k]
+        )
         class_mask[k][grid.rows, grid.cols] = owner
     mask = (class_mask > 0).astype(np.uint8)
     slice_labels = (mask.reshape(cfg.num_slices, -1).sum(axis=1) >= min_px).astype(np.int64)
     slice_subtypes = (type_px >= min_px).astype(np.int64)
-    types = sorted(SUBTYPES[j] for j in np.flatnonzero(slice_subtypes.any(axis=0))) if slice_labels.any() else []
-    return Phantom(hu, mask, slice_labels, study.spacing, study.thickness, study.z_positions, types,
-                   slice_subtypes, class_mask, study.tilt_deg)
+    types = (
+        sorted(SUBTYPES[j] for j in np.flatnonzero(slice_subtypes.any(axis=0)))
+        if slice_labels.any()
+        else []
+    )
+    return Phantom(
+        hu,
+        mask,
+        slice_labels,
+        study.spacing,
+        study.thickness,
+        study.z_positions,
+        types,
+        slice_subtypes,
+        class_mask,
+        study.tilt_deg,
+    )
 
 
 @dataclasses.dataclass
@@ -421,13 +470,19 @@ def _draw_study(rng, cfg, positive, atlas) -> _Study:
                     lesions.append(les)
                     break
     calcs = synth_lesions.draw_calcifications(rng)
-    tilt_deg = float(np.round(rng.uniform(*cfg.tilt_deg_range), 1))  # both drawn always: the rest of the
-    tilt_deg = tilt_deg if rng.uniform() < cfg.tilt_fraction else 0.0  # study is the same with or without
+    tilt_deg = float(
+        np.round(rng.uniform(*cfg.tilt_deg_range), 1)
+    )  # both drawn always: the rest of the
+    tilt_deg = (
+        tilt_deg if rng.uniform() < cfg.tilt_fraction else 0.0
+    )  # study is the same with or without
     # drawn after the anatomy, bleeds and tilt (those of version 11 for the same seed)
     scanner = dataclasses.replace(scanner, cupping_mm=synth_scanner.draw_cupping_mm(rng))
     # the head's drift across the raw images (gantry tilt; `Phantom.drift`), mm
     drifts = tilt_drifts(tilt_deg, z_positions).astype(np.float32)
-    return _Study(spacing, thickness, pose, tissue, scanner, z_positions, lesions, calcs, tilt_deg, drifts)
+    return _Study(
+        spacing, thickness, pose, tissue, scanner, z_positions, lesions, calcs, tilt_deg, drifts
+    )
 
 
 @dataclasses.dataclass
@@ -453,8 +508,9 @@ class _Grid:
 
 def _work_grid(study, cfg, atlas) -> _Grid:
     factor = max(1, int(round(cfg.anatomy_mm / study.spacing)))
-    rows, cols = _box(study.pose, study.spacing, cfg.matrix, factor, study.scanner, atlas,
-                      float(study.drifts[-1]))
+    rows, cols = _box(
+        study.pose, study.spacing, cfg.matrix, factor, study.scanner, atlas, float(study.drifts[-1])
+    )
     hw, ww = -(-(rows.stop - rows.start) // factor), -(-(cols.stop - cols.start) // factor)
     half = (cfg.matrix - 1) / 2
     # Centres of factor x factor pixel blocks; with a tilted gantry, slice k shows patient
@@ -483,7 +539,9 @@ def _render_plane(study, grid, atlas, k, z):
         src = synth_lesions.displacement(study.lesions, m)
         if src is not None:  # mass effect: the brain channels from displaced points
             ch[:, _BRAIN_CHANNELS] = atlas.sample(src)[:, _BRAIN_CHANNELS]
-        cupping = ch[:, _CH["icv"]] * synth_scanner.cupping_profile(ch[:, _CH["depth"]], study.scanner)
+        cupping = ch[:, _CH["icv"]] * synth_scanner.cupping_profile(
+            ch[:, _CH["depth"]], study.scanner
+        )
         sub = _normal_hu(ch, study.tissue, study.pose, cupping)
         for centre_mm, radius, value in study.calcs:
             d = m - centre_mm[:, None]
@@ -494,8 +552,13 @@ def _render_plane(study, grid, atlas, k, z):
         near_table += cupping
     n_sub = len(grid.offsets)
     near_table = grid.full((near_table / n_sub).reshape(grid.hw, grid.ww))
-    return ((img / n_sub).reshape(grid.hw, grid.ww), (brain / n_sub).reshape(grid.hw, grid.ww),
-            near_table, frac / n_sub, raise_hu / n_sub)
+    return (
+        (img / n_sub).reshape(grid.hw, grid.ww),
+        (brain / n_sub).reshape(grid.hw, grid.ww),
+        near_table,
+        frac / n_sub,
+        raise_hu / n_sub,
+    )
 
 
 def _add_lesions(lesions, m, ch, p, sub, frac, raise_hu):
@@ -644,20 +707,35 @@ def _write_study(args):
         with atomic.atomic_path(final) as tmp:
             uids = write_dicom_series(phantom, tmp, rng)
             with atomic.atomic_path(mask_path) as mask_tmp:
-                np.savez_compressed(mask_tmp, mask=phantom.mask, mask_classes=phantom.class_mask,
-                                    sop_instance_uids=np.array(uids))
+                np.savez_compressed(
+                    mask_tmp,
+                    mask=phantom.mask,
+                    mask_classes=phantom.class_mask,
+                    sop_instance_uids=np.array(uids),
+                )
     else:
         uids = [str(u) for u in np.load(mask_path)["sop_instance_uids"]]
     label = int(phantom.slice_labels.any())
-    row = [study_id, label, ";".join(phantom.types), len(uids), phantom.slice_thickness, round(phantom.pixel_spacing, 6)]
+    row = [
+        study_id,
+        label,
+        ";".join(phantom.types),
+        len(uids),
+        phantom.slice_thickness,
+        round(phantom.pixel_spacing, 6),
+    ]
     slice_rows = [
         [study_id, k, uid, int(lab), *map(int, types)]
-        for k, (uid, lab, types) in enumerate(zip(uids, phantom.slice_labels, phantom.slice_subtypes))
+        for k, (uid, lab, types) in enumerate(
+            zip(uids, phantom.slice_labels, phantom.slice_subtypes)
+        )
     ]
     return row, slice_rows
 
 
-def generate_cohort(out, num_studies, seed=0, cfg: SynthConfig = SynthConfig(), progress=False, workers=1):
+def generate_cohort(
+    out, num_studies, seed=0, cfg: SynthConfig = SynthConfig(), progress=False, workers=1
+):
     """Writes `num_studies` phantoms under `out` (layout in the module docstring).
 
     Study i is drawn from `np.random.default_rng([seed, i])`, so the cohort is deterministic
@@ -696,5 +774,9 @@ def generate_cohort(out, num_studies, seed=0, cfg: SynthConfig = SynthConfig(), 
         ["study_id", "label", "types", "num_slices", "slice_thickness_mm", "pixel_spacing_mm"],
         study_rows,
     )
-    _atomic_csv(out / "slice_labels.csv", ["study_id", "slice_index", "sop_instance_uid", "label", *SUBTYPES], slice_rows)
+    _atomic_csv(
+        out / "slice_labels.csv",
+        ["study_id", "slice_index", "sop_instance_uid", "label", *SUBTYPES],
+        slice_rows,
+    )
     return study_rows

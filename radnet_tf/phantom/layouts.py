@@ -42,8 +42,13 @@ from radnet_tf.contract import SUBTYPES
 from radnet_tf.errors import UserError
 
 LAYOUTS = ("folders", "rsna", "cq500", "nifti")
-RSNA_NAMES = {"EDH": "epidural", "IPH": "intraparenchymal", "IVH": "intraventricular", "SAH": "subarachnoid",
-              "SDH": "subdural"}
+RSNA_NAMES = {
+    "EDH": "epidural",
+    "IPH": "intraparenchymal",
+    "IVH": "intraventricular",
+    "SAH": "subarachnoid",
+    "SDH": "subdural",
+}
 PLANTED = {
     "unparsable_file": "ID_badheader.dcm",
     "label_rows_without_file": "ID_nofile000",
@@ -88,7 +93,10 @@ def write_rsna(out, num_studies, seed, cfg):
         phantom = synth.make_phantom(rng, cfg)
         study_dir = out / f".study-{i}"
         uids = synth.write_dicom_series(phantom, study_dir, rng)
-        by_uid = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in study_dir.iterdir()}
+        by_uid = {
+            str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
+            for p in study_dir.iterdir()
+        }
         for k, uid in enumerate(uids):
             image_id = rsna_image_id(uid)
             target = images / f"{image_id}.dcm"
@@ -104,7 +112,10 @@ def write_rsna(out, num_studies, seed, cfg):
                 rows.append((f"{image_id}_any", int(phantom.slice_labels[k])))
         study_dir.rmdir()
     (images / PLANTED["unparsable_file"]).write_bytes(b"not a DICOM file: a truncated download")
-    rows += [(f"{PLANTED['label_rows_without_file']}_{name}", 0) for name in (*RSNA_NAMES.values(), "any")]
+    rows += [
+        (f"{PLANTED['label_rows_without_file']}_{name}", 0)
+        for name in (*RSNA_NAMES.values(), "any")
+    ]
     with atomic.atomic_path(out / "stage_2_train.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["ID", "Label"])
@@ -113,9 +124,20 @@ def write_rsna(out, num_studies, seed, cfg):
 
 
 CQ500_SERIES = (  # description, kernel, every step-th slice, SliceThickness (None: the phantom's)
-    ("CT Plain", "STANDARD", 1, None), ("CT BONE", "BONE", 1, None), ("CT 10mm", "STANDARD", 2, 10.0))
-CQ500_EXTRA_FINDINGS = ("BleedLocation-Left", "BleedLocation-Right", "ChronicBleed", "Fracture", "CalvarialFracture",
-                        "OtherFracture", "MassEffect", "MidlineShift")
+    ("CT Plain", "STANDARD", 1, None),
+    ("CT BONE", "BONE", 1, None),
+    ("CT 10mm", "STANDARD", 2, 10.0),
+)
+CQ500_EXTRA_FINDINGS = (
+    "BleedLocation-Left",
+    "BleedLocation-Right",
+    "ChronicBleed",
+    "Fracture",
+    "CalvarialFracture",
+    "OtherFracture",
+    "MassEffect",
+    "MidlineShift",
+)
 
 
 def _cq500_series(phantom, study_dir, rng_state, description, kernel, step, thickness):
@@ -133,13 +155,26 @@ def _cq500_series(phantom, study_dir, rng_state, description, kernel, step, thic
     folder = study_dir / "Unknown Study" / f"{description}"
     synth.write_dicom_series(phantom, folder, rng)
     series_uid = generate_uid(entropy_srcs=[str(rng_state["state"]["state"]), description])
-    for k, path in enumerate(sorted(folder.iterdir(), key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))):
+    for k, path in enumerate(
+        sorted(
+            folder.iterdir(),
+            key=lambda p: float(
+                pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]
+            ),
+        )
+    ):
         if k % step:
             path.unlink()
             continue
         ds = pydicom.dcmread(path)
-        ds.SeriesDescription, ds.ConvolutionKernel, ds.SeriesInstanceUID = description, kernel, series_uid
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[series_uid, str(k)])
+        ds.SeriesDescription, ds.ConvolutionKernel, ds.SeriesInstanceUID = (
+            description,
+            kernel,
+            series_uid,
+        )
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(
+            entropy_srcs=[series_uid, str(k)]
+        )
         ds.SliceThickness = float(thickness or phantom.slice_thickness)
         ds.save_as(path)
         path.rename(folder / f"CT{k:06d}.dcm")
@@ -153,7 +188,11 @@ def write_cq500(out, num_studies, seed, cfg):
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    header = ["name", "Category"] + [f"{r}:{f}" for r in ("R1", "R2", "R3") for f in ("ICH", "IPH", "IVH", "SDH", "EDH", "SAH", *CQ500_EXTRA_FINDINGS)]
+    header = ["name", "Category"] + [
+        f"{r}:{f}"
+        for r in ("R1", "R2", "R3")
+        for f in ("ICH", "IPH", "IVH", "SDH", "EDH", "SAH", *CQ500_EXTRA_FINDINGS)
+    ]
     rows = []
     for i in range(num_studies):
         rng = np.random.default_rng([seed, i])
@@ -164,7 +203,10 @@ def write_cq500(out, num_studies, seed, cfg):
             shutil.rmtree(study_dir)
         for description, kernel, step, thickness in CQ500_SERIES:
             _cq500_series(phantom, study_dir, rng_state, description, kernel, step, thickness)
-        truth = {"ICH": int(phantom.slice_labels.any()), **{t: int(t in phantom.types) for t in SUBTYPES}}
+        truth = {
+            "ICH": int(phantom.slice_labels.any()),
+            **{t: int(t in phantom.types) for t in SUBTYPES},
+        }
         row = {"name": f"CQ500-CT-{i}", "Category": "B1"}
         for reader in ("R1", "R2", "R3"):
             for finding in ("ICH", "IPH", "IVH", "SDH", "EDH", "SAH"):
@@ -176,7 +218,10 @@ def write_cq500(out, num_studies, seed, cfg):
                 row[f"{reader}:{finding}"] = 0
         rows.append(row)
         if i == 0:  # as CQ500 ships: one zip per study
-            with atomic.atomic_path(out / "CQ500-CT-0.zip") as tmp, zipfile.ZipFile(tmp, "w") as archive:
+            with (
+                atomic.atomic_path(out / "CQ500-CT-0.zip") as tmp,
+                zipfile.ZipFile(tmp, "w") as archive,
+            ):
                 for path in sorted(study_dir.rglob("*.dcm")):
                     archive.write(path, path.relative_to(out))
             shutil.rmtree(study_dir)
@@ -193,8 +238,17 @@ def _nifti_affine(phantom, lps_order):
     s, h, w = phantom.hu.shape
     sp, z0, dz = phantom.pixel_spacing, float(phantom.z_positions[0]), phantom.slice_thickness
     if lps_order:  # index (c, r, k): RAS X = -(x0 + c sp), Y = -(y0 + r sp)
-        return np.array([[-sp, 0, 0, (w - 1) / 2 * sp], [0, -sp, 0, (h - 1) / 2 * sp], [0, 0, dz, z0], [0, 0, 0, 1]])
-    return np.array([[sp, 0, 0, -(w - 1) / 2 * sp], [0, sp, 0, -(h - 1) / 2 * sp], [0, 0, dz, z0], [0, 0, 0, 1]])
+        return np.array(
+            [
+                [-sp, 0, 0, (w - 1) / 2 * sp],
+                [0, -sp, 0, (h - 1) / 2 * sp],
+                [0, 0, dz, z0],
+                [0, 0, 0, 1],
+            ]
+        )
+    return np.array(
+        [[sp, 0, 0, -(w - 1) / 2 * sp], [0, sp, 0, -(h - 1) / 2 * sp], [0, 0, dz, z0], [0, 0, 0, 1]]
+    )
 
 
 def write_nifti(out, num_studies, seed, cfg):
@@ -210,17 +264,28 @@ def write_nifti(out, num_studies, seed, cfg):
     out = Path(out)
     (out / "ct_scans").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    names = {"EDH": "Epidural", "IPH": "Intraparenchymal", "IVH": "Intraventricular", "SAH": "Subarachnoid",
-             "SDH": "Subdural"}
+    names = {
+        "EDH": "Epidural",
+        "IPH": "Intraparenchymal",
+        "IVH": "Intraventricular",
+        "SAH": "Subarachnoid",
+        "SDH": "Subdural",
+    }
     rows = []
     for i in range(num_studies):
-        phantom = synth.make_phantom(np.random.default_rng([seed, i]), dataclasses.replace(cfg, tilt_fraction=0.0))
+        phantom = synth.make_phantom(
+            np.random.default_rng([seed, i]), dataclasses.replace(cfg, tilt_fraction=0.0)
+        )
         lps = i == 1
+
         # reader order [k, r, c] (S, P, L) -> stored [x, y, k]
         def stored(a):
             return a.transpose(2, 1, 0) if lps else a[:, ::-1, ::-1].transpose(2, 1, 0)
 
-        volume = nib.Nifti1Image(stored((phantom.hu.astype(np.int32) + 1024).astype(np.uint16)), _nifti_affine(phantom, lps))
+        volume = nib.Nifti1Image(
+            stored((phantom.hu.astype(np.int32) + 1024).astype(np.uint16)),
+            _nifti_affine(phantom, lps),
+        )
         volume.header.set_slope_inter(1.0, -1024.0)
         classes = phantom.mask if i == 2 else phantom.class_mask
         mask = nib.Nifti1Image(stored(classes.astype(np.uint8)), _nifti_affine(phantom, lps))
@@ -229,11 +294,30 @@ def write_nifti(out, num_studies, seed, cfg):
                 nib.save(image, str(tmp))
         for k in range(phantom.hu.shape[0]):
             types = dict(zip(SUBTYPES, phantom.slice_subtypes[k]))
-            rows.append({"PatientNumber": i, "SliceNumber": k + 1, **{names[t]: int(types[t]) for t in SUBTYPES},
-                         "No_Hemorrhage": int(1 - phantom.slice_labels[k]), "Fracture_Yes_No": 0})
-    header = ["PatientNumber", "SliceNumber", "Intraventricular", "Intraparenchymal", "Subarachnoid", "Epidural",
-              "Subdural", "No_Hemorrhage", "Fracture_Yes_No"]
-    with atomic.atomic_path(out / "hemorrhage_diagnosis_raw_ct.csv") as tmp, open(tmp, "w", newline="") as fh:
+            rows.append(
+                {
+                    "PatientNumber": i,
+                    "SliceNumber": k + 1,
+                    **{names[t]: int(types[t]) for t in SUBTYPES},
+                    "No_Hemorrhage": int(1 - phantom.slice_labels[k]),
+                    "Fracture_Yes_No": 0,
+                }
+            )
+    header = [
+        "PatientNumber",
+        "SliceNumber",
+        "Intraventricular",
+        "Intraparenchymal",
+        "Subarachnoid",
+        "Epidural",
+        "Subdural",
+        "No_Hemorrhage",
+        "Fracture_Yes_No",
+    ]
+    with (
+        atomic.atomic_path(out / "hemorrhage_diagnosis_raw_ct.csv") as tmp,
+        open(tmp, "w", newline="") as fh,
+    ):
         writer = csv.DictWriter(fh, fieldnames=header)
         writer.writeheader()
         writer.writerows(rows)
@@ -245,7 +329,9 @@ def write_layout(out, layout, num_studies, seed, cfg, workers=1, progress=False)
     from radnet_tf.phantom import generate as synth
 
     if layout == "folders":
-        return synth.generate_cohort(out, num_studies, seed, cfg, progress=progress, workers=workers)
+        return synth.generate_cohort(
+            out, num_studies, seed, cfg, progress=progress, workers=workers
+        )
     if layout == "rsna":
         return write_rsna(out, num_studies, seed, cfg)
     if layout == "cq500":

@@ -41,7 +41,14 @@ _C = {name: i for i, name in enumerate(anat.CHANNELS)}
 # MNI mm, placed from bregma ~(0, 12, 80), pterion ~(+-45, 18, 5), lambda ~(0, -80, 50),
 # asterion ~(+-55, -70, -20)); an epidural bleed strips the dura from one bone and stops
 # where the dura is fixed at its sutures.
-BONES = ("frontal", "parietal_left", "parietal_right", "temporal_left", "temporal_right", "occipital")
+BONES = (
+    "frontal",
+    "parietal_left",
+    "parietal_right",
+    "temporal_left",
+    "temporal_right",
+    "occipital",
+)
 
 
 def skull_bone(m):
@@ -173,46 +180,66 @@ def draw_lesion(rng, atlas, to_patient, z_range, kind=None):
         return None
     centre = points[int(ok[rng.integers(ok.size)])] + rng.uniform(-0.5, 0.5, 3).astype(np.float32)
     blood = float(rng.uniform(50, 90))
-    push, reach = 0.0, 1.0
     params = {"texture": float(rng.uniform(0, 8)), "swirl": None}
     unit = rng.normal(size=3)
-    params["wave"] = (unit / np.linalg.norm(unit) * 2 * np.pi / rng.uniform(8, 20)).astype(np.float32)
+    params["wave"] = (unit / np.linalg.norm(unit) * 2 * np.pi / rng.uniform(8, 20)).astype(
+        np.float32
+    )
     params["wave_phase"] = float(rng.uniform(0, 2 * np.pi))
+    shape, push, reach, own_blood = _draw_shape(rng, kind, label, size, centre, to_patient)
+    params.update(shape)
+    blood = blood if own_blood is None else own_blood
+    if kind in ("EDH", "SDH", "IPH") and rng.uniform() < 0.2:  # mixed density: a hyperacute part
+        offset = rng.normal(size=3) * 0.3 * size
+        params["swirl"] = (
+            (centre + offset).astype(np.float32),
+            0.4 * size + 1.0,
+            float(rng.uniform(15, 30)),
+        )
+    return Lesion(kind, centre.astype(np.float32), size, blood, push, reach, params)
+
+
+def _draw_shape(rng, kind, label, size, centre, to_patient):
+    """The kind's shape parameters, drawn from `rng`: (params dict, push mm, reach mm,
+    blood HU drawn for the kind or None to keep the common draw)."""
     if kind == "EDH":
         radius = 1.2 * size + 10
         thickness = min(0.45 * radius, 22.0) * rng.uniform(0.5, 1.0)
-        params.update(radius=radius, thickness=thickness, power=2.0, along="convexity",
-                      bone=int(skull_bone(centre[:, None].astype(np.float32))[0]))
-        push, reach = 0.7 * thickness, 0.9 * radius
-    elif kind == "SDH":
+        bone = int(skull_bone(centre[:, None].astype(np.float32))[0])
+        params = dict(radius=radius, thickness=thickness, power=2.0, along="convexity", bone=bone)
+        return params, 0.7 * thickness, 0.9 * radius, None
+    if kind == "SDH":
         if label == anat.LABEL_FALX:
-            params.update(radius=size + 15, thickness=float(rng.uniform(1.5, 5.0)), along="falx")
-        else:
-            radius = 2.0 * size + 20
-            thickness = float(rng.uniform(2.0, min(4.0 + 0.4 * size, 16.0)))
-            params.update(radius=radius, thickness=thickness, power=4.0, along="convexity")
-            push, reach = 0.8 * thickness, 0.9 * radius
-    elif kind == "SAH":
-        params.update(radius=size + 8)
-        blood = float(rng.uniform(50, 85))
-    elif kind == "IVH":
+            return (
+                dict(radius=size + 15, thickness=float(rng.uniform(1.5, 5.0)), along="falx"),
+                0.0,
+                1.0,
+                None,
+            )
+        radius = 2.0 * size + 20
+        thickness = float(rng.uniform(2.0, min(4.0 + 0.4 * size, 16.0)))
+        params = dict(radius=radius, thickness=thickness, power=4.0, along="convexity")
+        return params, 0.8 * thickness, 0.9 * radius, None
+    if kind == "SAH":
+        return dict(radius=size + 8), 0.0, 1.0, float(rng.uniform(50, 85))
+    if kind == "IVH":
         radius = 0.8 * size + 6
         layering = rng.uniform() < 0.6
         centre_y = float(to_patient(centre[None, :])[0, 1]) if layering else None
-        params.update(radius=radius, level=None if centre_y is None else centre_y + float(rng.uniform(-3, 4)))
-        blood = float(rng.uniform(50, 85))
-    else:  # IPH
-        radii = (0.5 * size + 1.5) * rng.uniform(0.6, 1.0, size=3)
-        params.update(radii=radii.astype(np.float32), wobble=float(rng.uniform(0, 0.3)), lobes=int(rng.integers(2, 5)),
-                      phase=float(rng.uniform(0, 2 * np.pi)),
-                      rim=float((1 + rng.uniform(0.0, 0.7)) ** 2) if size > 8 else 0.0,
-                      oedema_hu=float(rng.uniform(4, 12)))
-        if size > 12:
-            push, reach = 0.4 * float(radii.mean()), 2.5 * float(radii.mean())
-    if kind in ("EDH", "SDH", "IPH") and rng.uniform() < 0.2:  # mixed density: a hyperacute part
-        offset = rng.normal(size=3) * 0.3 * size
-        params["swirl"] = ((centre + offset).astype(np.float32), 0.4 * size + 1.0, float(rng.uniform(15, 30)))
-    return Lesion(kind, centre.astype(np.float32), size, blood, push, reach, params)
+        level = None if centre_y is None else centre_y + float(rng.uniform(-3, 4))
+        return dict(radius=radius, level=level), 0.0, 1.0, float(rng.uniform(50, 85))
+    radii = (0.5 * size + 1.5) * rng.uniform(0.6, 1.0, size=3)  # IPH
+    params = dict(
+        radii=radii.astype(np.float32),
+        wobble=float(rng.uniform(0, 0.3)),
+        lobes=int(rng.integers(2, 5)),
+        phase=float(rng.uniform(0, 2 * np.pi)),
+        rim=float((1 + rng.uniform(0.0, 0.7)) ** 2) if size > 8 else 0.0,
+        oedema_hu=float(rng.uniform(4, 12)),
+    )
+    if size > 12:
+        return params, 0.4 * float(radii.mean()), 2.5 * float(radii.mean()), None
+    return params, 0.0, 1.0, None
 
 
 def displacement(lesions, m):
@@ -235,16 +262,33 @@ def draw_calcifications(rng):
     if rng.uniform() < 0.6:  # choroid plexus in the atria of the lateral ventricles
         for side in (-1, 1):
             if rng.uniform() < 0.85:
-                c = np.array([side * rng.uniform(24, 30), rng.uniform(-44, -36), rng.uniform(10, 18)])
+                c = np.array(
+                    [side * rng.uniform(24, 30), rng.uniform(-44, -36), rng.uniform(10, 18)]
+                )
                 calcs.append((c, rng.uniform(1.5, 3.5), rng.uniform(90, 300)))
     if rng.uniform() < 0.5:  # pineal
-        calcs.append((np.array([0.0, rng.uniform(-34, -29), rng.uniform(0, 6)]), rng.uniform(1.5, 3.0),
-                      rng.uniform(100, 400)))
+        calcs.append(
+            (
+                np.array([0.0, rng.uniform(-34, -29), rng.uniform(0, 6)]),
+                rng.uniform(1.5, 3.0),
+                rng.uniform(100, 400),
+            )
+        )
     if rng.uniform() < 0.1:  # globus pallidus
         for side in (-1, 1):
-            calcs.append((np.array([side * rng.uniform(17, 22), rng.uniform(-4, 2), rng.uniform(-3, 3)]),
-                          rng.uniform(1.5, 3.5), rng.uniform(70, 200)))
+            calcs.append(
+                (
+                    np.array([side * rng.uniform(17, 22), rng.uniform(-4, 2), rng.uniform(-3, 3)]),
+                    rng.uniform(1.5, 3.5),
+                    rng.uniform(70, 200),
+                )
+            )
     if rng.uniform() < 0.2:  # falx plaque
-        calcs.append((np.array([0.0, rng.uniform(-40, 40), rng.uniform(25, 60)]), rng.uniform(1.5, 4.0),
-                      rng.uniform(150, 600)))
+        calcs.append(
+            (
+                np.array([0.0, rng.uniform(-40, 40), rng.uniform(25, 60)]),
+                rng.uniform(1.5, 4.0),
+                rng.uniform(150, 600),
+            )
+        )
     return [(c.astype(np.float32), float(r), float(v)) for c, r, v in calcs]

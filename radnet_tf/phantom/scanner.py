@@ -48,11 +48,23 @@ def draw_scanner(rng, thickness_mm, head_radius_mm, noise_range=(2.5, 5.0)):
     holder = None
     if rng.uniform() < 0.85:
         gap = float(rng.uniform(2, 14))
-        holder = (head_radius_mm + gap, float(rng.uniform(2.5, 6.0)), float(np.deg2rad(rng.uniform(35, 110))),
-                  float(rng.uniform(60, 300)), float(rng.uniform(-900, -600)), gap)
+        holder = (
+            head_radius_mm + gap,
+            float(rng.uniform(2.5, 6.0)),
+            float(np.deg2rad(rng.uniform(35, 110))),
+            float(rng.uniform(60, 300)),
+            float(rng.uniform(-900, -600)),
+            gap,
+        )
     # cupping_mm: drawn by the caller (`draw_cupping_mm`), after the study's anatomy
-    return Scanner(noise_hu=noise, grain=float(rng.uniform(0.3, 0.9)), cupping_hu=float(rng.uniform(4, 14)),
-                   streak_hu=float(rng.uniform(0, 25)), band_hu=float(rng.uniform(0, 30)), holder=holder)
+    return Scanner(
+        noise_hu=noise,
+        grain=float(rng.uniform(0.3, 0.9)),
+        cupping_hu=float(rng.uniform(4, 14)),
+        streak_hu=float(rng.uniform(0, 25)),
+        band_hu=float(rng.uniform(0, 30)),
+        holder=holder,
+    )
 
 
 def draw_cupping_mm(rng):
@@ -75,7 +87,9 @@ def cupping_profile(depth_mm, scanner):
     Returns:
       float32 array like depth_mm, HU.
     """
-    return np.float32(scanner.cupping_hu) * np.exp((3.0 - depth_mm) / np.float32(scanner.cupping_mm))
+    return np.float32(scanner.cupping_hu) * np.exp(
+        (3.0 - depth_mm) / np.float32(scanner.cupping_mm)
+    )
 
 
 def add_holder(img, px, py, centre, scanner):
@@ -129,7 +143,9 @@ def add_bone_artifacts(img, bone, brain, spacing, rng, scanner):
         p = (rows[left].mean(), cols[left].mean())
         q = (rows[right].mean(), cols[right].mean())
         width = float(rng.uniform(2.0, 6.0))
-        img -= np.float32(scanner.band_hu) * np.exp(-0.5 * (line_distance(p, q) / width) ** 2) * inside
+        img -= (
+            np.float32(scanner.band_hu) * np.exp(-0.5 * (line_distance(p, q) / width) ** 2) * inside
+        )
     for _ in range(int(rng.integers(0, 5))):
         k = int(rng.integers(rows.size))
         p = (float(rows[k]), float(cols[k]))
@@ -137,7 +153,11 @@ def add_bone_artifacts(img, bone, brain, spacing, rng, scanner):
         q = (p[0] + np.sin(ang), p[1] + np.cos(ang))
         amp = scanner.streak_hu * rng.uniform(-1.0, 1.0)
         dist_from_source = np.hypot(rr - p[0], cc - p[1]) * spacing
-        img += np.float32(amp) * np.exp(-0.5 * (line_distance(p, q) / 0.8) ** 2 - dist_from_source / 60.0) * inside
+        img += (
+            np.float32(amp)
+            * np.exp(-0.5 * (line_distance(p, q) / 0.8) ** 2 - dist_from_source / 60.0)
+            * inside
+        )
 
 
 def upsample(a, factor):
@@ -171,7 +191,7 @@ def _grain_std(factor):
     """Standard deviation of unit white noise after `upsample(., factor)` (its mean
     over the output phases of the squared interpolation weights, per axis)."""
     offs = [abs((j + 0.5) / factor - 0.5) for j in range(factor)]
-    per_axis = np.mean([(1 - o) ** 2 + o ** 2 for o in offs])  # variance factor, one axis
+    per_axis = np.mean([(1 - o) ** 2 + o**2 for o in offs])  # variance factor, one axis
     return float(per_axis)  # separable: variance per_axis ** 2, std per_axis
 
 
@@ -187,5 +207,7 @@ def noise(rng, shape, scanner, factor):
         fine = upsample(coarse, factor)[:h, :w]
         out += fine * np.float32(np.sqrt(scanner.grain) * scanner.noise_hu / _grain_std(factor))
     else:
-        out += rng.standard_normal(size=shape, dtype=np.float32) * np.float32(np.sqrt(scanner.grain) * scanner.noise_hu)
+        out += rng.standard_normal(size=shape, dtype=np.float32) * np.float32(
+            np.sqrt(scanner.grain) * scanner.noise_hu
+        )
     return out

@@ -1,6 +1,6 @@
 """One study -> one record: reader + preprocessing geometry + labels + masks.
 
-Shared by the local and the Apache Beam runners of `radnet_tf.records.build`, so both
+Shared by the local and the Apache Beam runners of `radnet_tf.datasets.build`, so both
 write identical records. Label files (documented in the README):
 
   labels.csv        study_id, label            (study_id = folder under the DICOM root)
@@ -61,7 +61,10 @@ def load_slice_subtypes(slice_labels_csv):
         return {}
     out = {}
     for sid, group in table.groupby("study_id"):
-        out[sid] = {u: tuple(int(v) for v in row) for u, row in zip(group["sop_instance_uid"], group[list(SUBTYPES)].to_numpy())}
+        out[sid] = {
+            u: tuple(int(v) for v in row)
+            for u, row in zip(group["sop_instance_uid"], group[list(SUBTYPES)].to_numpy())
+        }
     return out
 
 
@@ -78,7 +81,9 @@ def load_label_tables(labels_csv, slice_labels_csv=None):
         raise UserError(f"{labels_csv}: missing column(s) {sorted(missing)}")
     bad = ~table["label"].isin([0, 1])
     if bad.any():
-        raise UserError(f"{labels_csv}: label must be 0 or 1 (row {int(np.argmax(bad.values)) + 2})")
+        raise UserError(
+            f"{labels_csv}: label must be 0 or 1 (row {int(np.argmax(bad.values)) + 2})"
+        )
     labels = dict(zip(table["study_id"], table["label"].astype(int)))
     per_slice = {}
     if slice_labels_csv:
@@ -220,13 +225,18 @@ def convert_nifti_study(task, pcfg: preprocess.PreprocessConfig, salt=None):
     classes = nifti.read_mask(task.mask_path, hu.shape) if task.mask_path else None
     with_classes = classes is not None and task.has_classes(classes)
     if classes is not None:
-        mask = preprocess.resample_mask((classes > 0).astype(np.uint8), spacing, center, pcfg).numpy()
+        mask = preprocess.resample_mask(
+            (classes > 0).astype(np.uint8), spacing, center, pcfg
+        ).numpy()
         if with_classes:
             mask_classes = resample_classes(classes, spacing, center, pcfg)
     n = hu.shape[0]
     if task.slice_rows is not None:
         if stored is None:
-            raise UserError(f"{task.volume_path}: slices are not stored along the third axis; cannot map SliceNumber")
+            raise UserError(
+                f"{task.volume_path}: slices are not stored along the third axis; cannot map "
+                "SliceNumber"
+            )
         rows = [task.slice_rows.get(int(k), (-1,) * (1 + records.NUM_SUBTYPES)) for k in stored]
         slice_labels = np.array([r[0] for r in rows], np.int64)
         subtypes = np.array([r[1:] for r in rows], np.int64)
@@ -234,21 +244,41 @@ def convert_nifti_study(task, pcfg: preprocess.PreprocessConfig, salt=None):
         slice_labels = (classes.reshape(n, -1).max(axis=1) > 0).astype(np.int64)
         subtypes = None
         if with_classes or not classes.any():  # no blood: no blood of any type either
-            subtypes = np.stack([(classes == k + 1).reshape(n, -1).any(axis=1) for k in range(records.NUM_SUBTYPES)], 1)
+            subtypes = np.stack(
+                [
+                    (classes == k + 1).reshape(n, -1).any(axis=1)
+                    for k in range(records.NUM_SUBTYPES)
+                ],
+                1,
+            )
             subtypes = subtypes.astype(np.int64)
     label = int(slice_labels.max() > 0)
     key = pseudonymize(f"nifti-study:{task.study_id}", salt)
     spacing_z = float(np.median(np.diff(positions))) if n > 1 else float("nan")
     record = records.encode_study(
-        study_key=key, image=image.numpy(), mask=mask, slice_labels=slice_labels, label=label,
-        spacing=(pcfg.out_spacing, pcfg.out_spacing, spacing_z), slice_positions=positions,
-        slice_subtypes=subtypes, mask_classes=mask_classes,
+        study_key=key,
+        image=image.numpy(),
+        mask=mask,
+        slice_labels=slice_labels,
+        label=label,
+        spacing=(pcfg.out_spacing, pcfg.out_spacing, spacing_z),
+        slice_positions=positions,
+        slice_subtypes=subtypes,
+        mask_classes=mask_classes,
     )
     row = {
-        "study_id": task.study_id, "study_key": key, "label": label, "num_slices": n,
-        "positive_slices": int((slice_labels == 1).sum()), "has_mask": mask is not None,
-        "pixel_spacing_mm": float(spacing[0]), "slice_spacing_mm": spacing_z, "tilt_deg": 0.0, "gaps": 0,
-        "bytes": len(record), "matrix": f"{hu.shape[1]}x{hu.shape[2]}",
+        "study_id": task.study_id,
+        "study_key": key,
+        "label": label,
+        "num_slices": n,
+        "positive_slices": int((slice_labels == 1).sum()),
+        "has_mask": mask is not None,
+        "pixel_spacing_mm": float(spacing[0]),
+        "slice_spacing_mm": spacing_z,
+        "tilt_deg": 0.0,
+        "gaps": 0,
+        "bytes": len(record),
+        "matrix": f"{hu.shape[1]}x{hu.shape[2]}",
     }
     return record, row
 
@@ -276,9 +306,15 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
             skip_undecodable=task.skip_undecodable,
             series_policy=policy,
         )
-    if (task.mask_path or task.slice_labels or task.slice_subtypes) and any(series.frame_numbers or ()):
-        raise UserError(f"{task.study_id}: per-slice labels and masks are keyed by SOPInstanceUID, which cannot "
-                        "tell the frames of a multi-frame (enhanced CT) object apart; give study-level labels only")
+    if (task.mask_path or task.slice_labels or task.slice_subtypes) and any(
+        series.frame_numbers or ()
+    ):
+        raise UserError(
+            f"{task.study_id}: per-slice labels and masks are keyed by SOPInstanceUID, which "
+            "cannot "
+            "tell the frames of a multi-frame (enhanced CT) object apart; give study-level labels "
+            "only"
+        )
     hu, center = preprocess.resample_hu(series.hu, series.pixel_spacing, pcfg)
     mask, mask_classes = _study_masks(task, series, center, pcfg)
     slice_labels, subtypes = _slice_targets(task, series)
@@ -310,7 +346,9 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
         "skipped_files": len(series.skipped),
         "corrected_files": len(series.corrected_files),
         "series": _series_text([c for c in series.series_choice if c["decision"] == "chosen"]),
-        "series_rejected": _series_text([c for c in series.series_choice if c["decision"] != "chosen"], True),
+        "series_rejected": _series_text(
+            [c for c in series.series_choice if c["decision"] != "chosen"], True
+        ),
         **dict(task.manifest),
     }
     return record, row
@@ -330,12 +368,14 @@ def _study_masks(task, series, center, pcfg):
         order = [index[u] for u in series.sop_instance_uids]
     except KeyError:
         raise UserError(f"{task.mask_path}: mask slices do not match the DICOM series") from None
-    mask = preprocess.resample_mask(shear_like(series, src_mask[order] > 0), series.pixel_spacing,
-                                    center, pcfg).numpy()
+    mask = preprocess.resample_mask(
+        shear_like(series, src_mask[order] > 0), series.pixel_spacing, center, pcfg
+    ).numpy()
     if src_classes is None:
         return mask, None
-    classes = resample_classes(sheared_classes(series, src_classes[order]), series.pixel_spacing,
-                               center, pcfg)
+    classes = resample_classes(
+        sheared_classes(series, src_classes[order]), series.pixel_spacing, center, pcfg
+    )
     return mask, classes
 
 
@@ -345,7 +385,9 @@ def _slice_targets(task, series):
         labels = [task.slice_labels.get(u, -1) for u in series.sop_instance_uids]
         slice_labels = np.array(labels, np.int64)
     elif task.label == 0:
-        slice_labels = np.zeros(series.num_slices, np.int64)  # a negative study has no positive slice
+        slice_labels = np.zeros(
+            series.num_slices, np.int64
+        )  # a negative study has no positive slice
     else:
         slice_labels = np.full(series.num_slices, -1, np.int64)  # unknown
     if not task.slice_subtypes:
@@ -380,7 +422,8 @@ def resample_classes(classes, pixel_spacing, center, pcfg):
 def _series_text(choices, with_reason=False):
     parts = []
     for c in choices:
-        text = f"{c['description'] or 'series'} [{c['kernel'] or '?'}, {c['thickness_mm']} mm, {c['slices']} slices]"
+        name, kernel = c["description"] or "series", c["kernel"] or "?"
+        text = f"{name} [{kernel}, {c['thickness_mm']} mm, {c['slices']} slices]"
         parts.append(f"{text}: {c['decision']}" if with_reason else text)
     return "; ".join(parts)
 
@@ -420,7 +463,9 @@ def discover_tasks(dicom_root, labels, per_slice=None, masks_dir=None, subtypes=
     root = Path(dicom_root)
     if not root.is_dir():
         raise UserError(f"DICOM root not found: {dicom_root}")
-    folders = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+    folders = {
+        p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")
+    }
     tasks, skipped = [], []
     for sid in sorted(set(labels) | set(folders)):
         if sid not in folders:
@@ -433,8 +478,14 @@ def discover_tasks(dicom_root, labels, per_slice=None, masks_dir=None, subtypes=
         if masks_dir and (Path(masks_dir) / f"{sid}.npz").is_file():
             mask_path = str(Path(masks_dir) / f"{sid}.npz")
         tasks.append(
-            StudyTask(sid, str(folders[sid]), int(labels[sid]), (per_slice or {}).get(sid), mask_path,
-                      (subtypes or {}).get(sid))
+            StudyTask(
+                sid,
+                str(folders[sid]),
+                int(labels[sid]),
+                (per_slice or {}).get(sid),
+                mask_path,
+                (subtypes or {}).get(sid),
+            )
         )
     return tasks, skipped
 
@@ -491,7 +542,9 @@ def _convert_shard(args):
             rows.append({"study_id": task.study_id, "status": "skipped", "reason": str(err)})
             continue
         serialized.append(record)
-        rows.append({**row, "status": "written", "reason": "", "shard": os.path.basename(shard_path)})
+        rows.append(
+            {**row, "status": "written", "reason": "", "shard": os.path.basename(shard_path)}
+        )
     records.write_shard(shard_path, serialized)
     atomic.write_csv(manifest_frame(rows), part_path)
     return part_path
@@ -503,7 +556,9 @@ def manifest_frame(rows):
     import pandas as pd
 
     frame = pd.DataFrame(rows)
-    return frame.reindex(columns=MANIFEST_COLUMNS + [c for c in frame.columns if c not in MANIFEST_COLUMNS])
+    return frame.reindex(
+        columns=MANIFEST_COLUMNS + [c for c in frame.columns if c not in MANIFEST_COLUMNS]
+    )
 
 
 def write_manifest(out, frames, pcfg, skipped_rows, extra=None):
@@ -527,12 +582,24 @@ def write_manifest(out, frames, pcfg, skipped_rows, extra=None):
         "positives": int((written.label == 1).sum()),
         "negatives": int((written.label == 0).sum()),
         "slices": int(written.num_slices.sum()),
-        "pixel_spacing_mm": written.pixel_spacing_mm.describe().round(4).to_dict() if len(written) else {},
-        "slice_spacing_mm": written.slice_spacing_mm.describe().round(4).to_dict() if len(written) else {},
+        "pixel_spacing_mm": written.pixel_spacing_mm.describe().round(4).to_dict()
+        if len(written)
+        else {},
+        "slice_spacing_mm": written.slice_spacing_mm.describe().round(4).to_dict()
+        if len(written)
+        else {},
         "geometry": {"out_spacing": pcfg.out_spacing, "fov_mm": pcfg.fov_mm, "size": pcfg.out_size},
         "digest": hashlib.sha256((out / "manifest.csv").read_bytes()).hexdigest()[:16],
-        "corrected_files": int(pd.to_numeric(written.get("corrected_files"), errors="coerce").fillna(0).sum()) if len(written) else 0,
-        "skipped_files_in_series": int(pd.to_numeric(written.get("skipped_files"), errors="coerce").fillna(0).sum()) if len(written) else 0,
+        "corrected_files": int(
+            pd.to_numeric(written.get("corrected_files"), errors="coerce").fillna(0).sum()
+        )
+        if len(written)
+        else 0,
+        "skipped_files_in_series": int(
+            pd.to_numeric(written.get("skipped_files"), errors="coerce").fillna(0).sum()
+        )
+        if len(written)
+        else 0,
         **(extra or {}),
     }
     atomic.write_text(out / "manifest.json", json.dumps(summary, indent=2))
@@ -546,18 +613,48 @@ def build_source(pcfg, tasks, extra=None) -> dict:
     studies = []
     for t in tasks:
         if isinstance(t, NiftiStudyTask):
-            studies.append([t.study_id, "nifti", bool(t.mask_path), sorted((t.slice_rows or {}).items()), t.mask_kind])
+            studies.append(
+                [
+                    t.study_id,
+                    "nifti",
+                    bool(t.mask_path),
+                    sorted((t.slice_rows or {}).items()),
+                    t.mask_kind,
+                ]
+            )
         elif isinstance(t, ImageStudyTask):
-            studies.append([t.study_id, list(t.slice_labels), list(t.window), t.pixel_spacing, bool(t.mask_paths)])
+            studies.append(
+                [
+                    t.study_id,
+                    list(t.slice_labels),
+                    list(t.window),
+                    t.pixel_spacing,
+                    bool(t.mask_paths),
+                ]
+            )
         else:
             slices = sorted((t.slice_labels or {}).items())
             subtypes = sorted((t.slice_subtypes or {}).items())
-            studies.append([t.study_id, int(t.label), slices, bool(t.mask_path), subtypes, t.fix_12bit,
-                            t.series_policy, list(t.study_subtypes or ())])
+            studies.append(
+                [
+                    t.study_id,
+                    int(t.label),
+                    slices,
+                    bool(t.mask_path),
+                    subtypes,
+                    t.fix_12bit,
+                    t.series_policy,
+                    list(t.study_subtypes or ()),
+                ]
+            )
     digest = hashlib.sha256(json.dumps(studies, sort_keys=True).encode()).hexdigest()[:16]
     return {
         "schema_version": records.SCHEMA_VERSION,
-        "geometry": {"out_spacing": pcfg.out_spacing, "fov_mm": pcfg.fov_mm, "out_size": pcfg.out_size},
+        "geometry": {
+            "out_spacing": pcfg.out_spacing,
+            "fov_mm": pcfg.fov_mm,
+            "out_size": pcfg.out_size,
+        },
         "studies": len(studies),
         "studies_digest": digest,
         **(extra or {}),
@@ -581,19 +678,35 @@ def claim_output(out, source: dict):
         except ValueError:
             found = None
         if found != source:
-            diff = sorted(k for k in set(source) | set(found or {}) if (found or {}).get(k) != source.get(k))
+            diff = sorted(
+                k for k in set(source) | set(found or {}) if (found or {}).get(k) != source.get(k)
+            )
             raise UserError(
-                f"{out} holds records built from other input ({', '.join(diff) or SOURCE_FILE} differ); "
+                f"{out} holds records built from other input ({', '.join(diff) or SOURCE_FILE} "
+                "differ); "
                 "use another --out or delete the folder"
             )
         return
     if out.exists() and any(out.glob(f"*{records.SHARD_SUFFIX}")):
-        raise UserError(f"{out} holds shards without {SOURCE_FILE} (unknown build); use another --out or delete them")
+        raise UserError(
+            f"{out} holds shards without {SOURCE_FILE} (unknown build); use another --out or "
+            "delete them"
+        )
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(path, json.dumps(source, indent=2, sort_keys=True))
 
 
-def run_local(tasks, skipped_rows, out, shards, workers, pcfg, progress=True, source_extra=None, manifest_extra=None):
+def run_local(
+    tasks,
+    skipped_rows,
+    out,
+    shards,
+    workers,
+    pcfg,
+    progress=True,
+    source_extra=None,
+    manifest_extra=None,
+):
     """Converts with a process pool; resumable. Returns (manifest table, summary).
 
     `out` records its source (`build_source`, plus `source_extra`); a rerun with the same
@@ -611,10 +724,21 @@ def run_local(tasks, skipped_rows, out, shards, workers, pcfg, progress=True, so
     ]
     atomic.clean_stale(out)  # leftovers of a killed run
     if workers <= 1:
-        parts = [_convert_shard(job) for job in show_progress(jobs, progress, len(jobs), "shards", "shard")]
+        parts = [
+            _convert_shard(job)
+            for job in show_progress(jobs, progress, len(jobs), "shards", "shard")
+        ]
     else:
         ctx = mp.get_context("spawn")  # TF is not fork-safe
         with ctx.Pool(workers, initializer=_init_worker) as pool:
-            parts = list(show_progress(pool.imap_unordered(_convert_shard, jobs), progress, len(jobs), "shards", "shard"))
+            parts = list(
+                show_progress(
+                    pool.imap_unordered(_convert_shard, jobs),
+                    progress,
+                    len(jobs),
+                    "shards",
+                    "shard",
+                )
+            )
     frames = [pd.read_csv(p, dtype={"study_id": str}) for p in sorted(parts)]
     return write_manifest(out, frames, pcfg, skipped_rows, manifest_extra)

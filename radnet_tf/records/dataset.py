@@ -22,7 +22,14 @@ import tensorflow as tf
 from radnet_tf import preprocess
 from radnet_tf.records import schema as records
 from radnet_tf.errors import UserError
-from radnet_tf.contract import IGNORE_LABEL, MASK_OUTPUTS, OUTPUT_SLICE, OUTPUT_SUBTYPES, PAD_VALUE, SUBTYPES
+from radnet_tf.contract import (
+    IGNORE_LABEL,
+    MASK_OUTPUTS,
+    OUTPUT_SLICE,
+    OUTPUT_SUBTYPES,
+    PAD_VALUE,
+    SUBTYPES,
+)
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -55,7 +62,9 @@ def split_of(study_key, cfg):
     `cfg.calibration_fraction` (an independent hash of the key) are calibration studies.
     """
     calibration = is_validation(study_key, cfg.calibration_fraction, f"{cfg.seed}:calibration")
-    return tf.where(is_validation(study_key, cfg.val_fraction, cfg.seed), 2, tf.where(calibration, 1, 0))
+    return tf.where(
+        is_validation(study_key, cfg.val_fraction, cfg.seed), 2, tf.where(calibration, 1, 0)
+    )
 
 
 def read_studies(files, deterministic=True):
@@ -105,7 +114,11 @@ def study_subtype_labels(study):
     per_slice = study["slice_subtypes"]  # [S, 5], -1 unknown
     any_pos = tf.reduce_any(per_slice > 0, axis=0)
     all_known = tf.logical_and(tf.reduce_all(per_slice >= 0, axis=0), tf.shape(per_slice)[0] > 0)
-    from_slices = tf.where(any_pos, tf.constant(1, tf.int64), tf.where(all_known, tf.constant(0, tf.int64), tf.constant(-1, tf.int64)))
+    from_slices = tf.where(
+        any_pos,
+        tf.constant(1, tf.int64),
+        tf.where(all_known, tf.constant(0, tf.int64), tf.constant(-1, tf.int64)),
+    )
     return tf.where(study["study_subtypes"] >= 0, study["study_subtypes"], from_slices)
 
 
@@ -142,7 +155,14 @@ def crop_window(study, window, seed=None):
     )
     length = tf.minimum(window, s)
     out = dict(study)
-    for key in ("image", "mask", "slice_labels", "slice_positions", "slice_subtypes", "mask_classes"):
+    for key in (
+        "image",
+        "mask",
+        "slice_labels",
+        "slice_positions",
+        "slice_subtypes",
+        "mask_classes",
+    ):
         if key in study:
             out[key] = study[key][start : start + length]
     return out
@@ -229,7 +249,9 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_ba
     seed = cfg.seed if seed is None else seed
     replica_batch = replica_batch or batch_size
     if batch_size % replica_batch:
-        raise ValueError(f"batch_size {batch_size} is not a multiple of replica_batch {replica_batch}")
+        raise ValueError(
+            f"batch_size {batch_size} is not a multiple of replica_batch {replica_batch}"
+        )
 
     def train_studies(label_test):
         return (
@@ -245,16 +267,10 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_ba
     def to_example(study, element_seed):
         study = crop_window(study, cfg.crop_slices, element_seed)
         hu = tf.cast(study["image"], tf.float32)
-        if cfg.hu_shift:  # scanners' calibration differs by a few HU: one offset per window
-            hu += _uniform(element_seed, 6, -float(cfg.hu_shift), float(cfg.hu_shift))
         image = preprocess.window_channels(hu, windows)
         y = _targets(study, with_masks, with_subtypes)
         mask = y.get(MASK_OUTPUTS[0], tf.zeros_like(image[..., :1]))
         image, mask = augment(image, mask, cfg.rotation_deg, cfg.flip, element_seed)
-        if cfg.intensity_jitter:
-            j = cfg.intensity_jitter
-            gain = _uniform(element_seed, 4, 1 - j, 1 + j)
-            image = tf.clip_by_value(image * gain + _uniform(element_seed, 5, -j, j), 0.0, 1.0)
         image = _pad_to(image, cfg.crop_slices, PAD_VALUE)
         y[OUTPUT_SLICE] = _pad_to(y[OUTPUT_SLICE], cfg.crop_slices, float(IGNORE_LABEL))
         if with_subtypes:
@@ -273,7 +289,9 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_ba
     # windows. With whole-study windows in a batch, BatchNorm's batch statistics would
     # otherwise depend on the batch's label mix, which the network can exploit in training
     # mode and which then fails at inference (moving statistics).
-    mixed = tf.data.Dataset.choose_from_datasets([pos, neg], _balanced_choices(replica_batch, cfg.positive_fraction, seed))
+    mixed = tf.data.Dataset.choose_from_datasets(
+        [pos, neg], _balanced_choices(replica_batch, cfg.positive_fraction, seed)
+    )
     n = cfg.input_size
     # One stateless seed per window, from a seeded stream: augmentation does not depend on
     # which thread of the parallel map draws first.
@@ -282,7 +300,12 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_ba
         tf.data.Dataset.zip((mixed, element_seeds))
         .map(to_example, num_parallel_calls=AUTOTUNE, deterministic=True)
         .batch(batch_size, drop_remainder=True)
-        .map(lambda x, y: (tf.ensure_shape(x, [batch_size, cfg.crop_slices, n, n, cfg.input_channels]), y))
+        .map(
+            lambda x, y: (
+                tf.ensure_shape(x, [batch_size, cfg.crop_slices, n, n, cfg.input_channels]),
+                y,
+            )
+        )
         .prefetch(AUTOTUNE)
     )
     # Every worker builds the same stream; tf.distribute splits each global batch between
@@ -294,7 +317,13 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_ba
 
 
 def eval_dataset(
-    files, cfg, batch_size=1, with_masks=True, split="validation", with_keys=False, fill_batches=False
+    files,
+    cfg,
+    batch_size=1,
+    with_masks=True,
+    split="validation",
+    with_keys=False,
+    fill_batches=False,
 ):
     """Whole studies, variable length, padded batches (PAD_VALUE slices, -1 targets).
 
@@ -321,11 +350,27 @@ def eval_dataset(
         image = preprocess.window_channels(study["image"], windows)
         y = _targets(study, with_masks, with_subtypes)
         if with_keys:
-            return image, y, {"study_key": study["study_key"], "label": study["label"],
-                              "subtype_labels": study_subtype_labels(study)}
+            return (
+                image,
+                y,
+                {
+                    "study_key": study["study_key"],
+                    "label": study["label"],
+                    "subtype_labels": study_subtype_labels(study),
+                },
+            )
         return image, y
 
     ds = ds.map(to_example, num_parallel_calls=AUTOTUNE)
+    shapes, pads = _padding(cfg, with_masks, with_subtypes, with_keys)
+    ds = ds.padded_batch(batch_size, padded_shapes=shapes, padding_values=pads)
+    if fill_batches:
+        ds = _filled(ds, batch_size, pads)
+    return ds.prefetch(AUTOTUNE)
+
+
+def _padding(cfg, with_masks, with_subtypes, with_keys):
+    """(padded shapes, padding values) of eval_dataset's elements."""
     n = cfg.input_size
     y_shapes = {OUTPUT_SLICE: [None]}
     y_pad = {OUTPUT_SLICE: float(IGNORE_LABEL)}
@@ -340,23 +385,32 @@ def eval_dataset(
     pads = (PAD_VALUE, y_pad)
     if with_keys:
         shapes += ({"study_key": [], "label": [], "subtype_labels": [len(SUBTYPES)]},)
-        pads += ({"study_key": "", "label": tf.constant(-1, tf.int64), "subtype_labels": tf.constant(-1, tf.int64)},)
-    ds = ds.padded_batch(batch_size, padded_shapes=shapes, padding_values=pads)
-    if fill_batches:
-        def fill(*parts):
-            def grow(t, value):
-                missing = batch_size - tf.shape(t)[0]
-                paddings = tf.concat([[[0, missing]], tf.zeros([tf.rank(t) - 1, 2], tf.int32)], axis=0)
-                grown = tf.pad(t, paddings, constant_values=tf.cast(value, t.dtype))
-                return tf.ensure_shape(grown, [batch_size] + t.shape.as_list()[1:])
+        pads += (
+            {
+                "study_key": "",
+                "label": tf.constant(-1, tf.int64),
+                "subtype_labels": tf.constant(-1, tf.int64),
+            },
+        )
+    return shapes, pads
 
-            return tf.nest.map_structure(grow, parts, pads)
 
-        ds = ds.map(fill)
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        ds = ds.with_options(options)
-    return ds.prefetch(AUTOTUNE)
+def _filled(ds, batch_size, pads):
+    """The last batch filled up to `batch_size` with all-padding studies; auto-sharding off
+    (eval_dataset's `fill_batches`)."""
+
+    def fill(*parts):
+        def grow(t, value):
+            missing = batch_size - tf.shape(t)[0]
+            paddings = tf.concat([[[0, missing]], tf.zeros([tf.rank(t) - 1, 2], tf.int32)], axis=0)
+            grown = tf.pad(t, paddings, constant_values=tf.cast(value, t.dtype))
+            return tf.ensure_shape(grown, [batch_size] + t.shape.as_list()[1:])
+
+        return tf.nest.map_structure(grow, parts, pads)
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.map(fill).with_options(options)
 
 
 def count_studies(files, cfg):

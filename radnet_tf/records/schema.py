@@ -48,7 +48,9 @@ _FEATURES = {
     "has_mask": tf.io.FixedLenFeature([], tf.int64, default_value=0),
     "slice_labels": tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True),
     "slice_subtypes": tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True),
-    "study_subtypes": tf.io.FixedLenFeature([NUM_SUBTYPES], tf.int64, default_value=[-1] * NUM_SUBTYPES),
+    "study_subtypes": tf.io.FixedLenFeature(
+        [NUM_SUBTYPES], tf.int64, default_value=[-1] * NUM_SUBTYPES
+    ),
     "label": tf.io.FixedLenFeature([], tf.int64),
     "num_slices": tf.io.FixedLenFeature([], tf.int64),
     "size": tf.io.FixedLenFeature([], tf.int64),
@@ -70,8 +72,17 @@ def _floats(v):
 
 
 def encode_study(
-    *, study_key, image, slice_labels, label, spacing, slice_positions, mask=None, slice_subtypes=None,
-    study_subtypes=None, mask_classes=None,
+    *,
+    study_key,
+    image,
+    slice_labels,
+    label,
+    spacing,
+    slice_positions,
+    mask=None,
+    slice_subtypes=None,
+    study_subtypes=None,
+    mask_classes=None,
 ) -> bytes:
     """Serialises one study.
 
@@ -99,7 +110,10 @@ def encode_study(
     if mask is not None and np.asarray(mask).shape != image.shape:
         raise ValueError(f"mask must have shape {image.shape}. Received: {np.asarray(mask).shape}")
     if slice_subtypes is not None and np.asarray(slice_subtypes).shape != (s, NUM_SUBTYPES):
-        raise ValueError(f"slice_subtypes must have shape [{s}, {NUM_SUBTYPES}]. Received: {np.asarray(slice_subtypes).shape}")
+        raise ValueError(
+            f"slice_subtypes must have shape [{s}, {NUM_SUBTYPES}]. Received: "
+            f"{np.asarray(slice_subtypes).shape}"
+        )
     feature = {
         "schema_version": _ints(SCHEMA_VERSION),
         "study_key": _bytes(str(study_key).encode()),
@@ -117,11 +131,17 @@ def encode_study(
         feature["slice_subtypes"] = _ints(slice_subtypes)
     if mask_classes is not None:
         if np.asarray(mask_classes).shape != image.shape:
-            raise ValueError(f"mask_classes must have shape {image.shape}. Received: {np.asarray(mask_classes).shape}")
+            raise ValueError(
+                f"mask_classes must have shape {image.shape}. Received: "
+                f"{np.asarray(mask_classes).shape}"
+            )
         feature["mask_classes"] = _bytes(np.asarray(mask_classes).astype(np.uint8).tobytes())
     if study_subtypes is not None:
         if np.asarray(study_subtypes).shape != (NUM_SUBTYPES,):
-            raise ValueError(f"study_subtypes must have shape [{NUM_SUBTYPES}]. Received: {np.asarray(study_subtypes).shape}")
+            raise ValueError(
+                f"study_subtypes must have shape [{NUM_SUBTYPES}]. Received: "
+                f"{np.asarray(study_subtypes).shape}"
+            )
         feature["study_subtypes"] = _ints(study_subtypes)
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
@@ -131,13 +151,17 @@ def decode_study(serialized):
 
     Returns:
       dict: study_key string []; image int16 [S, N, N]; mask uint8 [S, N, N] (zeros when
-      absent); mask_classes uint8 [S, N, N] (zeros when absent); has_mask bool []; slice_labels int64 [S]; slice_subtypes int64 [S, 5] (-1
-      when absent); study_subtypes int64 [5] (-1 when absent); label int64 []; spacing float32 [3]; slice_positions float32 [S];
+      absent); mask_classes uint8 [S, N, N] (zeros when absent); has_mask bool []; slice_labels
+      int64 [S]; slice_subtypes int64 [S, 5] (-1
+      when absent); study_subtypes int64 [5] (-1 when absent); label int64 []; spacing float32 [3];
+      slice_positions float32 [S];
       num_slices int64 [].
     """
     ex = tf.io.parse_single_example(serialized, _FEATURES)
     tf.debugging.assert_equal(
-        ex["schema_version"], tf.constant(SCHEMA_VERSION, tf.int64), message="unsupported record schema version"
+        ex["schema_version"],
+        tf.constant(SCHEMA_VERSION, tf.int64),
+        message="unsupported record schema version",
     )
     s, n = ex["num_slices"], ex["size"]
     shape = tf.stack([s, n, n])
@@ -157,7 +181,9 @@ def decode_study(serialized):
     subtypes = tf.cond(
         tf.equal(tf.size(subtypes, out_type=tf.int64), s * NUM_SUBTYPES),
         lambda: tf.reshape(subtypes, tf.stack([s, NUM_SUBTYPES])),
-        lambda: tf.fill(tf.stack([s, tf.constant(NUM_SUBTYPES, tf.int64)]), tf.constant(-1, tf.int64)),
+        lambda: tf.fill(
+            tf.stack([s, tf.constant(NUM_SUBTYPES, tf.int64)]), tf.constant(-1, tf.int64)
+        ),
     )
     return {
         "study_key": ex["study_key"],
@@ -190,6 +216,8 @@ def write_shard(path, serialized_records):
     from radnet_tf import atomic
 
     with atomic.atomic_path(path) as tmp:
-        with tf.io.TFRecordWriter(str(tmp), options=tf.io.TFRecordOptions(compression_type=COMPRESSION)) as writer:
+        with tf.io.TFRecordWriter(
+            str(tmp), options=tf.io.TFRecordOptions(compression_type=COMPRESSION)
+        ) as writer:
             for rec in serialized_records:
                 writer.write(rec)

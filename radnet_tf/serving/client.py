@@ -21,8 +21,14 @@ import json
 import numpy as np
 
 from radnet_tf.cli import add_verbose, cli_main
-from radnet_tf.contract import (CT_POSITIVE, CT_SCORE, LESION_MASK, LONGEST_POSITIVE_RUN, MIN_RUN_APPLIED,
-                                SLICE_PROBABILITIES)
+from radnet_tf.contract import (
+    CT_POSITIVE,
+    CT_SCORE,
+    LESION_MASK,
+    LONGEST_POSITIVE_RUN,
+    MIN_RUN_APPLIED,
+    SLICE_PROBABILITIES,
+)
 from radnet_tf.errors import UserError
 
 SIGNATURE = "predict_hu"
@@ -50,7 +56,9 @@ def check_inputs(hu, pixel_spacing):
         raise UserError(f"hu values must fit int16. Received: range [{hu.min()}, {hu.max()}]")
     spacing = np.asarray(pixel_spacing, np.float64).ravel()
     if spacing.shape != (2,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise UserError(f"pixel_spacing must be 2 positive numbers (row, col mm). Received: {spacing.tolist()}")
+        raise UserError(
+            f"pixel_spacing must be 2 positive numbers (row, col mm). Received: {spacing.tolist()}"
+        )
     return hu.astype(np.int16), spacing
 
 
@@ -94,7 +102,9 @@ def parse_outputs(outputs: dict) -> dict:
     if LESION_MASK in outputs:  # exports before the lesion mask lack it
         lesion = np.asarray(outputs[LESION_MASK], bool)
         result["lesion_mask_pixels"] = int(lesion.sum())  # on the model grid
-        result["lesion_slices"] = [int(i) for i in np.flatnonzero(lesion.reshape(len(lesion), -1).any(axis=1))]
+        result["lesion_slices"] = [
+            int(i) for i in np.flatnonzero(lesion.reshape(len(lesion), -1).any(axis=1))
+        ]
     return result
 
 
@@ -116,7 +126,10 @@ def predict_grpc(target, request, timeout=300):
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    options = [("grpc.max_send_message_length", GRPC_MAX_MESSAGE), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE)]
+    options = [
+        ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
+        ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
+    ]
     with grpc.insecure_channel(target, options=options) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         try:
@@ -128,12 +141,20 @@ def predict_grpc(target, request, timeout=300):
 
 @cli_main
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m radnet_tf.serving.client", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m radnet_tf.serving.client", description=__doc__.split("\n")[0]
+    )
     add_verbose(parser)
     parser.add_argument("dicom_dir")
     transport = parser.add_mutually_exclusive_group()
-    transport.add_argument("--grpc", default="localhost:8500", help="host:port of the gRPC endpoint (default)")
-    transport.add_argument("--rest", metavar="URL", help="REST base URL, e.g. http://localhost:8501 (JSON: ~3x the bytes)")
+    transport.add_argument(
+        "--grpc", default="localhost:8500", help="host:port of the gRPC endpoint (default)"
+    )
+    transport.add_argument(
+        "--rest",
+        metavar="URL",
+        help="REST base URL, e.g. http://localhost:8501 (JSON: ~3x the bytes)",
+    )
     parser.add_argument("--model", default="radnet")
     parser.add_argument("--min-slices", type=int, default=1)
     args = parser.parse_args(argv)

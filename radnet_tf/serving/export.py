@@ -16,7 +16,8 @@ Signatures (inputs -> outputs, one study per request):
                    three auxiliary heads' probabilities, on the model grid; zeros for the
                    `densenet` variant); lesion_mask bool [S, N, N] (masks >= the mask
                    threshold on slices whose probability >= the slice threshold, opened
-                   in-plane with mask_opening: radnet_tf.decision.lesion_mask); ct_positive bool []; ct_score float32 [];
+                   in-plane with mask_opening: radnet_tf.decision.lesion_mask); ct_positive bool
+                   []; ct_score float32 [];
                    longest_positive_run int32 []; min_run_applied int32 [] (rule:
                    radnet_tf.decision, threshold and K fixed at export; K' = min(K, S));
                    models trained with `targets: subtypes` add subtype_probabilities
@@ -31,7 +32,8 @@ without Python-side checks) answers INVALID_ARGUMENT with a message naming the e
 shape for: wrong rank, wrong slice size or channel count, zero slices, more than
 MAX_SLICES slices, NaN/Inf, non-positive or non-finite spacing.
 `assets.extra/tf_serving_warmup_requests` holds warm-up requests and
-`assets/radnet_metadata.json` the window, geometry, K, slice and mask thresholds, versions, config digest,
+`assets/radnet_metadata.json` the window, geometry, K, slice and mask thresholds, versions, config
+digest,
 `trained_on` (what the model was trained on) and `held_out` (what its held-out studies
 measured, mask Dice included, when exported from a model dir the trainer evaluated).
 """
@@ -91,7 +93,11 @@ def make_archive(model, cfg, threshold, min_run, mask_threshold=None):
 
     from radnet_tf import preprocess
 
-    rule = (threshold, min_run, cfg.mask_threshold if mask_threshold is None else float(mask_threshold))
+    rule = (
+        threshold,
+        min_run,
+        cfg.mask_threshold if mask_threshold is None else float(mask_threshold),
+    )
     n, c = cfg.input_size, cfg.input_channels
     pcfg = cfg.preprocess_config()
 
@@ -104,13 +110,16 @@ def make_archive(model, cfg, threshold, min_run, mask_threshold=None):
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", run,
-                         input_signature=[tf.TensorSpec(None, tf.float32, name="slices")])
+    archive.add_endpoint(
+        "serving_default", run, input_signature=[tf.TensorSpec(None, tf.float32, name="slices")]
+    )
     archive.add_endpoint(
         "predict_hu",
         serve_hu,
-        input_signature=[tf.TensorSpec(None, tf.int16, name="hu"),
-                         tf.TensorSpec(None, tf.float32, name="pixel_spacing")],
+        input_signature=[
+            tf.TensorSpec(None, tf.int16, name="hu"),
+            tf.TensorSpec(None, tf.float32, name="pixel_spacing"),
+        ],
     )
     return archive
 
@@ -149,8 +158,10 @@ def _guarded_slices(slices, n, c):
         _check(rank_ok, f"{want}: wrong rank"),
         _check(~rank_ok | size_ok, f"{want}: wrong slice size or channel count"),
         _check(~size_ok | (dims[0] > 0), "request has zero slices"),
-        _check(~size_ok | (dims[0] <= MAX_SLICES),
-               f"request has more than {MAX_SLICES} slices; send fewer slices per request"),
+        _check(
+            ~size_ok | (dims[0] <= MAX_SLICES),
+            f"request has more than {MAX_SLICES} slices; send fewer slices per request",
+        ),
         _check(~count_ok | finite, "slices contain NaN or Inf"),
     ]
     with tf.control_dependencies(checks):
@@ -173,23 +184,31 @@ def _guarded_hu(hu, pixel_spacing):
     size_ok = count_ok & tf.reduce_all(dims[1:] >= 8) & tf.reduce_all(dims[1:] <= MAX_MATRIX)
     spacing = tf.concat([tf.reshape(pixel_spacing, [-1]), [1.0, 1.0]], 0)[:2]
     spacing_shape_ok = tf.equal(tf.size(pixel_spacing), 2)
-    spacing_ok = (spacing_shape_ok & tf.reduce_all(tf.math.is_finite(spacing))
-                  & tf.reduce_all(spacing > 0))
+    spacing_ok = (
+        spacing_shape_ok & tf.reduce_all(tf.math.is_finite(spacing)) & tf.reduce_all(spacing > 0)
+    )
     checks = [
         _check(rank_ok, "hu must be int16 [S, H, W]: wrong rank"),
         _check(~rank_ok | (dims[0] > 0), "request has zero slices"),
-        _check(~rank_ok | (dims[0] <= MAX_SLICES),
-               f"request has more than {MAX_SLICES} slices; send fewer slices per request"),
+        _check(
+            ~rank_ok | (dims[0] <= MAX_SLICES),
+            f"request has more than {MAX_SLICES} slices; send fewer slices per request",
+        ),
         _check(~count_ok | tf.reduce_all(dims[1:] >= 8), "hu slices must be at least 8x8"),
-        _check(~count_ok | tf.reduce_all(dims[1:] <= MAX_MATRIX),
-               f"hu slices must be at most {MAX_MATRIX}x{MAX_MATRIX}"),
+        _check(
+            ~count_ok | tf.reduce_all(dims[1:] <= MAX_MATRIX),
+            f"hu slices must be at most {MAX_MATRIX}x{MAX_MATRIX}",
+        ),
         _check(~size_ok | spacing_shape_ok, "pixel_spacing must be float32 [2] (row, col mm)"),
         _check(~(size_ok & spacing_shape_ok) | spacing_ok, "pixel_spacing must be > 0 and finite"),
     ]
     valid = size_ok & spacing_ok
     with tf.control_dependencies(checks):
-        hu = tf.cond(valid, lambda: tf.reshape(hu, dims),
-                     lambda: tf.fill([1, 8, 8], tf.constant(-1024, tf.int16)))
+        hu = tf.cond(
+            valid,
+            lambda: tf.reshape(hu, dims),
+            lambda: tf.fill([1, 8, 8], tf.constant(-1024, tf.int16)),
+        )
         spacing = tf.where(valid, spacing, tf.ones([2]))
     return hu, spacing
 
@@ -231,14 +250,19 @@ def _subtype_outputs(out, slices, cfg, min_run, mask_threshold):
     thresholds = cfg.resolved_subtype_thresholds
     per_label = ct_decision_labels(subtypes, thresholds, min_run)
     class_heads = [out[name][0, ..., 1:] for name in MASK_OUTPUTS if name in out]
-    masks = (tf.add_n(class_heads) / len(class_heads) if class_heads
-             else tf.zeros(tf.stack([tf.shape(slices)[0], n, n, len(SUBTYPES)])))
+    masks = (
+        tf.add_n(class_heads) / len(class_heads)
+        if class_heads
+        else tf.zeros(tf.stack([tf.shape(slices)[0], n, n, len(SUBTYPES)]))
+    )
     return {
         SUBTYPE_PROBABILITIES: subtypes,
         CT_SUBTYPES: per_label["ct_positive"],
         CT_SUBTYPE_SCORES: per_label["ct_score"],
         SUBTYPE_MASKS: masks,
-        SUBTYPE_LESION_MASKS: lesion_mask(masks, subtypes, mask_threshold, thresholds, cfg.mask_opening),
+        SUBTYPE_LESION_MASKS: lesion_mask(
+            masks, subtypes, mask_threshold, thresholds, cfg.mask_opening
+        ),
     }
 
 
@@ -250,29 +274,54 @@ def _warmup_requests(path, n, channels=1, num_slices=8):
     try:
         from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
     except ImportError:
-        raise UserError("tensorflow-serving-api is needed for warm-up requests: pip install 'radnet-tf[serving]'") from None
+        raise UserError(
+            "tensorflow-serving-api is needed for warm-up requests: pip install "
+            "'radnet-tf[serving]'"
+        ) from None
     requests = []
-    req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(signature_name="serving_default"))
-    req.inputs["slices"].CopyFrom(tf.make_tensor_proto(np.zeros((num_slices, n, n, channels), np.float32)))
+    req = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(signature_name="serving_default")
+    )
+    req.inputs["slices"].CopyFrom(
+        tf.make_tensor_proto(np.zeros((num_slices, n, n, channels), np.float32))
+    )
     requests.append(req)
     req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(signature_name="predict_hu"))
-    req.inputs["hu"].CopyFrom(tf.make_tensor_proto(np.full((num_slices, 512, 512), -1024, np.int16)))
+    req.inputs["hu"].CopyFrom(
+        tf.make_tensor_proto(np.full((num_slices, 512, 512), -1024, np.int16))
+    )
     req.inputs["pixel_spacing"].CopyFrom(tf.make_tensor_proto(np.array([0.45, 0.45], np.float32)))
     requests.append(req)
     with tf.io.TFRecordWriter(str(path)) as writer:
         for r in requests:
-            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=r))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=r)
+            )
             writer.write(log.SerializeToString())
 
 
 def next_version(export_dir) -> int:
     root = Path(export_dir)
-    versions = [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.exists() else []
+    versions = (
+        [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
+        if root.exists()
+        else []
+    )
     return max(versions, default=0) + 1
 
 
-def export_model(model, cfg, export_dir, version=None, threshold=None, min_run=None, warmup=True, trained_on=None,
-                 held_out=None, mask_threshold=None):
+def export_model(
+    model,
+    cfg,
+    export_dir,
+    version=None,
+    threshold=None,
+    min_run=None,
+    warmup=True,
+    trained_on=None,
+    held_out=None,
+    mask_threshold=None,
+):
     """Exports `model` to `export_dir/<version>` atomically; returns that path.
 
     `trained_on` (str) goes into the metadata: what the model learned from (e.g. the
@@ -287,8 +336,10 @@ def export_model(model, cfg, export_dir, version=None, threshold=None, min_run=N
     min_run = cfg.ct_min_run if min_run is None else int(min_run)
     mask_threshold = cfg.mask_threshold if mask_threshold is None else float(mask_threshold)
     if not 0 < threshold < 1 or min_run < 1 or not 0 < mask_threshold < 1:
-        raise UserError("threshold and mask threshold must be in (0, 1) and min_run >= 1. "
-                        f"Received: {threshold}, {mask_threshold}, {min_run}")
+        raise UserError(
+            "threshold and mask threshold must be in (0, 1) and min_run >= 1. "
+            f"Received: {threshold}, {mask_threshold}, {min_run}"
+        )
     root = Path(export_dir)
     root.mkdir(parents=True, exist_ok=True)
     version = next_version(root) if version is None else int(version)
@@ -314,14 +365,19 @@ def export_model(model, cfg, export_dir, version=None, threshold=None, min_run=N
             "slice_threshold": threshold,
             "mask_threshold": mask_threshold,
             "mask_opening": bool(cfg.mask_opening),
-            "short_study_rule": "studies with fewer than ct_min_run slices use K = their slice count",
+            "short_study_rule": "studies with fewer than ct_min_run slices use K = their slice "
+            "count",
             "labels": ["any", *SUBTYPES] if cfg.targets == "subtypes" else ["any"],
-            "subtype_thresholds": cfg.resolved_subtype_thresholds if cfg.targets == "subtypes" else None,
+            "subtype_thresholds": cfg.resolved_subtype_thresholds
+            if cfg.targets == "subtypes"
+            else None,
             "trained_on": trained_on or "unknown",
             "held_out": held_out,
-            "masks": "mean of the three auxiliary-head probabilities" if cfg.variant != "densenet" else "none (zeros)",
+            "masks": "mean of the three auxiliary-head probabilities"
+            if cfg.variant != "densenet"
+            else "none (zeros)",
             "lesion_mask": "masks >= mask_threshold on slices with probability >= slice_threshold"
-                           + (", opened in-plane (3 x 3)" if cfg.mask_opening else ""),
+            + (", opened in-plane (3 x 3)" if cfg.mask_opening else ""),
             "config_digest": cfg.digest(),
             "config": cfg.to_dict(),
         }
@@ -354,14 +410,25 @@ def held_out_from(model_dir):
         v = rows.loc[level, column] if level in rows.index and column in rows.columns else math.nan
         return None if pd.isna(v) else float(v)
 
-    config = json.loads((Path(model_dir) / "config.json").read_text()) if (Path(model_dir) / "config.json").is_file() else {}
-    out = {"studies": int(rows.loc["ct", "n"]), "threshold": config.get("slice_threshold"),
-           "ct_accuracy": number("ct", "accuracy"), "ct_recall": number("ct", "recall"),
-           "ct_specificity": number("ct", "specificity"), "ct_roc_auc": number("ct", "roc_auc"),
-           "slice_roc_auc": number("slice", "roc_auc")}
+    config = (
+        json.loads((Path(model_dir) / "config.json").read_text())
+        if (Path(model_dir) / "config.json").is_file()
+        else {}
+    )
+    out = {
+        "studies": int(rows.loc["ct", "n"]),
+        "threshold": config.get("slice_threshold"),
+        "ct_accuracy": number("ct", "accuracy"),
+        "ct_recall": number("ct", "recall"),
+        "ct_specificity": number("ct", "specificity"),
+        "ct_roc_auc": number("ct", "roc_auc"),
+        "slice_roc_auc": number("slice", "roc_auc"),
+    }
     if "mask" in rows.index:
         out["mask_dice"] = number("mask", "dice")
-        out["mask_threshold"] = number("mask", "threshold")  # None: a model dir from before it was recorded
+        out["mask_threshold"] = number(
+            "mask", "threshold"
+        )  # None: a model dir from before it was recorded
     return out
 
 
@@ -371,24 +438,47 @@ def trained_on_of(model_path, cfg) -> str:
     info = Path(model_path) / "run_info.json"
     if info.is_file() and json.loads(info.read_text()).get("trained_on"):
         return json.loads(info.read_text())["trained_on"]
-    return f"records: {cfg.data}" if cfg.data else "synthetic phantom (generator version not recorded)"
+    return (
+        f"records: {cfg.data}" if cfg.data else "synthetic phantom (generator version not recorded)"
+    )
 
 
 @cli_main
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m radnet_tf.export", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m radnet_tf.export", description=__doc__.split("\n")[0]
+    )
     add_verbose(parser)
-    parser.add_argument("model", help="model dir (the model its run_info.json names) or .keras file")
+    parser.add_argument(
+        "model", help="model dir (the model its run_info.json names) or .keras file"
+    )
     parser.add_argument("--out", default=None, help="export root (default: config export_dir)")
-    parser.add_argument("--version", type=int, default=None, help="version number (default: next free)")
-    parser.add_argument("--threshold", type=float, default=None, help="slice threshold (default: config)")
-    parser.add_argument("--min-run", type=int, default=None, help="K consecutive slices (default: config)")
-    parser.add_argument("--mask-threshold", type=float, default=None, help="lesion-mask threshold (default: config)")
+    parser.add_argument(
+        "--version", type=int, default=None, help="version number (default: next free)"
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="slice threshold (default: config)"
+    )
+    parser.add_argument(
+        "--min-run", type=int, default=None, help="K consecutive slices (default: config)"
+    )
+    parser.add_argument(
+        "--mask-threshold", type=float, default=None, help="lesion-mask threshold (default: config)"
+    )
     args = parser.parse_args(argv)
     model, cfg = load_trained(args.model)
     held_out = held_out_from(args.model) if Path(args.model).is_dir() else None
-    path = export_model(model, cfg, args.out or cfg.export_dir, args.version, args.threshold, args.min_run,
-                        trained_on=trained_on_of(args.model, cfg), held_out=held_out, mask_threshold=args.mask_threshold)
+    path = export_model(
+        model,
+        cfg,
+        args.out or cfg.export_dir,
+        args.version,
+        args.threshold,
+        args.min_run,
+        trained_on=trained_on_of(args.model, cfg),
+        held_out=held_out,
+        mask_threshold=args.mask_threshold,
+    )
     say(f"exported {cfg.variant} to {path}")
 
 

@@ -49,7 +49,9 @@ def is_saved_model(path) -> bool:
     p = Path(path)
     if (p / "saved_model.pb").exists():
         return True
-    return p.is_dir() and any(v.name.isdigit() and (v / "saved_model.pb").exists() for v in p.iterdir())
+    return p.is_dir() and any(
+        v.name.isdigit() and (v / "saved_model.pb").exists() for v in p.iterdir()
+    )
 
 
 def load(path) -> LoadedModel:
@@ -57,7 +59,9 @@ def load(path) -> LoadedModel:
     none of them."""
     if is_saved_model(path):
         saved, meta, version_dir = load_saved_model(path)
-        return LoadedModel("saved_model", version_dir, config_of_export(meta), saved=saved, meta=meta)
+        return LoadedModel(
+            "saved_model", version_dir, config_of_export(meta), saved=saved, meta=meta
+        )
     model, cfg = load_trained(path)
     return LoadedModel("keras", Path(path), cfg, keras_model=model)
 
@@ -84,7 +88,9 @@ def model_file(model_dir) -> Path:
     p = Path(model_dir)
     info_path = p / "run_info.json"
     if not info_path.exists():
-        raise UserError(f"{p}: no run_info.json (not a radnet-tf model dir); give the .keras file instead")
+        raise UserError(
+            f"{p}: no run_info.json (not a radnet-tf model dir); give the .keras file instead"
+        )
     name = json.loads(info_path.read_text()).get("model_file")
     if not name:
         raise UserError(f"{p}: run_info.json names no model file (training did not finish)")
@@ -124,7 +130,9 @@ def read_metadata(saved_model_dir) -> dict:
     """The export's metadata (window, geometry, K, threshold, versions)."""
     path = Path(saved_model_dir) / "assets" / METADATA_FILE
     if not path.exists():
-        raise UserError(f"{saved_model_dir}: not a radnet-tf SavedModel (no assets/{METADATA_FILE})")
+        raise UserError(
+            f"{saved_model_dir}: not a radnet-tf SavedModel (no assets/{METADATA_FILE})"
+        )
     return json.loads(path.read_text())
 
 
@@ -139,9 +147,13 @@ def load_saved_model(path):
 
     p = Path(path)
     if not (p / "saved_model.pb").exists():
-        versions = sorted(int(v.name) for v in p.iterdir() if v.name.isdigit()) if p.is_dir() else []
+        versions = (
+            sorted(int(v.name) for v in p.iterdir() if v.name.isdigit()) if p.is_dir() else []
+        )
         if not versions:
-            raise UserError(f"no SavedModel at {path} (expected saved_model.pb or numbered versions)")
+            raise UserError(
+                f"no SavedModel at {path} (expected saved_model.pb or numbered versions)"
+            )
         p = p / str(versions[-1])
     meta = read_metadata(p)
     return tf.saved_model.load(str(p)), meta, p

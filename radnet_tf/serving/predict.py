@@ -15,7 +15,8 @@ above the export's mask threshold, on slices whose probability is at or above th
 threshold, opened in-plane when the export says `mask_opening`
 (`radnet_tf.decision.lesion_mask_np`; exports from before the mask threshold: 0.5, no
 opening; `loader.lesion_rule_of`). Hemorrhage volume: lesion-mask voxels on the model grid
-x out_spacing^2 x slice spacing, in mL. The JSON's `model.held_out` repeats what the export's held-out
+x out_spacing^2 x slice spacing, in mL. The JSON's `model.held_out` repeats what the export's
+held-out
 studies measured; when their mask Dice is below UNRELIABLE_MASK_DICE (0.1) a one-line
 warning says the volume and segmentation are not reliable. No patient identifier is
 printed or written: the study is named by its pseudonymous key.
@@ -50,7 +51,13 @@ from radnet_tf.contract import (
 from radnet_tf.errors import UserError
 
 
-SUBTYPE_COLOURS = ("tab:orange", "tab:red", "tab:purple", "tab:green", "tab:cyan")  # EDH, IPH, IVH, SAH, SDH
+SUBTYPE_COLOURS = (
+    "tab:orange",
+    "tab:red",
+    "tab:purple",
+    "tab:green",
+    "tab:cyan",
+)  # EDH, IPH, IVH, SAH, SDH
 # Below this held-out mask Dice, predict warns that its volume and segmentation are not reliable.
 UNRELIABLE_MASK_DICE = 0.1
 
@@ -82,13 +89,19 @@ def predict_series(series, saved, meta):
         "ct_score": round(float(out[CT_SCORE]), 4),
         "longest_positive_run": int(out[LONGEST_POSITIVE_RUN]),
         "min_run_applied": int(out.get(MIN_RUN_APPLIED, check["min_run_applied"])),
-        "rule": rule_text(meta["ct_min_run"], meta["slice_threshold"], len(probs), calibrated_for(meta)),
+        "rule": rule_text(
+            meta["ct_min_run"], meta["slice_threshold"], len(probs), calibrated_for(meta)
+        ),
         "mask_rule": mask_rule_text(meta),
         SLICE_PROBABILITIES: [round(float(p), 4) for p in probs],
         "hemorrhage_volume_ml": round(volume_ml, 2) if slice_mm else None,
         "series": series.summary(),
-        "model": {"name": meta["model"], "version": meta["version"], "trained_on": meta.get("trained_on", "unknown"),
-                  "held_out": meta.get("held_out")},
+        "model": {
+            "name": meta["model"],
+            "version": meta["version"],
+            "trained_on": meta.get("trained_on", "unknown"),
+            "held_out": meta.get("held_out"),
+        },
     }
     if SUBTYPE_PROBABILITIES in out:  # a model trained with targets: subtypes
         thresholds = meta.get("subtype_thresholds") or [meta["slice_threshold"]] * len(SUBTYPES)
@@ -97,9 +110,22 @@ def predict_series(series, saved, meta):
                 "ct_positive": bool(out[CT_SUBTYPES][j]),
                 "ct_score": round(float(out[CT_SUBTYPE_SCORES][j]), 4),
                 "threshold": thresholds[j],
-                "slices": [int(i) for i in np.flatnonzero(out[SUBTYPE_PROBABILITIES][:, j] >= thresholds[j])],
-                "volume_ml": round(float(out[SUBTYPE_LESION_MASKS][..., j].sum() * spacing * spacing * slice_mm / 1000.0), 2)
-                if slice_mm and SUBTYPE_LESION_MASKS in out else None,
+                "slices": [
+                    int(i)
+                    for i in np.flatnonzero(out[SUBTYPE_PROBABILITIES][:, j] >= thresholds[j])
+                ],
+                "volume_ml": round(
+                    float(
+                        out[SUBTYPE_LESION_MASKS][..., j].sum()
+                        * spacing
+                        * spacing
+                        * slice_mm
+                        / 1000.0
+                    ),
+                    2,
+                )
+                if slice_mm and SUBTYPE_LESION_MASKS in out
+                else None,
             }
             for j, name in enumerate(SUBTYPES)
         }
@@ -111,8 +137,9 @@ def mask_rule_text(meta) -> str:
     from radnet_tf.serving.loader import lesion_rule_of
 
     m, opening = lesion_rule_of(meta)
-    return (f"mask >= {m:g} on slices with probability >= {meta['slice_threshold']}"
-            + (", opened in-plane (3 x 3)" if opening else ""))
+    return f"mask >= {m:g} on slices with probability >= {meta['slice_threshold']}" + (
+        ", opened in-plane (3 x 3)" if opening else ""
+    )
 
 
 def lesion_masks(out, meta):
@@ -127,15 +154,22 @@ def lesion_masks(out, meta):
     from radnet_tf.serving.loader import lesion_rule_of
 
     m, opening = lesion_rule_of(meta)
-    computed = {LESION_MASK: lesion_mask_np(out[MASKS], out[SLICE_PROBABILITIES], m, meta["slice_threshold"], opening)}
+    computed = {
+        LESION_MASK: lesion_mask_np(
+            out[MASKS], out[SLICE_PROBABILITIES], m, meta["slice_threshold"], opening
+        )
+    }
     if SUBTYPE_MASKS in out:
         thresholds = meta.get("subtype_thresholds") or [meta["slice_threshold"]] * len(SUBTYPES)
-        computed[SUBTYPE_LESION_MASKS] = lesion_mask_np(out[SUBTYPE_MASKS], out[SUBTYPE_PROBABILITIES], m, thresholds,
-                                                        opening)
+        computed[SUBTYPE_LESION_MASKS] = lesion_mask_np(
+            out[SUBTYPE_MASKS], out[SUBTYPE_PROBABILITIES], m, thresholds, opening
+        )
     for name, mask in computed.items():
         if name in out and not np.array_equal(out[name], mask):
-            raise RuntimeError(f"{name} disagrees between the export and radnet_tf.decision "
-                               f"({int(np.count_nonzero(out[name] != mask))} pixels)")
+            raise RuntimeError(
+                f"{name} disagrees between the export and radnet_tf.decision "
+                f"({int(np.count_nonzero(out[name] != mask))} pixels)"
+            )
         out[name] = mask
 
 
@@ -157,7 +191,11 @@ def write_seg(path, dicom_dir, series, out, meta):
     wanted, source_files = set(series.sop_instance_uids), {}
     for f in files:
         try:
-            uid = str(pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+            uid = str(
+                pydicom.dcmread(
+                    f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]
+                ).SOPInstanceUID
+            )
         except Exception:  # not DICOM: the reader skipped it too
             continue
         if uid in wanted:
@@ -167,8 +205,12 @@ def write_seg(path, dicom_dir, series, out, meta):
     else:
         masks, names = out[LESION_MASK][..., None], ["Hemorrhage"]
     pcfg = preprocess.PreprocessConfig(
-        window_center=meta["window_center"], window_width=meta["window_width"], extra_windows=(),
-        out_spacing=meta["out_spacing_mm"], fov_mm=meta["fov_mm"], out_size=meta["input_size"],
+        window_center=meta["window_center"],
+        window_width=meta["window_width"],
+        extra_windows=(),
+        out_spacing=meta["out_spacing_mm"],
+        fov_mm=meta["fov_mm"],
+        out_size=meta["input_size"],
     )
     segments = write_segmentation(path, series, source_files, masks, names, pcfg, meta)
     if not segments:
@@ -193,7 +235,10 @@ def rule_text(min_run, threshold, num_slices, calibrated_slices=None) -> str:
     if k < min_run:
         text += f" (the model's K = {min_run}, shortened to the study's {num_slices} slice(s))"
     if calibrated_slices:
-        text += f"; threshold calibrated for {calibrated_slices}-slice series, this one has {num_slices}"
+        text += (
+            f"; threshold calibrated for {calibrated_slices}-slice series, "
+            f"this one has {num_slices}"
+        )
     return text
 
 
@@ -215,11 +260,19 @@ def overview_png(path, out, meta, probs, threshold, max_slices=48):
         if SUBTYPE_LESION_MASKS in out:  # one colour per subtype
             for j, colour in enumerate(SUBTYPE_COLOURS):
                 if out[SUBTYPE_LESION_MASKS][i, ..., j].any():
-                    ax.contour(out[SUBTYPE_LESION_MASKS][i, ..., j].astype(np.float32), levels=[0.5], colors=colour,
-                               linewidths=0.8)
+                    ax.contour(
+                        out[SUBTYPE_LESION_MASKS][i, ..., j].astype(np.float32),
+                        levels=[0.5],
+                        colors=colour,
+                        linewidths=0.8,
+                    )
         elif out[LESION_MASK][i].any():
-            ax.contour(out[LESION_MASK][i].astype(np.float32), levels=[0.5], colors="red", linewidths=0.8)
-        ax.set_title(f"{i}: p={probs[i]:.2f}", fontsize=8, color="red" if probs[i] >= threshold else "black")
+            ax.contour(
+                out[LESION_MASK][i].astype(np.float32), levels=[0.5], colors="red", linewidths=0.8
+            )
+        ax.set_title(
+            f"{i}: p={probs[i]:.2f}", fontsize=8, color="red" if probs[i] >= threshold else "black"
+        )
         ax.axis("off")
     ax = fig.add_subplot(grid[rows, :])
     ax.bar(np.arange(s), probs, color=["tab:red" if p >= threshold else "tab:blue" for p in probs])
@@ -236,8 +289,14 @@ def overview_png(path, out, meta, probs, threshold, max_slices=48):
     if SUBTYPE_MASKS in out:
         from matplotlib.lines import Line2D
 
-        fig.legend([Line2D([0], [0], color=c) for c in SUBTYPE_COLOURS], list(SUBTYPES), loc="upper right",
-                   ncol=len(SUBTYPES), fontsize=8, frameon=False)
+        fig.legend(
+            [Line2D([0], [0], color=c) for c in SUBTYPE_COLOURS],
+            list(SUBTYPES),
+            loc="upper right",
+            ncol=len(SUBTYPES),
+            fontsize=8,
+            frameon=False,
+        )
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -248,24 +307,78 @@ def _load_export(path):
 
     loaded = loader.load(path)
     if loaded.kind != "saved_model":
-        raise UserError(f"predict needs a SavedModel export; export {path} first: radnet-export {path}")
+        raise UserError(
+            f"predict needs a SavedModel export; export {path} first: radnet-export {path}"
+        )
     return loaded.saved, loaded.meta
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m radnet_tf.predict", description="Predict one DICOM study."
+    )
+    add_verbose(parser)
+    parser.add_argument("dicom_dir", help="folder of one study, or a single DICOM file")
+    parser.add_argument(
+        "--model", required=True, help="SavedModel dir (a version, or its parent: latest)"
+    )
+    parser.add_argument("--out", help="folder for overview.png and prediction.json")
+    parser.add_argument(
+        "--seg",
+        metavar="OUT.dcm",
+        help="also write a DICOM Segmentation of the masks (highdicom): "
+        "one segment per subtype present (subtype models) or one 'Hemorrhage' segment",
+    )
+    parser.add_argument("--tilt", choices=["correct", "reject"], default="correct")
+    parser.add_argument(
+        "--min-slices", type=int, default=1, help="fewest slices accepted (default 1)"
+    )
+    return parser
+
+
+def _warn_about(meta):
+    """Warning lines (stderr) for a model whose calls or masks are not to be relied on."""
+    if str(meta.get("trained_on", "")).startswith("synthetic phantom"):
+        say(
+            "warning: this model was trained on the synthetic phantom only; its calls on real CT "
+            "are not validated",
+            err=True,
+        )
+    dice = (meta.get("held_out") or {}).get("mask_dice")
+    if dice is not None and dice < UNRELIABLE_MASK_DICE:
+        say(
+            f"warning: this model's masks scored Dice {dice:.3f} on its held-out studies; the "
+            "hemorrhage volume and segmentation are not reliable",
+            err=True,
+        )
+
+
+def _write_overview(folder, series, out, meta):
+    """overview.png in `folder`: the brain-window slices with the masks and probabilities."""
+    from radnet_tf import preprocess
+
+    cfg_pre = preprocess.PreprocessConfig(
+        window_center=meta["window_center"],
+        window_width=meta["window_width"],
+        extra_windows=(),  # the display shows the brain window only
+        out_spacing=meta["out_spacing_mm"],
+        fov_mm=meta["fov_mm"],
+        out_size=meta["input_size"],
+    )
+    out["slices"] = preprocess.preprocess_study(series.hu, series.pixel_spacing, cfg_pre).numpy()[
+        ..., 0
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    overview_png(
+        folder / "overview.png", out, meta, out[SLICE_PROBABILITIES], meta["slice_threshold"]
+    )
 
 
 @cli_main
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m radnet_tf.predict", description="Predict one DICOM study.")
-    add_verbose(parser)
-    parser.add_argument("dicom_dir", help="folder of one study, or a single DICOM file")
-    parser.add_argument("--model", required=True, help="SavedModel dir (a version, or its parent: latest)")
-    parser.add_argument("--out", help="folder for overview.png and prediction.json")
-    parser.add_argument("--seg", metavar="OUT.dcm", help="also write a DICOM Segmentation of the masks (highdicom): "
-                        "one segment per subtype present (subtype models) or one 'Hemorrhage' segment")
-    parser.add_argument("--tilt", choices=["correct", "reject"], default="correct")
-    parser.add_argument("--min-slices", type=int, default=1, help="fewest slices accepted (default 1)")
-    args = parser.parse_args(argv)
-
-    from radnet_tf import preprocess
+    args = build_parser().parse_args(argv)
+    if args.min_slices < 1:
+        raise UserError(f"--min-slices must be >= 1. Received: {args.min_slices}")
     from radnet_tf.io.dicom import read_series
 
     timings = {}
@@ -273,34 +386,14 @@ def main(argv=None):
     saved, meta = _load_export(args.model)
     timings["load_model_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if args.min_slices < 1:
-        raise UserError(f"--min-slices must be >= 1. Received: {args.min_slices}")
     series = read_series(args.dicom_dir, tilt=args.tilt, min_slices=args.min_slices)
     timings["read_s"] = time.perf_counter() - t0
-    if str(meta.get("trained_on", "")).startswith("synthetic phantom"):
-        say("warning: this model was trained on the synthetic phantom only; its calls on real CT are not validated", err=True)
-    dice = (meta.get("held_out") or {}).get("mask_dice")
-    if dice is not None and dice < UNRELIABLE_MASK_DICE:
-        say(f"warning: this model's masks scored Dice {dice:.3f} on its held-out studies; the hemorrhage volume and "
-            "segmentation are not reliable", err=True)
+    _warn_about(meta)
     result, out, model_s = predict_series(series, saved, meta)
     timings["model_s"] = model_s  # includes in-graph preprocessing
     if args.out:
         t0 = time.perf_counter()
-        cfg_pre = preprocess.PreprocessConfig(
-            window_center=meta["window_center"],
-            window_width=meta["window_width"],
-            extra_windows=(),  # the display shows the brain window only
-            out_spacing=meta["out_spacing_mm"],
-            fov_mm=meta["fov_mm"],
-            out_size=meta["input_size"],
-        )
-        out["slices"] = preprocess.preprocess_study(series.hu, series.pixel_spacing, cfg_pre).numpy()[..., 0]
-        timings["preprocess_for_display_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        folder = Path(args.out)
-        folder.mkdir(parents=True, exist_ok=True)
-        overview_png(folder / "overview.png", out, meta, out[SLICE_PROBABILITIES], meta["slice_threshold"])
+        _write_overview(Path(args.out), series, out, meta)
         timings["write_s"] = time.perf_counter() - t0
     if args.seg:
         t0 = time.perf_counter()

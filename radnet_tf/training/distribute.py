@@ -121,7 +121,9 @@ def patch_multi_worker_build(model, strategy):
 
     def with_leading_axis(step):
         def wrapped(data):
-            return tree.map_structure(lambda v: tf.reshape(v, [1]) if v.shape.rank == 0 else v, step(data))
+            return tree.map_structure(
+                lambda v: tf.reshape(v, [1]) if v.shape.rank == 0 else v, step(data)
+            )
 
         return wrapped
 

@@ -43,7 +43,9 @@ def trained_on_from(cfg) -> str:
     if not cfg.data:
         from radnet_tf.phantom.generate import GENERATOR_VERSION
 
-        return f"synthetic phantom (radnet_tf.phantom.generate generator version {GENERATOR_VERSION})"
+        return (
+            f"synthetic phantom (radnet_tf.phantom.generate generator version {GENERATOR_VERSION})"
+        )
     return f"records: {cfg.data}"
 
 
@@ -123,7 +125,7 @@ def build_and_compile(cfg, steps_per_epoch, sync_batchnorm=False):
         loss=losses,
         loss_weights=weights,
         metrics={OUTPUT_SLICE: [MaskedAUC(name="auc"), MaskedBinaryAccuracy(name="accuracy")]},
-        jit_compile=bool(cfg.xla),
+        jit_compile=False,
     )
     return model
 
@@ -136,11 +138,19 @@ def evaluate_model(model, files, cfg, out_dir):
     """
     import pandas as pd
 
-    from radnet_tf.evaluation.scoring import (keras_slice_fn, mask_scores, predict_studies, rsna_log_loss, score_studies,
-                                   subtype_tables)
+    from radnet_tf.evaluation.scoring import (
+        keras_slice_fn,
+        mask_scores,
+        predict_studies,
+        rsna_log_loss,
+        score_studies,
+        subtype_tables,
+    )
 
     with_masks = any(name in model.output_names for name in MASK_OUTPUTS)
-    preds = predict_studies(keras_slice_fn(model, cfg, masks=with_masks), files, cfg, with_masks=with_masks)
+    preds = predict_studies(
+        keras_slice_fn(model, cfg, masks=with_masks), files, cfg, with_masks=with_masks
+    )
     scored = score_studies(preds, cfg.slice_threshold, cfg.ct_min_run)
     if cfg.calibration_series_slices:
         scored["series_model"] = series_model_metrics(scored["studies"], cfg)
@@ -152,7 +162,9 @@ def evaluate_model(model, files, cfg, out_dir):
     table = pd.DataFrame(rows)
     out = Path(out_dir)
     if preds.subtype_probs:
-        per_label, confusion = subtype_tables(preds, cfg.resolved_subtype_thresholds, cfg.ct_min_run)
+        per_label, confusion = subtype_tables(
+            preds, cfg.resolved_subtype_thresholds, cfg.ct_min_run
+        )
         atomic.write_csv(per_label, out / "val_subtypes.csv")
         with atomic.atomic_path(out / "val_subtype_confusion.csv") as tmp:
             confusion.to_csv(tmp)
@@ -174,13 +186,20 @@ def series_model_metrics(studies, cfg) -> dict:
     from radnet_tf.decision import series_rates, series_scale
 
     known = studies[studies.label.isin([0, 1])]
-    scale = series_scale(cfg.calibration_series_slices, float(np.median(known.num_slices)), cfg.ct_min_run)
+    scale = series_scale(
+        cfg.calibration_series_slices, float(np.median(known.num_slices)), cfg.ct_min_run
+    )
     pos, neg = known[known.label == 1].ct_positive, known[known.label == 0].ct_positive
     r = float(pos.mean()) if len(pos) else float("nan")
     f = float(neg.mean()) if len(neg) else float("nan")
     sens, spec = (float(v) for v in series_rates(r, f, scale))
-    return {"series_slices": cfg.calibration_series_slices, "scale": scale, "sensitivity": sens,
-            "specificity": spec, "balanced_accuracy": (sens + spec) / 2}
+    return {
+        "series_slices": cfg.calibration_series_slices,
+        "scale": scale,
+        "sensitivity": sens,
+        "specificity": spec,
+        "balanced_accuracy": (sens + spec) / 2,
+    }
 
 
 def calibrate_thresholds(model, files, cfg) -> dict:
@@ -199,51 +218,89 @@ def calibrate_thresholds(model, files, cfg) -> dict:
       (`decision.lesion_mask_np`, `decision.choose_mask_threshold`) over
       `decision.MASK_THRESHOLD_CANDIDATES`.
     """
-    import numpy as np
+    from radnet_tf.decision import MASK_THRESHOLD_CANDIDATES
+    from radnet_tf.evaluation.scoring import keras_slice_fn, predict_studies
 
-    from radnet_tf.decision import MASK_THRESHOLD_CANDIDATES, choose_threshold, ct_score_np, series_scale
-    from radnet_tf.evaluation.scoring import calibrate_mask_threshold, keras_slice_fn, predict_studies
-
-    with_masks = cfg.calibrate_mask_threshold and any(name in model.output_names for name in MASK_OUTPUTS)
-    split, studies = ("calibration", "calibration studies") if cfg.calibration_fraction else (
-        "train", "training studies")
-    preds = predict_studies(keras_slice_fn(model, cfg, masks=with_masks), files, cfg, split=split,
-                            with_masks=with_masks, mask_thresholds=MASK_THRESHOLD_CANDIDATES)
+    with_masks = cfg.calibrate_mask_threshold and any(
+        name in model.output_names for name in MASK_OUTPUTS
+    )
+    split, studies = (
+        ("calibration", "calibration studies")
+        if cfg.calibration_fraction
+        else ("train", "training studies")
+    )
+    preds = predict_studies(
+        keras_slice_fn(model, cfg, masks=with_masks),
+        files,
+        cfg,
+        split=split,
+        with_masks=with_masks,
+        mask_thresholds=MASK_THRESHOLD_CANDIDATES,
+    )
     chosen = {}
     if cfg.calibrate_threshold:
-        known = [(ct_score_np(p, cfg.ct_min_run), y) for p, y in zip(preds.probs, preds.labels) if y in (0, 1)]
-        if len({y for _, y in known}) < 2:
-            raise UserError(f"calibrate_threshold needs positive and negative {studies}")
-        scale, target = 1.0, ""
-        if cfg.calibration_series_slices:
-            study_slices = float(np.median([len(p) for p in preds.probs]))
-            scale = series_scale(cfg.calibration_series_slices, study_slices, cfg.ct_min_run)
-            target = (f" for {cfg.calibration_series_slices}-slice series ({scale:.2f} x the {studies}' "
-                      f"{study_slices:g} slices)")
-        cfg.slice_threshold = chosen["slice_threshold"] = choose_threshold(
-            [s for s, _ in known], [y for _, y in known], scale=scale)
-        say(f"slice threshold from {len(known)} {studies}{target}: {cfg.slice_threshold:.3f}")
-        if preds.subtype_probs:  # one threshold per subtype, the same way
-            from radnet_tf.evaluation.scoring import calibrate_subtype_thresholds
-
-            cfg.subtype_thresholds, fell_back = calibrate_subtype_thresholds(preds, cfg.ct_min_run,
-                                                                             cfg.slice_threshold, scale)
-            chosen["subtype_thresholds"] = cfg.subtype_thresholds
-            say("subtype thresholds: " + ", ".join(f"{n} {t:.3f}" for n, t in zip(SUBTYPES, cfg.subtype_thresholds))
-                + (f" ({', '.join(fell_back)}: no positive or no negative training study, the 'any' threshold)"
-                   if fell_back else ""))
+        chosen.update(_calibrate_slice_thresholds(preds, cfg, studies))
     if cfg.calibrate_mask_threshold and not with_masks:
         say("mask threshold: not calibrated (the model has no auxiliary heads)")
     elif cfg.calibrate_mask_threshold:
-        masked = sum(c is not None for c in preds.mask_counts)
-        cfg.mask_threshold = chosen["mask_threshold"] = calibrate_mask_threshold(preds, cfg.slice_threshold,
-                                                                                 cfg.mask_threshold)
-        if masked:
-            say(f"mask threshold from {masked} {studies} with a reference mask (slices at or above "
-                f"{cfg.slice_threshold:.3f}): {cfg.mask_threshold:.2f}")
-        else:
-            say(f"mask threshold: kept at {cfg.mask_threshold:.2f} (none of the {studies} has a reference mask)")
+        chosen.update(_calibrate_mask_threshold(preds, cfg, studies))
     return chosen
+
+
+def _calibrate_slice_thresholds(preds, cfg, studies) -> dict:
+    """Sets the CT rule's slice threshold (and subtype models' per-subtype thresholds) on
+    `cfg` from the studies' predictions; returns {name: value}."""
+    import numpy as np
+
+    from radnet_tf.decision import choose_threshold, ct_score_np, series_scale
+
+    known = [
+        (ct_score_np(p, cfg.ct_min_run), y)
+        for p, y in zip(preds.probs, preds.labels)
+        if y in (0, 1)
+    ]
+    if len({y for _, y in known}) < 2:
+        raise UserError(f"calibrate_threshold needs positive and negative {studies}")
+    scale, target = 1.0, ""
+    if cfg.calibration_series_slices:
+        study_slices = float(np.median([len(p) for p in preds.probs]))
+        scale = series_scale(cfg.calibration_series_slices, study_slices, cfg.ct_min_run)
+        target = (
+            f" for {cfg.calibration_series_slices}-slice series ({scale:.2f} x the {studies}' "
+            f"{study_slices:g} slices)"
+        )
+    scores, labels = [s for s, _ in known], [y for _, y in known]
+    cfg.slice_threshold = choose_threshold(scores, labels, scale=scale)
+    chosen = {"slice_threshold": cfg.slice_threshold}
+    say(f"slice threshold from {len(known)} {studies}{target}: {cfg.slice_threshold:.3f}")
+    if preds.subtype_probs:  # one threshold per subtype, the same way
+        from radnet_tf.evaluation.scoring import calibrate_subtype_thresholds
+
+        cfg.subtype_thresholds, fell_back = calibrate_subtype_thresholds(
+            preds, cfg.ct_min_run, cfg.slice_threshold, scale
+        )
+        chosen["subtype_thresholds"] = cfg.subtype_thresholds
+        note = (f" ({', '.join(fell_back)}: no positive or no negative training study, the "
+                "'any' threshold)") if fell_back else ""
+        say("subtype thresholds: "
+            + ", ".join(f"{n} {t:.3f}" for n, t in zip(SUBTYPES, cfg.subtype_thresholds)) + note)
+    return chosen
+
+
+def _calibrate_mask_threshold(preds, cfg, studies) -> dict:
+    """Sets the lesion mask's threshold on `cfg` (best Dice on the studies with a reference
+    mask; kept when none has one); returns {"mask_threshold": value}."""
+    from radnet_tf.evaluation.scoring import calibrate_mask_threshold
+
+    masked = sum(c is not None for c in preds.mask_counts)
+    cfg.mask_threshold = calibrate_mask_threshold(preds, cfg.slice_threshold, cfg.mask_threshold)
+    if masked:
+        say(f"mask threshold from {masked} {studies} with a reference mask (slices at or above "
+            f"{cfg.slice_threshold:.3f}): {cfg.mask_threshold:.2f}")
+    else:
+        say(f"mask threshold: kept at {cfg.mask_threshold:.2f} (none of the {studies} has a "
+            "reference mask)")
+    return {"mask_threshold": cfg.mask_threshold}
 
 
 def validation_epochs(epochs, every):
@@ -295,7 +352,9 @@ def train(cfg, progress=True):
         f"global batch {global_batch}, {type(strategy).__name__}"
     )
     t0 = time.perf_counter()
-    model, model_file, history = _fit(model, files, cfg, strategy, steps, model_dir, counts, progress)
+    model, model_file, history = _fit(
+        model, files, cfg, strategy, steps, model_dir, counts, progress
+    )
     seconds["training"] = time.perf_counter() - t0
     run_info["model_file"] = model_file
     _write_json(model_dir / RUN_INFO, run_info)
@@ -344,17 +403,24 @@ def _check_splits(counts, cfg):
     n_train, n_pos = counts["train"], counts["train_positive"]
     if n_train == 0 or n_pos == 0 or n_pos == n_train:
         raise UserError(
-            f"training split needs positive and negative studies (train={n_train}, positives={n_pos})"
+            f"training split needs positive and negative studies (train={n_train}, "
+            f"positives={n_pos})"
         )
     n_cal, n_cal_pos = counts["calibration"], counts["calibration_positive"]
     if n_cal and not (cfg.calibrate_threshold or cfg.calibrate_mask_threshold):
-        say(f"calibration_fraction: {n_cal} studies kept out of training, but no threshold is "
-            "calibrated (calibrate_threshold and calibrate_mask_threshold are off)")
+        say(
+            f"calibration_fraction: {n_cal} studies kept out of training, but no threshold is "
+            "calibrated (calibrate_threshold and calibrate_mask_threshold are off)"
+        )
     if cfg.calibration_fraction and cfg.calibrate_threshold and not 0 < n_cal_pos < n_cal:
-        raise UserError(f"the calibration split needs positive and negative studies (calibration={n_cal}, "
-                        f"positives={n_cal_pos}): raise calibration_fraction or set it to 0")
+        raise UserError(
+            f"the calibration split needs positive and negative studies (calibration={n_cal}, "
+            f"positives={n_cal_pos}): raise calibration_fraction or set it to 0"
+        )
     if cfg.calibration_fraction and cfg.calibrate_mask_threshold and not n_cal:
-        raise UserError("the calibration split holds no study: raise calibration_fraction or set it to 0")
+        raise UserError(
+            "the calibration split holds no study: raise calibration_fraction or set it to 0"
+        )
 
 
 def _model_dir(cfg, cluster) -> Path:
@@ -376,7 +442,9 @@ def _run_info(cfg, strategy, steps, counts, records_path) -> dict:
     import radnet_tf
 
     manifest = Path(records_path) / "manifest.json" if tf.io.gfile.isdir(records_path) else None
-    digest = json.loads(manifest.read_text()).get("digest") if manifest and manifest.exists() else None
+    digest = (
+        json.loads(manifest.read_text()).get("digest") if manifest and manifest.exists() else None
+    )
     return {
         "version": radnet_tf.__version__,
         "tensorflow": tf.__version__,
@@ -405,15 +473,18 @@ def _fit(model, files, cfg, strategy, steps, model_dir, counts, progress):
 
     with_masks = len(model.outputs) > 1
     global_batch = cfg.batch_size * strategy.num_replicas_in_sync
-    train_ds = data.train_dataset(files, cfg, global_batch, with_masks=with_masks,
-                                  replica_batch=cfg.batch_size)
+    train_ds = data.train_dataset(
+        files, cfg, global_batch, with_masks=with_masks, replica_batch=cfg.batch_size
+    )
     # val_every = 0: no validation passes during training (the held-out studies are still
     # evaluated once at the end, on the final model).
     validate = bool(counts["validation"]) and cfg.val_every > 0
     val_ds = None
     if validate and strategy.num_replicas_in_sync > 1:
         # Every replica needs an equal, non-empty part of every validation batch.
-        val_ds = data.eval_dataset(files, cfg, global_batch, with_masks=with_masks, fill_batches=True)
+        val_ds = data.eval_dataset(
+            files, cfg, global_batch, with_masks=with_masks, fill_batches=True
+        )
     elif validate:
         val_ds = data.eval_dataset(files, cfg, cfg.batch_size, with_masks=with_masks)
     history = model.fit(
@@ -442,11 +513,17 @@ def _callbacks(cfg, model_dir, validate) -> list:
         keras.callbacks.TensorBoard(str(model_dir / "logs"), profile_batch=0),
     ]
     if validate:
-        callbacks.append(keras.callbacks.ModelCheckpoint(
-            str(model_dir / "best.keras"), monitor=cfg.monitor, mode="max", save_best_only=True))
+        callbacks.append(
+            keras.callbacks.ModelCheckpoint(
+                str(model_dir / "best.keras"), monitor=cfg.monitor, mode="max", save_best_only=True
+            )
+        )
         if cfg.early_stopping_patience:
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor=cfg.monitor, mode="max", patience=cfg.early_stopping_patience))
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor=cfg.monitor, mode="max", patience=cfg.early_stopping_patience
+                )
+            )
     elif cfg.early_stopping_patience:
         say("early_stopping_patience ignored: no validation during training (val_every: 0)")
     return callbacks
@@ -457,13 +534,16 @@ def _held_out_summary(scored, cfg) -> dict:
     from radnet_tf.evaluation.scoring import short_study_note
 
     keys = ("accuracy", "recall", "precision", "f1")
-    out = {"ct_metrics": {k: scored["ct_metrics"][k] for k in keys},
-           "slice_metrics": {k: scored["slice_metrics"][k] for k in keys}}
+    out = {
+        "ct_metrics": {k: scored["ct_metrics"][k] for k in keys},
+        "slice_metrics": {k: scored["slice_metrics"][k] for k in keys},
+    }
     for key in ("series_model", "mask_metrics"):
         if key in scored:
             out[key] = scored[key]
-    out["short_studies_note"] = short_study_note(scored["short_studies"], len(scored["studies"]),
-                                                 cfg.ct_min_run)
+    out["short_studies_note"] = short_study_note(
+        scored["short_studies"], len(scored["studies"]), cfg.ct_min_run
+    )
     if "subtype_metrics" in scored:
         sub = scored["subtype_metrics"]
         out["subtype_ct_auc"] = dict(zip(sub.subtype, sub.ct_roc_auc))
@@ -476,14 +556,18 @@ def build_parser():
         prog="python -m radnet_tf.train",
         description="Train RADnet (no arguments: the built-in synthetic default).",
     )
-    parser.add_argument("--config", default=DEFAULT_CONFIG,
-                        help="flat YAML file, or a built-in config: default (the default), radnet, "
-                        "densenet, densenet_a")
+    parser.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        help="flat YAML file, or a built-in config: default (the default), radnet, "
+        "densenet, densenet_a",
+    )
     parser.add_argument("--data", help="TFRecord folder or glob (overrides config 'data')")
     parser.add_argument("--model-dir", help="output model dir (overrides config 'model_dir')")
     parser.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bars")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config as YAML and exit")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config as YAML and exit"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     return add_verbose(parser)
 
@@ -496,27 +580,51 @@ def print_summary(summary):
     if "export" in summary:
         say(f"SavedModel: {summary['export']}")
     if "slice_threshold" in summary:
-        target = (f", for {summary['series_model']['series_slices']}-slice series" if "series_model" in summary else "")
-        source = (f"{summary['calibration_studies']} calibration studies kept out of training"
-                  if "calibration_studies" in summary else "the training studies")
-        say(f"threshold : {summary['slice_threshold']:.3f} (slice probability, from {source}{target})")
+        target = (
+            f", for {summary['series_model']['series_slices']}-slice series"
+            if "series_model" in summary
+            else ""
+        )
+        source = (
+            f"{summary['calibration_studies']} calibration studies kept out of training"
+            if "calibration_studies" in summary
+            else "the training studies"
+        )
+        say(
+            f"threshold : {summary['slice_threshold']:.3f} (slice probability, from "
+            f"{source}{target})"
+        )
     if "subtype_ct_auc" in summary:
-        say("held-out CT ROC AUC per subtype: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["subtype_ct_auc"].items())
-            + f"; RSNA weighted log loss (slices) {summary['rsna_log_loss']:.4f}")
+        say(
+            "held-out CT ROC AUC per subtype: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in summary["subtype_ct_auc"].items())
+            + f"; RSNA weighted log loss (slices) {summary['rsna_log_loss']:.4f}"
+        )
     if summary.get("short_studies_note"):
         say(f"note      : {summary['short_studies_note']}")
     if "ct_metrics" in summary:
         m = summary["ct_metrics"]
-        say("held-out CT level: " + ", ".join(f"{k} {m[k]:.3f}" for k in ("accuracy", "recall", "precision", "f1")))
+        say(
+            "held-out CT level: "
+            + ", ".join(f"{k} {m[k]:.3f}" for k in ("accuracy", "recall", "precision", "f1"))
+        )
     if "mask_metrics" in summary:
         m = summary["mask_metrics"]
-        say(f"held-out masks (>= {m['threshold']:.2f} on positive slices): Dice {m['dice']:.3f} (positive studies' mean {m['study_dice']:.3f}), "
+        say(
+            f"held-out masks (>= {m['threshold']:.2f} on positive slices): Dice {m['dice']:.3f} "
+            f"(positive studies' mean {m['study_dice']:.3f}), "
             f"recall {m['recall']:.3f}, precision {m['precision']:.3f}; "
-            f"negative studies with a mask {100 * m['negative_studies_with_mask']:.1f}%")
+            f"negative studies with a mask {100 * m['negative_studies_with_mask']:.1f}%"
+        )
     if "series_model" in summary:
         m = summary["series_model"]
-        say(f"as {m['series_slices']}-slice series (modelled, x{m['scale']:.2f}): "
-            + ", ".join(f"{k.replace('_', ' ')} {m[k]:.3f}" for k in ("sensitivity", "specificity", "balanced_accuracy")))
+        say(
+            f"as {m['series_slices']}-slice series (modelled, x{m['scale']:.2f}): "
+            + ", ".join(
+                f"{k.replace('_', ' ')} {m[k]:.3f}"
+                for k in ("sensitivity", "specificity", "balanced_accuracy")
+            )
+        )
     phases = {k: v for k, v in summary["seconds"].items() if k != "total"}
     say(
         f"wall time : {summary['seconds']['total']:.0f} s ("
@@ -534,7 +642,11 @@ def main(argv=None):
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data={args.data}")
-        if not Path(args.data).exists() and not any(c in args.data for c in "*?[") and "://" not in args.data:
+        if (
+            not Path(args.data).exists()
+            and not any(c in args.data for c in "*?[")
+            and "://" not in args.data
+        ):
             raise UserError(f"--data not found: {args.data}")
     if args.model_dir:
         overrides.append(f"model_dir={args.model_dir}")
@@ -547,10 +659,19 @@ def main(argv=None):
         from radnet_tf.serving.export import export_model, held_out_from
 
         t0 = time.perf_counter()
-        summary["export"] = str(export_model(model, cfg, cfg.export_dir, trained_on=trained_on_from(cfg),
-                                             held_out=held_out_from(summary["model_dir"])))
+        summary["export"] = str(
+            export_model(
+                model,
+                cfg,
+                cfg.export_dir,
+                trained_on=trained_on_from(cfg),
+                held_out=held_out_from(summary["model_dir"]),
+            )
+        )
         summary["seconds"]["export"] = round(time.perf_counter() - t0, 1)
-        summary["seconds"]["total"] = round(summary["seconds"]["total"] + summary["seconds"]["export"], 1)
+        summary["seconds"]["total"] = round(
+            summary["seconds"]["total"] + summary["seconds"]["export"], 1
+        )
     print_summary(summary)
     return summary
 
