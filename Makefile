@@ -9,7 +9,7 @@ TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test clean
 
-$(RUN_STAMP): setup.py
+$(RUN_STAMP): setup.py pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[serving]'
@@ -25,7 +25,8 @@ run: $(RUN_STAMP)
 	$(PY) -m radnet_tf.train
 
 test: $(TEST_STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build dist *.egg-info

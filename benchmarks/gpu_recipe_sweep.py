@@ -45,7 +45,6 @@ CASES_128PX = [
     {"name": "avgmax", "overrides": ["pooling=avgmax"], "steps": 300},
     {"name": "avgmax-lr3e-3", "overrides": ["pooling=avgmax", "learning_rate=0.003"], "steps": 300},
     {"name": "avgmax-window4-600", "overrides": ["pooling=avgmax", "crop_slices=4"], "steps": 600},
-    {"name": "avgmax-dice", "overrides": ["pooling=avgmax", "mask_loss=dice_bce"], "steps": 300},
     {
         "name": "avgmax-d16g12",
         "overrides": ["pooling=avgmax", "depth=16", "growth_rate=12"],
@@ -266,7 +265,7 @@ def run_case(case, arrays, base_config, log, extra=()):
     from radnet_tf.training.train import build_and_compile
 
     keras.backend.clear_session()
-    cfg = load_config(base_config, case["overrides"] + ["export=false", "xla=true"] + list(extra))
+    cfg = load_config(base_config, case["overrides"] + ["export=false"] + list(extra))
     if arrays["images"].shape[-1] != cfg.input_channels:
         raise ValueError(
             f"data has {arrays['images'].shape[-1]} window channels, the config wants "

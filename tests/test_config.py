@@ -97,3 +97,61 @@ def test_every_numeric_field_has_a_bad_value_case():
     numeric = {f.name for f in dataclasses.fields(Config) if f.type in ("int", "float", "list")}
     unchecked = numeric - set(BAD) - {"window_center"}  # any centre is a valid window centre
     assert not unchecked, f"fields without a validation case: {sorted(unchecked)}"
+
+
+def test_configuration_reference_is_current():
+    """docs/configuration.md is generated from the dataclass (`python -m radnet_tf.config`)."""
+    from radnet_tf.config import config_reference
+
+    assert (REPO / "docs" / "configuration.md").read_text() == config_reference()
+
+
+def test_every_key_is_documented_in_one_section():
+    from radnet_tf.config import SECTIONS, config_reference
+
+    fields = dataclasses.fields(Config)
+    assert all(f.metadata.get("doc") for f in fields)
+    assert [first for _, first in SECTIONS] == [f.name for f in fields if f.name in
+                                                 {first for _, first in SECTIONS}]
+    text = config_reference()
+    assert all(text.count(f"| `{f.name}` |") == 1 for f in fields)
+
+
+def test_builtin_configs_load_by_name_and_match_the_checkout_copies():
+    for name in ("default", "radnet", "densenet", "densenet_a"):
+        assert load_config(name) == load_config(REPO / "configs" / f"{name}.yaml")
+    assert load_config("default").synth_studies == 400
+
+
+def test_a_removed_key_at_its_off_value_loads_with_one_warning(tmp_path, capsys):
+    (tmp_path / "old.yaml").write_text("xla: false\nhu_shift: 0.0\nepochs: 3\n")
+    assert load_config(tmp_path / "old.yaml").epochs == 3
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "[radnet] warning: config key 'hu_shift' was removed (a random HU offset per training "
+        "window measured no gain); ignored",
+        "[radnet] warning: config key 'xla' was removed (XLA compilation ran 1.26x slower per "
+        "step on CPU); ignored",
+    ]
+
+
+def test_a_removed_key_set_on_is_refused_with_one_line():
+    with pytest.raises(UserError) as info:
+        load_config(None, ["mask_loss=dice_bce"])
+    assert str(info.value) == (
+        "config key 'mask_loss' was removed (the Dice + BCE aux-head loss measured no gain over "
+        "the weighted BCE); delete it from the config. Received: mask_loss='dice_bce'"
+    )
+    # a model dir's config.json from before the removal still loads
+    old = Config().to_dict() | {"xla": True, "intensity_jitter": 0.1}
+    assert config_from_dict(old) == Config()
+
+
+def test_print_config_prints_the_resolved_yaml(capsys):
+    import yaml
+
+    from radnet_tf.training.train import main
+
+    assert main(["--print-config", "epochs=7"]) is None
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == load_config("default", ["epochs=7"]).to_dict()

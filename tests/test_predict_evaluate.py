@@ -6,6 +6,7 @@ import pydicom
 import pytest
 
 from radnet_tf.serving import predict
+from radnet_tf.errors import UserError
 from radnet_tf.serving import loader
 
 
@@ -13,7 +14,7 @@ from radnet_tf.serving import loader
 def saved(trained_tiny, tmp_path_factory):
     from radnet_tf.serving.export import export_model
 
-    from radnet_tf.serving.export import trained_on_from
+    from radnet_tf.training.train import trained_on_from
 
     cfg, _, model, _ = trained_tiny
     return export_model(
@@ -514,3 +515,29 @@ def test_predict_volume_is_the_gated_lesion_mask_and_checks_the_export(
         RuntimeError, match="lesion_mask disagrees between the export and radnet_tf.decision"
     ):
         predict.predict_series(series, saved_model, meta)
+
+
+def test_one_loader_reads_every_model_form(saved, trained_tiny):
+    """A model dir, its .keras file, an export version and the export root all load."""
+    cfg, _, _, model_dir = trained_tiny
+    by_dir = loader.load(model_dir)
+    by_file = loader.load(loader.model_file(model_dir))
+    assert by_dir.kind == by_file.kind == "keras" and by_dir.cfg == cfg
+    assert by_dir.keras_model.count_params() == by_file.keras_model.count_params()
+    meta = loader.read_metadata(saved)
+    for path in (saved, saved.parent):  # a version, or the root: its highest version
+        export = loader.load(path)
+        assert export.kind == "saved_model" and export.path == saved
+        assert export.cfg.slice_threshold == meta["slice_threshold"]
+        assert export.cfg.ct_min_run == meta["ct_min_run"]
+    with pytest.raises(UserError, match="model not found"):
+        loader.load(saved.parent / "absent")
+
+
+def test_predict_refuses_a_keras_model_dir_with_one_line(trained_tiny, tiny_cohort):
+    _, _, _, model_dir = trained_tiny
+    with pytest.raises(UserError) as info:
+        predict._load_export(model_dir)
+    assert str(info.value) == (
+        f"predict needs a SavedModel export; export {model_dir} first: radnet-export {model_dir}"
+    )

@@ -305,12 +305,13 @@ def _load_export(path):
     """(loaded SavedModel, its metadata); a Keras model dir or file is refused with one line."""
     from radnet_tf.serving import loader
 
-    loaded = loader.load(path)
-    if loaded.kind != "saved_model":
+    p = Path(path)
+    if not loader.is_saved_model(p) and ((p / "run_info.json").exists() or p.suffix == ".keras"):
         raise UserError(
             f"predict needs a SavedModel export; export {path} first: radnet-export {path}"
         )
-    return loaded.saved, loaded.meta
+    saved, meta, _ = loader.load_saved_model(p)
+    return saved, meta
 
 
 def build_parser():
