@@ -49,7 +49,7 @@ setup(
         "serving": ["tensorflow-serving-api==2.21.*", "requests>=2.31"],
         "dicom-seg": ["highdicom>=0.22"],
         "nifti": ["nibabel>=5"],
-        "dev": ["pytest>=8", "pyarrow>=14", "ruff>=0.6"],
+        "dev": ["pytest>=8", "pytest-xdist>=3", "pyarrow>=14", "ruff>=0.6"],
     },
     entry_points={
         "console_scripts": [

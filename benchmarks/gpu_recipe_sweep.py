@@ -74,7 +74,7 @@ def _seeded_cases(variants):
     ]
 
 
-# The second sweep: the 168 px / 1.5 mm, two-window default at the CPU's budget of 150
+# The second sweep: the 168 px / 1.5 mm, two-window default at the CPU's 150
 # steps, one change at a time, each with one to three seeds (seed changes the initial
 # weights and the sampled batches). "batch4x2" trades batch size for steps at equal slices
 # seen (equal CPU time); the window cases keep 32 slices per step.

@@ -4,8 +4,11 @@ The figures of these runs mean nothing; each test checks that the script ran to 
 and printed the measurements it promises (names and finite numbers).
 """
 
+import contextlib
+import io
 import json
 import math
+import runpy
 import subprocess
 import sys
 
@@ -20,15 +23,22 @@ TINY_OVERRIDES = [
 
 
 def _run(script, *args):
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / script), *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    """Runs a benchmark script in this process (TensorFlow is imported once for all of
+    them) as `python benchmarks/SCRIPT ARGS` would; returns its JSON output lines."""
+    import keras
+
+    out, argv = io.StringIO(), sys.argv
+    sys.argv = [str(REPO / "benchmarks" / script), *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(sys.argv[0], run_name="__main__")
+    except SystemExit as stop:
+        assert stop.code in (None, 0), out.getvalue()[-3000:]
+    finally:
+        sys.argv = argv
+        keras.mixed_precision.set_global_policy("float32")  # gpu_model sets a policy
+        keras.backend.clear_session()
+    return [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
 
 
 def _finite(row, keys):

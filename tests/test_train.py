@@ -302,25 +302,25 @@ def test_calibration_studies_set_the_thresholds_and_are_not_trained_on(
         "[radnet] slice threshold from 3 calibration studies for 100-slice series"
         in capsys.readouterr().out
     )
-    main(
-        args
-        + [
-            "calibration_fraction=0.4",
-            "calibrate_threshold=false",
-            "calibrate_mask_threshold=false",
-        ]
-    )
+    # checked before training: a split kept out but nothing calibrated says so, and a split
+    # without both classes stops the run with one line (exit 2)
+    from radnet_tf.config import load_config
+    from radnet_tf.training.train import _check_splits
+
+    counts = {"train": 4, "train_positive": 2, "calibration": 3, "calibration_positive": 1}
+    off = ["calibrate_threshold=false", "calibrate_mask_threshold=false"]
+    _check_splits(counts, load_config("default", ["calibration_fraction=0.4", *off]))
     assert (
         "calibration_fraction: 3 studies kept out of training, but no threshold is calibrated"
         in capsys.readouterr().out
     )
-    proc = _run(args + ["calibration_fraction=0.3"])  # no study falls in calibration at this seed
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("[radnet] error:")]
-    assert (
-        len(errors) == 1
-        and "calibration split needs positive and negative studies (calibration=0" in errors[0]
-    )
+    with pytest.raises(SystemExit) as stop:
+        main(args + ["calibration_fraction=0.3"])  # no study falls in calibration at this seed
+    errors = [
+        line for line in capsys.readouterr().err.splitlines() if line.startswith("[radnet]")
+    ]
+    assert stop.value.code == 2 and len(errors) == 1
+    assert "calibration split needs positive and negative studies (calibration=0" in errors[0]
     proc = _run(
         args + ["calibration_fraction=0.3", "calibrate_threshold=false"]
     )  # the mask threshold alone
