@@ -199,6 +199,24 @@ def test_saved_model_cli_lists_signatures(exported):
         assert name in out
 
 
+def test_without_tensorflow_serving_api_the_export_has_no_warmup_and_says_so(
+    trained_tiny, tmp_path, monkeypatch, capsys
+):
+    """A plain `pip install` (no serving extra) still exports; only the warm-up is left out."""
+    import sys
+
+    from radnet_tf.serving.export import export_model
+
+    cfg, _, model, _ = trained_tiny
+    monkeypatch.setitem(sys.modules, "tensorflow_serving.apis", None)  # import fails
+    path = export_model(model, cfg, tmp_path)
+    assert (path / "saved_model.pb").exists() and not (path / "assets.extra").exists()
+    assert capsys.readouterr().err == (
+        "[radnet] note: tensorflow-serving-api is not installed, so the export has no warm-up "
+        "requests (pip install 'radnet-tf[serving]' adds them)\n"
+    )
+
+
 def test_warmup_requests_are_prediction_logs(exported):
     from tensorflow_serving.apis import prediction_log_pb2
 

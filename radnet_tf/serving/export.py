@@ -267,17 +267,18 @@ def _subtype_outputs(out, slices, cfg, min_run, mask_threshold):
 
 
 def _warmup_requests(path, n, channels=1, num_slices=8):
-    """Writes PredictionLog warm-up records (one per signature)."""
+    """Writes PredictionLog warm-up records (one per signature) to `path`; returns False
+    (with a note) and writes nothing when tensorflow-serving-api is not installed."""
     import numpy as np
     import tensorflow as tf
 
     try:
         from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
     except ImportError:
-        raise UserError(
-            "tensorflow-serving-api is needed for warm-up requests: pip install "
-            "'radnet-tf[serving]'"
-        ) from None
+        say("note: tensorflow-serving-api is not installed, so the export has no warm-up "
+            "requests (pip install 'radnet-tf[serving]' adds them)", err=True)
+        return False
+    path.parent.mkdir(exist_ok=True)
     requests = []
     req = predict_pb2.PredictRequest(
         model_spec=model_pb2.ModelSpec(signature_name="serving_default")
@@ -298,6 +299,7 @@ def _warmup_requests(path, n, channels=1, num_slices=8):
                 predict_log=prediction_log_pb2.PredictLog(request=r)
             )
             writer.write(log.SerializeToString())
+    return True
 
 
 def next_version(export_dir) -> int:
@@ -384,7 +386,6 @@ def export_model(
         (tmp / "assets").mkdir(exist_ok=True)
         (tmp / "assets" / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
         if warmup:
-            (tmp / "assets.extra").mkdir(exist_ok=True)
             _warmup_requests(tmp / "assets.extra" / WARMUP_FILE, cfg.input_size, cfg.input_channels)
         os.chmod(tmp, 0o755)
     return final
