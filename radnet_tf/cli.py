@@ -120,14 +120,18 @@ def add_verbose(parser):
 
 def cli_main(func):
     """Decorates `main(argv=None)`: quiet start-up (unless --verbose), `UserError` -> one
-    line on stderr and exit 2, Ctrl-C -> exit 130."""
+    line on stderr and exit 2, Ctrl-C -> exit 130. Called with an argument list (from
+    Python), it returns what `func` returns; called as a command (no arguments, as the
+    console scripts' `sys.exit(main())` does), it returns None, so the exit code is 0."""
 
     @functools.wraps(func)
     def wrapper(argv=None):
+        as_command = argv is None
         argv = list(sys.argv[1:] if argv is None else argv)
         configure_logging(verbose="--verbose" in argv)
         try:
-            return func(argv)
+            result = func(argv)
+            return None if as_command else result
         except UserError as err:
             print(f"{PREFIX} error: {err}".replace("\n", " "), file=sys.stderr)
             raise SystemExit(EXIT_USER_ERROR) from None

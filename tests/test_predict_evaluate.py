@@ -541,3 +541,16 @@ def test_predict_refuses_a_keras_model_dir_with_one_line(trained_tiny, tiny_coho
     assert str(info.value) == (
         f"predict needs a SavedModel export; export {model_dir} first: radnet-export {model_dir}"
     )
+
+
+def test_as_a_command_main_returns_none_so_the_console_script_exits_0(
+    saved, tiny_cohort, monkeypatch, capsys
+):
+    """Console scripts run `sys.exit(main())`: a returned dict would exit 1 and print it."""
+    import sys
+
+    study = str(tiny_cohort / "dicom" / "synth-0001")
+    monkeypatch.setattr(sys, "argv", ["radnet-predict", study, "--model", str(saved)])
+    assert predict.main() is None
+    assert json.loads(capsys.readouterr().out)["ct_positive"] in (True, False)
+    assert isinstance(predict.main([study, "--model", str(saved)]), dict)  # from Python
