@@ -27,7 +27,9 @@ TINY_MODEL = dict(
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: trains or exports a model (seconds to a minute)")
+    config.addinivalue_line(
+        "markers", "slow: trains, exports or builds a cohort or the atlas (over ~8 s on 2 cores)"
+    )
 
 
 @pytest.fixture

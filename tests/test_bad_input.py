@@ -388,6 +388,7 @@ def test_a_real_cli_process_prints_one_line_without_tensorflow_noise(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_a_successful_run_with_worker_processes_prints_only_its_result_line(tiny_cohort, tmp_path):
     """TensorFlow's start-up lines stay out of the output of the command and of its
     spawned worker processes (each imports TensorFlow on its own)."""

@@ -111,8 +111,9 @@ def test_every_key_is_documented_in_one_section():
 
     fields = dataclasses.fields(Config)
     assert all(f.metadata.get("doc") for f in fields)
-    assert [first for _, first in SECTIONS] == [f.name for f in fields if f.name in
-                                                 {first for _, first in SECTIONS}]
+    assert [first for _, first in SECTIONS] == [
+        f.name for f in fields if f.name in {first for _, first in SECTIONS}
+    ]
     text = config_reference()
     assert all(text.count(f"| `{f.name}` |") == 1 for f in fields)
 

@@ -300,6 +300,7 @@ def test_multi_window_export_takes_channels_and_windows_hu_in_graph(tmp_path):
     np.testing.assert_allclose(out["slice_probabilities"].numpy(), ref, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_subtype_model_adds_outputs_and_keeps_the_old_ones(tmp_path):
     """targets: subtypes adds subtype outputs to both signatures; the five existing outputs
     keep their names, dtypes and values, so a client written for an `any` export works."""
@@ -361,6 +362,7 @@ def test_subtype_model_adds_outputs_and_keeps_the_old_ones(tmp_path):
     np.testing.assert_array_equal(out["subtype_lesion_masks"].numpy(), expected)
 
 
+@pytest.mark.slow
 def test_predict_on_a_subtype_export_reports_every_subtype_and_draws_them(tmp_path, tiny_cohort):
     from radnet_tf.serving import predict
     from radnet_tf.serving.export import export_model

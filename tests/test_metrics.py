@@ -212,8 +212,7 @@ def test_print_summary_names_the_calibration_length(capsys):
     out = capsys.readouterr().out
     assert (
         "[radnet] threshold : 0.500 (slice probability, from the training studies, for 30-slice "
-        "series)\n"
-        in out
+        "series)\n" in out
     )
     assert (
         "[radnet] as 30-slice series (modelled, x2.00): sensitivity 0.625, specificity 0.562, "

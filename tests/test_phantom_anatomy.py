@@ -76,6 +76,7 @@ def test_slab_centres_reach_from_the_neck_to_the_top_of_the_skull(atlas):
     assert brain_top < synth._HIGHEST[2] <= bone_top  # vertex-cap slices: bone, little or no brain
 
 
+@pytest.mark.slow
 def test_atlas_cache_equals_a_fresh_build(atlas):
     """The on-disk cache (float16) and a fresh build give the same channels: a cohort does
     not depend on whether the cache existed."""

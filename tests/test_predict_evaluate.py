@@ -60,8 +60,7 @@ def test_predict_on_a_single_dicom_file_applies_the_rule_with_k_1(saved, tiny_co
     t = read_metadata(saved)["slice_threshold"]
     assert len(result["slice_probabilities"]) == 1 and result["min_run_applied"] == 1
     assert (
-        result["rule"]
-        == f">= 1 consecutive slices with probability >= {t} "
+        result["rule"] == f">= 1 consecutive slices with probability >= {t} "
         "(the model's K = 3, shortened to the study's 1 slice(s))"
     )
     assert result["ct_positive"] == (result["slice_probabilities"][0] >= t)
@@ -231,8 +230,7 @@ def test_evaluate_on_one_slice_studies_says_the_rule_was_shortened(saved, tmp_pa
     out = capsys.readouterr().out
     assert (
         "note: 4 of 4 studies have fewer than K=3 slices; the CT rule was applied to them with K "
-        "= their slice count"
-        in out
+        "= their slice count" in out
     )
     studies = pd.read_csv(tmp_path / "eval" / "radnet-v1" / "studies.csv")
     slices = pd.read_csv(tmp_path / "eval" / "radnet-v1" / "slices.csv").set_index("study_key")
@@ -334,6 +332,7 @@ def test_reader_table_by_finding_exact(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_evaluate_a_subtype_savedmodel_with_reads_per_finding(tiny_records, tmp_path, capsys):
     """A subtype export through evaluate: per-subtype tables, per-study subtype calls and
     the per-finding reader table from a CQ500-style reads.csv."""

@@ -104,6 +104,7 @@ def test_csv_log_has_validation_columns_when_the_first_epoch_skips_validation(tm
     assert list(history["val_loss"].isna()) == [True, False, False]
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(tiny_records, tmp_path):
     from radnet_tf.training.train import train
 
@@ -163,6 +164,7 @@ def test_same_seed_same_metrics(tiny_records, tmp_path):
     ] == pytest.approx(max(dice))
 
 
+@pytest.mark.slow
 def test_val_every_zero_trains_without_validation_and_evaluates_at_the_end(tiny_records, tmp_path):
     from radnet_tf.training.train import train
 
@@ -181,6 +183,7 @@ def test_val_every_zero_trains_without_validation_and_evaluates_at_the_end(tiny_
     )
 
 
+@pytest.mark.slow
 def test_without_validation_every_loader_uses_the_model_that_was_evaluated(tiny_records, tmp_path):
     """Regression: with val_every 0 a best.keras chosen on *training* AUC was kept and
     preferred by export/evaluate over the final model that training evaluated."""
@@ -242,6 +245,7 @@ def test_bad_config_or_missing_data_is_one_line(args, message):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_the_trainers_export_carries_the_held_out_figures_without_a_model_dir(
     tiny_records, tmp_path
 ):
@@ -275,6 +279,7 @@ def test_the_trainers_export_carries_the_held_out_figures_without_a_model_dir(
     assert meta["held_out"]["mask_threshold"] == meta["mask_threshold"] == summary["mask_threshold"]
 
 
+@pytest.mark.slow
 def test_calibration_studies_set_the_thresholds_and_are_not_trained_on(
     tiny_records, tmp_path, capsys
 ):
@@ -316,9 +321,7 @@ def test_calibration_studies_set_the_thresholds_and_are_not_trained_on(
     )
     with pytest.raises(SystemExit) as stop:
         main(args + ["calibration_fraction=0.3"])  # no study falls in calibration at this seed
-    errors = [
-        line for line in capsys.readouterr().err.splitlines() if line.startswith("[radnet]")
-    ]
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[radnet]")]
     assert stop.value.code == 2 and len(errors) == 1
     assert "calibration split needs positive and negative studies (calibration=0" in errors[0]
     proc = _run(
@@ -463,6 +466,7 @@ def test_synthetic_cache_is_reused_and_rebuilt_when_the_spec_changes(tmp_path):
     assert json.loads((tmp_path / "synth" / "spec.json").read_text())["seed"] == 1
 
 
+@pytest.mark.slow
 def test_training_on_one_slice_studies_reports_the_shortened_rule(tmp_path):
     """2-D image data: every study is one slice, so the K = 3 rule is applied with K = 1 and
     the summary says so (it used to print recall 0: the rule could never fire)."""
@@ -491,6 +495,7 @@ def test_training_on_one_slice_studies_reports_the_shortened_rule(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_subtype_training_adds_a_masked_subtype_loss(tiny_records, tmp_path):
     from radnet_tf.serving.loader import load_trained
     from radnet_tf.training.train import train
@@ -510,6 +515,7 @@ def test_subtype_training_adds_a_masked_subtype_loss(tiny_records, tmp_path):
     assert loaded_cfg.targets == "subtypes" and "subtype_probability" in loaded.output_names
 
 
+@pytest.mark.slow
 def test_subtype_evaluation_tables_and_calibration(tiny_records, tmp_path):
     """With targets: subtypes the run calibrates one threshold per subtype on the training
     studies and writes per-subtype metrics, the confusion table and RSNA's log loss."""
