@@ -67,19 +67,12 @@ def main(argv=None):
     from radnet_tf.io.dicom import read_series
     from radnet_tf.io.seg import to_source_grid
     from radnet_tf.serving.predict import predict_series
-    from radnet_tf.serving.loader import load_saved_model
+    from radnet_tf.serving.loader import brain_window_config, load_saved_model
 
     shared = Path(args.shared)
     saved, meta, path = load_saved_model(args.model)
     threshold = meta["slice_threshold"]
-    pcfg = preprocess.PreprocessConfig(
-        window_center=meta["window_center"],
-        window_width=meta["window_width"],
-        extra_windows=(),
-        out_spacing=meta["out_spacing_mm"],
-        fov_mm=meta["fov_mm"],
-        out_size=meta["input_size"],
-    )
+    pcfg = brain_window_config(meta)
     passed, shown = [], []
     extra = [
         x.strip()

@@ -142,6 +142,21 @@ def lesion_rule_of(meta) -> tuple:
     return float(meta.get("mask_threshold", MASK_THRESHOLD)), bool(meta.get("mask_opening", False))
 
 
+def brain_window_config(meta):
+    """The PreprocessConfig of an export's grid (spacing, FOV, size) with the brain window
+    only: the geometry of its masks, for display and for mapping them back to the source."""
+    from radnet_tf.preprocess import PreprocessConfig
+
+    return PreprocessConfig(
+        window_center=meta["window_center"],
+        window_width=meta["window_width"],
+        extra_windows=(),
+        out_spacing=meta["out_spacing_mm"],
+        fov_mm=meta["fov_mm"],
+        out_size=meta["input_size"],
+    )
+
+
 def load_saved_model(path):
     import tensorflow as tf
 

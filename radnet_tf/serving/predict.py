@@ -177,8 +177,8 @@ def write_seg(path, dicom_dir, series, out, meta):
     """Writes the DICOM SEG for `predict --seg`; returns {"path", "segments"} or a reason."""
     import pydicom
 
-    from radnet_tf import preprocess
     from radnet_tf.io.seg import unsupported_sources, write_segmentation
+    from radnet_tf.serving.loader import brain_window_config
 
     reason = unsupported_sources(series)
     if reason:  # the prediction itself is still written
@@ -204,14 +204,7 @@ def write_seg(path, dicom_dir, series, out, meta):
         masks, names = out[SUBTYPE_LESION_MASKS], list(SUBTYPES)
     else:
         masks, names = out[LESION_MASK][..., None], ["Hemorrhage"]
-    pcfg = preprocess.PreprocessConfig(
-        window_center=meta["window_center"],
-        window_width=meta["window_width"],
-        extra_windows=(),
-        out_spacing=meta["out_spacing_mm"],
-        fov_mm=meta["fov_mm"],
-        out_size=meta["input_size"],
-    )
+    pcfg = brain_window_config(meta)
     segments = write_segmentation(path, series, source_files, masks, names, pcfg, meta)
     if not segments:
         return {"path": None, "segments": [], "note": "no mask voxel: no segmentation written"}
@@ -357,15 +350,9 @@ def _warn_about(meta):
 def _write_overview(folder, series, out, meta):
     """overview.png in `folder`: the brain-window slices with the masks and probabilities."""
     from radnet_tf import preprocess
+    from radnet_tf.serving.loader import brain_window_config
 
-    cfg_pre = preprocess.PreprocessConfig(
-        window_center=meta["window_center"],
-        window_width=meta["window_width"],
-        extra_windows=(),  # the display shows the brain window only
-        out_spacing=meta["out_spacing_mm"],
-        fov_mm=meta["fov_mm"],
-        out_size=meta["input_size"],
-    )
+    cfg_pre = brain_window_config(meta)
     out["slices"] = preprocess.preprocess_study(series.hu, series.pixel_spacing, cfg_pre).numpy()[
         ..., 0
     ]
