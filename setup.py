@@ -22,7 +22,16 @@ setup(
     # One importable top-level package; `pipelines/` and `serving/` in the checkout are thin
     # entry scripts and the TF Serving kit, not installed packages.
     packages=find_packages(include=["radnet_tf", "radnet_tf.*"]),
-    package_data={"radnet_tf": ["configs/*.yaml", "phantom/assets/*"]},
+    package_data={
+        "radnet_tf": [
+            "configs/*.yaml",
+            "phantom/assets/*",
+            "serving/builtin/card.json",
+            "serving/builtin/model/*.pb",
+            "serving/builtin/model/assets/*",
+            "serving/builtin/model/variables/*",
+        ]
+    },
     install_requires=[
         "tensorflow==2.21.*",
         "keras==3.15.*",

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from radnet_tf.contract import MASK_THRESHOLD
 from radnet_tf.errors import UserError
 
 METADATA_FILE = "radnet_metadata.json"
+BUILTIN = "builtin"  # the name of the model shipped in the package (radnet_tf.serving.builtin)
 
 
 @dataclasses.dataclass
@@ -44,9 +46,25 @@ class LoadedModel:
     meta: dict | None = None
 
 
+def builtin_model_path() -> Path:
+    """The folder of the SavedModel shipped in the package as the built-in model."""
+    return Path(str(importlib.resources.files("radnet_tf").joinpath("serving", "builtin", "model")))
+
+
+def resolve(path) -> Path:
+    """`path` as a Path; the name "builtin" is the shipped model's folder."""
+    if str(path) != BUILTIN:
+        return Path(path)
+    p = builtin_model_path()
+    if not (p / "saved_model.pb").exists():
+        raise UserError("this installation has no built-in model (radnet_tf/serving/builtin/model)")
+    return p
+
+
 def is_saved_model(path) -> bool:
-    """True for a SavedModel version dir or an export root holding numbered versions."""
-    p = Path(path)
+    """True for a SavedModel version dir or an export root holding numbered versions (or
+    the name "builtin")."""
+    p = resolve(path)
     if (p / "saved_model.pb").exists():
         return True
     return p.is_dir() and any(
@@ -57,6 +75,7 @@ def is_saved_model(path) -> bool:
 def load(path) -> LoadedModel:
     """Loads any form of trained model (module docstring). Raises UserError when `path` is
     none of them."""
+    path = resolve(path)
     if is_saved_model(path):
         saved, meta, version_dir = load_saved_model(path)
         return LoadedModel(
@@ -158,9 +177,11 @@ def brain_window_config(meta):
 
 
 def load_saved_model(path):
+    """(loaded SavedModel, its metadata, its version folder) of a version folder, an export
+    root (its highest version) or "builtin"."""
     import tensorflow as tf
 
-    p = Path(path)
+    p = resolve(path)
     if not (p / "saved_model.pb").exists():
         versions = (
             sorted(int(v.name) for v in p.iterdir() if v.name.isdigit()) if p.is_dir() else []

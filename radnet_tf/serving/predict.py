@@ -1,4 +1,4 @@
-"""`python -m radnet_tf.predict DICOM_DIR --model saved_models/radnet/N [--out DIR]`
+"""`python -m radnet_tf.predict DICOM_DIR [--model saved_models/radnet/N] [--out DIR]`
 
 A quick look at one study on CPU: reads the series with the project's reader, runs the
 exported SavedModel's `predict_hu` signature (preprocessing in-graph), prints JSON (CT
@@ -298,7 +298,7 @@ def _load_export(path):
     """(loaded SavedModel, its metadata); a Keras model dir or file is refused with one line."""
     from radnet_tf.serving import loader
 
-    p = Path(path)
+    p = loader.resolve(path)
     if not loader.is_saved_model(p) and ((p / "run_info.json").exists() or p.suffix == ".keras"):
         raise UserError(
             f"predict needs a SavedModel export; export {path} first: radnet-export {path}"
@@ -314,7 +314,10 @@ def build_parser():
     add_verbose(parser)
     parser.add_argument("dicom_dir", help="folder of one study, or a single DICOM file")
     parser.add_argument(
-        "--model", required=True, help="SavedModel dir (a version, or its parent: latest)"
+        "--model",
+        default="builtin",
+        help="SavedModel dir (a version, or its parent: latest); default: the built-in model "
+        "shipped in the package (trained on the synthetic phantom only)",
     )
     parser.add_argument("--out", help="folder for overview.png and prediction.json")
     parser.add_argument(

@@ -1,0 +1,49 @@
+"""The built-in model shipped in the package: it loads by name, answers as recorded, and
+`predict` uses it when no model is given."""
+
+import json
+
+import numpy as np
+import pytest
+
+from radnet_tf.serving import builtin, loader, predict
+
+
+def test_the_builtin_model_loads_by_name_and_answers_as_its_card_records():
+    loaded = loader.load("builtin")
+    assert loaded.kind == "saved_model" and loaded.path == loader.builtin_model_path()
+    assert loaded.meta["trained_on"].startswith("synthetic phantom")
+    assert loaded.cfg.slice_threshold == loaded.meta["slice_threshold"]
+    card = builtin.card()
+    assert card["held_out"] == loaded.meta["held_out"] and card["commit"]
+    np.testing.assert_allclose(
+        builtin.slice_probabilities(loaded.saved), card["reference_slice_probabilities"], atol=1e-4
+    )
+
+
+def test_predict_without_a_model_uses_the_builtin_one(tiny_cohort, capsys):
+    result = predict.main([str(tiny_cohort / "dicom" / "synth-0001")])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["ct_positive"] == result["ct_positive"]
+    assert result["model"]["trained_on"].startswith("synthetic phantom")
+    assert "trained on the synthetic phantom only" in captured.err
+
+
+@pytest.mark.slow
+def test_install_copies_an_export_without_warmup_and_records_its_answers(
+    trained_tiny, tmp_path, monkeypatch
+):
+    from radnet_tf.serving.export import export_model
+
+    cfg, _, model, _ = trained_tiny
+    export = export_model(model, cfg, tmp_path / "sm")
+    assert (export / "assets.extra").exists()
+    target = tmp_path / "pkg" / "builtin" / "model"
+    monkeypatch.setattr(builtin, "builtin_model_path", lambda: target)
+    assert builtin.install(export, commit="abc123", gates=[{"gates_passed": 1}]) == target
+    assert (target / "saved_model.pb").exists() and not (target / "assets.extra").exists()
+    card = json.loads((target.parent / "card.json").read_text())
+    assert card["commit"] == "abc123" and card["real_ct_gates"] == [{"gates_passed": 1}]
+    saved, _, _ = loader.load_saved_model(target)
+    assert card["reference_slice_probabilities"] == builtin.slice_probabilities(saved)
+    assert len(card["reference_slice_probabilities"]) == 16
