@@ -562,3 +562,18 @@ def test_class_mask_targets_one_hot_or_unknown_blood():
     np.testing.assert_array_equal(got[0, 1], [0, 0, 0, 0, 1])  # SDH
     np.testing.assert_array_equal(got[1, 0], [0, 0, 0, 0, 0])  # background
     np.testing.assert_array_equal(got[1, 1], [-1, -1, -1, -1, -1])  # blood, class unknown
+
+
+def test_a_one_slice_dicom_series_becomes_a_one_slice_record(tmp_path):
+    """Single-slice studies (RSNA-style positives) convert, as predict already reads them."""
+    from conftest import write_tiny_series
+
+    from radnet_tf.records.convert import StudyTask, convert_study
+
+    write_tiny_series(tmp_path / "one", num_slices=1)
+    record, row = convert_study(
+        StudyTask("one", str(tmp_path / "one"), 1, None), tiny_config().preprocess_config()
+    )
+    study = records.decode_study(tf.constant(record))
+    assert row["num_slices"] == 1 and study["image"].shape[0] == 1
+    assert study["slice_labels"].numpy().tolist() == [-1]  # a positive study: slice unknown

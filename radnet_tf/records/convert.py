@@ -299,8 +299,9 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
 
     policy = SeriesPolicy.parse(task.series_policy) if task.series_policy else None
     with _unpacked(task.dicom_dir) as folder:
-        series = read_series(
+        series = read_series(  # one slice is a study too (RSNA-style single slices)
             list(task.files) if task.files else folder,
+            min_slices=1,
             salt=salt,
             fix_12bit=task.fix_12bit,
             skip_undecodable=task.skip_undecodable,
