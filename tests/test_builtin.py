@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from radnet_tf.phantom.generate import GENERATOR_VERSION
 from radnet_tf.serving import builtin, loader, predict
 
 
@@ -16,6 +17,8 @@ def test_the_builtin_model_loads_by_name_and_answers_as_its_card_records():
     assert loaded.cfg.slice_threshold == loaded.meta["slice_threshold"]
     card = builtin.card()
     assert card["held_out"] == loaded.meta["held_out"] and card["commit"]
+    # the reference study is a phantom study: a new generator needs the card regenerated
+    assert card["reference_study"]["generator"] == GENERATOR_VERSION, "rerun builtin.install"
     np.testing.assert_allclose(
         builtin.slice_probabilities(loaded.saved), card["reference_slice_probabilities"], atol=1e-4
     )

@@ -23,6 +23,7 @@ from pathlib import Path
 from radnet_tf import atomic
 from radnet_tf.cli import add_verbose, cli_main, say
 from radnet_tf.errors import UserError
+from radnet_tf.phantom.generate import GENERATOR_VERSION
 from radnet_tf.serving.loader import BUILTIN, builtin_model_path, read_metadata
 
 REFERENCE_SEED = (2026, 0)  # the phantom study the card records outputs for
@@ -73,7 +74,12 @@ def install(export, commit="", gates=None) -> Path:
         "trained_on": meta.get("trained_on"),
         "held_out": meta.get("held_out"),
         "real_ct_gates": gates or [],
-        "reference_study": {"seed": list(REFERENCE_SEED), "matrix": 256, "slices": 16},
+        "reference_study": {
+            "seed": list(REFERENCE_SEED),
+            "matrix": 256,
+            "slices": 16,
+            "generator": GENERATOR_VERSION,
+        },
         "reference_slice_probabilities": slice_probabilities(tf.saved_model.load(str(target))),
     }
     atomic.write_text(target.parent / "card.json", json.dumps(info, indent=2) + "\n")
