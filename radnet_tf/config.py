@@ -85,6 +85,7 @@ SECTIONS = (
     ("Model", "variant"),
     ("Loss", "slice_loss_weight"),
     ("Training recipe", "epochs"),
+    ("Fine-tuning", "init_from"),
     ("CT-level decision rule and calibration", "ct_min_run"),
     ("Served lesion mask", "mask_threshold"),
     ("End of run", "export"),
@@ -247,6 +248,25 @@ class Config:
         1,
         "Validate every n-th epoch and the last; 0 = not during training "
         "(the held-out studies are still evaluated at the end).",
+        INT_GE0,
+    )
+    # ---- fine-tuning
+    init_from: str = _key(
+        "",
+        "Start from a trained model: a model dir, a `.keras` file, a SavedModel export or "
+        '`builtin` (radnet_tf.training.init_from); "" = from scratch.',
+        STRING,
+    )
+    fine_tune_lr_factor: float = _key(
+        0.1,
+        "With `init_from`: the learning rate is `learning_rate` x this (fine-tuning moves "
+        "trained weights less).",
+        (lambda v: _is_number(v) and 0 < v <= 1, "must be in (0, 1]"),
+    )
+    freeze_backbone_steps: int = _key(
+        0,
+        "With `init_from`: train this many steps with the encoder frozen (heads, BiLSTM "
+        "and classifier adapt first), before the `epochs`.",
         INT_GE0,
     )
     # ---- CT-level decision rule

@@ -50,3 +50,29 @@ def test_install_copies_an_export_without_warmup_and_records_its_answers(
     saved, _, _ = loader.load_saved_model(target)
     assert card["reference_slice_probabilities"] == builtin.slice_probabilities(saved)
     assert len(card["reference_slice_probabilities"]) == 16
+
+
+@pytest.mark.slow
+def test_export_of_the_builtin_model_keeps_its_answers_and_lineage(tmp_path):
+    from radnet_tf.serving import export
+
+    path = export.main(["--model", "builtin", "--out", str(tmp_path), "--threshold", "0.5"])
+    assert path == tmp_path / "1"
+    saved, meta, _ = loader.load_saved_model(path)
+    shipped = loader.load("builtin")
+    assert meta["slice_threshold"] == 0.5 and meta["ct_min_run"] == shipped.meta["ct_min_run"]
+    assert meta["trained_on"] == shipped.meta["trained_on"]
+    assert meta["held_out"] == shipped.meta["held_out"]
+    np.testing.assert_allclose(
+        builtin.slice_probabilities(saved),
+        builtin.card()["reference_slice_probabilities"],
+        atol=1e-4,
+    )
+
+
+def test_export_needs_exactly_one_model(capsys):
+    from radnet_tf.serving import export
+
+    with pytest.raises(SystemExit):
+        export.main([])
+    assert "give one model: MODEL or --model" in capsys.readouterr().err

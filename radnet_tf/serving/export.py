@@ -275,8 +275,11 @@ def _warmup_requests(path, n, channels=1, num_slices=8):
     try:
         from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
     except ImportError:
-        say("note: tensorflow-serving-api is not installed, so the export has no warm-up "
-            "requests (pip install 'radnet-tf[serving]' adds them)", err=True)
+        say(
+            "note: tensorflow-serving-api is not installed, so the export has no warm-up "
+            "requests (pip install 'radnet-tf[serving]' adds them)",
+            err=True,
+        )
         return False
     path.parent.mkdir(exist_ok=True)
     requests = []
@@ -444,6 +447,20 @@ def trained_on_of(model_path, cfg) -> str:
     )
 
 
+def _export_source(source):
+    """(keras model, Config, trained_on, held_out) of any loadable model (an export keeps
+    its own metadata's lineage and held-out figures)."""
+    from radnet_tf.serving import loader
+
+    loaded = loader.load(source)
+    model = loader.keras_model_of(loaded)
+    if loaded.kind == "saved_model":
+        return model, loaded.cfg, loaded.meta.get("trained_on"), loaded.meta.get("held_out")
+    held_out = held_out_from(source) if Path(source).is_dir() else None
+    folder = Path(source) if Path(source).is_dir() else Path(source).parent
+    return model, loaded.cfg, trained_on_of(folder, loaded.cfg), held_out
+
+
 @cli_main
 def main(argv=None):
     parser = argparse.ArgumentParser(
@@ -451,24 +468,33 @@ def main(argv=None):
     )
     add_verbose(parser)
     parser.add_argument(
-        "model", help="model dir (the model its run_info.json names) or .keras file"
+        "model",
+        nargs="?",
+        help="model dir (the model its run_info.json names), .keras file, SavedModel "
+        "export or 'builtin'",
     )
+    parser.add_argument("--model", dest="model_flag", help="the same as MODEL")
     parser.add_argument("--out", default=None, help="export root (default: config export_dir)")
     parser.add_argument(
         "--version", type=int, default=None, help="version number (default: next free)"
     )
     parser.add_argument(
-        "--threshold", type=float, default=None, help="slice threshold (default: config)"
+        "--threshold", type=float, default=None, help="slice threshold (default: the model's)"
     )
     parser.add_argument(
-        "--min-run", type=int, default=None, help="K consecutive slices (default: config)"
+        "--min-run", type=int, default=None, help="K consecutive slices (default: the model's)"
     )
     parser.add_argument(
-        "--mask-threshold", type=float, default=None, help="lesion-mask threshold (default: config)"
+        "--mask-threshold",
+        type=float,
+        default=None,
+        help="lesion-mask threshold (default: the model's)",
     )
     args = parser.parse_args(argv)
-    model, cfg = load_trained(args.model)
-    held_out = held_out_from(args.model) if Path(args.model).is_dir() else None
+    source = args.model_flag or args.model
+    if not source or (args.model and args.model_flag):
+        raise UserError("give one model: MODEL or --model (a model dir, .keras, export or builtin)")
+    model, cfg, trained_on, held_out = _export_source(source)
     path = export_model(
         model,
         cfg,
@@ -476,11 +502,12 @@ def main(argv=None):
         args.version,
         args.threshold,
         args.min_run,
-        trained_on=trained_on_of(args.model, cfg),
+        trained_on=trained_on,
         held_out=held_out,
         mask_threshold=args.mask_threshold,
     )
     say(f"exported {cfg.variant} to {path}")
+    return path
 
 
 if __name__ == "__main__":

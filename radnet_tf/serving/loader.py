@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import json
+import re
 from pathlib import Path
 
 from radnet_tf.contract import MASK_THRESHOLD
@@ -193,3 +194,41 @@ def load_saved_model(path):
         p = p / str(versions[-1])
     meta = read_metadata(p)
     return tf.saved_model.load(str(p)), meta, p
+
+
+def _variable_name(name: str) -> str:
+    """A variable's path without ":0" and without the "_<n>" that Keras' global name
+    counters add to inner layers (an export made in a process that had built other LSTMs
+    names them "forward_lstm_1")."""
+    return re.sub(r"_\d+(?=/|$)", "", name.split(":")[0])
+
+
+def keras_model_of(loaded: LoadedModel):
+    """The keras.Model of any loaded form: the model itself (kind "keras"), or for an
+    export one rebuilt from the export's config with the export's variables assigned in
+    order (each checked by name and shape).
+
+    Raises:
+      UserError: the export's variables do not fit the model its metadata describes.
+    """
+    if loaded.keras_model is not None:
+        return loaded.keras_model
+    from radnet_tf.modeling.model import build_model
+
+    model = build_model(loaded.cfg, use_cudnn=False)
+    saved = [v for v in loaded.saved.variables if "seed_generator" not in v.name]
+    if len(saved) != len(model.weights):
+        raise UserError(
+            f"{loaded.path}: the export holds {len(saved)} variables, the model its metadata "
+            f"describes {len(model.weights)}"
+        )
+    for weight, variable in zip(model.weights, saved):
+        if _variable_name(variable.name) != _variable_name(weight.path) or tuple(
+            variable.shape
+        ) != tuple(weight.shape):
+            raise UserError(
+                f"{loaded.path}: variable {variable.name} {tuple(variable.shape)} does not fit "
+                f"{weight.path} {tuple(weight.shape)} of the model its metadata describes"
+            )
+        weight.assign(variable.numpy())
+    return model

@@ -38,15 +38,20 @@ DEFAULT_CONFIG = "default"  # the built-in config (radnet_tf/configs/default.yam
 RUN_INFO = "run_info.json"
 
 
-def trained_on_from(cfg) -> str:
-    """What `cfg` trains on, for the metadata: the synthetic phantom or the user's records."""
+def trained_on_from(cfg, lineage=None) -> str:
+    """What `cfg` trains on, for the metadata: the synthetic phantom or the user's records;
+    after the source's own lineage when the run starts from a model (`init_from`)."""
     if not cfg.data:
         from radnet_tf.phantom.generate import GENERATOR_VERSION
 
-        return (
+        data = (
             f"synthetic phantom (radnet_tf.phantom.generate generator version {GENERATOR_VERSION})"
         )
-    return f"records: {cfg.data}"
+    else:
+        data = f"records: {cfg.data}"
+    if lineage:
+        return f"{lineage['trained_on']}; then fine-tuned on {data}"
+    return data
 
 
 def _atomic_backup_class():
@@ -93,33 +98,42 @@ def check_geometry(files, cfg):
 
 def learning_rate_schedule(cfg, steps_per_epoch):
     """cfg.learning_rate, divided by 10 after each fraction in cfg.lr_drop_epochs of the
-    epochs x steps_per_epoch steps. Returns a Keras schedule (a float when there is no drop)."""
+    epochs x steps_per_epoch steps (x cfg.fine_tune_lr_factor when the run starts from a
+    trained model). Returns a Keras schedule (a float when there is no drop)."""
     import keras
 
     # Keras' PiecewiseConstantDecay keeps values[i] while step <= boundaries[i] (step counts
     # from 0): a drop after n steps is the boundary n - 1.
     total = cfg.epochs * steps_per_epoch
     boundaries = sorted({max(1, int(round(f * total))) - 1 for f in cfg.lr_drop_epochs})
-    values = [cfg.learning_rate / (10**i) for i in range(len(boundaries) + 1)]
+    base = cfg.learning_rate * (cfg.fine_tune_lr_factor if cfg.init_from else 1.0)
+    values = [base / (10**i) for i in range(len(boundaries) + 1)]
     if not boundaries:  # PiecewiseConstantDecay needs a boundary
         return values[0]
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
 
 def build_and_compile(cfg, steps_per_epoch, sync_batchnorm=False):
+    from radnet_tf.modeling.model import build_model
+
+    model = build_model(cfg, sync_batchnorm=sync_batchnorm)
+    compile_model(model, cfg, learning_rate_schedule(cfg, steps_per_epoch))
+    return model
+
+
+def compile_model(model, cfg, learning_rate):
+    """Compiles `model` with the run's losses, metrics and a fresh optimizer at
+    `learning_rate` (float or Keras schedule)."""
     import keras
 
     from radnet_tf.contract import OUTPUT_SLICE
     from radnet_tf.modeling.losses import MaskedAUC, MaskedBinaryAccuracy, compile_losses
-    from radnet_tf.modeling.model import build_model
 
-    model = build_model(cfg, sync_batchnorm=sync_batchnorm)
     losses, weights = compile_losses(cfg, model.output_names)
-    schedule = learning_rate_schedule(cfg, steps_per_epoch)
     if cfg.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(schedule)
+        optimizer = keras.optimizers.Adam(learning_rate)
     else:
-        optimizer = keras.optimizers.SGD(schedule, momentum=cfg.momentum)
+        optimizer = keras.optimizers.SGD(learning_rate, momentum=cfg.momentum)
     model.compile(
         optimizer=optimizer,
         loss=losses,
@@ -129,7 +143,6 @@ def build_and_compile(cfg, steps_per_epoch, sync_batchnorm=False):
         # per step on CPU (docs/experiments.md)
         jit_compile=keras.backend.backend() == "jax",
     )
-    return model
 
 
 def evaluate_model(model, files, cfg, out_dir):
@@ -282,10 +295,19 @@ def _calibrate_slice_thresholds(preds, cfg, studies) -> dict:
             preds, cfg.ct_min_run, cfg.slice_threshold, scale
         )
         chosen["subtype_thresholds"] = cfg.subtype_thresholds
-        note = (f" ({', '.join(fell_back)}: no positive or no negative training study, the "
-                "'any' threshold)") if fell_back else ""
-        say("subtype thresholds: "
-            + ", ".join(f"{n} {t:.3f}" for n, t in zip(SUBTYPES, cfg.subtype_thresholds)) + note)
+        note = (
+            (
+                f" ({', '.join(fell_back)}: no positive or no negative training study, the "
+                "'any' threshold)"
+            )
+            if fell_back
+            else ""
+        )
+        say(
+            "subtype thresholds: "
+            + ", ".join(f"{n} {t:.3f}" for n, t in zip(SUBTYPES, cfg.subtype_thresholds))
+            + note
+        )
     return chosen
 
 
@@ -297,11 +319,15 @@ def _calibrate_mask_threshold(preds, cfg, studies) -> dict:
     masked = sum(c is not None for c in preds.mask_counts)
     cfg.mask_threshold = calibrate_mask_threshold(preds, cfg.slice_threshold, cfg.mask_threshold)
     if masked:
-        say(f"mask threshold from {masked} {studies} with a reference mask (slices at or above "
-            f"{cfg.slice_threshold:.3f}): {cfg.mask_threshold:.2f}")
+        say(
+            f"mask threshold from {masked} {studies} with a reference mask (slices at or above "
+            f"{cfg.slice_threshold:.3f}): {cfg.mask_threshold:.2f}"
+        )
     else:
-        say(f"mask threshold: kept at {cfg.mask_threshold:.2f} (none of the {studies} has a "
-            "reference mask)")
+        say(
+            f"mask threshold: kept at {cfg.mask_threshold:.2f} (none of the {studies} has a "
+            "reference mask)"
+        )
     return {"mask_threshold": cfg.mask_threshold}
 
 
@@ -346,6 +372,9 @@ def train(cfg, progress=True):
 
     with strategy.scope():
         model = build_and_compile(cfg, steps, sync_batchnorm=strategy.num_replicas_in_sync > 1)
+        if cfg.init_from:
+            run_info.update(_initialise(model, cfg))
+            _write_json(model_dir / RUN_INFO, run_info)
     patch_multi_worker_build(model, strategy)
     cal = f", {counts['calibration']} calibration" if counts["calibration"] else ""
     say(
@@ -360,7 +389,12 @@ def train(cfg, progress=True):
     seconds["training"] = time.perf_counter() - t0
     run_info["model_file"] = model_file
     _write_json(model_dir / RUN_INFO, run_info)
-    summary = {"model_dir": str(model_dir), "records": records_path, "model_file": model_file}
+    summary = {
+        "model_dir": str(model_dir),
+        "records": records_path,
+        "model_file": model_file,
+        "trained_on": run_info["trained_on"],
+    }
     if cfg.calibrate_threshold or cfg.calibrate_mask_threshold:
         t0 = time.perf_counter()
         summary.update(calibrate_thresholds(model, files, cfg))
@@ -377,6 +411,21 @@ def train(cfg, progress=True):
     summary["seconds"]["total"] = round(time.perf_counter() - start, 1)
     summary["is_chief"] = cluster.is_chief
     return summary, model
+
+
+def _initialise(model, cfg) -> dict:
+    """Weights from `cfg.init_from` (radnet_tf.training.init_from), reported line by line;
+    returns the run_info.json entries of the lineage."""
+    from radnet_tf.training.init_from import initialise
+
+    lineage = initialise(model, cfg)
+    say(
+        f"init_from {lineage['source']} (trained on {lineage['trained_on']}); learning rate "
+        f"x {cfg.fine_tune_lr_factor:g}"
+    )
+    for line in lineage["adapted"]:
+        say(f"  adapted: {line}")
+    return {"init_from": lineage, "trained_on": trained_on_from(cfg, lineage)}
 
 
 def _runtime(cfg):
@@ -489,6 +538,8 @@ def _fit(model, files, cfg, strategy, steps, model_dir, counts, progress):
         )
     elif validate:
         val_ds = data.eval_dataset(files, cfg, cfg.batch_size, with_masks=with_masks)
+    if cfg.init_from and cfg.freeze_backbone_steps and not _resuming(model_dir):
+        _fit_frozen(model, train_ds, cfg, strategy, steps, progress)
     history = model.fit(
         train_ds,
         epochs=cfg.epochs,
@@ -502,6 +553,33 @@ def _fit(model, files, cfg, strategy, steps, model_dir, counts, progress):
     if validate and (model_dir / "best.keras").exists():
         return keras.saving.load_model(model_dir / "best.keras"), "best.keras", history
     return model, "final.keras", history
+
+
+def _resuming(model_dir) -> bool:
+    """True when the run resumes from a backup (its weights come from there)."""
+    backup = Path(model_dir) / "backup"
+    return backup.is_dir() and any(backup.iterdir())
+
+
+def _fit_frozen(model, train_ds, cfg, strategy, steps, progress):
+    """`cfg.freeze_backbone_steps` steps at the run's first learning rate with the encoder
+    frozen (its BatchNorm layers in inference mode), then the encoder unfrozen and the model
+    recompiled with a fresh optimizer for the main run."""
+    from radnet_tf.training.init_from import backbone_layers
+
+    frozen = backbone_layers(model)
+    for layer in frozen:
+        layer.trainable = False
+    say(f"backbone frozen ({len(frozen)} layers) for {cfg.freeze_backbone_steps} steps")
+    with strategy.scope():
+        compile_model(model, cfg, cfg.learning_rate * cfg.fine_tune_lr_factor)
+    model.fit(
+        train_ds, epochs=1, steps_per_epoch=cfg.freeze_backbone_steps, verbose=1 if progress else 2
+    )
+    for layer in frozen:
+        layer.trainable = True
+    with strategy.scope():
+        compile_model(model, cfg, learning_rate_schedule(cfg, steps))
 
 
 def _callbacks(cfg, model_dir, validate) -> list:
@@ -666,7 +744,7 @@ def main(argv=None):
                 model,
                 cfg,
                 cfg.export_dir,
-                trained_on=trained_on_from(cfg),
+                trained_on=summary["trained_on"],
                 held_out=held_out_from(summary["model_dir"]),
             )
         )
