@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from radnet_tf.contract import AIR_HU
+from radnet_tf.errors import UserError
 
 BODY_THRESHOLD_HU = -300.0
 
@@ -286,3 +287,43 @@ def preprocess_study_np(hu, pixel_spacing, cfg, center=None):
         center = head_center_np(hu)
     resampled = resample_to_fov_np(hu, pixel_spacing, center, cfg)
     return np.stack([brain_window_np(resampled, c, w) for c, w in cfg.windows], axis=-1)
+
+
+def hu_span(window) -> tuple:
+    """(lowest, highest) HU a (centre, width) window shows."""
+    c, w = float(window[0]), float(window[1])
+    return c - w / 2.0, c + w / 2.0
+
+
+def _windows_text(windows) -> str:
+    return ", ".join(f"{float(c):g}/{float(w):g}" for c, w in windows)
+
+
+def check_windows_available(windows, rendered, what, tolerance_hu=1.0):
+    """Refuses a model whose input windows need HU that rendered images do not hold.
+
+    Args:
+      windows: the model's (centre, width) windows in HU, one per input channel.
+      rendered: the (centre, width) display windows the images were rendered with (8-bit
+        PNG/JPEG: only HU inside one are real); empty for HU as scanned.
+      what: what holds the images, for the message (e.g. "records runs/x").
+    Raises:
+      UserError (one line naming both) when a model window reaches past a rendered window
+      by more than `tolerance_hu` at either end.
+    """
+    for image_window in rendered:
+        lo, hi = hu_span(image_window)
+        need = [
+            w
+            for w in windows
+            if hu_span(w)[0] < lo - tolerance_hu or hu_span(w)[1] > hi + tolerance_hu
+        ]
+        if need:
+            spans = [hu_span(w) for w in windows]
+            raise UserError(
+                f"{what} were rendered with window {_windows_text([image_window])} (HU {lo:g} "
+                f"to {hi:g} only) but the model's windows {_windows_text(windows)} need HU "
+                f"{min(s[0] for s in spans):g} to {max(s[1] for s in spans):g}; use a model "
+                "with windows inside the rendered one (the built-in brain-window model: "
+                "init_from=builtin-brain extra_windows=[]) or images in HU"
+            )

@@ -80,6 +80,8 @@ BAD = {
     "subtype_loss_weight": -1.0,
     "subtype_thresholds": [0.5, 0.5],
     "subtype_label_weights": [1, -1, 1, 1, 1],
+    "fine_tune_lr_factor": 1.5,
+    "freeze_backbone_steps": -1,
 }
 
 

@@ -194,6 +194,8 @@ def test_training_windows_never_come_from_calibration_or_held_out_studies(tiny_r
         "validation": 3,
         "train_positive": 3,
         "calibration_positive": 1,
+        "train_negative_windows": 0,  # a 6-slice window is the whole study
+        "rendered_windows": [],
     }
     seen = set()
     for x, _ in data.train_dataset(files, cfg, batch_size=2, with_masks=False, seed=0).take(12):

@@ -44,7 +44,13 @@ from radnet_tf.contract import (
     SUBTYPES,
 )
 from radnet_tf.errors import UserError
-from radnet_tf.evaluation.metrics import binary_metrics, bootstrap_ci, ct_metrics, study_table
+from radnet_tf.evaluation.metrics import (
+    binary_metrics,
+    bootstrap_ci,
+    ct_metrics,
+    slice_auc_ci,
+    study_table,
+)
 
 PAPER_METRICS = ("accuracy", "recall", "precision", "f1")
 
@@ -145,10 +151,22 @@ def _target_row(pred, preds, studies, target, val_files):
         note = "validation"
     else:
         basis, note = studies, "optimistic: chosen on the evaluated set"
+    if not (basis.label == 1).any():
+        return {
+            "level": "ct@target",
+            "threshold": np.nan,
+            "min_run": cfg.ct_min_run,
+            "threshold_basis": f"not computed: no positive studies ({note})",
+        }
     t = threshold_for_sensitivity(basis, target)
     at = study_table(preds.keys, preds.labels, preds.probs, t, cfg.ct_min_run)
-    return {"level": "ct@target", "threshold": t, "min_run": cfg.ct_min_run,
-            "threshold_basis": note, **ct_metrics(at)}
+    return {
+        "level": "ct@target",
+        "threshold": t,
+        "min_run": cfg.ct_min_run,
+        "threshold_basis": note,
+        **ct_metrics(at),
+    }
 
 
 def _write_subtypes(preds, studies, cfg, out):
@@ -202,8 +220,10 @@ def evaluate_one(pred: Predictor, files, split, out: Path, target, val_files=Non
         }
     )
     rows.append(_target_row(pred, preds, studies, target, val_files))
-    ece = expected_calibration_error(known.label, known.probability)
-    rows[0]["ece"] = ece
+    rows[0]["ece"] = expected_calibration_error(known.label, known.probability)
+    auc_ci = slice_auc_ci(slices, n_boot)
+    if auc_ci:
+        rows[0]["roc_auc_lo"], rows[0]["roc_auc_hi"] = auc_ci
     masks = mask_scores(preds, cfg.slice_threshold) if preds.mask_counts else {"n": 0}
     if masks["n"]:  # studies with a reference mask: the lesion masks predict and --seg deliver
         rows.append({"level": "mask", "threshold": cfg.mask_threshold, "min_run": np.nan, **masks})
@@ -471,12 +491,33 @@ def _check_args(args):
         raise UserError("--readers needs --manifest (the records manifest.csv)")
 
 
-def _evaluate_model_arg(path, args, files, val_files, out):
+def ct_line(ct, studies) -> str:
+    """The CT-level result line: the paper's metrics, or for a set of one class what can be
+    computed (sensitivity of an all-positive set, specificity of an all-negative one)."""
+    if studies.label.nunique() == 2:
+        return "CT " + ", ".join(f"{k} {ct[k]:.3f}" for k in PAPER_METRICS)
+    if (studies.label == 1).all():
+        return (
+            f"CT sensitivity {ct['recall']:.3f} ({int(ct['tp'])} of {int(ct['n'])} called "
+            "positive; every study is positive: specificity, precision and ROC AUC need "
+            "negative studies)"
+        )
+    return (
+        f"CT specificity {ct['specificity']:.3f} ({int(ct['fp'])} of {int(ct['n'])} called "
+        "positive; every study is negative: sensitivity, precision and ROC AUC need "
+        "positive studies)"
+    )
+
+
+def _evaluate_model_arg(path, args, files, val_files, out, rendered=()):
     """Evaluates one --model; prints its CT (and mask) lines. Returns (name, summary frame,
-    per-study frame)."""
+    per-study frame). `rendered`: the records' display windows (`rendered_windows`); a
+    model needing HU outside them is refused."""
     from radnet_tf.evaluation.scoring import short_study_note
+    from radnet_tf.preprocess import check_windows_available
 
     pred = Predictor(path)
+    check_windows_available(pred.cfg.preprocess_config().windows, rendered, f"records {args.data}")
     for flag, key in (
         ("threshold", "slice_threshold"),
         ("min_run", "ct_min_run"),
@@ -492,10 +533,15 @@ def _evaluate_model_arg(path, args, files, val_files, out):
     if note:
         say(f"{pred.name}: note: {note}")
     say(
-        f"{pred.name}: CT "
-        + ", ".join(f"{k} {ct[k]:.3f}" for k in PAPER_METRICS)
-        + f" (n={int(ct['n'])}, threshold {pred.cfg.slice_threshold:.3f}, K={pred.cfg.ct_min_run})"
+        f"{pred.name}: {ct_line(ct, studies)} (n={int(ct['n'])}, threshold "
+        f"{pred.cfg.slice_threshold:.3f}, K={pred.cfg.ct_min_run})"
     )
+    sl = summary[summary.level == "slice"].iloc[0]
+    if "roc_auc_lo" in sl and pd.notna(sl["roc_auc_lo"]):
+        say(
+            f"{pred.name}: slice ROC AUC {sl['roc_auc']:.3f} (95% CI {sl['roc_auc_lo']:.3f}-"
+            f"{sl['roc_auc_hi']:.3f}, studies resampled; n={int(sl['n'])} labelled slices)"
+        )
     if (summary.level == "mask").any():
         m = summary[summary.level == "mask"].iloc[0]
         say(
@@ -547,8 +593,11 @@ def main(argv=None):
     val_files = data.list_shards(args.val_data) if args.val_data else None
     out = Path(args.out)
     summaries, last_studies = {}, None
+    rendered = data.rendered_windows(files)
     for path in args.model:
-        name, summaries[name], last_studies = _evaluate_model_arg(path, args, files, val_files, out)
+        name, summaries[name], last_studies = _evaluate_model_arg(
+            path, args, files, val_files, out, rendered
+        )
     if len(summaries) > 1:
         t1 = ablation_table(summaries)
         _atomic_table(t1, out / "table1.csv")

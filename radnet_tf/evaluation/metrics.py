@@ -11,17 +11,18 @@ from radnet_tf.decision import ct_decision_np, open_np
 
 def binary_metrics(y_true, y_pred, y_score=None) -> dict:
     """Accuracy, recall (sensitivity), precision, F1, specificity, confusion counts and,
-    when scores are given and both classes occur, ROC AUC and PR AUC."""
+    when scores are given and both classes occur, ROC AUC and PR AUC. Recall is NaN when
+    no case is positive, specificity NaN when none is negative (undefined, not 0)."""
     y_true = np.asarray(y_true, int)
     y_pred = np.asarray(y_pred, int)
     tn, fp, fn, tp = skm.confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()
     out = {
         "n": int(y_true.size),
         "accuracy": skm.accuracy_score(y_true, y_pred),
-        "recall": skm.recall_score(y_true, y_pred, zero_division=0),
+        "recall": float(tp / (tp + fn)) if tp + fn else float("nan"),
         "precision": skm.precision_score(y_true, y_pred, zero_division=0),
         "f1": skm.f1_score(y_true, y_pred, zero_division=0),
-        "specificity": tn / (tn + fp) if tn + fp else 0.0,
+        "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
         "tp": int(tp),
         "fp": int(fp),
         "tn": int(tn),
@@ -147,3 +148,21 @@ def bootstrap_ci(table: pd.DataFrame, fn, n_boot=1000, seed=0, alpha=0.05) -> di
 def ct_metrics(table: pd.DataFrame) -> dict:
     """CT-level metrics from a `study_table`."""
     return binary_metrics(table["label"], table["ct_positive"].astype(int), table["ct_score"])
+
+
+def slice_auc_ci(slices: pd.DataFrame, n_boot=500, seed=0, alpha=0.05):
+    """Percentile CI of the slice ROC AUC, resampling whole studies (slices of one study
+    are not independent). `slices`: a `slice_table` frame (label -1 rows are ignored).
+    Returns (lo, hi) floats, or None when the slices do not hold both classes."""
+    known = slices[slices.label >= 0]
+    if known.label.nunique() < 2:
+        return None
+    groups = [g for _, g in known.groupby("study_key", sort=True)]
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for _ in range(n_boot):
+        sample = pd.concat([groups[i] for i in rng.integers(0, len(groups), len(groups))])
+        if sample.label.nunique() == 2:
+            aucs.append(skm.roc_auc_score(sample.label, sample.probability))
+    lo, hi = np.quantile(aucs, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)

@@ -197,6 +197,7 @@ def convert_image_study(task: ImageStudyTask, pcfg: preprocess.PreprocessConfig,
         label=task.label,
         spacing=(pcfg.out_spacing, pcfg.out_spacing, float("nan")),
         slice_positions=np.arange(len(pixels), dtype=np.float32),
+        rendered_window=task.window,
     )
     row = {
         "study_id": task.study_id,
@@ -210,6 +211,7 @@ def convert_image_study(task: ImageStudyTask, pcfg: preprocess.PreprocessConfig,
         "tilt_deg": 0.0,
         "gaps": 0,
         "bytes": len(record),
+        "rendered_window": "{:g}/{:g}".format(*task.window),
     }
     return record, row
 
@@ -601,6 +603,9 @@ def write_manifest(out, frames, pcfg, skipped_rows, extra=None):
         )
         if len(written)
         else 0,
+        "rendered_windows": sorted(written.rendered_window.dropna().astype(str).unique())
+        if "rendered_window" in written.columns
+        else [],
         **(extra or {}),
     }
     atomic.write_text(out / "manifest.json", json.dumps(summary, indent=2))

@@ -132,9 +132,22 @@ def _uniform(seed, index, minval, maxval, dtype=tf.float32):
     return tf.random.stateless_uniform([], sub, minval, maxval, dtype)
 
 
+def negative_starts(labels, length):
+    """bool [max(S - length, 0) + 1]: which window starts give `length` (or S, when
+    shorter) consecutive slices none of which is labelled positive."""
+    s = tf.shape(labels)[0]
+    length = tf.minimum(length, s)
+    positive = tf.cast(labels > 0, tf.int32)
+    before = tf.concat([[0], tf.cumsum(positive)], axis=0)  # positives before slice i
+    starts = tf.range(tf.maximum(s - length, 0) + 1)
+    return tf.gather(before, starts + length) - tf.gather(before, starts) == 0
+
+
 def crop_window(study, window, seed=None):
     """Random contiguous window of `window` slices; for positive studies it contains a
-    positive slice. Shorter studies are returned whole (padded later).
+    positive slice, unless the study carries `negative_window` True (slice-label balancing:
+    then no slice of the window is positive). Shorter studies are returned whole (padded
+    later).
 
     seed: optional int [2] tensor for stateless (order-independent) draws."""
     s = tf.shape(study["image"])[0]
@@ -148,11 +161,17 @@ def crop_window(study, window, seed=None):
         hi = tf.minimum(i, max_start)
         return _uniform(seed, 1, lo, hi + 1, tf.int32)
 
+    def negative():
+        starts = tf.cast(tf.where(negative_starts(labels, window))[:, 0], tf.int32)
+        return tf.gather(starts, _uniform(seed, 1, 0, tf.size(starts), tf.int32))
+
     start = tf.cond(
         tf.size(positives) > 0,
         around_positive,
         lambda: _uniform(seed, 1, 0, max_start + 1, tf.int32),
     )
+    if "negative_window" in study:
+        start = tf.cond(study["negative_window"], negative, lambda: start)
     length = tf.minimum(window, s)
     out = dict(study)
     for key in (
@@ -236,7 +255,30 @@ def _balanced_choices(batch_size, positive_fraction, seed):
     return tf.data.Dataset.range(2**62).map(make_block).unbatch()
 
 
-def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_batch=None):
+def _class_streams(train_studies, crop_slices, balance, seed):
+    """(positive, negative) infinite, shuffled streams of training studies, each flagged
+    with `negative_window` for `crop_window`. `train_studies(label_test)` gives the
+    training studies whose label passes; `balance` as in `train_dataset`."""
+
+    def flagged(ds, negative_window):
+        return ds.map(lambda st: {**st, "negative_window": tf.constant(negative_window)})
+
+    pos = flagged(train_studies(lambda label: label > 0), False)
+    if balance == "slices":  # negatives: windows of positive studies without a positive slice
+        neg = flagged(
+            train_studies(lambda label: label > 0).filter(
+                lambda st: tf.reduce_any(negative_starts(st["slice_labels"], crop_slices))
+            ),
+            True,
+        )
+    else:
+        neg = flagged(train_studies(lambda label: label <= 0), False)
+    return pos.repeat().shuffle(256, seed=seed), neg.repeat().shuffle(256, seed=seed + 1)
+
+
+def train_dataset(
+    files, cfg, batch_size, with_masks=True, seed=None, replica_batch=None, balance="studies"
+):
     """Infinite dataset of augmented, class-balanced training windows.
 
     Args:
@@ -245,6 +287,9 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_ba
       replica_batch: windows per replica (default `batch_size`). Balance is enforced in
         consecutive blocks of this size, so each replica's slice of a global batch (and so
         its BatchNorm statistics) is balanced too.
+      balance: "studies" (negative windows from negative studies) or "slices" (from
+        windows of positive studies that hold no positive slice: for sets where every
+        study is positive but slices are labelled; `balance_of`).
     """
     seed = cfg.seed if seed is None else seed
     replica_batch = replica_batch or batch_size
@@ -283,12 +328,9 @@ def train_dataset(files, cfg, batch_size, with_masks=True, seed=None, replica_ba
                 y[name] = mask
         return image, y
 
-    pos = train_studies(lambda label: label > 0).repeat().shuffle(256, seed=seed)
-    neg = train_studies(lambda label: label <= 0).repeat().shuffle(256, seed=seed + 1)
-    # Balanced batches: every batch holds round(positive_fraction * batch_size) positive
-    # windows. With whole-study windows in a batch, BatchNorm's batch statistics would
-    # otherwise depend on the batch's label mix, which the network can exploit in training
-    # mode and which then fails at inference (moving statistics).
+    pos, neg = _class_streams(train_studies, cfg.crop_slices, balance, seed)
+    # Every batch holds round(positive_fraction * batch_size) positive windows: else the
+    # BatchNorm batch statistics carry the batch's label mix, which fails at inference.
     mixed = tf.data.Dataset.choose_from_datasets(
         [pos, neg], _balanced_choices(replica_batch, cfg.positive_fraction, seed)
     )
@@ -415,7 +457,10 @@ def _filled(ds, batch_size, pads):
 
 def count_studies(files, cfg):
     """Studies per split, reading each shard once: {"train", "calibration", "validation":
-    int, "train_positive": positives among the training studies, "calibration_positive"}.
+    int, "train_positive": positives among the training studies, "calibration_positive",
+    "train_negative_windows": positive training studies with `cfg.crop_slices` consecutive
+    slices none of which is positive, "rendered_windows": sorted list of the (centre, width)
+    display windows the records' images were rendered with ([] for HU as scanned)}.
 
     Raises:
       UserError naming the shard when one is corrupt or truncated (TF's own DataLossError
@@ -423,15 +468,53 @@ def count_studies(files, cfg):
       silently shortening an epoch.
     """
     counts = dict.fromkeys((*SPLITS, "train_positive", "calibration_positive"), 0)
+    counts["train_negative_windows"], windows = 0, set()
+
+    def summary(st):
+        negative = tf.reduce_any(negative_starts(st["slice_labels"], cfg.crop_slices))
+        return split_of(st["study_key"], cfg), st["label"], negative, st["rendered_window"]
+
     for path in files:
-        ds = read_studies([path]).map(lambda st: (split_of(st["study_key"], cfg), st["label"]))
+        ds = read_studies([path]).map(summary)
         try:
-            for split, label in ds.as_numpy_iterator():
+            for split, label, negative, window in ds.as_numpy_iterator():
                 name = SPLITS[split]
                 counts[name] += 1
                 if name != "validation":
                     counts[f"{name}_positive"] += int(label > 0)
+                if name == "train" and label > 0:
+                    counts["train_negative_windows"] += int(negative)
+                if window[1] > 0:
+                    windows.add((float(window[0]), float(window[1])))
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
             reason = str(err).split("[Op:")[0].split("}}")[-1].strip()
             raise UserError(f"{path}: corrupt or truncated TFRecord shard ({reason})") from None
+    counts["rendered_windows"] = sorted(windows)
     return counts
+
+
+def balance_of(counts) -> str:
+    """How training balances its batches: "studies" when the training split has positive
+    and negative studies, "slices" when every training study is positive but some hold
+    a window of negative slices (`count_studies`). Raises UserError otherwise."""
+    n_train, n_pos = counts["train"], counts["train_positive"]
+    if n_train and 0 < n_pos < n_train:
+        return "studies"
+    if n_train and n_pos == n_train and counts["train_negative_windows"]:
+        return "slices"
+    raise UserError(
+        f"training needs positive and negative examples: studies of both labels, or positive "
+        f"studies whose slice labels leave windows of negative slices (train={n_train}, "
+        f"positives={n_pos}, positives with a negative window="
+        f"{counts['train_negative_windows']})"
+    )
+
+
+def rendered_windows(files) -> list:
+    """Sorted distinct (centre, width) display windows the records' images were rendered
+    with ([] when every record holds HU as scanned). Reads only that feature."""
+    spec = {"rendered_window": records.FEATURES["rendered_window"]}
+    ds = tf.data.TFRecordDataset(list(files), compression_type=records.COMPRESSION).map(
+        lambda x: tf.io.parse_single_example(x, spec)["rendered_window"]
+    )
+    return sorted({(float(c), float(w)) for c, w in ds.as_numpy_iterator() if w > 0})

@@ -23,6 +23,9 @@ One `tf.train.Example` per study (schema version 1):
   size              int64    []         N
   spacing           float    [3]        (row, col, slice) mm of the stored grid
   slice_positions   float    [S]        mm along the slice normal
+  rendered_window   float    [2]        optional: (centre, width) HU of the display window the
+                                        source images were rendered with (8-bit PNG/JPEG):
+                                        only HU inside it are real; (0, 0) = HU as scanned
 
 Shards are GZIP-compressed (`COMPRESSION`): air and empty masks compress well.
 """
@@ -39,7 +42,7 @@ NUM_SUBTYPES = len(SUBTYPES)
 COMPRESSION = "GZIP"
 SHARD_SUFFIX = ".tfrecord.gz"
 
-_FEATURES = {
+FEATURES = {
     "schema_version": tf.io.FixedLenFeature([], tf.int64),
     "study_key": tf.io.FixedLenFeature([], tf.string),
     "image": tf.io.FixedLenFeature([], tf.string),
@@ -56,6 +59,7 @@ _FEATURES = {
     "size": tf.io.FixedLenFeature([], tf.int64),
     "spacing": tf.io.FixedLenFeature([3], tf.float32),
     "slice_positions": tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True),
+    "rendered_window": tf.io.FixedLenFeature([2], tf.float32, default_value=[0.0, 0.0]),
 }
 
 
@@ -83,6 +87,7 @@ def encode_study(
     slice_subtypes=None,
     study_subtypes=None,
     mask_classes=None,
+    rendered_window=None,
 ) -> bytes:
     """Serialises one study.
 
@@ -97,6 +102,7 @@ def encode_study(
       slice_subtypes: optional int array [S, 5] (1/0, -1 unknown; contract.SUBTYPES order).
       study_subtypes: optional 5 ints (1/0, -1 unknown) for the whole study.
       mask_classes: optional uint8 array [S, N, N] of subtype classes (0, 1..5).
+      rendered_window: optional (centre, width) HU the source images were rendered with.
     Returns:
       bytes of a serialised tf.train.Example.
     """
@@ -136,6 +142,8 @@ def encode_study(
                 f"{np.asarray(mask_classes).shape}"
             )
         feature["mask_classes"] = _bytes(np.asarray(mask_classes).astype(np.uint8).tobytes())
+    if rendered_window is not None:
+        feature["rendered_window"] = _floats(rendered_window)
     if study_subtypes is not None:
         if np.asarray(study_subtypes).shape != (NUM_SUBTYPES,):
             raise ValueError(
@@ -154,10 +162,10 @@ def decode_study(serialized):
       absent); mask_classes uint8 [S, N, N] (zeros when absent); has_mask bool []; slice_labels
       int64 [S]; slice_subtypes int64 [S, 5] (-1
       when absent); study_subtypes int64 [5] (-1 when absent); label int64 []; spacing float32 [3];
-      slice_positions float32 [S];
+      slice_positions float32 [S]; rendered_window float32 [2] ((0, 0) for HU as scanned);
       num_slices int64 [].
     """
-    ex = tf.io.parse_single_example(serialized, _FEATURES)
+    ex = tf.io.parse_single_example(serialized, FEATURES)
     tf.debugging.assert_equal(
         ex["schema_version"],
         tf.constant(SCHEMA_VERSION, tf.int64),
@@ -197,6 +205,7 @@ def decode_study(serialized):
         "label": ex["label"],
         "spacing": ex["spacing"],
         "slice_positions": ex["slice_positions"],
+        "rendered_window": ex["rendered_window"],
         "num_slices": s,
     }
 

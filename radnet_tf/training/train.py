@@ -275,7 +275,12 @@ def _calibrate_slice_thresholds(preds, cfg, studies) -> dict:
         if y in (0, 1)
     ]
     if len({y for _, y in known}) < 2:
-        raise UserError(f"calibrate_threshold needs positive and negative {studies}")
+        say(
+            f"slice threshold: not calibrated, kept at {cfg.slice_threshold:.3f} (the CT rule's "
+            f"threshold needs positive and negative {studies}; these are all "
+            f"{'positive' if known and known[0][1] else 'negative'})"
+        )
+        return {}
     scale, target = 1.0, ""
     if cfg.calibration_series_slices:
         study_slices = float(np.median([len(p) for p in preds.probs]))
@@ -352,6 +357,7 @@ def train(cfg, progress=True):
     and is exported: the file `run_info.json` names)."""
 
     from radnet_tf.phantom.cache import prepare_synthetic
+    from radnet_tf.preprocess import check_windows_available
     from radnet_tf.records import dataset as data
     from radnet_tf.training.distribute import patch_multi_worker_build
 
@@ -362,6 +368,11 @@ def train(cfg, progress=True):
     files = data.list_shards(records_path)
     check_geometry(files, cfg)
     counts = data.count_studies(files, cfg)
+    check_windows_available(
+        cfg.preprocess_config().windows,
+        counts["rendered_windows"],
+        f"records {records_path}",
+    )
     _check_splits(counts, cfg)
     global_batch = cfg.batch_size * strategy.num_replicas_in_sync
     steps = cfg.steps_per_epoch or max(1, math.ceil(counts["train"] / global_batch))
@@ -451,11 +462,12 @@ def _runtime(cfg):
 
 def _check_splits(counts, cfg):
     """Refuses, before training, splits that training or calibration cannot use."""
-    n_train, n_pos = counts["train"], counts["train_positive"]
-    if n_train == 0 or n_pos == 0 or n_pos == n_train:
-        raise UserError(
-            f"training split needs positive and negative studies (train={n_train}, "
-            f"positives={n_pos})"
+    from radnet_tf.records.dataset import balance_of
+
+    if balance_of(counts) == "slices":
+        say(
+            f"all {counts['train']} training studies are positive: batches are balanced by "
+            f"slice labels (negative windows from {counts['train_negative_windows']} of them)"
         )
     n_cal, n_cal_pos = counts["calibration"], counts["calibration_positive"]
     if n_cal and not (cfg.calibrate_threshold or cfg.calibrate_mask_threshold):
@@ -525,7 +537,12 @@ def _fit(model, files, cfg, strategy, steps, model_dir, counts, progress):
     with_masks = len(model.outputs) > 1
     global_batch = cfg.batch_size * strategy.num_replicas_in_sync
     train_ds = data.train_dataset(
-        files, cfg, global_batch, with_masks=with_masks, replica_batch=cfg.batch_size
+        files,
+        cfg,
+        global_batch,
+        with_masks=with_masks,
+        replica_batch=cfg.batch_size,
+        balance=data.balance_of(counts),
     )
     # val_every = 0: no validation passes during training (the held-out studies are still
     # evaluated once at the end, on the final model).
