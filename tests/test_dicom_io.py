@@ -378,3 +378,43 @@ def test_shear_like_moves_a_stack_by_the_series_shear_exactly():
     expected = np.zeros((3, 4), np.float32)
     expected[2, 1] = expected[2, 2] = 0.5  # one row down, half a column right
     assert np.array_equal(moved[1], expected)
+
+
+def test_non_conformant_uids_are_counted_in_one_line_not_warned_per_value(tmp_path):
+    import warnings
+
+    import pydicom
+
+    from conftest import write_tiny_series
+    from radnet_tf.datasets.rsna import header_row
+    from radnet_tf.io.dicom import read_series
+
+    write_tiny_series(tmp_path, num_slices=3)
+    files = sorted(tmp_path.glob("*.dcm"))
+    for i, path in enumerate(files):  # RSNA-2019 style: ID_<hex> where a UID belongs
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = f"ID_{i:09x}"
+        ds.SeriesInstanceUID = "ID_series"
+        ds.save_as(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        series = read_series(tmp_path)
+        row = header_row(files[0], tmp_path)
+    assert not [w for w in caught if "VR UI" in str(w.message)]
+    assert series.invalid_uids >= 6 and row["invalid_uids"] >= 2
+    assert series.warnings[-1].startswith(f"{series.invalid_uids:,} non-conformant UID values")
+    assert "ID_" not in series.warnings[-1]  # the line quotes no UID
+
+
+def test_other_warnings_pass_through_the_uid_counter():
+    import warnings
+
+    from radnet_tf.io.uid_warnings import counted_uid_warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with counted_uid_warnings() as uids:
+            warnings.warn("Invalid value for VR UI: 'ID_1'")
+            warnings.warn("something else")
+    assert uids == {"invalid_uids": 1}
+    assert [str(w.message) for w in caught] == ["something else"]

@@ -116,6 +116,7 @@ def test_rsna_defects_are_counted_not_fatal(converted):
         "duplicate_label_rows": 6,
         "unlabelled_series": 0,
         "series": STUDIES,
+        "non_conformant_uid_values": 0,  # the layout keeps DICOM UIDs (file names are ID_)
     }
     assert manifest["corrected_files"] == 1 and manifest["studies_written"] == STUDIES
     table = pd.read_csv(converted / "rec-rsna" / "manifest.csv")

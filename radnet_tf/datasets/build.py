@@ -37,6 +37,7 @@ from pathlib import Path
 
 from radnet_tf.cli import add_verbose, cli_main, say
 from radnet_tf.errors import UserError
+from radnet_tf.io.uid_warnings import uid_line
 
 
 def _beam():
@@ -382,6 +383,8 @@ def main(argv=None):
         f"{summary['positives']} positive) to {args.out} in {elapsed:.1f} s; "
         f"skipped {summary['studies_skipped']} (see manifest.csv)"
     )
+    if summary.get("invalid_uid_values"):
+        say(uid_line(summary["invalid_uid_values"], "the converted series"))
     if manifest_extra and "rsna" in manifest_extra:
         say(
             "RSNA data set defects handled: "

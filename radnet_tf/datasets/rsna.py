@@ -36,6 +36,7 @@ from radnet_tf import atomic
 from radnet_tf.cli import progress as show_progress
 from radnet_tf.contract import SUBTYPES
 from radnet_tf.errors import UserError
+from radnet_tf.io.uid_warnings import counted_uid_warnings
 
 # RSNA label names -> our names (columns are mapped by name, never by position).
 LABEL_NAMES = {
@@ -58,6 +59,7 @@ INDEX_COLUMNS = [
     "rows",
     "columns",
     "fix_12bit",
+    "invalid_uids",
 ]
 INDEX_PART_FILES = 5000  # files per index part (the unit of resumption)
 _TAGS = [
@@ -88,18 +90,29 @@ class RsnaReport:
     duplicate_label_rows: int = 0
     unlabelled_series: int = 0
     series: int = 0
+    non_conformant_uid_values: int = 0  # e.g. `ID_<hex>` UIDs (pydicom's warnings, counted)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 def header_row(path: Path, root: Path) -> dict:
-    """One index row from a file's header (pixel data is not read)."""
+    """One index row from a file's header (pixel data is not read); `invalid_uids` counts
+    its non-conformant UID values."""
+    row = {"file": str(path.relative_to(root)), "image_id": path.stem, "status": "ok", "reason": ""}
+    with counted_uid_warnings() as uids:
+        _read_header(path, row)
+    row["invalid_uids"] = uids["invalid_uids"]
+    return row
+
+
+def _read_header(path: Path, row: dict):
+    """Fills `row` from the file's header (status "unparsable" with the reason when it
+    cannot be read or lacks the geometry)."""
     import pydicom
 
     from radnet_tf.io.dicom import needs_12bit_intercept_fix
 
-    row = {"file": str(path.relative_to(root)), "image_id": path.stem, "status": "ok", "reason": ""}
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
         orientation = np.asarray(ds.ImageOrientationPatient, np.float64)
@@ -117,7 +130,6 @@ def header_row(path: Path, root: Path) -> dict:
         )
     except Exception as err:  # any header pydicom cannot read or that lacks the geometry
         row.update(status="unparsable", reason=f"{type(err).__name__}: {err}"[:200])
-    return row
 
 
 def _index_part(args):
@@ -275,6 +287,8 @@ def series_tasks(root, index, labels, report: RsnaReport | None = None):
     labels_by_id = label_map(labels)
     report.files = int(len(index))
     report.unparsable_files = int(len(bad))
+    uids = index["invalid_uids"] if "invalid_uids" in index.columns else []
+    report.non_conformant_uid_values = int(np.nansum(np.asarray(uids, np.float64)))
     report.files_12bit_corrected = int(ok.fix_12bit.astype(bool).sum())
     report.non_512_matrix_files = int(((ok["rows"] != 512) | (ok["columns"] != 512)).sum())
     report.label_rows_without_file = len(set(labels_by_id) - set(index.image_id))

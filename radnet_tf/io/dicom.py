@@ -47,6 +47,7 @@ from pydicom.errors import InvalidDicomError
 
 from radnet_tf.contract import AIR_HU
 from radnet_tf.errors import DicomReadError
+from radnet_tf.io.uid_warnings import counted_uid_warnings, uid_line
 
 ENHANCED_CT_STORAGE = {
     "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage (multi-frame)
@@ -157,6 +158,8 @@ class CTSeries:
         `fix_12bit_intercept`).
       series_choice: one dict per axial CT series considered (series_key, description,
         kernel, thickness_mm, slices, decision: "chosen" or the reason it was not).
+      invalid_uids: how many UID values were not DICOM-conformant (pydicom's warnings,
+        counted by `radnet_tf.io.uid_warnings`).
       frame_numbers: per-slice 1-based frame number within its enhanced (multi-frame) CT
         object, None for an object that holds one image (a classic slice or a single-frame
         enhanced object: `sop_instance_uids[i]` alone names it); None for the whole field
@@ -185,6 +188,7 @@ class CTSeries:
     series_choice: list = dataclasses.field(default_factory=list)
     shear_px: np.ndarray | None = None
     frame_numbers: list | None = None
+    invalid_uids: int = 0
 
     @property
     def num_slices(self) -> int:
@@ -594,6 +598,21 @@ def read_series(
     """
     if tilt not in ("correct", "reject"):
         raise ValueError(f"tilt must be 'correct' or 'reject'. Received: tilt={tilt!r}")
+    with counted_uid_warnings() as uids:
+        series = _read_series(
+            folder, tilt, min_slices, salt, series_uid, fix_12bit, skip_undecodable,
+            series_policy,
+        )
+    series.invalid_uids = uids["invalid_uids"]
+    if series.invalid_uids:
+        series.warnings.append(uid_line(series.invalid_uids, "this series"))
+    return series
+
+
+def _read_series(
+    folder, tilt, min_slices, salt, series_uid, fix_12bit, skip_undecodable, series_policy
+):
+    """read_series without the UID-warning count (same arguments, same result)."""
     root, files = _list_files(folder)
     series, skipped = _scan(files, root)
     chosen_uid, series_choice = _choose_series(

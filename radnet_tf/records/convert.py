@@ -348,6 +348,7 @@ def convert_study(task: StudyTask, pcfg: preprocess.PreprocessConfig, salt=None)
         "matrix": f"{series.hu.shape[1]}x{series.hu.shape[2]}",
         "skipped_files": len(series.skipped),
         "corrected_files": len(series.corrected_files),
+        "invalid_uids": series.invalid_uids,
         "series": _series_text([c for c in series.series_choice if c["decision"] == "chosen"]),
         "series_rejected": _series_text(
             [c for c in series.series_choice if c["decision"] != "chosen"], True
@@ -600,6 +601,11 @@ def write_manifest(out, frames, pcfg, skipped_rows, extra=None):
         else 0,
         "skipped_files_in_series": int(
             pd.to_numeric(written.get("skipped_files"), errors="coerce").fillna(0).sum()
+        )
+        if len(written)
+        else 0,
+        "invalid_uid_values": int(
+            pd.to_numeric(written.get("invalid_uids"), errors="coerce").fillna(0).sum()
         )
         if len(written)
         else 0,
