@@ -30,6 +30,10 @@ setup(
             "serving/builtin/model/*.pb",
             "serving/builtin/model/assets/*",
             "serving/builtin/model/variables/*",
+            "serving/builtin/brain/card.json",
+            "serving/builtin/brain/model/*.pb",
+            "serving/builtin/brain/model/assets/*",
+            "serving/builtin/brain/model/variables/*",
         ]
     },
     install_requires=[

@@ -269,6 +269,16 @@ class Config:
         "and classifier adapt first), before the `epochs`.",
         INT_GE0,
     )
+    distill_from: str = _key(
+        "",
+        "Teacher for distillation (a model dir, `.keras`, export or `builtin`): known slice "
+        "labels become a mix with the teacher's slice probabilities on each training study "
+        '(radnet_tf.training.distill); "" = off.',
+        STRING,
+    )
+    distill_weight: float = _key(
+        0.5, "With `distill_from`: the teacher's share of each slice target.", CLOSED_UNIT
+    )
     # ---- CT-level decision rule
     ct_min_run: int = _key(
         3,

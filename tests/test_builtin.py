@@ -42,7 +42,7 @@ def test_install_copies_an_export_without_warmup_and_records_its_answers(
     export = export_model(model, cfg, tmp_path / "sm")
     assert (export / "assets.extra").exists()
     target = tmp_path / "pkg" / "builtin" / "model"
-    monkeypatch.setattr(builtin, "builtin_model_path", lambda: target)
+    monkeypatch.setattr(builtin, "builtin_model_path", lambda name="builtin": target)
     assert builtin.install(export, commit="abc123", gates=[{"gates_passed": 1}]) == target
     assert (target / "saved_model.pb").exists() and not (target / "assets.extra").exists()
     card = json.loads((target.parent / "card.json").read_text())

@@ -181,6 +181,7 @@ def crop_window(study, window, seed=None):
         "slice_positions",
         "slice_subtypes",
         "mask_classes",
+        "teacher_probs",
     ):
         if key in study:
             out[key] = study[key][start : start + length]
@@ -255,6 +256,36 @@ def _balanced_choices(batch_size, positive_fraction, seed):
     return tf.data.Dataset.range(2**62).map(make_block).unbatch()
 
 
+def distilled_targets(labels, teacher_probs, weight):
+    """float32 [S]: (1 - weight) * label + weight * teacher probability where the label is
+    known (>= 0); unknown labels (-1) stay -1."""
+    labels = tf.cast(labels, tf.float32)
+    mixed = (1.0 - weight) * labels + weight * tf.cast(teacher_probs, tf.float32)
+    return tf.where(labels >= 0, mixed, labels)
+
+
+def _teacher_lookup(teacher):
+    """A map function adding "teacher_probs" float32 [S] (from `teacher`, a dict study_key
+    -> probabilities) to a decoded study; a study the teacher lacks gets its own labels
+    (no distillation)."""
+    keys = sorted(teacher)
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.range(len(keys), dtype=tf.int64)),
+        default_value=-1,
+    )
+    probs = tf.ragged.constant([list(map(float, teacher[k])) for k in keys], dtype=tf.float32)
+
+    def add(study):
+        index = table.lookup(study["study_key"])
+        found = probs[tf.maximum(index, 0)]
+        fallback = tf.cast(study["slice_labels"], tf.float32)
+        study = dict(study)
+        study["teacher_probs"] = tf.cond(index >= 0, lambda: found, lambda: fallback)
+        return study
+
+    return add
+
+
 def _class_streams(train_studies, crop_slices, balance, seed):
     """(positive, negative) infinite, shuffled streams of training studies, each flagged
     with `negative_window` for `crop_window`. `train_studies(label_test)` gives the
@@ -277,7 +308,14 @@ def _class_streams(train_studies, crop_slices, balance, seed):
 
 
 def train_dataset(
-    files, cfg, batch_size, with_masks=True, seed=None, replica_batch=None, balance="studies"
+    files,
+    cfg,
+    batch_size,
+    with_masks=True,
+    seed=None,
+    replica_batch=None,
+    balance="studies",
+    teacher=None,
 ):
     """Infinite dataset of augmented, class-balanced training windows.
 
@@ -290,8 +328,13 @@ def train_dataset(
       balance: "studies" (negative windows from negative studies) or "slices" (from
         windows of positive studies that hold no positive slice: for sets where every
         study is positive but slices are labelled; `balance_of`).
+      teacher: optional {study_key (str): float [S] slice probabilities of a teacher model}
+        for every training study (distillation): a known slice label y becomes
+        (1 - cfg.distill_weight) * y + cfg.distill_weight * the teacher's probability.
     """
     seed = cfg.seed if seed is None else seed
+    with_teacher = teacher is not None
+    add_teacher = _teacher_lookup(teacher) if with_teacher else (lambda st: st)
     replica_batch = replica_batch or batch_size
     if batch_size % replica_batch:
         raise ValueError(
@@ -303,6 +346,7 @@ def train_dataset(
             read_studies(files)
             .filter(lambda st: split_of(st["study_key"], cfg) == 0)
             .filter(lambda st: label_test(st["label"]))
+            .map(add_teacher)
             .cache()  # decoded HU windows are small at training geometry; reread otherwise
         )
 
@@ -317,6 +361,10 @@ def train_dataset(
         mask = y.get(MASK_OUTPUTS[0], tf.zeros_like(image[..., :1]))
         image, mask = augment(image, mask, cfg.rotation_deg, cfg.flip, element_seed)
         image = _pad_to(image, cfg.crop_slices, PAD_VALUE)
+        if with_teacher:
+            y[OUTPUT_SLICE] = distilled_targets(
+                y[OUTPUT_SLICE], study["teacher_probs"], cfg.distill_weight
+            )
         y[OUTPUT_SLICE] = _pad_to(y[OUTPUT_SLICE], cfg.crop_slices, float(IGNORE_LABEL))
         if with_subtypes:
             y[OUTPUT_SUBTYPES] = _pad_to(y[OUTPUT_SUBTYPES], cfg.crop_slices, float(IGNORE_LABEL))

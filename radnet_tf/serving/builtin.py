@@ -1,16 +1,21 @@
-"""The built-in model: the `make run` model, shipped inside the package as a SavedModel.
+"""The built-in models, shipped inside the package as SavedModels (`loader.BUILTINS`):
 
-    radnet-predict DICOM_DIR                      # uses it (`--model builtin`, the default)
-    python -m radnet_tf.serving.builtin EXPORT [--commit C] [--gates GATES.jsonl]
+  * `builtin`: the `make run` model (brain and subdural windows), for DICOM in HU;
+  * `builtin-brain`: the brain window only, for images rendered in a brain window (8-bit
+    PNG/JPEG collections) as well as DICOM: `builtin` fine-tuned on the phantom with
+    its subdural channel dropped (`configs/brain_window.yaml`).
 
-The second command regenerates it from an export of `make run`
-(`saved_models/radnet/<version>`): the export is copied without its warm-up requests into
-`radnet_tf/serving/builtin/model/`, and `builtin/card.json` records where it came from (the
-commit, the gates' output when given) and its slice probabilities on a fixed phantom study
-(`reference_study`), which a test compares with what the shipped model answers.
+    radnet-predict DICOM_DIR                      # uses `builtin` (the default)
+    python -m radnet_tf.serving.builtin EXPORT [--name builtin-brain] [--commit C] [--gates G]
 
-It is trained on the synthetic phantom only (MODEL_CARD.md): a starting point and a
-demonstration, not a validated hemorrhage detector.
+The second command regenerates one from an export: the export is copied without its
+warm-up requests into its folder under `radnet_tf/serving/builtin/`, and `card.json` beside
+it records where it came from (the commit, the gates' output when given) and its slice
+probabilities on a fixed phantom study (`reference_study`), which a test compares with what
+the shipped model answers.
+
+They are trained on the synthetic phantom only (MODEL_CARD.md): starting points for
+fine-tuning and a demonstration, not validated hemorrhage detectors.
 """
 
 from __future__ import annotations
@@ -24,14 +29,14 @@ from radnet_tf import atomic
 from radnet_tf.cli import add_verbose, cli_main, say
 from radnet_tf.errors import UserError
 from radnet_tf.phantom.generate import GENERATOR_VERSION
-from radnet_tf.serving.loader import BUILTIN, builtin_model_path, read_metadata
+from radnet_tf.serving.loader import BUILTIN, BUILTINS, builtin_model_path, read_metadata
 
 REFERENCE_SEED = (2026, 0)  # the phantom study the card records outputs for
 
 
-def card() -> dict:
-    """The shipped model's card.json: provenance, gate figures, reference outputs."""
-    return json.loads((builtin_model_path().parent / "card.json").read_text())
+def card(name=BUILTIN) -> dict:
+    """A shipped model's card.json: provenance, gate figures, reference outputs."""
+    return json.loads((builtin_model_path(name).parent / "card.json").read_text())
 
 
 def reference_study():
@@ -55,20 +60,21 @@ def slice_probabilities(saved) -> list:
     return [round(float(p), 6) for p in out["slice_probabilities"].numpy()]
 
 
-def install(export, commit="", gates=None) -> Path:
+def install(export, commit="", gates=None, name=BUILTIN, made_by=None) -> Path:
     """Copies `export` (a SavedModel version folder) into the package as the built-in
-    model, without warm-up requests, and writes its card. Returns the model folder."""
+    model `name`, without warm-up requests, and writes its card. Returns the model folder."""
     import tensorflow as tf
 
     export = Path(export)
     meta = read_metadata(export)
-    target = builtin_model_path()
+    target = builtin_model_path(name)
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_path(target) as tmp:
         shutil.copytree(export, tmp, ignore=shutil.ignore_patterns("assets.extra"))
     info = {
-        "name": BUILTIN,
-        "made_by": "make run (the built-in default config), then python -m "
+        "name": name,
+        "made_by": made_by
+        or "make run (the built-in default config), then python -m "
         "radnet_tf.serving.builtin saved_models/radnet/<version>",
         "commit": commit,
         "trained_on": meta.get("trained_on"),
@@ -94,6 +100,8 @@ def main(argv=None):
     )
     add_verbose(parser)
     parser.add_argument("export", help="SavedModel version folder (saved_models/radnet/N)")
+    parser.add_argument("--name", default=BUILTIN, choices=sorted(BUILTINS))
+    parser.add_argument("--made-by", help="the command that trained it (for the card)")
     parser.add_argument("--commit", default="", help="the commit that trained it")
     parser.add_argument("--gates", help="JSON lines of benchmarks/real_ct_gates.py on it")
     args = parser.parse_args(argv)
@@ -104,7 +112,8 @@ def main(argv=None):
         lines = Path(args.gates).read_text().splitlines()
         rows = [json.loads(line) for line in lines if line.startswith("{")]
         gates = [{k: v for k, v in row.items() if k != "model"} for row in rows]
-    say(f"built-in model written to {install(args.export, args.commit, gates)}")
+    path = install(args.export, args.commit, gates, args.name, args.made_by)
+    say(f"built-in model {args.name} written to {path}")
 
 
 if __name__ == "__main__":

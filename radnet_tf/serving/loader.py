@@ -23,6 +23,11 @@ from radnet_tf.errors import UserError
 
 METADATA_FILE = "radnet_metadata.json"
 BUILTIN = "builtin"  # the name of the model shipped in the package (radnet_tf.serving.builtin)
+# Models shipped in the package, by name: their folder under radnet_tf/serving/builtin/.
+BUILTINS = {
+    BUILTIN: "model",  # brain and subdural windows: for DICOM in HU
+    "builtin-brain": "brain/model",  # brain window only: also for rendered 8-bit images
+}
 
 
 @dataclasses.dataclass
@@ -47,24 +52,26 @@ class LoadedModel:
     meta: dict | None = None
 
 
-def builtin_model_path() -> Path:
-    """The folder of the SavedModel shipped in the package as the built-in model."""
-    return Path(str(importlib.resources.files("radnet_tf").joinpath("serving", "builtin", "model")))
+def builtin_model_path(name=BUILTIN) -> Path:
+    """The folder of the SavedModel shipped in the package under `name` (BUILTINS)."""
+    return Path(
+        str(importlib.resources.files("radnet_tf").joinpath("serving", "builtin", BUILTINS[name]))
+    )
 
 
 def resolve(path) -> Path:
-    """`path` as a Path; the name "builtin" is the shipped model's folder."""
-    if str(path) != BUILTIN:
+    """`path` as a Path; a name of BUILTINS is that shipped model's folder."""
+    if str(path) not in BUILTINS:
         return Path(path)
-    p = builtin_model_path()
+    p = builtin_model_path(str(path))
     if not (p / "saved_model.pb").exists():
-        raise UserError("this installation has no built-in model (radnet_tf/serving/builtin/model)")
+        raise UserError(f"this installation has no built-in model {path!r} ({p})")
     return p
 
 
 def is_saved_model(path) -> bool:
     """True for a SavedModel version dir or an export root holding numbered versions (or
-    the name "builtin")."""
+    the name of a built-in model)."""
     p = resolve(path)
     if (p / "saved_model.pb").exists():
         return True
@@ -179,7 +186,7 @@ def brain_window_config(meta):
 
 def load_saved_model(path):
     """(loaded SavedModel, its metadata, its version folder) of a version folder, an export
-    root (its highest version) or "builtin"."""
+    root (its highest version) or a built-in model's name."""
     import tensorflow as tf
 
     p = resolve(path)

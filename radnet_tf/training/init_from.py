@@ -215,7 +215,8 @@ def backbone_layers(model) -> list:
 
 def initialise(model, cfg) -> dict:
     """Initialises `model` from `cfg.init_from`; returns the lineage for run_info.json:
-    {"source": str, "trained_on": str, "source_config_digest": str, "adapted": [str]}."""
+    {"source": str, "trained_on": str, "source_config_digest": str, "adapted": [str],
+    "source_thresholds": {"slice_threshold": float, "mask_threshold": float}}."""
     source = load_source(cfg.init_from)
     notes = transfer(model, source, cfg)
     return {
@@ -223,4 +224,8 @@ def initialise(model, cfg) -> dict:
         "trained_on": source.trained_on,
         "source_config_digest": source.cfg.digest(),
         "adapted": notes,
+        "source_thresholds": {
+            "slice_threshold": float(source.cfg.slice_threshold),
+            "mask_threshold": float(source.cfg.mask_threshold),
+        },
     }

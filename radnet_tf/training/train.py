@@ -49,6 +49,8 @@ def trained_on_from(cfg, lineage=None) -> str:
         )
     else:
         data = f"records: {cfg.data}"
+    if cfg.distill_from:
+        data += f" (slice targets distilled from {cfg.distill_from}, weight {cfg.distill_weight:g})"
     if lineage:
         return f"{lineage['trained_on']}; then fine-tuned on {data}"
     return data
@@ -436,6 +438,14 @@ def _initialise(model, cfg) -> dict:
     )
     for line in lineage["adapted"]:
         say(f"  adapted: {line}")
+    # Thresholds to be calibrated start at the source's calibrated ones: they stay where
+    # this run's data cannot calibrate them (e.g. every study positive).
+    for key, calibrated in (
+        ("slice_threshold", cfg.calibrate_threshold),
+        ("mask_threshold", cfg.calibrate_mask_threshold),
+    ):
+        if calibrated:
+            setattr(cfg, key, lineage["source_thresholds"][key])
     return {"init_from": lineage, "trained_on": trained_on_from(cfg, lineage)}
 
 
@@ -543,6 +553,7 @@ def _fit(model, files, cfg, strategy, steps, model_dir, counts, progress):
         with_masks=with_masks,
         replica_batch=cfg.batch_size,
         balance=data.balance_of(counts),
+        teacher=_teacher(cfg, files),
     )
     # val_every = 0: no validation passes during training (the held-out studies are still
     # evaluated once at the end, on the final model).
@@ -570,6 +581,15 @@ def _fit(model, files, cfg, strategy, steps, model_dir, counts, progress):
     if validate and (model_dir / "best.keras").exists():
         return keras.saving.load_model(model_dir / "best.keras"), "best.keras", history
     return model, "final.keras", history
+
+
+def _teacher(cfg, files):
+    """The teacher's slice probabilities on the training studies (`distill_from`), or None."""
+    if not cfg.distill_from:
+        return None
+    from radnet_tf.training.distill import teacher_probabilities
+
+    return teacher_probabilities(cfg, files)
 
 
 def _resuming(model_dir) -> bool:
