@@ -82,6 +82,7 @@ BAD = {
     "subtype_label_weights": [1, -1, 1, 1, 1],
     "fine_tune_lr_factor": 1.5,
     "freeze_backbone_steps": -1,
+    "distill_weight": 1.5,
 }
 
 

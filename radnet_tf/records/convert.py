@@ -605,9 +605,9 @@ def write_manifest(out, frames, pcfg, skipped_rows, extra=None):
         if len(written)
         else 0,
         "invalid_uid_values": int(
-            pd.to_numeric(written.get("invalid_uids"), errors="coerce").fillna(0).sum()
+            pd.to_numeric(written["invalid_uids"], errors="coerce").fillna(0).sum()
         )
-        if len(written)
+        if "invalid_uids" in written.columns
         else 0,
         "rendered_windows": sorted(written.rendered_window.dropna().astype(str).unique())
         if "rendered_window" in written.columns

@@ -307,6 +307,38 @@ def _class_streams(train_studies, crop_slices, balance, seed):
     return pos.repeat().shuffle(256, seed=seed), neg.repeat().shuffle(256, seed=seed + 1)
 
 
+def _training_example_fn(cfg, with_masks, with_teacher):
+    """The map function (study, element seed [2]) -> (image [crop, N, N, C], targets) of
+    `train_dataset`: crop, window, augment, pad; slice targets distilled `with_teacher`."""
+    windows = cfg.preprocess_config().windows
+    with_subtypes = getattr(cfg, "targets", "any") == "subtypes"
+
+    def to_example(study, element_seed):
+        study = crop_window(study, cfg.crop_slices, element_seed)
+        hu = tf.cast(study["image"], tf.float32)
+        image = preprocess.window_channels(hu, windows)
+        y = _targets(study, with_masks, with_subtypes)
+        mask = y.get(MASK_OUTPUTS[0], tf.zeros_like(image[..., :1]))
+        image, mask = augment(image, mask, cfg.rotation_deg, cfg.flip, element_seed)
+        image = _pad_to(image, cfg.crop_slices, PAD_VALUE)
+        if with_teacher:
+            y[OUTPUT_SLICE] = distilled_targets(
+                y[OUTPUT_SLICE], study["teacher_probs"], cfg.distill_weight
+            )
+        y[OUTPUT_SLICE] = _pad_to(y[OUTPUT_SLICE], cfg.crop_slices, float(IGNORE_LABEL))
+        if with_subtypes:
+            y[OUTPUT_SUBTYPES] = _pad_to(y[OUTPUT_SUBTYPES], cfg.crop_slices, float(IGNORE_LABEL))
+        if with_masks:
+            # augmentation preserves the -1 "no mask" value only inside the image; rebuild it
+            mask = tf.where(study["has_mask"], mask, -tf.ones_like(mask))
+            mask = _pad_to(mask, cfg.crop_slices, float(IGNORE_LABEL))
+            for name in MASK_OUTPUTS:
+                y[name] = mask
+        return image, y
+
+    return to_example
+
+
 def train_dataset(
     files,
     cfg,
@@ -350,32 +382,7 @@ def train_dataset(
             .cache()  # decoded HU windows are small at training geometry; reread otherwise
         )
 
-    windows = cfg.preprocess_config().windows
-    with_subtypes = getattr(cfg, "targets", "any") == "subtypes"
-
-    def to_example(study, element_seed):
-        study = crop_window(study, cfg.crop_slices, element_seed)
-        hu = tf.cast(study["image"], tf.float32)
-        image = preprocess.window_channels(hu, windows)
-        y = _targets(study, with_masks, with_subtypes)
-        mask = y.get(MASK_OUTPUTS[0], tf.zeros_like(image[..., :1]))
-        image, mask = augment(image, mask, cfg.rotation_deg, cfg.flip, element_seed)
-        image = _pad_to(image, cfg.crop_slices, PAD_VALUE)
-        if with_teacher:
-            y[OUTPUT_SLICE] = distilled_targets(
-                y[OUTPUT_SLICE], study["teacher_probs"], cfg.distill_weight
-            )
-        y[OUTPUT_SLICE] = _pad_to(y[OUTPUT_SLICE], cfg.crop_slices, float(IGNORE_LABEL))
-        if with_subtypes:
-            y[OUTPUT_SUBTYPES] = _pad_to(y[OUTPUT_SUBTYPES], cfg.crop_slices, float(IGNORE_LABEL))
-        if with_masks:
-            # augmentation preserves the -1 "no mask" value only inside the image; rebuild it
-            mask = tf.where(study["has_mask"], mask, -tf.ones_like(mask))
-            mask = _pad_to(mask, cfg.crop_slices, float(IGNORE_LABEL))
-            for name in MASK_OUTPUTS:
-                y[name] = mask
-        return image, y
-
+    to_example = _training_example_fn(cfg, with_masks, with_teacher)
     pos, neg = _class_streams(train_studies, cfg.crop_slices, balance, seed)
     # Every batch holds round(positive_fraction * batch_size) positive windows: else the
     # BatchNorm batch statistics carry the batch's label mix, which fails at inference.
