@@ -31,7 +31,9 @@ from radnet_tf.contract import MASK_THRESHOLD, OUTPUT_SLICE
 from radnet_tf.errors import UserError
 
 VARIANTS = ("densenet", "densenet_a", "radnet")
-BUILTIN_CONFIGS = ("default", "radnet", "densenet", "densenet_a")
+BUILTIN_CONFIGS = (
+    "default", "radnet", "densenet", "densenet_a", "finetune", "finetune_brain", "brain_window"
+)
 RENAMED_KEYS = {"window": "crop_slices"}  # old key -> new key (accepted with a warning)
 # Keys removed because they measured no gain (docs/experiments.md): key -> (the value that
 # meant "off", why). A YAML that sets one to that value loads with a warning line; any
