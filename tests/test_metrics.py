@@ -207,9 +207,11 @@ def test_print_summary_names_the_calibration_length(capsys):
             "balanced_accuracy": 0.59375,
         },
         "seconds": {"training": 1.0, "total": 2.0},
+        "machine": "1024² float32 matmul 50.0 GFLOP/s (NumPy, best of 5), 2 CPUs",
     }
     print_summary(summary)
     out = capsys.readouterr().out
+    assert "[radnet] machine   : 1024² float32 matmul 50.0 GFLOP/s" in out
     assert (
         "[radnet] threshold : 0.500 (slice probability, from the training studies, for 30-slice "
         "series)\n" in out
@@ -370,3 +372,10 @@ def test_predict_studies_scores_the_served_mask_against_the_records(tiny_records
     assert no_heads.mask_counts == [None] * len(truth) and scoring.mask_scores(no_heads, 0.5) == {
         "n": 0
     }
+
+
+def test_machine_speed_line_reports_a_positive_rate():
+    from radnet_tf.machine import matmul_rate, speed_line
+
+    assert matmul_rate(n=64, repeats=2) > 0
+    assert speed_line(12.34).startswith("1024² float32 matmul 12.3 GFLOP/s (NumPy, best of 5), ")

@@ -358,6 +358,7 @@ def train(cfg, progress=True):
     """Runs training as configured; returns (summary dict, the model that was evaluated
     and is exported: the file `run_info.json` names)."""
 
+    from radnet_tf.machine import speed_line
     from radnet_tf.phantom.cache import prepare_synthetic
     from radnet_tf.preprocess import check_windows_available
     from radnet_tf.records import dataset as data
@@ -423,6 +424,7 @@ def train(cfg, progress=True):
     summary["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     summary["seconds"]["total"] = round(time.perf_counter() - start, 1)
     summary["is_chief"] = cluster.is_chief
+    summary["machine"] = speed_line()
     return summary, model
 
 
@@ -742,6 +744,8 @@ def print_summary(summary):
                 for k in ("sensitivity", "specificity", "balanced_accuracy")
             )
         )
+    if "machine" in summary:
+        say(f"machine   : {summary['machine']}")
     phases = {k: v for k, v in summary["seconds"].items() if k != "total"}
     say(
         f"wall time : {summary['seconds']['total']:.0f} s ("
