@@ -3,7 +3,7 @@
 Stages, lowest first (a module may import its own stage and any stage below it; the
 stages on one line are peers that do not import each other):
 
-    core        errors, contract, atomic, cli, config, decision, preprocess, plotting
+    core        errors, contract, atomic, cli, config, decision, preprocess, plotting, machine
     io          DICOM, NIfTI and SEG readers and writers
     records     the TFRecord schema, conversion, the tf.data input, the records pipeline
     datasets    RSNA-2019, CQ500            |  phantom   the synthetic head-CT cohort
@@ -20,7 +20,17 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "radnet_tf"
-CORE = {"errors", "contract", "atomic", "cli", "config", "decision", "preprocess", "plotting"}
+CORE = {
+    "errors",
+    "contract",
+    "atomic",
+    "cli",
+    "config",
+    "decision",
+    "preprocess",
+    "plotting",
+    "machine",
+}
 STAGES = [
     CORE,
     {"io"},
