@@ -42,3 +42,15 @@ def test_teacher_probabilities_cover_the_training_studies(trained_tiny):
     counts = data.count_studies(files, student)
     assert len(probs) == counts["train"]
     assert all(p.ndim == 1 and ((p >= 0) & (p <= 1)).all() for p in probs.values())
+
+
+def test_training_metrics_read_soft_targets_as_their_labels():
+    from radnet_tf.modeling.losses import MaskedAUC, MaskedBinaryAccuracy
+
+    y_true = np.array([[0.75, 0.2, 0.6, -1.0]], np.float32)  # labels 1, 0, 1, padding
+    y_pred = np.array([[0.9, 0.1, 0.3, 0.99]], np.float32)
+    acc, auc = MaskedBinaryAccuracy(), MaskedAUC()
+    acc.update_state(y_true, y_pred)
+    auc.update_state(y_true, y_pred)
+    assert float(acc.result()) == pytest.approx(2 / 3)
+    assert float(auc.result()) == pytest.approx(1.0)

@@ -54,17 +54,20 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="radnet_tf")
 class MaskedAUC(keras.metrics.AUC):
-    """ROC AUC over elements whose target is >= 0 (padded slices ignored)."""
+    """ROC AUC over elements whose target is >= 0 (padded slices ignored). Soft targets
+    (distillation) count as their label: positive at >= 0.5."""
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_true = ops.cast(y_true, "float32")
         weight = ops.cast(y_true >= 0, "float32")
-        return super().update_state(ops.clip(y_true, 0.0, 1.0), y_pred, sample_weight=weight)
+        labels = ops.cast(y_true >= 0.5, "float32")
+        return super().update_state(labels, y_pred, sample_weight=weight)
 
 
 @keras.saving.register_keras_serializable(package="radnet_tf")
 class MaskedBinaryAccuracy(keras.metrics.Mean):
-    """Accuracy at threshold 0.5 over elements whose target is >= 0."""
+    """Accuracy at threshold 0.5 over elements whose target is >= 0 (a soft target counts
+    as positive at >= 0.5)."""
 
     def __init__(self, name="masked_accuracy", threshold=0.5, **kwargs):
         super().__init__(name=name, **kwargs)
@@ -73,7 +76,8 @@ class MaskedBinaryAccuracy(keras.metrics.Mean):
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_true = ops.cast(y_true, "float32")
         weight = ops.cast(y_true >= 0, "float32")
-        correct = ops.cast(ops.cast(y_pred >= self.threshold, "float32") == y_true, "float32")
+        labels = ops.cast(y_true >= 0.5, "float32")
+        correct = ops.cast(ops.cast(y_pred >= self.threshold, "float32") == labels, "float32")
         return super().update_state(correct, sample_weight=weight)
 
     def get_config(self):
