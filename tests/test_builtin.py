@@ -10,12 +10,14 @@ from radnet_tf.phantom.generate import GENERATOR_VERSION
 from radnet_tf.serving import builtin, loader, predict
 
 
-def test_the_builtin_model_loads_by_name_and_answers_as_its_card_records():
-    loaded = loader.load("builtin")
-    assert loaded.kind == "saved_model" and loaded.path == loader.builtin_model_path()
+@pytest.mark.parametrize("name", sorted(loader.BUILTINS))
+def test_each_builtin_model_loads_by_name_and_answers_as_its_card_records(name):
+    loaded = loader.load(name)
+    assert loaded.kind == "saved_model" and loaded.path == loader.builtin_model_path(name)
     assert loaded.meta["trained_on"].startswith("synthetic phantom")
     assert loaded.cfg.slice_threshold == loaded.meta["slice_threshold"]
-    card = builtin.card()
+    card = builtin.card(name)
+    assert card["name"] == name
     assert card["held_out"] == loaded.meta["held_out"] and card["commit"]
     # the reference study is a phantom study: a new generator needs the card regenerated
     assert card["reference_study"]["generator"] == GENERATOR_VERSION, "rerun builtin.install"

@@ -175,3 +175,14 @@ def test_evaluate_on_negative_studies_reports_specificity(trained_tiny, tmp_path
     summary = pd.read_csv(next((tmp_path / "ev").glob("*/summary.csv"))).set_index("level")
     assert summary.loc["ct@target", "threshold_basis"].startswith("not computed: no positive")
     assert np.isnan(summary.loc["ct", "recall"])
+
+
+def test_the_brain_window_builtin_reads_rendered_images_and_the_default_does_not():
+    from radnet_tf.serving import loader
+
+    rendered = [(40.0, 80.0)]
+    brain = loader.load("builtin-brain").cfg.preprocess_config().windows
+    check_windows_available(brain, rendered, "records x")
+    with pytest.raises(UserError, match="need HU -20 to 180"):
+        check_windows_available(loader.load("builtin").cfg.preprocess_config().windows,
+                                rendered, "records x")

@@ -335,7 +335,8 @@ def build_parser():
 
 def _warn_about(meta):
     """Warning lines (stderr) for a model whose calls or masks are not to be relied on."""
-    if str(meta.get("trained_on", "")).startswith("synthetic phantom"):
+    trained_on = str(meta.get("trained_on", ""))
+    if trained_on.startswith("synthetic phantom") and "records:" not in trained_on:
         say(
             "warning: this model was trained on the synthetic phantom only; its calls on real CT "
             "are not validated",
