@@ -12,7 +12,7 @@ conventions). `distribute` and `synth_cache` serve `train` only.
 `build_model` is imported lazily so `import radnet_tf` stays cheap for DICOM-only users.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def build_model(config):

@@ -184,5 +184,35 @@ def test_the_brain_window_builtin_reads_rendered_images_and_the_default_does_not
     brain = loader.load("builtin-brain").cfg.preprocess_config().windows
     check_windows_available(brain, rendered, "records x")
     with pytest.raises(UserError, match="need HU -20 to 180"):
-        check_windows_available(loader.load("builtin").cfg.preprocess_config().windows,
-                                rendered, "records x")
+        check_windows_available(
+            loader.load("builtin").cfg.preprocess_config().windows, rendered, "records x"
+        )
+
+
+def test_building_records_from_rendered_images_names_the_models_that_can_read_them(
+    tmp_path, capsys
+):
+    from PIL import Image
+
+    from radnet_tf.datasets.build import main
+
+    for i in range(2):
+        Image.fromarray(np.full((32, 32), 100 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "images.csv").write_text("image,label\n0.png,0\n1.png,1\n")
+    main(
+        [
+            "--images-csv",
+            str(tmp_path / "images.csv"),
+            "--images-root",
+            str(tmp_path),
+            "--image-window",
+            "40",
+            "80",
+            "--out",
+            str(tmp_path / "rec"),
+            "--workers",
+            "1",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "note: rendered with window 40/80: the records hold only the HU inside it" in out

@@ -383,6 +383,12 @@ def main(argv=None):
         f"{summary['positives']} positive) to {args.out} in {elapsed:.1f} s; "
         f"skipped {summary['studies_skipped']} (see manifest.csv)"
     )
+    if summary.get("rendered_windows"):
+        say(
+            f"note: rendered with window {', '.join(summary['rendered_windows'])}: the records "
+            "hold only the HU inside it; models whose windows reach outside it are refused "
+            "(train with --config finetune_brain, or init_from=builtin-brain)"
+        )
     if summary.get("invalid_uid_values"):
         say(uid_line(summary["invalid_uid_values"], "the converted series"))
     if manifest_extra and "rsna" in manifest_extra:
