@@ -115,9 +115,7 @@ def test_undefined_rates_are_nan_not_zero():
 
 
 @pytest.mark.slow
-def test_training_on_all_positive_studies_balances_by_slices_and_says_what_it_cannot_calibrate(
-    tmp_path, capsys
-):
+def test_all_positive_studies_balance_and_calibrate_by_slice_labels(tmp_path, capsys):
     from radnet_tf.training.train import train
 
     labels = [[0, 0, 1, 1, 0, 0, 0]] * 6
@@ -133,8 +131,8 @@ def test_training_on_all_positive_studies_balances_by_slices_and_says_what_it_ca
     summary, _ = train(cfg, progress=False)
     out = capsys.readouterr().out
     assert "training studies are positive: batches are balanced by slice labels" in out
-    assert "slice threshold: not calibrated, kept at 0.500" in out
-    assert "slice_threshold" not in summary
+    assert "labelled slices of the training studies (slice-level balanced accuracy; the CT " in out
+    assert "these are all positive): " in out and 0 < summary["slice_threshold"] < 1
 
 
 @pytest.mark.slow
@@ -216,3 +214,16 @@ def test_building_records_from_rendered_images_names_the_models_that_can_read_th
     )
     out = capsys.readouterr().out
     assert "note: rendered with window 40/80: the records hold only the HU inside it" in out
+
+
+def test_slice_level_calibration_needs_both_slice_classes(capsys):
+    from radnet_tf.evaluation.scoring import StudyPredictions
+    from radnet_tf.training.train import _calibrate_on_slices
+
+    cfg = tiny_config(slice_threshold=0.3)
+    negative = StudyPredictions(["a"], [0], [np.array([0.2, 0.4])], [np.array([0.0, 0.0])])
+    assert _calibrate_on_slices(negative, cfg, "training studies", "negative") == {}
+    assert "not calibrated, kept at 0.300" in capsys.readouterr().out
+    both = StudyPredictions(["a"], [1], [np.array([0.6, 0.4, 0.9])], [np.array([0.0, -1, 1])])
+    chosen = _calibrate_on_slices(both, cfg, "training studies", "positive")
+    assert chosen == {"slice_threshold": 0.75} and cfg.slice_threshold == 0.75

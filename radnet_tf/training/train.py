@@ -277,12 +277,9 @@ def _calibrate_slice_thresholds(preds, cfg, studies) -> dict:
         if y in (0, 1)
     ]
     if len({y for _, y in known}) < 2:
-        say(
-            f"slice threshold: not calibrated, kept at {cfg.slice_threshold:.3f} (the CT rule's "
-            f"threshold needs positive and negative {studies}; these are all "
-            f"{'positive' if known and known[0][1] else 'negative'})"
+        return _calibrate_on_slices(
+            preds, cfg, studies, "positive" if known and known[0][1] else "negative"
         )
-        return {}
     scale, target = 1.0, ""
     if cfg.calibration_series_slices:
         study_slices = float(np.median([len(p) for p in preds.probs]))
@@ -316,6 +313,29 @@ def _calibrate_slice_thresholds(preds, cfg, studies) -> dict:
             + note
         )
     return chosen
+
+
+def _calibrate_on_slices(preds, cfg, studies, only) -> dict:
+    """Where every study has one label (`only`): the slice threshold maximising slice-level
+    balanced accuracy on the slices' own labels, if they hold both classes; else the
+    threshold is kept. Says which, and what it cannot compute."""
+    import numpy as np
+
+    from radnet_tf.decision import choose_threshold
+
+    probs = np.concatenate([np.asarray(p) for p in preds.probs]) if preds.probs else []
+    labels = np.concatenate([np.asarray(y) for y in preds.slice_labels]) if preds.probs else []
+    known = np.asarray(labels) >= 0
+    why = f"the CT rule's threshold needs positive and negative {studies}; these are all {only}"
+    if len(set(np.asarray(labels)[known].tolist())) < 2:
+        say(f"slice threshold: not calibrated, kept at {cfg.slice_threshold:.3f} ({why})")
+        return {}
+    cfg.slice_threshold = choose_threshold(np.asarray(probs)[known], np.asarray(labels)[known])
+    say(
+        f"slice threshold from {int(known.sum())} labelled slices of the {studies} (slice-level "
+        f"balanced accuracy; {why}): {cfg.slice_threshold:.3f}"
+    )
+    return {"slice_threshold": cfg.slice_threshold}
 
 
 def _calibrate_mask_threshold(preds, cfg, studies) -> dict:
