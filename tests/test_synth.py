@@ -202,3 +202,30 @@ def test_epidural_bleed_stops_at_the_coronal_suture():
     assert sdh.fraction(m, ch, m[1])[
         (y < suture_y) & (y > suture_y - 30)
     ].all()  # a subdural crosses it
+
+
+def test_series_encoder_writes_the_bytes_save_as_writes(tmp_path):
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    from radnet_tf.phantom.dicom_writer import SeriesEncoder
+    from radnet_tf.phantom.generate import PER_SLICE
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.PatientName, ds.Modality, ds.Rows, ds.Columns = "Doe^Jane", "CT", 2, 3
+    ds.BitsAllocated, ds.SOPClassUID, ds.RescaleIntercept = 16, CTImageStorage, -1024
+    encoder = SeriesEncoder(ds, PER_SLICE)
+    for k, uid in enumerate(["1.2.3.4", "1.2.3.45678"]):  # UIDs of odd and even length
+        pixels = np.arange(6, dtype=np.uint16).reshape(2, 3) + k
+        values = [uid, 7 - k, [0.5, -12.25, 3.0 * k], pixels.tobytes()]
+        ds.SOPInstanceUID, ds.InstanceNumber, ds.ImagePositionPatient = values[:3]
+        ds.PixelData = values[3]
+        meta.MediaStorageSOPInstanceUID = uid
+        ds.save_as(tmp_path / "ref.dcm", enforce_file_format=True)
+        del ds.SOPInstanceUID, ds.InstanceNumber, ds.ImagePositionPatient, ds.PixelData
+        assert encoder.encode(uid, values) == (tmp_path / "ref.dcm").read_bytes()

@@ -65,6 +65,7 @@ from radnet_tf import atomic
 from radnet_tf.phantom import lesions as synth_lesions
 from radnet_tf.phantom import scanner as synth_scanner
 from radnet_tf.phantom import anatomy
+from radnet_tf.phantom.dicom_writer import SeriesEncoder
 from radnet_tf.cli import progress as show_progress
 from radnet_tf.contract import SUBTYPES
 
@@ -622,6 +623,16 @@ def fake_identity(rng):
     }
 
 
+# The elements that differ between the slices of a series, (keyword, VR), in the order
+# write_dicom_series passes their values.
+PER_SLICE = (
+    ("SOPInstanceUID", "UI"),
+    ("InstanceNumber", "IS"),
+    ("ImagePositionPatient", "DS"),
+    ("PixelData", "OW"),
+)
+
+
 def write_dicom_series(phantom: Phantom, folder, rng, identity=None):
     """Writes a phantom as an uncompressed CT Image Storage series, file names shuffled.
 
@@ -672,16 +683,18 @@ def write_dicom_series(phantom: Phantom, folder, rng, identity=None):
     ds.RescaleType = "HU"
     ds.WindowCenter, ds.WindowWidth = 40, 80
     stored = (phantom.hu.astype(np.int32) + 1024).astype(np.uint16)
+    encoder = SeriesEncoder(ds, PER_SLICE)  # the shared elements encoded once
     uids = []
     for k in range(s):
         sop_uid = generate_uid(entropy_srcs=seed + ["sop", str(k)])
         uids.append(sop_uid)
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.SOPInstanceUID = sop_uid
-        ds.InstanceNumber = int(order[k]) + 1  # not in z order: readers must sort by position
-        ds.ImagePositionPatient = [round(v, 6) for v in phantom.position(k)]
-        ds.PixelData = stored[k].tobytes()
-        ds.save_as(folder / f"IM{int(order[k]):05d}.dcm", enforce_file_format=True)
+        values = [
+            sop_uid,
+            int(order[k]) + 1,  # InstanceNumber, not in z order: readers must sort by position
+            [round(v, 6) for v in phantom.position(k)],
+            stored[k].tobytes(),
+        ]
+        (folder / f"IM{int(order[k]):05d}.dcm").write_bytes(encoder.encode(sop_uid, values))
     return uids
 
 
