@@ -64,6 +64,7 @@ def test_cpu_bench_tiny_runs_every_benchmark():
     _finite(rows["ingest_tiny"], ["ratio_reader_plus_preprocess_vs_bare_decode"])
     assert rows["multiframe_tiny"]["identical_hu"] is True
     _finite(rows["multiframe_tiny"], ["ratio_multiframe_vs_classic"])
+    _finite(rows["synth_64x64x4"], ["seconds_per_study", "ratio_write_vs_save_as"])
     _finite(rows["export_latency_8_slices_32px"], ["ratio_signature_vs_keras"])
     _finite(rows["predict_tiny"], ["total_s", "model_s"])
 

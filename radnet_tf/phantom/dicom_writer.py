@@ -12,7 +12,7 @@ from __future__ import annotations
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
 from pydicom.tag import Tag
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
@@ -57,9 +57,11 @@ class SeriesEncoder:
         """The bytes of one file: `values` for the per-file elements, in their order."""
         self.meta.MediaStorageSOPInstanceUID = sop_instance_uid
         buf = _buffer()
+        buf.write(PREAMBLE)
         write_file_meta_info(buf, self.meta, enforce_standard=True)
-        chunks = [PREAMBLE, buf.getvalue(), self.static[0]]
+        buf.write(self.static[0])
         for j, i in enumerate(self.order):
             tag, vr = self.per_file[i]
-            chunks += [encode_elements([DataElement(tag, vr, values[i])]), self.static[j + 1]]
-        return b"".join(chunks)
+            write_data_element(buf, DataElement(tag, vr, values[i]))
+            buf.write(self.static[j + 1])
+        return buf.getvalue()
