@@ -54,6 +54,22 @@ def ct_score_np(probs, min_run):
     return float(windows.min(axis=1).max())
 
 
+def negative_stretches(probs, labels, min_run) -> list:
+    """The slice probabilities (float arrays) of each maximal run of `min_run` or more
+    consecutive slices labelled 0 (unknown labels, -1, end a run): the normal stretches of
+    a study that the CT rule must not fire on."""
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    out, start = [], None
+    for i, label in enumerate(list(labels) + [1]):
+        if label == 0 and start is None:
+            start = i
+        elif label != 0 and start is not None:
+            if i - start >= min_run:
+                out.append(probs[start:i])
+            start = None
+    return out
+
+
 def ct_decision_np(probs, threshold, min_run):
     """The rule for one study (NumPy).
 

@@ -131,8 +131,8 @@ def test_all_positive_studies_balance_and_calibrate_by_slice_labels(tmp_path, ca
     summary, _ = train(cfg, progress=False)
     out = capsys.readouterr().out
     assert "training studies are positive: batches are balanced by slice labels" in out
-    assert "labelled slices of the training studies (slice-level balanced accuracy; the CT " in out
-    assert "these are all positive): " in out and 0 < summary["slice_threshold"] < 1
+    assert "stretches of 3 or more negative slices within them (the training studies are all" in out
+    assert 0 < summary["slice_threshold"] < 1
 
 
 @pytest.mark.slow
@@ -216,14 +216,34 @@ def test_building_records_from_rendered_images_names_the_models_that_can_read_th
     assert "note: rendered with window 40/80: the records hold only the HU inside it" in out
 
 
-def test_slice_level_calibration_needs_both_slice_classes(capsys):
+def test_negative_stretches_are_runs_of_k_negative_slices():
+    from radnet_tf.decision import negative_stretches
+
+    probs = np.arange(10) / 10
+    labels = [0, 0, 0, 1, 0, 0, -1, 0, 0, 0]
+    runs = negative_stretches(probs, labels, 3)
+    assert [r.tolist() for r in runs] == [[0.0, 0.1, 0.2], [0.7, 0.8, 0.9]]
+    assert negative_stretches(probs, labels, 4) == []
+
+
+def test_all_positive_studies_calibrate_against_their_negative_stretches(capsys):
     from radnet_tf.evaluation.scoring import StudyPredictions
     from radnet_tf.training.train import _calibrate_on_slices
 
-    cfg = tiny_config(slice_threshold=0.3)
-    negative = StudyPredictions(["a"], [0], [np.array([0.2, 0.4])], [np.array([0.0, 0.0])])
-    assert _calibrate_on_slices(negative, cfg, "training studies", "negative") == {}
-    assert "not calibrated, kept at 0.300" in capsys.readouterr().out
-    both = StudyPredictions(["a"], [1], [np.array([0.6, 0.4, 0.9])], [np.array([0.0, -1, 1])])
-    chosen = _calibrate_on_slices(both, cfg, "training studies", "positive")
-    assert chosen == {"slice_threshold": 0.75} and cfg.slice_threshold == 0.75
+    cfg = tiny_config(slice_threshold=0.3, ct_min_run=2)
+    preds = StudyPredictions(
+        ["a", "b"],
+        [1, 1],
+        [np.array([0.1, 0.2, 0.9, 0.8]), np.array([0.7, 0.6, 0.3, 0.2, 0.1])],
+        [np.array([0, 0, 1, 1]), np.array([1, 1, 0, 0, 0])],
+    )
+    # studies' CT scores 0.8, 0.6 (positive); stretches 0.1, 0.2 (negative): t = 0.5 or 0.4
+    assert _calibrate_on_slices(preds, cfg, "training studies", "positive") == {
+        "slice_threshold": 0.5
+    }
+    assert "from 2 training studies and 2 stretches of 2 or more negative slices" in (
+        capsys.readouterr().out
+    )
+    nothing = StudyPredictions(["a"], [1], [np.array([0.2, 0.4])], [np.array([1, 0])])
+    assert _calibrate_on_slices(nothing, cfg, "training studies", "positive") == {}
+    assert "not calibrated, kept at 0.500" in capsys.readouterr().out

@@ -269,7 +269,7 @@ def _calibrate_slice_thresholds(preds, cfg, studies) -> dict:
     `cfg` from the studies' predictions; returns {name: value}."""
     import numpy as np
 
-    from radnet_tf.decision import choose_threshold, ct_score_np, series_scale
+    from radnet_tf.decision import choose_threshold, ct_score_np
 
     known = [
         (ct_score_np(p, cfg.ct_min_run), y)
@@ -280,14 +280,7 @@ def _calibrate_slice_thresholds(preds, cfg, studies) -> dict:
         return _calibrate_on_slices(
             preds, cfg, studies, "positive" if known and known[0][1] else "negative"
         )
-    scale, target = 1.0, ""
-    if cfg.calibration_series_slices:
-        study_slices = float(np.median([len(p) for p in preds.probs]))
-        scale = series_scale(cfg.calibration_series_slices, study_slices, cfg.ct_min_run)
-        target = (
-            f" for {cfg.calibration_series_slices}-slice series ({scale:.2f} x the {studies}' "
-            f"{study_slices:g} slices)"
-        )
+    scale, target = _series_target(cfg, float(np.median([len(p) for p in preds.probs])), studies)
     scores, labels = [s for s, _ in known], [y for _, y in known]
     cfg.slice_threshold = choose_threshold(scores, labels, scale=scale)
     chosen = {"slice_threshold": cfg.slice_threshold}
@@ -316,26 +309,50 @@ def _calibrate_slice_thresholds(preds, cfg, studies) -> dict:
 
 
 def _calibrate_on_slices(preds, cfg, studies, only) -> dict:
-    """Where every study has one label (`only`): the slice threshold maximising slice-level
-    balanced accuracy on the slices' own labels, if they hold both classes; else the
-    threshold is kept. Says which, and what it cannot compute."""
+    """Where every study is positive (`only`) but slices are labelled: the CT rule's
+    threshold from the studies (positive) and each stretch of K or more consecutive negative
+    slices within them (negative, `decision.negative_stretches`), for series of
+    `cfg.calibration_series_slices` slices when set. Else the threshold is kept. Says which,
+    and why."""
     import numpy as np
 
-    from radnet_tf.decision import choose_threshold
+    from radnet_tf.decision import choose_threshold, ct_score_np, negative_stretches
 
-    probs = np.concatenate([np.asarray(p) for p in preds.probs]) if preds.probs else []
-    labels = np.concatenate([np.asarray(y) for y in preds.slice_labels]) if preds.probs else []
-    known = np.asarray(labels) >= 0
-    why = f"the CT rule's threshold needs positive and negative {studies}; these are all {only}"
-    if len(set(np.asarray(labels)[known].tolist())) < 2:
-        say(f"slice threshold: not calibrated, kept at {cfg.slice_threshold:.3f} ({why})")
+    k = cfg.ct_min_run
+    stretches = [
+        s for p, y in zip(preds.probs, preds.slice_labels) for s in negative_stretches(p, y, k)
+    ]
+    why = f"the {studies} are all {only}"
+    if only != "positive" or not stretches:
+        say(
+            f"slice threshold: not calibrated, kept at {cfg.slice_threshold:.3f} (the CT rule's "
+            f"threshold needs negative and positive examples; {why}, with no stretch of {k} "
+            "negative slices)"
+        )
         return {}
-    cfg.slice_threshold = choose_threshold(np.asarray(probs)[known], np.asarray(labels)[known])
+    scores = [ct_score_np(p, k) for p in preds.probs] + [ct_score_np(s, k) for s in stretches]
+    labels = [1] * len(preds.probs) + [0] * len(stretches)
+    scale, target = _series_target(cfg, float(np.median([len(s) for s in stretches])), "stretches")
+    cfg.slice_threshold = choose_threshold(scores, labels, scale=scale)
     say(
-        f"slice threshold from {int(known.sum())} labelled slices of the {studies} (slice-level "
-        f"balanced accuracy; {why}): {cfg.slice_threshold:.3f}"
+        f"slice threshold from {len(preds.probs)} {studies} and {len(stretches)} stretches of "
+        f"{k} or more negative slices within them ({why}){target}: {cfg.slice_threshold:.3f}"
     )
     return {"slice_threshold": cfg.slice_threshold}
+
+
+def _series_target(cfg, study_slices, what) -> tuple:
+    """(scale, text) for calibrating for `cfg.calibration_series_slices`-slice series from
+    examples of `study_slices` slices (`decision.series_scale`); (1.0, "") when not set."""
+    from radnet_tf.decision import series_scale
+
+    if not cfg.calibration_series_slices:
+        return 1.0, ""
+    scale = series_scale(cfg.calibration_series_slices, study_slices, cfg.ct_min_run)
+    return scale, (
+        f" for {cfg.calibration_series_slices}-slice series ({scale:.2f} x the {what}' "
+        f"{study_slices:g} slices)"
+    )
 
 
 def _calibrate_mask_threshold(preds, cfg, studies) -> dict:
