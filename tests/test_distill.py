@@ -54,3 +54,12 @@ def test_training_metrics_read_soft_targets_as_their_labels():
     auc.update_state(y_true, y_pred)
     assert float(acc.result()) == pytest.approx(2 / 3)
     assert float(auc.result()) == pytest.approx(1.0)
+
+
+def test_a_teacher_needing_hu_outside_the_rendered_window_is_refused(tiny_records):
+    from radnet_tf.errors import UserError
+    from radnet_tf.training.distill import teacher_probabilities
+
+    student = tiny_config(extra_windows=[], distill_from="builtin")
+    with pytest.raises(UserError, match=r"teacher builtin\) were rendered with window 40/80"):
+        teacher_probabilities(student, data.list_shards(str(tiny_records)), [(40.0, 80.0)])

@@ -592,7 +592,7 @@ def _fit(model, files, cfg, strategy, steps, model_dir, counts, progress):
         with_masks=with_masks,
         replica_batch=cfg.batch_size,
         balance=data.balance_of(counts),
-        teacher=_teacher(cfg, files),
+        teacher=_teacher(cfg, files, counts["rendered_windows"]),
     )
     # val_every = 0: no validation passes during training (the held-out studies are still
     # evaluated once at the end, on the final model).
@@ -622,13 +622,13 @@ def _fit(model, files, cfg, strategy, steps, model_dir, counts, progress):
     return model, "final.keras", history
 
 
-def _teacher(cfg, files):
+def _teacher(cfg, files, rendered):
     """The teacher's slice probabilities on the training studies (`distill_from`), or None."""
     if not cfg.distill_from:
         return None
     from radnet_tf.training.distill import teacher_probabilities
 
-    return teacher_probabilities(cfg, files)
+    return teacher_probabilities(cfg, files, rendered)
 
 
 def _resuming(model_dir) -> bool:
