@@ -294,7 +294,7 @@ CASES = {
         "train",
         ["--config", str(t / "nope.yaml")],
         r"config file not found: .*nope\.yaml \(built-in configs: default, radnet, densenet, "
-        r"densenet_a\)",
+        r"densenet_a, finetune, finetune_brain, brain_window\)",
     ),
     "config-not-number": lambda t: (
         "train",
