@@ -26,7 +26,7 @@ run: $(RUN_STAMP)
 
 test: $(TEST_STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist worksteal tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist worksteal --durations=15 tests
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info
