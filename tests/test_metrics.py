@@ -379,3 +379,21 @@ def test_machine_speed_line_reports_a_positive_rate():
 
     assert matmul_rate(n=64, repeats=2) > 0
     assert speed_line(12.34).startswith("1024² float32 matmul 12.3 GFLOP/s (NumPy, best of 5), ")
+
+
+def test_print_summary_says_when_the_held_out_studies_are_all_negative(capsys):
+    from radnet_tf.training.train import print_summary
+
+    nan = float("nan")
+    print_summary(
+        {
+            "model_dir": "m",
+            "model_file": "final.keras",
+            "records": "r",
+            "ct_metrics": {"accuracy": 1.0, "recall": nan, "precision": 0.0, "f1": 0.0},
+            "seconds": {"total": 1.0},
+        }
+    )
+    assert "recall nan, precision 0.000, f1 0.000 (every held-out study is negative: " in (
+        capsys.readouterr().out
+    )

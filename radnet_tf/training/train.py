@@ -760,9 +760,15 @@ def print_summary(summary):
         say(f"note      : {summary['short_studies_note']}")
     if "ct_metrics" in summary:
         m = summary["ct_metrics"]
+        one_class = (
+            ""
+            if m["recall"] == m["recall"]
+            else (" (every held-out study is negative: recall, precision and F1 are undefined)")
+        )
         say(
             "held-out CT level: "
             + ", ".join(f"{k} {m[k]:.3f}" for k in ("accuracy", "recall", "precision", "f1"))
+            + one_class
         )
     if "mask_metrics" in summary:
         m = summary["mask_metrics"]
