@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import TINY_MODEL, tiny_config
 from radnet_tf.errors import UserError
 from radnet_tf.training import init_from as lib
 
@@ -158,25 +158,17 @@ def test_fine_tuning_run_records_its_lineage_and_freezes_first(trained_tiny, tmp
             "--quiet",
             *[
                 f"{k}={v}"
-                for k, v in dict(
-                    input_size=32,
-                    out_spacing=8.0,
-                    depth=7,
-                    growth_rate=2,
-                    initial_filters=4,
-                    lstm_units=3,
-                    head_filters=2,
-                    pooling="avg",
-                    crop_slices=4,
-                    batch_size=2,
-                    epochs=1,
-                    steps_per_epoch=1,
-                    val_fraction=0.4,
-                    extra_windows="[[80, 200]]",
-                    init_from=source_dir,
-                    freeze_backbone_steps=1,
-                    export_dir=tmp_path / "sm",
-                ).items()
+                for k, v in {
+                    **TINY_MODEL,  # on the built-in default config: its other model keys differ
+                    "pooling": "avg",
+                    "epochs": 1,
+                    "steps_per_epoch": 1,
+                    "val_fraction": 0.4,
+                    "extra_windows": "[[80, 200]]",
+                    "init_from": source_dir,
+                    "freeze_backbone_steps": 1,
+                    "export_dir": tmp_path / "sm",
+                }.items()
             ],
         ]
     )
