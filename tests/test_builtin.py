@@ -52,6 +52,11 @@ def test_install_copies_an_export_without_warmup_and_records_its_answers(
     saved, _, _ = loader.load_saved_model(target)
     assert card["reference_slice_probabilities"] == builtin.slice_probabilities(saved)
     assert len(card["reference_slice_probabilities"]) == 16
+    stale = dict(card, reference_slice_probabilities=[0.5] * 16)
+    stale["reference_study"] = dict(card["reference_study"], generator=-1)
+    (target.parent / "card.json").write_text(json.dumps(stale))
+    builtin.refresh_reference()  # a new generator: only the reference answers change
+    assert json.loads((target.parent / "card.json").read_text()) == card
 
 
 @pytest.mark.slow

@@ -99,6 +99,38 @@ def test_sample_is_trilinear(atlas):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
 
 
+def tiny_atlas():
+    """A 12^3 atlas: air everywhere but one voxel of bone at (6, 6, 6)."""
+    channels = np.zeros((12, 12, 12, len(anatomy.CHANNELS)), np.float32)
+    channels[..., anatomy.CHANNELS.index("frame")] = anatomy.AIR_HU
+    channels[6, 6, 6, anatomy.CHANNELS.index("frame")] = 1000.0
+    return anatomy.Atlas(channels, np.zeros((12, 12, 12), np.uint8), np.zeros(3))
+
+
+def test_solid_marks_every_point_whose_sample_is_not_air():
+    atlas = tiny_atlas()
+    grid = np.stack(np.meshgrid(*[np.arange(0, 11.01, 0.25)] * 3, indexing="ij"), 0)
+    points = grid.reshape(3, -1).astype(np.float32)
+    solid, values = atlas.solid(points), atlas.sample(points)
+    air = np.all(values == atlas.air_value(), axis=1)
+    assert not np.any(~solid & ~air)  # every sample off air is solid ...
+    assert np.any(solid & ~air) and np.any(solid & air)
+    # ... in blocks of 4 voxels: only block 1 on each axis (floor 4..7, corners up to 8)
+    # reaches the bone voxel 6
+    np.testing.assert_array_equal(solid, np.all((points >= 4) & (points < 8), axis=0))
+    assert not atlas.solid(np.array([[0.5], [0.5], [0.5]], np.float32))[0]
+
+
+def test_the_phantom_renders_air_points_as_the_full_sampler_does(monkeypatch):
+    cfg = synth.SynthConfig(matrix=96, num_slices=3, pixel_spacing_range=(2.4, 2.6))
+    fast = synth.make_phantom(np.random.default_rng([7, 1]), cfg, positive=True)
+    monkeypatch.setattr(anatomy.Atlas, "solid", lambda self, mm: np.ones(mm.shape[1], bool))
+    full = synth.make_phantom(np.random.default_rng([7, 1]), cfg, positive=True)
+    assert np.abs(fast.hu.astype(int) - full.hu).max() <= 1  # float rounding, then rint
+    np.testing.assert_array_equal(fast.class_mask, full.class_mask)
+    np.testing.assert_array_equal(fast.slice_labels, full.slice_labels)
+
+
 @pytest.mark.parametrize("factor", [1, 2, 3])
 def test_upsample_matches_scipy_zoom(factor):
     a = np.arange(35, dtype=np.float32).reshape(5, 7) ** 1.5

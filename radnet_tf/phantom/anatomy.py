@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 # Bumped whenever the atlas channels change (the on-disk cache keys on it).
-ATLAS_VERSION = 3
+# 4: air is one value (AIR_HU below -900 HU), so trilinear samples in air are skipped.
+ATLAS_VERSION = 4
 _DATA = Path(__file__).resolve().parent / "assets"
 ICBM_FILES = {
     "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
@@ -40,6 +41,11 @@ CHANNELS = ("frame", "icv", "gm", "wm", "dense", "depth", "vent", "fascia")
 # neck and face levels at which real head CT series start.
 BELOW_MM = 24
 NECK_MM = -66.0
+# The frame's value in air: the templates' air (anything below AIR_BELOW_HU: -1024 to
+# -900 HU of averaging noise) is set to it, so air is one channel vector (`Atlas.solid`).
+AIR_HU, AIR_BELOW_HU = -1024.0, -900.0
+# Edge of the blocks of voxels `Atlas.solid` marks as air, voxels.
+_AIR_BLOCK = 4
 # Integer labels of `Atlas.labels`: candidate places for each lesion type.
 LABEL_PARENCHYMA, LABEL_VENTRICLE, LABEL_CISTERN, LABEL_SULCUS, LABEL_SURFACE, LABEL_FALX = (
     1,
@@ -78,6 +84,54 @@ class Atlas:
     def __post_init__(self):
         self._points = {}
         self._extent = None
+        self._air_blocks = None
+
+    def air_value(self):
+        """float32 [C]: the channels in air (frame AIR_HU, every other channel 0)."""
+        value = np.zeros(self.channels.shape[-1], np.float32)
+        value[CHANNELS.index("frame")] = AIR_HU
+        return value
+
+    def _air_block_map(self):
+        """bool [bx, by, bz]: blocks of _AIR_BLOCK^3 voxels whose points' trilinear corners
+        (the block and one voxel beyond it on each axis) are all air."""
+        if self._air_blocks is None:
+            air = np.all(self.channels == self.air_value(), axis=-1)
+            b = _AIR_BLOCK
+            nb = [-(-n // b) for n in air.shape]
+            air = np.pad(air, [(0, k * b + 1 - n) for k, n in zip(nb, air.shape)], mode="edge")
+            blocks = np.ones(nb, bool)
+            for dx in range(b + 1):
+                for dy in range(b + 1):
+                    for dz in range(b + 1):
+                        blocks &= air[dx : dx + b * nb[0] : b, dy : dy + b * nb[1] : b, dz::b][
+                            :, :, : nb[2]
+                        ]
+            self._air_blocks = blocks
+        return self._air_blocks
+
+    def _corner_index(self, mm):
+        """(int64 [N] flat index of each point's lowest trilinear corner, float32 [3, N]
+        its fractions along each axis); points outside the grid take the nearest edge."""
+        shape = self.labels.shape
+        ijk = mm - self.origin.astype(np.float32)[:, None]
+        c = np.clip(ijk, 0, np.array(shape, np.float32)[:, None] - np.float32(1.001))
+        f = np.floor(c)
+        base = f.astype(np.int64)
+        return (base[0] * shape[1] + base[1]) * shape[2] + base[2], c - f
+
+    def solid(self, mm):
+        """bool [N]: False where `sample` at the point is exactly `air_value()` (all its
+        trilinear corners are air), True elsewhere.
+
+        Args:
+          mm: float32 [3, N] RAS mm.
+        """
+        blocks, shape = self._air_block_map(), self.labels.shape
+        ijk = mm - self.origin.astype(np.float32)[:, None]
+        c = np.clip(ijk, 0, np.array(shape, np.float32)[:, None] - np.float32(1.001))
+        b = c.astype(np.int64) // _AIR_BLOCK
+        return ~blocks[b[0], b[1], b[2]]
 
     def head_extent(self):
         """(lo, hi) float32 [3] atlas mm bounding the head (anything denser than -500 HU)."""
@@ -106,27 +160,18 @@ class Atlas:
           float32 [N, C] in CHANNELS order.
         """
         shape = self.labels.shape
-        ijk = mm - self.origin.astype(np.float32)[:, None]
+        index, frac = self._corner_index(mm)
         flat = self.channels.reshape(-1, self.channels.shape[-1])
         out = np.zeros((mm.shape[1], flat.shape[1]), np.float32)
-        base, frac = [], []
-        for axis in range(3):
-            c = np.clip(ijk[axis], 0, shape[axis] - 1.001)
-            f = np.floor(c)
-            base.append(f.astype(np.int64))
-            frac.append((c - f).astype(np.float32))
-        index = (base[0] * shape[1] + base[1]) * shape[2] + base[2]
         strides = (shape[1] * shape[2], shape[2], 1)
         for dx in (0, 1):
             wx = frac[0] if dx else 1 - frac[0]
             for dy in (0, 1):
                 wxy = wx * (frac[1] if dy else 1 - frac[1])
                 for dz in (0, 1):
-                    w = wxy * (frac[2] if dz else 1 - frac[2])
-                    out += (
-                        np.take(flat, index + (dx * strides[0] + dy * strides[1] + dz), axis=0)
-                        * w[:, None]
-                    )
+                    corner = flat.take(index + (dx * strides[0] + dy * strides[1] + dz), axis=0)
+                    corner *= (wxy * (frac[2] if dz else 1 - frac[2]))[:, None]
+                    out += corner
         return out
 
 
@@ -189,6 +234,9 @@ def build_atlas() -> Atlas:
     channels = np.stack(
         [frame, icv_f, gm, wm, dense, np.minimum(depth, 60.0), vent_f, fascia], axis=-1
     )
+    air = (frame < AIR_BELOW_HU) & (icv_f == 0)
+    channels[air] = 0.0
+    channels[air, CHANNELS.index("frame")] = AIR_HU
     # float16 precision whether built or read from the cache: the same cohort either way.
     channels = channels.astype(np.float16).astype(np.float32)
     return Atlas(channels=channels, labels=labels, origin=origin)

@@ -85,7 +85,9 @@ from radnet_tf.contract import SUBTYPES
 # 12: the brain brightens toward the inner table as on real scanners (4-14 HU at 3 mm,
 #     fading over 3-8 mm; was 0-10 HU at the table fading over 3 mm); blood is labelled
 #     where it is visibly denser than grey matter brightened as much.
-GENERATOR_VERSION = 12
+# 13: air in the atlas is one value (below -900 HU: -1024), so points whose samples are
+#     all air are not rendered (the skin edge blends with -1024 HU, not -1009 to -900 HU).
+GENERATOR_VERSION = 13
 AIR = -1000.0
 FAT_HU = -90.0
 
@@ -526,31 +528,30 @@ def _work_grid(study, cfg, atlas) -> _Grid:
 def _render_plane(study, grid, atlas, k, z):
     """Slice k at height z averaged over its sub-slices, on the work grid: (HU [hw, ww],
     intracranial fraction [hw, ww], cupping on the output box, each bleed's fraction
-    [L, hw * ww] and the attenuation it adds [L, hw * ww])."""
+    [L, hw * ww] and the attenuation it adds [L, hw * ww]). Points whose atlas samples are
+    all air are air (`anatomy.Atlas.solid`): only the others are rendered."""
     n = grid.hw * grid.ww
-    gx = np.broadcast_to(grid.px[None, :], (grid.hw, grid.ww)).ravel().astype(np.float32)
-    gy = np.broadcast_to(grid.py[:, None], (grid.hw, grid.ww)).ravel().astype(np.float32)
     img, brain, near_table = (np.zeros(n, np.float32) for _ in range(3))
     frac = np.zeros((len(study.lesions), n), np.float32)
     raise_hu = np.zeros((len(study.lesions), n), np.float32)  # attenuation each bleed adds
+    p = np.empty((3, n), np.float32)
+    p[0] = np.broadcast_to(grid.px[None, :], (grid.hw, grid.ww)).ravel()
+    p[1] = np.broadcast_to(
+        grid.py.astype(np.float32)[:, None] + study.drifts[k], (grid.hw, grid.ww)
+    ).ravel()
     for off in grid.offsets:
-        p = np.stack([gx, gy + study.drifts[k], np.full_like(gx, z + off)])
+        p[2] = z + off
         m = study.pose.to_atlas(p)
-        ch = atlas.sample(m)
-        src = synth_lesions.displacement(study.lesions, m)
-        if src is not None:  # mass effect: the brain channels from displaced points
-            ch[:, _BRAIN_CHANNELS] = atlas.sample(src)[:, _BRAIN_CHANNELS]
-        cupping = ch[:, _CH["icv"]] * synth_scanner.cupping_profile(
-            ch[:, _CH["depth"]], study.scanner
-        )
-        sub = _normal_hu(ch, study.tissue, study.pose, cupping)
-        for centre_mm, radius, value in study.calcs:
-            d = m - centre_mm[:, None]
-            sub = np.where(np.einsum("ij,ij->j", d, d) < radius * radius, np.float32(value), sub)
-        sub = _add_lesions(study.lesions, m, ch, p, sub, frac, raise_hu)
-        img += sub
-        brain += ch[:, _CH["icv"]]
-        near_table += cupping
+        live = np.flatnonzero(atlas.solid(m))
+        img += np.float32(anatomy.AIR_HU)
+        if live.size == 0:
+            continue
+        sub, icv, cupping, f, r = _render_points(study, atlas, m[:, live], p[:, live])
+        img[live] += sub - np.float32(anatomy.AIR_HU)
+        brain[live] += icv
+        near_table[live] += cupping
+        frac[:, live] += f
+        raise_hu[:, live] += r
     n_sub = len(grid.offsets)
     near_table = grid.full((near_table / n_sub).reshape(grid.hw, grid.ww))
     return (
@@ -560,6 +561,38 @@ def _render_plane(study, grid, atlas, k, z):
         frac / n_sub,
         raise_hu / n_sub,
     )
+
+
+def _render_points(study, atlas, m, p):
+    """One sub-slice at points off air: atlas mm m and patient mm p, float32 [3, N].
+
+    Returns (HU [N], intracranial fraction [N], cupping [N], each bleed's fraction [L, N],
+    the attenuation each bleed adds [L, N]), float32."""
+    ch = atlas.sample(m)
+    src = synth_lesions.displacement(study.lesions, m)
+    if src is not None:  # mass effect: the brain channels from displaced points
+        ch[:, _BRAIN_CHANNELS] = atlas.sample(src)[:, _BRAIN_CHANNELS]
+    cupping = ch[:, _CH["icv"]] * synth_scanner.cupping_profile(ch[:, _CH["depth"]], study.scanner)
+    sub = _normal_hu(ch, study.tissue, study.pose, cupping)
+    for centre_mm, radius, value in _calcs_near(study, float(p[2, 0]), study.calcs):
+        d = m - centre_mm.astype(np.float32)[:, None]
+        sub = np.where(np.einsum("ij,ij->j", d, d) < radius * radius, np.float32(value), sub)
+    frac = np.zeros((len(study.lesions), m.shape[1]), np.float32)
+    raise_hu = np.zeros_like(frac)
+    sub = _add_lesions(study.lesions, m, ch, p, sub, frac, raise_hu)
+    return sub, ch[:, _CH["icv"]], cupping, frac, raise_hu
+
+
+def _calcs_near(study, z, calcs):
+    """The calcifications that can reach the plane at patient height z (mm): within their
+    radius plus the warp's reach (<= 2.5 mm per axis, ventricle inflation <= 4.6 mm),
+    times the pose's largest scale (< 1.2)."""
+    near = []
+    for calc in calcs:
+        cz = float(study.pose.to_patient(calc[0].astype(np.float32)[None])[0, 2])
+        if abs(cz - z) < 1.2 * (calc[1] + 10.0):
+            near.append(calc)
+    return near
 
 
 def _add_lesions(lesions, m, ch, p, sub, frac, raise_hu):
@@ -705,6 +738,17 @@ def _atomic_csv(path: Path, header, rows):
         writer.writerows(rows)
 
 
+def _save_npz(path, **arrays):
+    """`np.savez_compressed` at zlib level 1 (a third of its time on masks that are
+    mostly zero; any npz reader reads it)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, value in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
+
+
 def _write_study(args):
     """Worker: draws study i and writes it (skipped when already complete).
 
@@ -720,7 +764,7 @@ def _write_study(args):
         with atomic.atomic_path(final) as tmp:
             uids = write_dicom_series(phantom, tmp, rng)
             with atomic.atomic_path(mask_path) as mask_tmp:
-                np.savez_compressed(
+                _save_npz(
                     mask_tmp,
                     mask=phantom.mask,
                     mask_classes=phantom.class_mask,

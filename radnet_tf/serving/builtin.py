@@ -12,7 +12,8 @@ The second command regenerates one from an export: the export is copied without 
 warm-up requests into its folder under `radnet_tf/serving/builtin/`, and `card.json` beside
 it records where it came from (the commit, the gates' output when given) and its slice
 probabilities on a fixed phantom study (`reference_study`), which a test compares with what
-the shipped model answers.
+the shipped model answers. After a phantom generator change, `--refresh-reference`
+records the shipped model's answers on the new reference study (the model is unchanged).
 
 They are trained on the synthetic phantom only (MODEL_CARD.md): starting points for
 fine-tuning and a demonstration, not validated hemorrhage detectors.
@@ -92,6 +93,20 @@ def install(export, commit="", gates=None, name=BUILTIN, made_by=None) -> Path:
     return target
 
 
+def refresh_reference(name=BUILTIN) -> Path:
+    """Rewrites a shipped model's reference study and answers in its card (after a phantom
+    generator change; the model itself is kept). Returns the card's path."""
+    import tensorflow as tf
+
+    info = card(name)
+    info["reference_study"]["generator"] = GENERATOR_VERSION
+    saved = tf.saved_model.load(str(builtin_model_path(name)))
+    info["reference_slice_probabilities"] = slice_probabilities(saved)
+    path = builtin_model_path(name).parent / "card.json"
+    atomic.write_text(path, json.dumps(info, indent=2) + "\n")
+    return path
+
+
 @cli_main
 def main(argv=None):
     parser = argparse.ArgumentParser(
@@ -99,13 +114,23 @@ def main(argv=None):
         description="Make an export of `make run` the package's built-in model.",
     )
     add_verbose(parser)
-    parser.add_argument("export", help="SavedModel version folder (saved_models/radnet/N)")
+    parser.add_argument(
+        "export", nargs="?", help="SavedModel version folder (saved_models/radnet/N)"
+    )
+    parser.add_argument(
+        "--refresh-reference",
+        action="store_true",
+        help="only record the shipped model's answers on the current reference study",
+    )
     parser.add_argument("--name", default=BUILTIN, choices=sorted(BUILTINS))
     parser.add_argument("--made-by", help="the command that trained it (for the card)")
     parser.add_argument("--commit", default="", help="the commit that trained it")
     parser.add_argument("--gates", help="JSON lines of benchmarks/real_ct_gates.py on it")
     args = parser.parse_args(argv)
-    if not (Path(args.export) / "saved_model.pb").exists():
+    if args.refresh_reference:
+        say(f"reference answers of {args.name} written to {refresh_reference(args.name)}")
+        return
+    if not args.export or not (Path(args.export) / "saved_model.pb").exists():
         raise UserError(f"not a SavedModel version folder: {args.export}")
     gates = None
     if args.gates:
