@@ -102,22 +102,22 @@ def head_center(hu, threshold=BODY_THRESHOLD_HU):
     """Centre (row, col) in pixels of the body mask over all slices of a study.
 
     Args:
-      hu: tensor [S, H, W], HU.
+      hu: tensor [S, H, W], HU (int16 or float).
     Returns:
       float32 tensor [2]: (row, col) of the mask centroid; the image centre if no voxel
-      exceeds `threshold`.
+      exceeds `threshold`. Voxels are counted exactly (int32 per pixel, float64 sums).
     """
-    hu = tf.cast(hu, tf.float32)
-    mask = tf.cast(hu > threshold, tf.float32)
-    shape = tf.cast(tf.shape(hu), tf.float32)
-    rows = tf.reduce_sum(mask, axis=[0, 2])  # [H]
-    cols = tf.reduce_sum(mask, axis=[0, 1])  # [W]
+    hu = tf.convert_to_tensor(hu)
+    limit = np.floor(threshold) if hu.dtype.is_integer else threshold  # x > t: x > floor(t)
+    counts = tf.reduce_sum(tf.cast(hu > tf.cast(limit, hu.dtype), tf.int32), axis=0)  # [H, W]
+    rows = tf.cast(tf.reduce_sum(counts, axis=1), tf.float64)  # [H]
+    cols = tf.cast(tf.reduce_sum(counts, axis=0), tf.float64)  # [W]
     total = tf.reduce_sum(rows)
-    r = tf.reduce_sum(rows * tf.range(shape[1])) / tf.maximum(total, 1.0)
-    c = tf.reduce_sum(cols * tf.range(shape[2])) / tf.maximum(total, 1.0)
-    center = tf.stack([r, c])
-    fallback = (shape[1:] - 1.0) / 2.0
-    return tf.where(total > 0, center, fallback)
+    r = tf.reduce_sum(rows * tf.range(tf.size(rows, out_type=tf.int32), dtype=tf.float64))
+    c = tf.reduce_sum(cols * tf.range(tf.size(cols, out_type=tf.int32), dtype=tf.float64))
+    center = tf.stack([r, c]) / tf.maximum(total, 1.0)
+    fallback = tf.cast(tf.stack([tf.size(rows), tf.size(cols)]), tf.float64) / 2.0 - 0.5
+    return tf.cast(tf.where(total > 0, center, fallback), tf.float32)
 
 
 def _fov_geometry(in_shape, pixel_spacing, center, cfg):
@@ -152,18 +152,21 @@ def resample_to_fov(images, pixel_spacing, center, cfg, fill=AIR_HU):
     Returns:
       float32 tensor [S, out_size, out_size].
     """
-    images = tf.cast(images, tf.float32)
-    shape = tf.shape(images)
-    scale, translation, valid = _fov_geometry(shape[1:3], pixel_spacing, center, cfg)
+    images = tf.convert_to_tensor(images)
+    if images.dtype not in (tf.int16, tf.uint8, tf.float32):
+        images = tf.cast(images, tf.float32)
+    scale, translation, valid = _fov_geometry(tf.shape(images)[1:3], pixel_spacing, center, cfg)
+    # The op weighs only input pixels (its kernel is renormalised at the image's edges) and
+    # takes int16 / uint8 as they are: no float copy of the full-resolution study.
     out = tf.raw_ops.ScaleAndTranslate(
-        images=(images - fill)[..., None],
+        images=images[..., None],
         size=tf.constant([cfg.out_size, cfg.out_size], tf.int32),
         scale=scale,
         translation=translation,
         kernel_type="triangle",
         antialias=True,
     )[..., 0]
-    return tf.where(valid[None], out, 0.0) + fill
+    return tf.where(valid[None], out, tf.cast(fill, tf.float32))
 
 
 def preprocess_study(hu, pixel_spacing, cfg, center=None):
@@ -177,6 +180,7 @@ def preprocess_study(hu, pixel_spacing, cfg, center=None):
       float32 tensor [S, out_size, out_size, C] in [0, 1], C = len(cfg.windows) (1 =
       the paper's brain window).
     """
+    hu = tf.convert_to_tensor(hu)  # once: a NumPy study is copied into TF once
     if center is None:
         center = head_center(hu)
     resampled = resample_to_fov(hu, pixel_spacing, center, cfg)
@@ -189,6 +193,7 @@ def resample_hu(hu, pixel_spacing, cfg, center=None):
     Returns:
       (int16 tensor [S, out_size, out_size] HU, float32 tensor [2] centre used).
     """
+    hu = tf.convert_to_tensor(hu)
     if center is None:
         center = head_center(hu)
     out = resample_to_fov(hu, pixel_spacing, center, cfg)
@@ -197,7 +202,7 @@ def resample_hu(hu, pixel_spacing, cfg, center=None):
 
 def resample_mask(mask, pixel_spacing, center, cfg):
     """Resamples a binary mask [S, H, W] like the image; uint8 [S, N, N] (>= 0.5 -> 1)."""
-    out = resample_to_fov(tf.cast(mask, tf.float32), pixel_spacing, center, cfg, fill=0.0)
+    out = resample_to_fov(tf.cast(mask, tf.uint8), pixel_spacing, center, cfg, fill=0.0)
     return tf.cast(out >= 0.5, tf.uint8)
 
 
@@ -218,7 +223,7 @@ def resample_class_mask(classes, pixel_spacing, center, cfg, present):
     weights = tf.stack(
         [
             resample_to_fov(
-                tf.cast(tf.equal(classes, k), tf.float32), pixel_spacing, center, cfg, fill=0.0
+                tf.cast(tf.equal(classes, k), tf.uint8), pixel_spacing, center, cfg, fill=0.0
             )
             for k in present
         ],

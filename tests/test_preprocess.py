@@ -48,6 +48,16 @@ def test_head_center_matches_reference_on_asymmetric_blob():
     np.testing.assert_allclose(P.head_center(empty).numpy(), [4.0, 2.0])
 
 
+def test_head_center_counts_integer_and_float_studies_alike():
+    hu = np.full((3, 4, 5), -1000, np.int16)
+    hu[0, 1, 1] = -300  # not above the -300 HU threshold
+    hu[1, 2, 3] = -299
+    hu[2, 3, 0] = 40
+    want = [(2 + 3) / 2, (3 + 0) / 2]
+    np.testing.assert_array_equal(P.head_center(hu).numpy(), want)
+    np.testing.assert_array_equal(P.head_center(hu.astype(np.float32)).numpy(), want)
+
+
 @pytest.mark.parametrize(
     "spacing,center",
     [((0.7, 1.3), (17.2, 25.9)), ((2.0, 2.0), (3.0, 40.0)), ((0.45, 0.45), (18.0, 26.0))],
