@@ -202,7 +202,10 @@ def resample_hu(hu, pixel_spacing, cfg, center=None):
 
 def resample_mask(mask, pixel_spacing, center, cfg):
     """Resamples a binary mask [S, H, W] like the image; uint8 [S, N, N] (>= 0.5 -> 1)."""
-    out = resample_to_fov(tf.cast(mask, tf.uint8), pixel_spacing, center, cfg, fill=0.0)
+    mask = tf.convert_to_tensor(mask)
+    if mask.dtype == tf.bool:  # else as it is: a sheared mask holds fractions
+        mask = tf.cast(mask, tf.uint8)
+    out = resample_to_fov(mask, pixel_spacing, center, cfg, fill=0.0)
     return tf.cast(out >= 0.5, tf.uint8)
 
 

@@ -552,12 +552,11 @@ def shear_like(series, stack, fill=0.0):
         return out.copy()
     if out.shape[0] != len(series.shear_px):
         raise ValueError(f"stack has {out.shape[0]} slices, the series {len(series.shear_px)}")
-    return np.stack(
-        [
-            _shift_axis(_shift_axis(m, dr, 0, fill), dc, 1, fill)
-            for m, (dr, dc) in zip(out, series.shear_px)
-        ]
-    )
+    moved = np.full_like(out, fill)
+    for k, (m, (dr, dc)) in enumerate(zip(out, series.shear_px)):
+        if fill != 0 or m.any():  # a slice of zeros moves to zeros
+            moved[k] = _shift_axis(_shift_axis(m, dr, 0, fill), dc, 1, fill)
+    return moved
 
 
 def read_series(
@@ -600,7 +599,13 @@ def read_series(
         raise ValueError(f"tilt must be 'correct' or 'reject'. Received: tilt={tilt!r}")
     with counted_uid_warnings() as uids:
         series = _read_series(
-            folder, tilt, min_slices, salt, series_uid, fix_12bit, skip_undecodable,
+            folder,
+            tilt,
+            min_slices,
+            salt,
+            series_uid,
+            fix_12bit,
+            skip_undecodable,
             series_policy,
         )
     series.invalid_uids = uids["invalid_uids"]

@@ -372,15 +372,35 @@ def _study_masks(task, series, center, pcfg):
         order = [index[u] for u in series.sop_instance_uids]
     except KeyError:
         raise UserError(f"{task.mask_path}: mask slices do not match the DICOM series") from None
-    mask = preprocess.resample_mask(
-        shear_like(series, src_mask[order] > 0), series.pixel_spacing, center, pcfg
-    ).numpy()
+    mask = _on_marked_slices(
+        lambda m: preprocess.resample_mask(m, series.pixel_spacing, center, pcfg).numpy(),
+        shear_like(series, src_mask[order] > 0),
+        pcfg.out_size,
+    )
     if src_classes is None:
         return mask, None
-    classes = resample_classes(
-        sheared_classes(series, src_classes[order]), series.pixel_spacing, center, pcfg
+    classes = _on_marked_slices(
+        lambda c: resample_classes(c, series.pixel_spacing, center, pcfg),
+        sheared_classes(series, src_classes[order]),
+        pcfg.out_size,
     )
     return mask, classes
+
+
+def _on_marked_slices(resample, stack, size):
+    """uint8 [S, size, size]: `resample` (array [K, H, W] -> [K, size, size]) applied to
+    the slices of `stack` [S, H, W] with a nonzero pixel; the others resample to zeros."""
+    marked = np.flatnonzero(np.asarray(stack).reshape(len(stack), -1).any(axis=1))
+    out = np.zeros((len(stack), size, size), np.uint8)
+    if marked.size:
+        out[marked] = resample(stack[marked])
+    return out
+
+
+def _classes_present(classes):
+    """The nonzero class numbers in a class mask (non-negative integers), ascending."""
+    counts = np.bincount(np.asarray(classes).ravel())
+    return [int(k) for k in np.flatnonzero(counts) if k]
 
 
 def _slice_targets(task, series):
@@ -408,7 +428,7 @@ def sheared_classes(series, classes):
     mask itself when the series was not tilted."""
     if not series.tilt_corrected:
         return np.asarray(classes, np.uint8)
-    present = [int(k) for k in np.unique(classes) if k]
+    present = _classes_present(classes)
     if not present:
         return np.zeros(np.shape(classes), np.uint8)
     weights = np.stack([shear_like(series, np.equal(classes, k)) for k in present], -1)
@@ -419,7 +439,7 @@ def sheared_classes(series, classes):
 def resample_classes(classes, pixel_spacing, center, pcfg):
     """A class mask (numpy [S, H, W]) on the model grid, resampling only the classes it
     holds; numpy uint8 [S, N, N]."""
-    present = [int(k) for k in np.unique(classes) if k]
+    present = _classes_present(classes)
     return preprocess.resample_class_mask(classes, pixel_spacing, center, pcfg, present).numpy()
 
 
