@@ -160,6 +160,27 @@ def test_cpu_datasets_tiny():
     _finite(rows["convert_per_core_tiny"], ["ratio_vs_bare_decode"])
 
 
+def test_side_by_side_times_two_trees_and_gives_their_ratio():
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True)
+    if head.returncode:
+        pytest.skip("not a git checkout: no commit to compare with")
+    args = ["--baseline", "HEAD", "--studies", "1", "--rounds", "1", "--only", "synth"]
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "side_by_side.py"), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [(r["bench"], r.get("tree")) for r in rows] == [
+        ("synth", "baseline"),
+        ("synth", "this"),
+        ("synth_side_by_side", None),
+    ]
+    _finite(rows[-1], ["baseline_seconds_per_study", "this_seconds_per_study"])
+    assert rows[-1]["ratio_baseline_vs_this"] > 0
+
+
 @pytest.mark.slow
 def test_real_ct_gates_run_on_an_export(shared, tmp_path):
     from radnet_tf.serving.export import export_model

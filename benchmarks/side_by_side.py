@@ -1,0 +1,173 @@
+"""The built-in default's data phase against an older commit, side by side on this machine.
+
+    python benchmarks/side_by_side.py [--baseline 7f89139] [--studies 24] [--rounds 2]
+
+Checks the baseline commit out into a temporary git worktree and times, in one process per
+tree and measurement, alternating the trees round by round (a noisy machine slows both):
+
+  synth    drawing and writing phantom studies as `make run` does (512 x 512 x 16,
+           `generate_cohort`, one process): seconds per study;
+  convert  converting one phantom cohort (made once, by this tree) to records on the
+           default config's grid (`convert_study`, one process): seconds per study.
+
+Prints one JSON line per tree, measurement and round, then one per measurement with the
+best time of each tree and the ratio baseline / this tree (> 1: this tree is faster).
+Both trees use this checkout's Python environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _generator_module():
+    """This tree's phantom generator (commits before the package layout had radnet_tf.synth)."""
+    import radnet_tf
+
+    if (Path(radnet_tf.__file__).parent / "phantom").is_dir():
+        from radnet_tf.phantom import generate
+    else:
+        from radnet_tf import synth as generate
+    return generate
+
+
+def _convert_module():
+    import radnet_tf
+
+    if (Path(radnet_tf.__file__).parent / "records").is_dir():
+        from radnet_tf.records import convert
+    else:
+        from radnet_tf import convert
+    return convert
+
+
+def measure_synth(studies, work):
+    gen = _generator_module()
+    cfg = gen.SynthConfig(matrix=512, num_slices=16)
+    gen.generate_cohort(Path(work) / "warm", 1, seed=99, cfg=cfg)  # the atlas, read once
+    start = time.perf_counter()
+    gen.generate_cohort(Path(work) / "cohort", studies, seed=0, cfg=cfg)
+    return (time.perf_counter() - start) / studies
+
+
+def measure_convert(cohort):
+    from radnet_tf.config import load_config
+
+    convert = _convert_module()
+    # the built-in default's grid (configs/default.yaml): 168 px at 1.5 mm
+    pcfg = load_config(None, ["input_size=168", "out_spacing=1.5"]).preprocess_config()
+    cohort = Path(cohort)
+    tasks, _ = convert.folder_tasks(
+        cohort / "dicom", cohort / "labels.csv", cohort / "slice_labels.csv", cohort / "masks"
+    )
+    convert.convert_study(tasks[0], pcfg)  # TensorFlow's first call
+    start = time.perf_counter()
+    for task in tasks:
+        convert.convert_study(task, pcfg)
+    return (time.perf_counter() - start) / len(tasks)
+
+
+def _run_in(tree, what, arg):
+    """Seconds per study of one measurement, in a fresh process importing `tree`'s code."""
+    env = dict(os.environ, PYTHONPATH=str(tree), TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--measure", what, "--arg", str(arg)],
+        cwd=tree,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def _commit(tree):
+    return subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def compare(baseline, studies, rounds, only):
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        base = tmp / "baseline"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), baseline],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            trees = {"baseline": base, "this": ROOT}
+            commits = {k: _commit(v) for k, v in trees.items()}
+            if "convert" in only:
+                _run_in(ROOT, "synth", f"{studies}:{tmp / 'data'}")  # the cohort to convert
+            best = {}
+            for r in range(rounds):
+                for what in [w for w in ("synth", "convert") if w in only]:
+                    for name, tree in trees.items():
+                        arg = (
+                            f"{studies}:{tmp / name / str(r)}"
+                            if what == "synth"
+                            else tmp / "data/cohort"
+                        )
+                        s = _run_in(tree, what, arg)
+                        best[what, name] = min(s, best.get((what, name), s))
+                        print(
+                            json.dumps(
+                                dict(
+                                    bench=what,
+                                    tree=name,
+                                    commit=commits[name],
+                                    round=r,
+                                    seconds_per_study=round(s, 4),
+                                )
+                            )
+                        )
+            for what in [w for w in ("synth", "convert") if w in only]:
+                b, t = best[what, "baseline"], best[what, "this"]
+                print(json.dumps(dict(
+                    bench=f"{what}_side_by_side", studies=studies, rounds=rounds,
+                    baseline=commits["baseline"], this=commits["this"],
+                    baseline_seconds_per_study=round(b, 4), this_seconds_per_study=round(t, 4),
+                    ratio_baseline_vs_this=round(b / t, 3), cpus=os.cpu_count(),
+                )))  # fmt: skip
+        finally:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
+                capture_output=True,
+            )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--baseline", default="7f89139", help="commit to compare with")
+    parser.add_argument("--studies", type=int, default=24)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--only", default="synth,convert")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--arg", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.measure == "synth":
+        n, work = args.arg.split(":", 1)
+        Path(work).mkdir(parents=True, exist_ok=True)
+        print(measure_synth(int(n), work))
+    elif args.measure == "convert":
+        print(measure_convert(args.arg))
+    else:
+        compare(args.baseline, args.studies, args.rounds, args.only.split(","))
+
+
+if __name__ == "__main__":
+    main()
