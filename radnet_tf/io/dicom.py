@@ -599,13 +599,7 @@ def read_series(
         raise ValueError(f"tilt must be 'correct' or 'reject'. Received: tilt={tilt!r}")
     with counted_uid_warnings() as uids:
         series = _read_series(
-            folder,
-            tilt,
-            min_slices,
-            salt,
-            series_uid,
-            fix_12bit,
-            skip_undecodable,
+            folder, tilt, min_slices, salt, series_uid, fix_12bit, skip_undecodable,
             series_policy,
         )
     series.invalid_uids = uids["invalid_uids"]

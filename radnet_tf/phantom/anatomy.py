@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import os
 from pathlib import Path
 
@@ -101,21 +102,23 @@ class Atlas:
             nb = [-(-n // b) for n in air.shape]
             air = np.pad(air, [(0, k * b + 1 - n) for k, n in zip(nb, air.shape)], mode="edge")
             blocks = np.ones(nb, bool)
-            for dx in range(b + 1):
-                for dy in range(b + 1):
-                    for dz in range(b + 1):
-                        blocks &= air[dx : dx + b * nb[0] : b, dy : dy + b * nb[1] : b, dz::b][
-                            :, :, : nb[2]
-                        ]
+            for d in itertools.product(range(b + 1), repeat=3):  # voxel offsets 0..b
+                blocks &= air[tuple(slice(o, o + b * k, b) for o, k in zip(d, nb))]
             self._air_blocks = blocks
         return self._air_blocks
 
+    def _clipped_index(self, mm):
+        """float32 [3, N]: continuous voxel indices of points in mm, clipped to the grid
+        (points outside take the nearest edge)."""
+        ijk = mm - self.origin.astype(np.float32)[:, None]
+        top = np.array(self.labels.shape, np.float32)[:, None] - np.float32(1.001)
+        return np.clip(ijk, 0, top)
+
     def _corner_index(self, mm):
         """(int64 [N] flat index of each point's lowest trilinear corner, float32 [3, N]
-        its fractions along each axis); points outside the grid take the nearest edge."""
+        its fractions along each axis)."""
         shape = self.labels.shape
-        ijk = mm - self.origin.astype(np.float32)[:, None]
-        c = np.clip(ijk, 0, np.array(shape, np.float32)[:, None] - np.float32(1.001))
+        c = self._clipped_index(mm)
         f = np.floor(c)
         base = f.astype(np.int64)
         return (base[0] * shape[1] + base[1]) * shape[2] + base[2], c - f
@@ -127,11 +130,8 @@ class Atlas:
         Args:
           mm: float32 [3, N] RAS mm.
         """
-        blocks, shape = self._air_block_map(), self.labels.shape
-        ijk = mm - self.origin.astype(np.float32)[:, None]
-        c = np.clip(ijk, 0, np.array(shape, np.float32)[:, None] - np.float32(1.001))
-        b = c.astype(np.int64) // _AIR_BLOCK
-        return ~blocks[b[0], b[1], b[2]]
+        b = self._clipped_index(mm).astype(np.int64) // _AIR_BLOCK
+        return ~self._air_block_map()[b[0], b[1], b[2]]
 
     def head_extent(self):
         """(lo, hi) float32 [3] atlas mm bounding the head (anything denser than -500 HU)."""
