@@ -108,6 +108,8 @@ def head_center(hu, threshold=BODY_THRESHOLD_HU):
       exceeds `threshold`. Voxels are counted exactly (int32 per pixel, float64 sums).
     """
     hu = tf.convert_to_tensor(hu)
+    if hu.dtype.is_unsigned:  # a negative threshold would wrap around
+        hu = tf.cast(hu, tf.int32)
     limit = np.floor(threshold) if hu.dtype.is_integer else threshold  # x > t: x > floor(t)
     counts = tf.reduce_sum(tf.cast(hu > tf.cast(limit, hu.dtype), tf.int32), axis=0)  # [H, W]
     rows = tf.cast(tf.reduce_sum(counts, axis=1), tf.float64)  # [H]

@@ -56,6 +56,9 @@ def test_head_center_counts_integer_and_float_studies_alike():
     want = [(2 + 3) / 2, (3 + 0) / 2]
     np.testing.assert_array_equal(P.head_center(hu).numpy(), want)
     np.testing.assert_array_equal(P.head_center(hu.astype(np.float32)).numpy(), want)
+    stored = np.zeros((2, 4, 5), np.uint16)  # unsigned: the -300 HU threshold must not wrap
+    stored[1, 3, 4] = 65535  # above -300 like every other voxel (not above a wrapped 65236)
+    np.testing.assert_array_equal(P.head_center(stored).numpy(), [1.5, 2.0])
 
 
 @pytest.mark.parametrize(
@@ -109,6 +112,18 @@ def test_mask_resampling_keeps_binary_mask_aligned():
     assert out.sum() == pytest.approx(150, rel=0.15)
     assert rows.mean() == pytest.approx(31.5 - 20.5 / 2, abs=0.6)
     assert cols.mean() == pytest.approx(31.5 + 24.5 / 2, abs=0.6)
+
+
+def test_mask_resampling_keeps_fractions_of_a_sheared_mask():
+    # a tilt-corrected mask holds fractions: 0.75 stays blood, 0.25 does not
+    mask = np.zeros((1, 8, 8), np.float32)
+    mask[0, 2:6, 2:6] = 0.75
+    mask[0, 6:8, :] = 0.25
+    cfg = pcfg(out_size=8, fov_mm=8, out_spacing=1.0)
+    out = P.resample_mask(mask, (1.0, 1.0), (3.5, 3.5), cfg).numpy()[0]
+    want = np.zeros((8, 8), np.uint8)
+    want[2:6, 2:6] = 1
+    np.testing.assert_array_equal(out, want)
 
 
 def test_real_series_tf_matches_numpy(shared):

@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import os
 import subprocess
@@ -579,3 +580,22 @@ def test_a_one_slice_dicom_series_becomes_a_one_slice_record(tmp_path):
     study = records.decode_study(tf.constant(record))
     assert row["num_slices"] == 1 and study["image"].shape[0] == 1
     assert study["slice_labels"].numpy().tolist() == [-1]  # a positive study: slice unknown
+
+
+def test_masks_are_resampled_only_on_their_slices_and_equal_a_full_resample():
+    from radnet_tf import preprocess
+    from radnet_tf.config import Config
+    from radnet_tf.records.convert import _on_marked_slices
+
+    pcfg = dataclasses.replace(Config().preprocess_config(), out_size=16, fov_mm=32.0)
+    mask = np.zeros((3, 20, 20), bool)
+    mask[1, 4:12, 6:9] = True
+    seen = []
+
+    def resample(m):
+        seen.append(len(m))
+        return preprocess.resample_mask(m, (1.5, 1.5), (9.5, 9.5), pcfg).numpy()
+
+    full = preprocess.resample_mask(mask, (1.5, 1.5), (9.5, 9.5), pcfg).numpy()
+    np.testing.assert_array_equal(_on_marked_slices(resample, mask, 16), full)
+    assert seen == [1] and full[1].sum() > 0  # only the marked slice went through
