@@ -217,24 +217,32 @@ def open_np(mask):
     `open_tf`. Removes specks and lines thinner than 3 pixels; keeps anything a 3 x 3
     square fits in.
 
+    On a float mask it is the grey-level opening (minimum, then maximum filter), which
+    thresholding commutes with: `open_np(p) >= t` equals `open_np(p >= t)` for every t.
+
     Args:
-      mask: bool [S, N, N] or [S, N, N, L].
+      mask: bool or float [S, N, N] or [S, N, N, L].
     Returns:
-      bool array, same shape.
+      array of the mask's dtype (bool for anything not floating), same shape.
     """
-    mask = np.asarray(mask, bool)
-    pad = [(0, 0), (1, 1), (1, 1)] + [(0, 0)] * (mask.ndim - 3)
-    n, m = mask.shape[1], mask.shape[2]
+    mask = np.asarray(mask)
+    if not np.issubdtype(mask.dtype, np.floating):
+        mask = mask.astype(bool)
+    return _square3(_square3(mask, np.minimum), np.maximum)
 
-    def window(x, fill, reduce):
-        padded = np.pad(x, pad, constant_values=fill)
-        out = padded[:, 1 : n + 1, 1 : m + 1].copy()
-        for dy in range(3):
-            for dx in range(3):
-                out = reduce(out, padded[:, dy : dy + n, dx : dx + m])
-        return out
 
-    return window(window(mask, True, np.logical_and), False, np.logical_or)
+def _square3(x, op):
+    """`op` (np.minimum: erosion, np.maximum: dilation) over each pixel's 3 x 3 in-plane
+    neighbourhood (axes 1 and 2), outside pixels ignored: as two 3-pixel passes, one per
+    axis (a square is separable). Returns a new array like `x`."""
+    for axis in (1, 2):
+        ahead = (slice(None),) * axis + (slice(1, None),)
+        behind = (slice(None),) * axis + (slice(None, -1),)
+        y = x.copy()
+        op(y[ahead], x[behind], out=y[ahead])
+        op(y[behind], x[ahead], out=y[behind])
+        x = y
+    return x
 
 
 def open_tf(mask):

@@ -128,3 +128,19 @@ def test_opening_drops_specks_and_thin_lines_keeps_blocks_numpy_and_tf():
     assert lesion_mask_np(m.astype(np.float32), probs, 0.5, 0.5)[
         0, 6, 6
     ]  # without opening the speck stays
+
+
+def test_grey_opening_commutes_with_every_threshold():
+    """On a float mask `open_np` is the grey opening: thresholding it equals opening the
+    thresholded mask, at every threshold (the trick `mask_counts` relies on)."""
+    from radnet_tf.decision import open_np
+
+    p = np.array([[[0.9, 0.9, 0.9, 0.1], [0.9, 0.8, 0.9, 0.1], [0.9, 0.9, 0.7, 0.6]]])
+    # erosion: each pixel the minimum of its in-image 3 x 3; then the maximum of those
+    want = np.array([[[0.8, 0.8, 0.8, 0.1], [0.8, 0.8, 0.8, 0.1], [0.8, 0.8, 0.7, 0.1]]])
+    np.testing.assert_array_equal(open_np(p), want)
+    assert open_np(p.astype(np.float32)).dtype == np.float32
+    rng = np.random.default_rng(3)
+    noisy = rng.uniform(size=(2, 9, 11)).astype(np.float32)
+    for t in (0.05, 0.35, 0.5, 0.8):  # float32(0.35) < 0.35: compared in float32 both ways
+        np.testing.assert_array_equal(open_np(noisy) >= np.float32(t), open_np(noisy >= t))

@@ -269,6 +269,26 @@ def test_mask_counts_gate_and_metrics_against_hand_counts():
     )
 
 
+def test_mask_counts_equal_a_count_per_threshold_with_ties_in_float32():
+    """The one-pass counts (grey opening, one search) equal thresholding and opening the mask
+    once per threshold, ties included: float32(0.35) is below 0.35 and still counts."""
+    from radnet_tf.decision import open_np
+
+    rng = np.random.default_rng(5)
+    pred = (rng.uniform(size=(3, 12, 10)) ** 2).astype(np.float32)
+    pred[0, :4, :4] = np.float32(0.35)  # a block exactly at a threshold
+    truth = rng.uniform(size=(3, 12, 10)) < 0.3
+    thresholds = (0.5, 0.01, 0.35, 0.35, 0.9)
+    for opening in (False, True):
+        got = mask_counts(pred, truth, thresholds, opening)
+        for j, t in enumerate(thresholds):
+            p = open_np(pred >= t) if opening else pred >= t
+            want = [[np.sum(p[s] & truth[s]), np.sum(p[s]), np.sum(truth[s])] for s in range(3)]
+            assert got[:, j].tolist() == want
+    assert got[0, 2, 1] >= 16  # the tied block is counted
+    assert mask_counts(pred, truth, ()).shape == (3, 0, 3)
+
+
 def test_mask_threshold_calibration_on_gated_counts():
     from radnet_tf.evaluation import scoring
     from radnet_tf.decision import choose_mask_threshold
@@ -372,6 +392,35 @@ def test_predict_studies_scores_the_served_mask_against_the_records(tiny_records
     assert no_heads.mask_counts == [None] * len(truth) and scoring.mask_scores(no_heads, 0.5) == {
         "n": 0
     }
+
+
+def test_predict_splits_reads_once_and_matches_one_split_at_a_time(tiny_records):
+    """Two splits in one read: each study predicted once, routed to its split, the same
+    predictions as one `predict_studies` per split; an empty split is refused."""
+    from conftest import tiny_config
+
+    from radnet_tf.errors import UserError
+    from radnet_tf.evaluation import scoring
+    from radnet_tf.records import dataset as data
+
+    cfg = tiny_config(val_fraction=0.4)
+    files = data.list_shards(str(tiny_records))
+    calls = []
+
+    def fn(x):
+        calls.append(1)
+        return np.asarray(x[0, :, 0, 0, 0])  # a slice "probability" from the image itself
+
+    both = scoring.predict_splits(fn, files, cfg, ("train", "validation"))
+    n = len(calls)
+    for split in ("train", "validation"):
+        one = scoring.predict_studies(fn, files, cfg, split)
+        assert both[split].keys == one.keys and both[split].labels == one.labels
+        assert [p.tolist() for p in both[split].probs] == [p.tolist() for p in one.probs]
+    assert n == len(both["train"].keys) + len(both["validation"].keys) == len(calls) - n
+    assert not set(both["train"].keys) & set(both["validation"].keys)
+    with pytest.raises(UserError, match="'calibration' split"):
+        scoring.predict_splits(fn, files, cfg, ("train", "calibration"))
 
 
 def test_machine_speed_line_reports_a_positive_rate():

@@ -565,3 +565,45 @@ def test_rsna_log_loss_exact():
     )
     # known: any slice 0 (p 0.5, y 1) weight 2; subtypes slice 0, each p 0.5: every loss is ln 2
     assert rsna_log_loss(preds) == pytest.approx(np.log(2))
+
+
+def test_one_prediction_pass_serves_calibration_and_evaluation(trained_tiny, tmp_path, monkeypatch):
+    """The end of a run reads the records once (`predict_for_thresholds`); calibrating and
+    evaluating on that pass chooses the same thresholds and writes the same tables as each
+    predicting on its own."""
+    import dataclasses
+
+    from radnet_tf.decision import MASK_THRESHOLD_CANDIDATES
+    from radnet_tf.records import dataset as data
+    from radnet_tf.training import train as T
+
+    cfg, _, model, _ = trained_tiny
+    cfg = dataclasses.replace(cfg, calibrate_threshold=True, calibrate_mask_threshold=True)
+    files = data.list_shards(cfg.data)
+    reads = []
+    real = data.eval_dataset
+    monkeypatch.setattr(data, "eval_dataset", lambda *a, **k: reads.append(1) or real(*a, **k))
+    preds = T.predict_for_thresholds(model, files, cfg)
+    assert len(reads) == 1 and set(preds) == {"train", "validation"}
+    assert set(MASK_THRESHOLD_CANDIDATES) <= set(preds["validation"].mask_thresholds)
+    once, alone = dataclasses.replace(cfg), dataclasses.replace(cfg)
+    assert T.calibrate_thresholds(model, files, once, preds["train"]) == (
+        T.calibrate_thresholds(model, files, alone)
+    )
+    (tmp_path / "once").mkdir()
+    (tmp_path / "alone").mkdir()
+    T.evaluate_model(model, files, once, tmp_path / "once", preds["validation"])
+    T.evaluate_model(model, files, alone, tmp_path / "alone")
+    for table in ("val_metrics.csv", "val_studies.csv", "val_slices.csv"):
+        pd.testing.assert_frame_equal(
+            pd.read_csv(tmp_path / "once" / table), pd.read_csv(tmp_path / "alone" / table)
+        )
+    assert (
+        T.predict_for_thresholds(
+            model,
+            files,
+            dataclasses.replace(cfg, calibrate_threshold=False, calibrate_mask_threshold=False),
+            validation=False,
+        )
+        == {}
+    )

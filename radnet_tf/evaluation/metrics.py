@@ -68,21 +68,44 @@ def mask_counts(predicted, truth, thresholds, opening=False) -> np.ndarray:
     Args:
       predicted: float [S, N, N] mask probabilities. truth: [S, N, N] reference mask (1/0).
       thresholds: T floats; a predicted pixel is one >= the threshold (and, with `opening`,
-        still set after the lesion mask's in-plane opening, `decision.open_np`).
+        still set after the lesion mask's in-plane opening, `decision.open_np`), compared
+        in the predictions' dtype.
     Returns:
       int64 [S, T, 3]: (predicted and true, predicted, true) per slice and threshold.
     """
     predicted, t = np.asarray(predicted), np.asarray(truth) > 0.5
-    true = np.count_nonzero(t, axis=(1, 2))
-    out = np.zeros((len(t), len(thresholds), 3), np.int64)
-    for j, threshold in enumerate(thresholds):
-        p = predicted >= threshold
-        if opening:
-            p = open_np(p)
-        out[:, j] = np.stack(
-            [np.count_nonzero(p & t, axis=(1, 2)), np.count_nonzero(p, axis=(1, 2)), true], -1
-        )
+    if opening:  # the grey opening once: thresholding commutes with it (decision.open_np)
+        predicted = open_np(predicted)
+    dtype = predicted.dtype if np.issubdtype(predicted.dtype, np.floating) else np.float64
+    thresholds = np.asarray(thresholds, dtype)
+    order = np.argsort(thresholds, kind="stable")
+    level = _levels(predicted, thresholds[order]).reshape(len(t), -1)
+    s, n = level.shape[0], len(thresholds) + 1
+    rows = np.arange(s)[:, None] * n
+    above = _counts_above(np.bincount((level + rows).ravel(), minlength=s * n), s, n)
+    both = _counts_above(np.bincount((level + rows)[t.reshape(s, -1)], minlength=s * n), s, n)
+    out = np.zeros((s, len(thresholds), 3), np.int64)
+    out[:, order, 0], out[:, order, 1] = both, above
+    out[..., 2] = np.count_nonzero(t, axis=(1, 2))[:, None]
     return out
+
+
+def _levels(values, ascending):
+    """intp array like `values`: how many of the `ascending` thresholds each value is at or
+    above (0..T); only the values at or above the lowest are searched (in a trained model's
+    mask, few pixels are)."""
+    level = np.zeros(values.shape, np.intp)
+    if len(ascending):
+        hit = values >= ascending[0]
+        level[hit] = np.searchsorted(ascending, values[hit], side="right")
+    return level
+
+
+def _counts_above(histogram, s, n):
+    """int64 [S, n - 1]: per slice, the pixels at level > j for j < n - 1, from a flat
+    per-slice histogram of levels (length s * n)."""
+    per_slice = histogram.reshape(s, n)
+    return np.cumsum(per_slice[:, ::-1], axis=1)[:, ::-1][:, 1:]
 
 
 def gate_mask_counts(counts, probs, slice_threshold) -> np.ndarray:

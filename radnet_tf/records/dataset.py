@@ -425,8 +425,9 @@ def eval_dataset(
     """Whole studies, variable length, padded batches (PAD_VALUE slices, -1 targets).
 
     Args:
-      split: "validation", "train", "calibration" (SPLITS) or "all".
-      with_keys: also yield the study key and label: (x, y, {"study_key", "label"}).
+      split: "validation", "train", "calibration" (SPLITS), a tuple of them, or "all".
+      with_keys: also yield the study key, label, subtype labels and split (int32 index in
+        SPLITS): (x, y, {"study_key", "label", "subtype_labels", "split"}).
       fill_batches: fill the last batch up to `batch_size` with all-padding studies (every
         target -1, so losses' valid elements and masked metrics are unchanged) and turn off
         auto-sharding: under MultiWorkerMirroredStrategy every worker then sees every batch
@@ -435,9 +436,11 @@ def eval_dataset(
     """
     ds = read_studies(files)
     if split != "all":
-        if split not in SPLITS:
+        wanted = (split,) if isinstance(split, str) else tuple(split)
+        if not wanted or not set(wanted) <= set(SPLITS):
             raise ValueError(f"split must be one of {SPLITS} or 'all'. Received: {split!r}")
-        ds = ds.filter(lambda st: split_of(st["study_key"], cfg) == SPLITS.index(split))
+        index = tf.constant([SPLITS.index(name) for name in wanted], tf.int32)
+        ds = ds.filter(lambda st: tf.reduce_any(split_of(st["study_key"], cfg) == index))
 
     windows = cfg.preprocess_config().windows
 
@@ -454,6 +457,7 @@ def eval_dataset(
                     "study_key": study["study_key"],
                     "label": study["label"],
                     "subtype_labels": study_subtype_labels(study),
+                    "split": split_of(study["study_key"], cfg),
                 },
             )
         return image, y
@@ -481,12 +485,13 @@ def _padding(cfg, with_masks, with_subtypes, with_keys):
     shapes = ([None, n, n, cfg.input_channels], y_shapes)
     pads = (PAD_VALUE, y_pad)
     if with_keys:
-        shapes += ({"study_key": [], "label": [], "subtype_labels": [len(SUBTYPES)]},)
+        shapes += ({"study_key": [], "label": [], "subtype_labels": [len(SUBTYPES)], "split": []},)
         pads += (
             {
                 "study_key": "",
                 "label": tf.constant(-1, tf.int64),
                 "subtype_labels": tf.constant(-1, tf.int64),
+                "split": -1,
             },
         )
     return shapes, pads

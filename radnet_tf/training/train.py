@@ -147,9 +147,13 @@ def compile_model(model, cfg, learning_rate):
     )
 
 
-def evaluate_model(model, files, cfg, out_dir):
+def evaluate_model(model, files, cfg, out_dir, preds=None):
     """Held-out metrics at slice and CT level, written as CSV into `out_dir`.
 
+    Args:
+      preds: the held-out studies' `StudyPredictions` when already predicted (with mask
+        counts at `cfg.mask_threshold` among others, `predict_for_thresholds`); else the
+        model predicts them here.
     Returns:
       the scoring dict of `radnet_tf.evaluation.scoring.score_studies`.
     """
@@ -165,14 +169,19 @@ def evaluate_model(model, files, cfg, out_dir):
     )
 
     with_masks = any(name in model.output_names for name in MASK_OUTPUTS)
-    preds = predict_studies(
-        keras_slice_fn(model, cfg, masks=with_masks), files, cfg, with_masks=with_masks
-    )
+    if preds is None:
+        preds = predict_studies(
+            keras_slice_fn(model, cfg, masks=with_masks), files, cfg, with_masks=with_masks
+        )
     scored = score_studies(preds, cfg.slice_threshold, cfg.ct_min_run)
     if cfg.calibration_series_slices:
         scored["series_model"] = series_model_metrics(scored["studies"], cfg)
     rows = [{"level": "slice", **scored["slice_metrics"]}, {"level": "ct", **scored["ct_metrics"]}]
-    masks = mask_scores(preds, cfg.slice_threshold) if with_masks else {"n": 0}
+    masks = (
+        mask_scores(preds, cfg.slice_threshold, cfg.mask_threshold)
+        if preds.mask_thresholds
+        else {"n": 0}
+    )
     if masks["n"]:  # held-out studies with a reference mask (the phantom, NIfTI masks)
         scored["mask_metrics"] = {"threshold": cfg.mask_threshold, **masks}
         rows.append({"level": "mask", **scored["mask_metrics"]})
@@ -219,7 +228,34 @@ def series_model_metrics(studies, cfg) -> dict:
     }
 
 
-def calibrate_thresholds(model, files, cfg) -> dict:
+def calibration_split(cfg) -> str:
+    """The split the decision thresholds are calibrated on: "calibration" with
+    `cfg.calibration_fraction` > 0, else "train"."""
+    return "calibration" if cfg.calibration_fraction else "train"
+
+
+def predict_for_thresholds(model, files, cfg, validation=True) -> dict:
+    """One read of the records for the end of a run: {split: StudyPredictions} for the
+    calibration split (`calibration_split`, when a threshold is calibrated) and, with
+    `validation`, the held-out studies. Mask counts (models with auxiliary heads) at the
+    candidate mask thresholds and at `cfg.mask_threshold`, the same for both splits."""
+    from radnet_tf.decision import MASK_THRESHOLD_CANDIDATES
+    from radnet_tf.evaluation.scoring import keras_slice_fn, predict_splits
+
+    splits = (
+        [calibration_split(cfg)] if cfg.calibrate_threshold or cfg.calibrate_mask_threshold else []
+    )
+    splits += ["validation"] if validation else []
+    if not splits:
+        return {}
+    with_masks = any(name in model.output_names for name in MASK_OUTPUTS)
+    thresholds = MASK_THRESHOLD_CANDIDATES if cfg.calibrate_mask_threshold else ()
+    thresholds += () if cfg.mask_threshold in thresholds else (cfg.mask_threshold,)
+    fn = keras_slice_fn(model, cfg, masks=with_masks)
+    return predict_splits(fn, files, cfg, splits, with_masks, thresholds)
+
+
+def calibrate_thresholds(model, files, cfg, preds=None) -> dict:
     """The decision thresholds, chosen on the calibration studies (`cfg.calibration_fraction`
     > 0: studies kept out of training) or else on the training studies (whole studies, no
     augmentation) in one prediction pass; the held-out studies are not used, so their
@@ -234,6 +270,9 @@ def calibrate_thresholds(model, files, cfg) -> dict:
       maximising the pixel Dice of the served lesion mask, gated by the slice threshold
       (`decision.lesion_mask_np`, `decision.choose_mask_threshold`) over
       `decision.MASK_THRESHOLD_CANDIDATES`.
+
+    `preds`: the calibration studies' `StudyPredictions` when already predicted
+    (`predict_for_thresholds`); else the model predicts them here.
     """
     from radnet_tf.decision import MASK_THRESHOLD_CANDIDATES
     from radnet_tf.evaluation.scoring import keras_slice_fn, predict_studies
@@ -241,19 +280,17 @@ def calibrate_thresholds(model, files, cfg) -> dict:
     with_masks = cfg.calibrate_mask_threshold and any(
         name in model.output_names for name in MASK_OUTPUTS
     )
-    split, studies = (
-        ("calibration", "calibration studies")
-        if cfg.calibration_fraction
-        else ("train", "training studies")
-    )
-    preds = predict_studies(
-        keras_slice_fn(model, cfg, masks=with_masks),
-        files,
-        cfg,
-        split=split,
-        with_masks=with_masks,
-        mask_thresholds=MASK_THRESHOLD_CANDIDATES,
-    )
+    split = calibration_split(cfg)
+    studies = "training studies" if split == "train" else "calibration studies"
+    if preds is None and (cfg.calibrate_threshold or cfg.calibrate_mask_threshold):
+        preds = predict_studies(
+            keras_slice_fn(model, cfg, masks=with_masks),
+            files,
+            cfg,
+            split=split,
+            with_masks=with_masks,
+            mask_thresholds=MASK_THRESHOLD_CANDIDATES,
+        )
     chosen = {}
     if cfg.calibrate_threshold:
         chosen.update(_calibrate_slice_thresholds(preds, cfg, studies))
@@ -446,16 +483,21 @@ def train(cfg, progress=True):
         "model_file": model_file,
         "trained_on": run_info["trained_on"],
     }
+    t0 = time.perf_counter()
+    preds = predict_for_thresholds(model, files, cfg, validation=counts["validation"] > 0)
+    if preds:
+        seconds["prediction"] = time.perf_counter() - t0
     if cfg.calibrate_threshold or cfg.calibrate_mask_threshold:
         t0 = time.perf_counter()
-        summary.update(calibrate_thresholds(model, files, cfg))
+        summary.update(calibrate_thresholds(model, files, cfg, preds[calibration_split(cfg)]))
         if counts["calibration"]:
             summary["calibration_studies"] = counts["calibration"]
         _write_json(model_dir / "config.json", cfg.to_dict())
         seconds["calibration"] = time.perf_counter() - t0
     if counts["validation"]:
         t0 = time.perf_counter()
-        summary.update(_held_out_summary(evaluate_model(model, files, cfg, model_dir), cfg))
+        held_out = evaluate_model(model, files, cfg, model_dir, preds["validation"])
+        summary.update(_held_out_summary(held_out, cfg))
         seconds["evaluation"] = time.perf_counter() - t0
     summary["history"] = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     summary["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
