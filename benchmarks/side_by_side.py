@@ -1,6 +1,8 @@
-"""The built-in default's data phase against an older commit, side by side on this machine.
+"""Phases of the built-in default against an older commit, side by side on this machine.
 
     python benchmarks/side_by_side.py [--baseline 7f89139] [--studies 24] [--rounds 2]
+        [--only synth,convert,end] [--records runs/default/records-168px-1.5mm]
+        [--set key=value ...]
 
 Checks the baseline commit out into a temporary git worktree and times, in one process per
 tree and measurement, alternating the trees round by round (a noisy machine slows both):
@@ -8,7 +10,11 @@ tree and measurement, alternating the trees round by round (a noisy machine slow
   synth    drawing and writing phantom studies as `make run` does (512 x 512 x 16,
            `generate_cohort`, one process): seconds per study;
   convert  converting one phantom cohort (made once, by this tree) to records on the
-           default config's grid (`convert_study`, one process): seconds per study.
+           default config's grid (`convert_study`, one process): seconds per study;
+  end      the end of a run, calibration and held-out evaluation (`make run`'s phases
+           after training) of the default model (initial weights, seed 0) on `--records`
+           (default: the records `make run` wrote), config `default` with `--set`
+           overrides: seconds per study in the records.
 
 Prints one JSON line per tree, measurement and round, then one per measurement with the
 best time of each tree and the ratio baseline / this tree (> 1: this tree is faster).
@@ -76,6 +82,55 @@ def measure_convert(cohort):
     return (time.perf_counter() - start) / len(tasks)
 
 
+def _dataset_module():
+    import radnet_tf
+
+    if (Path(radnet_tf.__file__).parent / "records").is_dir():
+        from radnet_tf.records import dataset
+    else:
+        from radnet_tf import data as dataset
+    return dataset
+
+
+def _train_module():
+    import radnet_tf
+
+    if (Path(radnet_tf.__file__).parent / "training").is_dir():
+        from radnet_tf.training import train
+    else:
+        from radnet_tf import train
+    return train
+
+
+def measure_end(arg):
+    """Seconds per study of calibrating and evaluating a default model on records, as this
+    tree's `train()` does after training (one pass where the tree has one)."""
+    import keras
+
+    from radnet_tf.config import load_config
+
+    records, *overrides = arg.split("|")
+    train = _train_module()
+    data = _dataset_module()
+    cfg = load_config("configs/default.yaml", [o for o in overrides if o])
+    files = data.list_shards(records)
+    counts = data.count_studies(files, cfg)
+    predicted = counts["calibration" if cfg.calibration_fraction else "train"]
+    predicted += counts["validation"]
+    keras.utils.set_random_seed(0)
+    model = train.build_and_compile(cfg, 1)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        if hasattr(train, "predict_for_thresholds"):
+            preds = train.predict_for_thresholds(model, files, cfg)
+            train.calibrate_thresholds(model, files, cfg, preds[train.calibration_split(cfg)])
+            train.evaluate_model(model, files, cfg, out, preds["validation"])
+        else:
+            train.calibrate_thresholds(model, files, cfg)
+            train.evaluate_model(model, files, cfg, out)
+    return (time.perf_counter() - start) / predicted
+
+
 def _run_in(tree, what, arg):
     """Seconds per study of one measurement, in a fresh process importing `tree`'s code."""
     env = dict(os.environ, PYTHONPATH=str(tree), TF_CPP_MIN_LOG_LEVEL="3")
@@ -99,7 +154,10 @@ def _commit(tree):
     ).stdout.strip()
 
 
-def compare(baseline, studies, rounds, only):
+BENCHES = ("synth", "convert", "end")
+
+
+def compare(baseline, studies, rounds, only, records=None, overrides=()):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         base = tmp / "baseline"
@@ -113,15 +171,12 @@ def compare(baseline, studies, rounds, only):
             commits = {k: _commit(v) for k, v in trees.items()}
             if "convert" in only:
                 _run_in(ROOT, "synth", f"{studies}:{tmp / 'data'}")  # the cohort to convert
+            args = {"convert": tmp / "data/cohort", "end": "|".join([str(records), *overrides])}
             best = {}
             for r in range(rounds):
-                for what in [w for w in ("synth", "convert") if w in only]:
+                for what in [w for w in BENCHES if w in only]:
                     for name, tree in trees.items():
-                        arg = (
-                            f"{studies}:{tmp / name / str(r)}"
-                            if what == "synth"
-                            else tmp / "data/cohort"
-                        )
+                        arg = f"{studies}:{tmp / name / str(r)}" if what == "synth" else args[what]
                         s = _run_in(tree, what, arg)
                         best[what, name] = min(s, best.get((what, name), s))
                         print(
@@ -135,7 +190,7 @@ def compare(baseline, studies, rounds, only):
                                 )
                             )
                         )
-            for what in [w for w in ("synth", "convert") if w in only]:
+            for what in [w for w in BENCHES if w in only]:
                 b, t = best[what, "baseline"], best[what, "this"]
                 print(json.dumps(dict(
                     bench=f"{what}_side_by_side", studies=studies, rounds=rounds,
@@ -155,7 +210,15 @@ def main(argv=None):
     parser.add_argument("--baseline", default="7f89139", help="commit to compare with")
     parser.add_argument("--studies", type=int, default=24)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--only", default="synth,convert")
+    parser.add_argument("--only", default="synth,convert", help="of synth,convert,end")
+    parser.add_argument(
+        "--records",
+        default=str(ROOT / "runs/default/records-168px-1.5mm"),
+        help="records for `end` (default: those `make run` wrote)",
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], help="config override for `end`: key=value"
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--arg", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -165,8 +228,13 @@ def main(argv=None):
         print(measure_synth(int(n), work))
     elif args.measure == "convert":
         print(measure_convert(args.arg))
+    elif args.measure == "end":
+        print(measure_end(args.arg))
     else:
-        compare(args.baseline, args.studies, args.rounds, args.only.split(","))
+        only = args.only.split(",")
+        if "end" in only and not (Path(args.records) / "manifest.json").is_file():
+            sys.exit(f"side_by_side: no records at {args.records} (run `make run` or --records)")
+        compare(args.baseline, args.studies, args.rounds, only, args.records, args.set)
 
 
 if __name__ == "__main__":

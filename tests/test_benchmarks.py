@@ -182,6 +182,42 @@ def test_side_by_side_times_two_trees_and_gives_their_ratio():
 
 
 @pytest.mark.slow
+def test_side_by_side_times_the_end_of_a_run(tiny_records):
+    """`end`: calibration and evaluation per study, in each tree, on the given records."""
+    from conftest import TINY_MODEL
+
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True)
+    if head.returncode:
+        pytest.skip("not a git checkout: no commit to compare with")
+    args = ["--baseline", "HEAD", "--rounds", "1", "--only", "end", "--records", tiny_records]
+    args += [f"--set={k}={v}" for k, v in TINY_MODEL.items()]
+    rows = _run("side_by_side.py", *args)
+    assert [(r["bench"], r.get("tree")) for r in rows] == [
+        ("end", "baseline"),
+        ("end", "this"),
+        ("end_side_by_side", None),
+    ]
+    _finite(rows[-1], ["baseline_seconds_per_study", "this_seconds_per_study"])
+
+
+@pytest.mark.slow
+def test_train_settings_times_a_step_per_setting(tiny_records):
+    from conftest import TINY_MODEL
+
+    args = ["--records", tiny_records, "--steps", "1", "--rounds", "1"]
+    args += ["--only", "as_train,intra_op_1", *[f"--set={k}={v}" for k, v in TINY_MODEL.items()]]
+    rows = _run("train_settings.py", *args)
+    assert [(r["bench"], r["setting"]) for r in rows] == [
+        ("train_step", "as_train"),
+        ("train_step", "intra_op_1"),
+        ("train_settings", "as_train"),
+        ("train_settings", "intra_op_1"),
+    ]
+    assert rows[2]["ratio_as_train_vs_setting"] == 1.0
+    _finite(rows[3], ["best_seconds_per_step", "ratio_as_train_vs_setting"])
+
+
+@pytest.mark.slow
 def test_real_ct_gates_run_on_an_export(shared, tmp_path):
     from radnet_tf.serving.export import export_model
     from radnet_tf.modeling.model import build_model
