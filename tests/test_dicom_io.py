@@ -73,6 +73,9 @@ def test_shear_removes_known_in_plane_offset():
     for i in range(3):
         assert out[i, 4, 4] == 100  # after the shear every slice shows it at row 4
         assert (out[i] == 100).sum() == 1
+    in_place = hu.copy()  # as the reader shears: into the decoded volume itself
+    assert _shear_to_normal(in_place, positions, orientation, (2.0, 2.0), out=in_place) is in_place
+    assert np.array_equal(in_place, out) and not np.array_equal(hu, out)
 
 
 @pytest.mark.parametrize(
@@ -342,17 +345,56 @@ def test_same_image_stored_twice_is_read_once(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "shift", [(3.3, -1.7), (0.0, 2.0), (-5.5, 0.25), (10.9, -7.1), (600.0, 0.0)]
+    "shift",
+    [
+        (3.3, -1.7),
+        (0.0, 2.0),
+        (-5.5, 0.25),
+        (10.9, -7.1),
+        (600.0, 0.0),
+        (-39.5, 47.0),  # half a row left; one column left
+    ],
 )
 def test_fast_shear_matches_scipy_shift(shift):
     from scipy import ndimage
 
     from radnet_tf.io.dicom import _shift_axis
 
-    image = np.random.default_rng(0).integers(-1024, 2000, (40, 48)).astype(np.float32)
+    stored = np.random.default_rng(0).integers(-1024, 2000, (40, 48)).astype(np.int16)
+    image = stored.astype(np.float32)
     expected = ndimage.shift(image, shift, order=1, cval=AIR_HU)
     got = _shift_axis(_shift_axis(image, shift[0], 0, AIR_HU), shift[1], 1, AIR_HU)
     np.testing.assert_allclose(got, expected, atol=1e-3)
+    from_int = _shift_axis(_shift_axis(stored, shift[0], 0, AIR_HU), shift[1], 1, AIR_HU)
+    assert from_int.dtype == np.float32 and np.array_equal(from_int, got)  # int16 read as is
+
+
+def _gathered_shift(image, shift, axis, fill):
+    """Reference for `_shift_axis`: every output line gathered by index."""
+    n = image.shape[axis]
+    k = int(np.floor(-shift))
+    frac = np.float32(-shift - k)
+    source = np.arange(n) + k
+    out = np.take(image, np.clip(source, 0, n - 1), axis=axis).astype(np.float32)
+    if frac:
+        out *= 1 - frac
+        out += frac * np.take(image, np.clip(source + 1, 0, n - 1), axis=axis)
+    outside = (source + frac < -1e-6) | (source + frac > n - 1 + 1e-6)
+    out[(slice(None),) * axis + (outside,)] = fill
+    return out
+
+
+def test_shift_axis_equals_a_gather_at_every_edge_case():
+    """Views of runs of lines give the same float32 values as gathering each line, also at
+    shifts within the 1e-6 edge tolerance (edge lines repeat) and beyond the image."""
+    from radnet_tf.io.dicom import _shift_axis
+
+    image = np.random.default_rng(1).integers(-1024, 2000, (9, 7)).astype(np.float32)
+    shifts = [0, 1, -1, 2.5, 1e-7, -1e-7, 0.9999999, -0.9999999, 3 - 1e-7, 6.5, -8.5, 9, -9]
+    for shift in shifts + list(np.random.default_rng(2).uniform(-12, 12, 40)):
+        for axis in (0, 1):
+            want = _gathered_shift(image, shift, axis, AIR_HU)
+            assert np.array_equal(_shift_axis(image, shift, axis, AIR_HU), want), (shift, axis)
 
 
 def test_shear_like_moves_a_stack_by_the_series_shear_exactly():

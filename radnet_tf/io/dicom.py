@@ -494,24 +494,37 @@ def _find_gaps(spacings: np.ndarray, median: float):
 
 
 def _shift_axis(image, shift, axis, fill):
-    """Linear-interpolation shift of a float32 2-D array along one axis, by `shift` pixels
-    (out[x] = image[x - shift]); samples from outside the image are `fill` (the semantics
-    of scipy.ndimage.shift(order=1, mode="constant"))."""
+    """Linear-interpolation shift of a 2-D array (int16 or float32) along one axis, by
+    `shift` pixels (out[x] = image[x - shift]) into a new float32 array; samples from
+    outside the image are `fill` (the semantics of scipy.ndimage.shift(order=1,
+    mode="constant")). The lines read are runs of the image (views), not gathers."""
     n = image.shape[axis]
     k = int(np.floor(-shift))
     frac = np.float32(-shift - k)
     source = np.arange(n) + k
-    low = np.take(image, np.clip(source, 0, n - 1), axis=axis)
+    inside = np.flatnonzero((source + frac >= -1e-6) & (source + frac <= n - 1 + 1e-6))
+    out = np.full(image.shape, fill, np.float32)
+    if not inside.size:
+        return out
+    run = source[inside[0] : inside[-1] + 1]
+    dst = out[_along(axis, slice(int(inside[0]), int(inside[-1]) + 1))]
+    np.multiply(_lines(image, np.clip(run, 0, n - 1), axis), 1 - frac if frac else 1, out=dst)
     if frac:
-        low *= 1 - frac
-        low += frac * np.take(image, np.clip(source + 1, 0, n - 1), axis=axis)
-    outside = (source + frac < -1e-6) | (source + frac > n - 1 + 1e-6)
-    if outside.any():
-        if axis == 0:
-            low[outside, :] = fill
-        else:
-            low[:, outside] = fill
-    return low
+        dst += frac * _lines(image, np.clip(run + 1, 0, n - 1), axis)
+    return out
+
+
+def _along(axis, part):
+    """An index tuple that applies `part` (a slice) to `axis`."""
+    return (slice(None),) * axis + (part,)
+
+
+def _lines(image, index, axis):
+    """`image`'s lines `index` (int array) along `axis`: a view when they are consecutive
+    (the usual case), else a copy (clipped at an edge)."""
+    if index[-1] - index[0] == len(index) - 1:
+        return image[_along(axis, slice(int(index[0]), int(index[-1]) + 1))]
+    return np.take(image, index, axis=axis)
 
 
 def shear_shifts(positions, orientation, pixel_spacing):
@@ -522,17 +535,17 @@ def shear_shifts(positions, orientation, pixel_spacing):
     return np.stack([d @ col_dir / pixel_spacing[0], d @ row_dir / pixel_spacing[1]], axis=1)
 
 
-def _shear_to_normal(hu, positions, orientation, pixel_spacing):
+def _shear_to_normal(hu, positions, orientation, pixel_spacing, out=None):
     """Shifts each slice in-plane so all slice origins lie on one line along the normal
-    (bilinear, air outside; as scipy.ndimage.shift(order=1) but ~6x faster: two separable
-    NumPy passes per slice)."""
-    out = np.empty_like(hu)
+    (bilinear, air outside; as scipy.ndimage.shift(order=1) but much faster: two separable
+    NumPy passes per slice on views of it). Into `out` (int16 like `hu`; `hu` itself
+    shears in place), else a new array."""
+    out = np.empty_like(hu) if out is None else out
     for i, (shift_rows, shift_cols) in enumerate(
         shear_shifts(positions, orientation, pixel_spacing)
     ):
-        moved = _shift_axis(hu[i].astype(np.float32), shift_rows, 0, AIR_HU)
-        moved = _shift_axis(moved, shift_cols, 1, AIR_HU)
-        out[i] = np.rint(moved)
+        moved = _shift_axis(_shift_axis(hu[i], shift_rows, 0, AIR_HU), shift_cols, 1, AIR_HU)
+        out[i] = np.rint(moved, out=moved)
     return out
 
 
@@ -823,8 +836,10 @@ def _order(members, normal):
 def _decode(members, root, min_slices, fix_12bit, skip_undecodable, skipped):
     """Decodes the slices to HU: (int16 [S, H, W], decoded members, their indices in
     `members`, names of 12-bit-corrected files). With `skip_undecodable` an undecodable
-    slice is skipped and listed instead of refusing the series."""
-    slices, fixed_names, keep = [], [], []
+    slice is skipped and listed instead of refusing the series. Each slice is written
+    straight into one volume (fresh memory is slow to touch on some machines: one volume,
+    not a list of slices and then their stack)."""
+    volume, fixed_names, keep = None, [], []
     for k, (path, ds) in enumerate(members):
         try:
             values, fixed = _hu(ds, _where(path, ds), fix_12bit)
@@ -833,7 +848,14 @@ def _decode(members, root, min_slices, fix_12bit, skip_undecodable, skipped):
                 raise
             skipped.append((_name(path, ds), "pixel data cannot be decoded"))
             continue
-        slices.append(values)
+        if volume is None:
+            volume = np.empty((len(members),) + values.shape, np.int16)
+        elif values.shape != volume.shape[1:]:
+            raise DicomReadError(
+                f"{_where(path, ds)}: pixel data decode to {values.shape[0]}x{values.shape[1]}, "
+                f"the series' first slice to {volume.shape[1]}x{volume.shape[2]}"
+            )
+        volume[len(keep)] = values
         keep.append(k)
         if fixed:
             fixed_names.append(_name(path, ds))
@@ -841,7 +863,7 @@ def _decode(members, root, min_slices, fix_12bit, skip_undecodable, skipped):
         raise DicomReadError(
             f"{root}: {len(keep)} decodable slice(s) left; at least {max(1, min_slices)} needed"
         )
-    return np.stack(slices), [members[k] for k in keep], keep, fixed_names
+    return volume[: len(keep)], [members[k] for k in keep], keep, fixed_names
 
 
 def _geometry(hu, ipp, along, orientation, pixel_spacing, tilt, root, first) -> dict:
@@ -871,7 +893,7 @@ def _geometry(hu, ipp, along, orientation, pixel_spacing, tilt, root, first) -> 
                 f"{root}: gantry tilt of {out['tilt_deg']:.1f} degrees; tilted series are refused "
                 "(read with tilt='correct' to shear them onto an orthogonal grid)"
             )
-        out["hu"] = _shear_to_normal(hu, ipp, orientation, pixel_spacing)
+        out["hu"] = _shear_to_normal(hu, ipp, orientation, pixel_spacing, out=hu)
         out["shear_px"] = shear_shifts(ipp, orientation, pixel_spacing)
         out["tilt_corrected"] = True
     return out
