@@ -218,6 +218,22 @@ def test_train_settings_times_a_step_per_setting(tiny_records):
 
 
 @pytest.mark.slow
+def test_job_side_by_side_runs_the_whole_job_from_nothing(tmp_path):
+    """One tiny job as the script runs it in each tree: its own cache, work and export
+    folders (all written), and the job's report lines."""
+    import runpy
+
+    from conftest import TINY_MODEL
+
+    script = runpy.run_path(str(REPO / "benchmarks" / "job_side_by_side.py"))
+    tiny = {**TINY_MODEL, "epochs": 1, "synth_studies": 8, "synth_slices": 4, "synth_matrix": 64}
+    seconds, report = script["run_job"](REPO, tmp_path, [f"{k}={v}" for k, v in tiny.items()])
+    assert seconds > 0 and any("wall time" in line for line in report)
+    assert {p.name for p in tmp_path.iterdir()} == {"cache", "runs", "export"}
+    assert any((tmp_path / "export").iterdir())  # the job exported from nothing
+
+
+@pytest.mark.slow
 def test_real_ct_gates_run_on_an_export(shared, tmp_path):
     from radnet_tf.serving.export import export_model
     from radnet_tf.modeling.model import build_model
