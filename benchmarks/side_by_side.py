@@ -1,8 +1,8 @@
 """Phases of the built-in default against an older commit, side by side on this machine.
 
     python benchmarks/side_by_side.py [--baseline 7f89139] [--studies 24] [--rounds 2]
-        [--only synth,convert,end] [--records runs/default/records-168px-1.5mm]
-        [--set key=value ...]
+        [--only synth,convert,end,read] [--records runs/default/records-168px-1.5mm]
+        [--set key=value ...] [--series DICOM_FOLDER]
 
 Checks the baseline commit out into a temporary git worktree and times, in one process per
 tree and measurement, alternating the trees round by round (a noisy machine slows both):
@@ -14,7 +14,9 @@ tree and measurement, alternating the trees round by round (a noisy machine slow
   end      the end of a run, calibration and held-out evaluation (`make run`'s phases
            after training) of the default model (initial weights, seed 0) on `--records`
            (default: the records `make run` wrote), config `default` with `--set`
-           overrides: seconds per study in the records.
+           overrides: seconds per study in the records;
+  read     `read_series` on `--series` (a DICOM folder), best of three in one process:
+           seconds per series.
 
 Prints one JSON line per tree, measurement and round, then one per measurement with the
 best time of each tree and the ratio baseline / this tree (> 1: this tree is faster).
@@ -131,6 +133,21 @@ def measure_end(arg):
     return (time.perf_counter() - start) / predicted
 
 
+def measure_read(folder):
+    import radnet_tf
+
+    if (Path(radnet_tf.__file__).parent / "io").is_dir():
+        from radnet_tf.io import dicom
+    else:
+        from radnet_tf import dicom_io as dicom
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        dicom.read_series(folder)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def _run_in(tree, what, arg):
     """Seconds per study of one measurement, in a fresh process importing `tree`'s code."""
     env = dict(os.environ, PYTHONPATH=str(tree), TF_CPP_MIN_LOG_LEVEL="3")
@@ -154,10 +171,10 @@ def _commit(tree):
     ).stdout.strip()
 
 
-BENCHES = ("synth", "convert", "end")
+BENCHES = ("synth", "convert", "end", "read")
 
 
-def compare(baseline, studies, rounds, only, records=None, overrides=()):
+def compare(baseline, studies, rounds, only, records=None, overrides=(), series=None):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         base = tmp / "baseline"
@@ -172,6 +189,7 @@ def compare(baseline, studies, rounds, only, records=None, overrides=()):
             if "convert" in only:
                 _run_in(ROOT, "synth", f"{studies}:{tmp / 'data'}")  # the cohort to convert
             args = {"convert": tmp / "data/cohort", "end": "|".join([str(records), *overrides])}
+            args["read"] = series
             best = {}
             for r in range(rounds):
                 for what in [w for w in BENCHES if w in only]:
@@ -210,7 +228,8 @@ def main(argv=None):
     parser.add_argument("--baseline", default="7f89139", help="commit to compare with")
     parser.add_argument("--studies", type=int, default=24)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--only", default="synth,convert", help="of synth,convert,end")
+    parser.add_argument("--only", default="synth,convert", help="of synth,convert,end,read")
+    parser.add_argument("--series", help="DICOM series folder for `read`")
     parser.add_argument(
         "--records",
         default=str(ROOT / "runs/default/records-168px-1.5mm"),
@@ -230,11 +249,15 @@ def main(argv=None):
         print(measure_convert(args.arg))
     elif args.measure == "end":
         print(measure_end(args.arg))
+    elif args.measure == "read":
+        print(measure_read(args.arg))
     else:
         only = args.only.split(",")
         if "end" in only and not (Path(args.records) / "manifest.json").is_file():
             sys.exit(f"side_by_side: no records at {args.records} (run `make run` or --records)")
-        compare(args.baseline, args.studies, args.rounds, only, args.records, args.set)
+        if "read" in only and not (args.series and Path(args.series).is_dir()):
+            sys.exit(f"side_by_side: `read` needs --series DICOM_FOLDER (got {args.series})")
+        compare(args.baseline, args.studies, args.rounds, only, args.records, args.set, args.series)
 
 
 if __name__ == "__main__":

@@ -181,6 +181,24 @@ def test_side_by_side_times_two_trees_and_gives_their_ratio():
     assert rows[-1]["ratio_baseline_vs_this"] > 0
 
 
+def test_side_by_side_times_the_reader_on_a_series(tmp_path):
+    from conftest import write_tiny_series
+
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True)
+    if head.returncode:
+        pytest.skip("not a git checkout: no commit to compare with")
+    write_tiny_series(tmp_path / "series")
+    args = ["--baseline", "HEAD", "--rounds", "1", "--only", "read"]
+    args += ["--series", tmp_path / "series"]
+    rows = _run("side_by_side.py", *args)
+    assert [(r["bench"], r.get("tree")) for r in rows] == [
+        ("read", "baseline"),
+        ("read", "this"),
+        ("read_side_by_side", None),
+    ]
+    _finite(rows[-1], ["baseline_seconds_per_study", "this_seconds_per_study"])
+
+
 @pytest.mark.slow
 def test_side_by_side_times_the_end_of_a_run(tiny_records):
     """`end`: calibration and evaluation per study, in each tree, on the given records."""
