@@ -37,29 +37,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _generator_module():
-    """This tree's phantom generator (commits before the package layout had radnet_tf.synth)."""
+def _tree_module(name, before_layout):
+    """This tree's module `name` (radnet_tf.<stage>.<module>), or `before_layout` in commits
+    before the package layout (no radnet_tf/<stage>/ folder)."""
+    import importlib
+
     import radnet_tf
 
-    if (Path(radnet_tf.__file__).parent / "phantom").is_dir():
-        from radnet_tf.phantom import generate
-    else:
-        from radnet_tf import synth as generate
-    return generate
-
-
-def _convert_module():
-    import radnet_tf
-
-    if (Path(radnet_tf.__file__).parent / "records").is_dir():
-        from radnet_tf.records import convert
-    else:
-        from radnet_tf import convert
-    return convert
+    stage = Path(radnet_tf.__file__).parent / name.split(".")[1]
+    return importlib.import_module(name if stage.is_dir() else before_layout)
 
 
 def measure_synth(studies, work):
-    gen = _generator_module()
+    gen = _tree_module("radnet_tf.phantom.generate", "radnet_tf.synth")
     cfg = gen.SynthConfig(matrix=512, num_slices=16)
     gen.generate_cohort(Path(work) / "warm", 1, seed=99, cfg=cfg)  # the atlas, read once
     start = time.perf_counter()
@@ -70,7 +60,7 @@ def measure_synth(studies, work):
 def measure_convert(cohort):
     from radnet_tf.config import load_config
 
-    convert = _convert_module()
+    convert = _tree_module("radnet_tf.records.convert", "radnet_tf.convert")
     # the built-in default's grid (configs/default.yaml): 168 px at 1.5 mm
     pcfg = load_config(None, ["input_size=168", "out_spacing=1.5"]).preprocess_config()
     cohort = Path(cohort)
@@ -84,26 +74,6 @@ def measure_convert(cohort):
     return (time.perf_counter() - start) / len(tasks)
 
 
-def _dataset_module():
-    import radnet_tf
-
-    if (Path(radnet_tf.__file__).parent / "records").is_dir():
-        from radnet_tf.records import dataset
-    else:
-        from radnet_tf import data as dataset
-    return dataset
-
-
-def _train_module():
-    import radnet_tf
-
-    if (Path(radnet_tf.__file__).parent / "training").is_dir():
-        from radnet_tf.training import train
-    else:
-        from radnet_tf import train
-    return train
-
-
 def measure_end(arg):
     """Seconds per study of calibrating and evaluating a default model on records, as this
     tree's `train()` does after training (one pass where the tree has one)."""
@@ -112,8 +82,8 @@ def measure_end(arg):
     from radnet_tf.config import load_config
 
     records, *overrides = arg.split("|")
-    train = _train_module()
-    data = _dataset_module()
+    train = _tree_module("radnet_tf.training.train", "radnet_tf.train")
+    data = _tree_module("radnet_tf.records.dataset", "radnet_tf.data")
     cfg = load_config("configs/default.yaml", [o for o in overrides if o])
     files = data.list_shards(records)
     counts = data.count_studies(files, cfg)
@@ -134,12 +104,7 @@ def measure_end(arg):
 
 
 def measure_read(folder):
-    import radnet_tf
-
-    if (Path(radnet_tf.__file__).parent / "io").is_dir():
-        from radnet_tf.io import dicom
-    else:
-        from radnet_tf import dicom_io as dicom
+    dicom = _tree_module("radnet_tf.io.dicom", "radnet_tf.dicom_io")
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
