@@ -233,6 +233,20 @@ def test_train_settings_times_a_step_per_setting(tiny_records):
     assert rows[1]["ratio_as_train_vs_setting"] is None  # no baseline setting was run
 
 
+@pytest.mark.slow
+def test_train_step_parts_times_arms_against_the_default():
+    """Two arms (every arm is the same code with other overrides; each costs a trace)."""
+    from conftest import TINY_MODEL
+
+    args = ["--rounds", "1", "--steps", "1", "--only", "default,batch_16"]
+    args += [f"--set={k}={v}" for k, v in TINY_MODEL.items()]
+    rows = _run("train_step_parts.py", *args)
+    assert [r["arm"] for r in rows] == ["default", "batch_16"]
+    assert rows[0]["ratio_vs_default"] == 1.0
+    for row in rows:
+        _finite(row, ["best_seconds_per_step", "ratio_vs_default"])
+
+
 def test_job_side_by_side_runs_the_job_in_its_own_folders_and_reports_a_failure(tmp_path):
     """The job as the script starts it in each tree (its own cache, work and export folders,
     passed as overrides): a job that fails stops the script with the job's own error line.
