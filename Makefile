@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # `make run` installs what the main job needs (the package and its serving extra, for the
-# export's warm-up requests); `make test` adds Beam, highdicom, nibabel and the test tools.
+# export's warm-up requests); `make test` installs that and Beam, highdicom, nibabel and the
+# test tools in one go.
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
@@ -15,9 +16,12 @@ $(RUN_STAMP): setup.py pyproject.toml
 	$(PY) -m pip install -q -e '.[serving]'
 	@touch $@
 
-$(TEST_STAMP): $(RUN_STAMP)
+# One resolution for everything `make test` needs (it covers `make run`'s install too).
+$(TEST_STAMP): setup.py pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[beam,serving,dicom-seg,nifti,dev]'
-	@touch $@
+	@touch $(RUN_STAMP) $@
 
 # Main job on the built-in default: synthetic cohort -> TFRecords -> train ->
 # evaluate -> SavedModel under saved_models/radnet/<version>/.
