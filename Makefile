@@ -7,19 +7,19 @@ PY := $(VENV)/bin/python
 # test tools in one go.
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
+# The virtual environment, with a current pip (both installs start with it).
+NEW_VENV = (test -x $(PY) || $(PYTHON) -m venv $(VENV)) && $(PY) -m pip install -q --upgrade pip
 
 .PHONY: run test clean
 
 $(RUN_STAMP): setup.py pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(NEW_VENV)
 	$(PY) -m pip install -q -e '.[serving]'
 	@touch $@
 
 # One resolution for everything `make test` needs (it covers `make run`'s install too).
 $(TEST_STAMP): setup.py pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(NEW_VENV)
 	$(PY) -m pip install -q -e '.[beam,serving,dicom-seg,nifti,dev]'
 	@touch $(RUN_STAMP) $@
 
